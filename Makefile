@@ -1,0 +1,38 @@
+# Set-up-and-go targets. Both create .venv and install what they need first.
+# TORCH is what pip is asked for before the project itself: the default is the
+# CPU wheel stored on the development machines; with a GPU use e.g.
+#   make test TORCH="torch==2.9.1 --index-url https://download.pytorch.org/whl/cu128"
+# or install torch into .venv yourself first (an importable torch is kept).
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo
+
+.PHONY: test demo install lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: install
+	bash scripts/ensure_chromium.sh
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+demo: install
+	bash scripts/demo.sh $(DEMO_DIR)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from cxrdx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,239 @@
+"""DenseNet121 for 14 findings, a model registry, and safetensors checkpoints with metadata.
+
+The network is MONAI's DenseNet: ``features`` (conv0 ... denseblock4, norm5) then
+``class_layers`` = ReLU -> global average pool -> flatten -> Linear(1024, 14). It
+returns logits; sigmoid is applied outside so the loss works on logits and
+Grad-CAM sees the features. ``GRADCAM_LAYER`` names the last feature map
+(the activated output of the last dense block, after norm5).
+
+A checkpoint is one ``.safetensors`` file: tensors by name plus a JSON metadata
+record (``CheckpointMeta``) under the key ``cxrdx``. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from monai.networks.nets import DenseNet
+from torch import nn
+
+from cxrdx.errors import CheckpointError, LabelError
+from cxrdx.labels import FINDINGS, canonical_list
+from cxrdx.preprocess import Preprocessing
+
+FORMAT_VERSION = 1
+METADATA_KEY = "cxrdx"
+GRADCAM_LAYER = "class_layers.relu"
+FEATURE_CHANNELS_LAYER = "features.norm5"
+
+
+def _densenet121(in_channels: int, num_classes: int) -> nn.Module:
+    return DenseNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
+
+
+def _densenet_tiny(in_channels: int, num_classes: int) -> nn.Module:
+    # Same layer names and structure as DenseNet121, a fraction of the cost: for tests.
+    return DenseNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        init_features=16,
+        growth_rate=8,
+        block_config=(2, 2, 2, 2),
+        bn_size=2,
+    )
+
+
+ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
+    "densenet121": _densenet121,
+    "densenet-tiny": _densenet_tiny,
+}
+
+
+def build_model(
+    architecture: str = "densenet121", num_classes: int = len(FINDINGS), in_channels: int = 3, bn_eps: float = 1e-5
+) -> nn.Module:
+    """A freshly initialised network from the registry."""
+    try:
+        factory = ARCHITECTURES[architecture]
+    except KeyError:
+        raise CheckpointError(
+            f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}"
+        ) from None
+    model = factory(in_channels, num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = bn_eps
+    return model
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything needed to use a checkpoint correctly, stored inside it."""
+
+    architecture: str = "densenet121"
+    labels: list[str] = field(default_factory=lambda: list(FINDINGS))
+    in_channels: int = 3
+    bn_eps: float = 1e-5
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    thresholds: dict[str, float] | None = None  # per finding name; None until evaluate chooses them
+    threshold_method: str | None = None
+    provenance: dict = field(default_factory=dict)  # dataset, split, epoch, val_loss, git commit, ...
+    evaluation: dict = field(default_factory=dict)  # e.g. {"auroc": {name: value}, "dataset": ...}
+    source: dict = field(default_factory=dict)  # for imported weights: kind, sha256, label mapping
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.preprocessing, dict):
+            self.preprocessing = Preprocessing.from_dict(self.preprocessing)
+        try:
+            self.labels = canonical_list(self.labels)
+        except LabelError as exc:
+            raise CheckpointError(f"checkpoint label metadata is invalid: {exc}") from None
+        if len(set(self.labels)) != len(self.labels):
+            raise CheckpointError(f"checkpoint labels contain duplicates: {self.labels}")
+        if self.preprocessing.channels != self.in_channels:
+            raise CheckpointError(
+                f"checkpoint metadata disagrees with itself: preprocessing has {self.preprocessing.channels} "
+                f"channels but the network takes {self.in_channels}"
+            )
+        if self.thresholds is not None:
+            unknown = set(self.thresholds) - set(self.labels)
+            if unknown:
+                raise CheckpointError(f"thresholds name findings the model does not output: {sorted(unknown)}")
+            self.thresholds = {k: float(v) for k, v in self.thresholds.items()}
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CheckpointMeta:
+        data = json.loads(text)
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format version {version!r} is not supported (expected {FORMAT_VERSION})")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def model_from_meta(meta: CheckpointMeta) -> nn.Module:
+    return build_model(meta.architecture, len(meta.labels), meta.in_channels, meta.bn_eps)
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Exact name and shape match, or a CheckpointError listing every difference."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            shown = ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
+            problems.append(f"{len(items)} {title}: {shown}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the network; " + "; ".join(problems))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write via ``write(tmp_path)`` then rename, so a crash never leaves a half file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta) -> None:
+    from safetensors.torch import save_file
+
+    module = model.module if hasattr(model, "module") else model  # unwrap DDP
+    module = getattr(module, "_orig_mod", module)  # unwrap torch.compile
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: meta.to_json()}))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """Tensors and metadata of a cxrdx checkpoint, with clear errors for anything else."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path}: this is a PyTorch pickle, not a cxrdx .safetensors checkpoint; convert it once with "
+            "`cxrdx import --from torchvision|chexnet|xrv SOURCE --out model.safetensors`"
+        )
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        raise CheckpointError(f"{path}: this is a Keras .h5 file; convert it with `cxrdx import --from keras`")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupt") from None
+    if METADATA_KEY not in metadata:
+        raise CheckpointError(
+            f"{path}: safetensors file without cxrdx metadata; import it with `cxrdx import --from KIND`"
+        )
+    try:
+        meta = CheckpointMeta.from_json(metadata[METADATA_KEY])
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cxrdx metadata is malformed ({exc})") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return tensors, meta
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """The network in eval mode and its metadata; refuses any mismatch."""
+    tensors, meta = read_checkpoint(path)
+    model = model_from_meta(meta)
+    check_state_dict(model, tensors, str(path))
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), meta
+
+
+def update_checkpoint_meta(path: str | os.PathLike, change: Callable[[CheckpointMeta], None]) -> CheckpointMeta:
+    """Rewrite a checkpoint's metadata in place (atomically), e.g. to record thresholds."""
+    from safetensors.torch import save_file
+
+    tensors, meta = read_checkpoint(path)
+    change(meta)
+    meta = CheckpointMeta.from_json(meta.to_json())  # re-validate
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: meta.to_json()}))
+    return meta
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,29 @@
+"""Shared test fixtures: the real data folder (skip when absent) and a small phantom set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CXRDX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real NIH images, tables, DICOMs); tests using it skip when it is absent."""
+    if not (SHARED_DATA / "nih").is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it is only on development machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory) -> Path:
+    """A small phantom dataset in the NIH layout (images/, Data_Entry.csv, BBox_List.csv)."""
+    from cxrdx.phantom import write_dataset
+
+    out = tmp_path_factory.mktemp("phantoms")
+    write_dataset(out, n=120, size=64, seed=0)
+    return out
