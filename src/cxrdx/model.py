@@ -105,10 +105,13 @@ class CheckpointMeta:
                 f"channels but the network takes {self.in_channels}"
             )
         if self.thresholds is not None:
+            try:
+                self.thresholds = dict(zip(canonical_list(self.thresholds), map(float, self.thresholds.values())))
+            except LabelError as exc:
+                raise CheckpointError(f"checkpoint thresholds are invalid: {exc}") from None
             unknown = set(self.thresholds) - set(self.labels)
             if unknown:
                 raise CheckpointError(f"thresholds name findings the model does not output: {sorted(unknown)}")
-            self.thresholds = {k: float(v) for k, v in self.thresholds.items()}
 
     def to_json(self) -> str:
         data = asdict(self)
