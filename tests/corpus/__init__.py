@@ -1,0 +1,1 @@
+"""Reusable corpora of input files for reliability tests (io, CLI, web app)."""
