@@ -113,7 +113,7 @@ def _plan(labels: Sequence[str | os.PathLike], images: str | os.PathLike | None)
     for csv, stem in zip(labels, stems, strict=True):
         if not Path(csv).is_file():
             raise DataError(f"{csv}: no such label file")
-        table = read_labels(csv, images=images)
+        table = read_labels(csv, images_dir=images)
         table = table.copy()
         table["split"] = stem
         tables.append(table)
@@ -129,8 +129,9 @@ def _plan(labels: Sequence[str | os.PathLike], images: str | os.PathLike | None)
 
 def _fingerprint(plan: pd.DataFrame, size: int) -> str:
     digest = hashlib.sha256(f"v{FORMAT_VERSION}:{size}:".encode())
-    for image, path, split in zip(plan["image"], plan["path"], plan["split"], strict=True):
-        digest.update(f"{image}\0{path}\0{split}\n".encode())
+    # image ids and splits, not paths: a resumed run may point --images at a moved folder
+    for image, split in zip(plan["image"], plan["split"], strict=True):
+        digest.update(f"{image}\0{split}\n".encode())
     return digest.hexdigest()
 
 
@@ -264,7 +265,7 @@ def prepare_cache(
         bar.close()
         cache.flush()
         _save_done(out, done)
-    del cache
+
 
     ok = done == DONE
     index = plan.loc[ok].reset_index(drop=True)

@@ -186,7 +186,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
         raise CheckpointError(f"{path}: no such checkpoint file")
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # a safetensors file starts with its u64 header length then "{"; that length may begin with 0x80
+    if (head[:2] == b"PK" or head[:1] == b"\x80") and head[8:9] != b"{":
         raise CheckpointError(
             f"{path}: this is a PyTorch pickle, not a cxrdx .safetensors checkpoint; convert it once with "
             "`cxrdx import --from torchvision|chexnet|xrv SOURCE --out model.safetensors`"

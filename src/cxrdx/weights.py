@@ -176,6 +176,7 @@ _REAL_GLOBALS = {
 
 class _InertUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)  # protocol 2 names
         if (module, name) in _REAL_GLOBALS or (module == "torch" and name.endswith("Storage")):
             return super().find_class(module, name)
         return type(name, (_Inert,), {"__module__": f"cxrdx.inert.{module}"})
@@ -238,7 +239,8 @@ def _module_tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
     """Parameters and persistent buffers of a module (real or inert), by state_dict name."""
     state = getattr(obj, "__dict__", {})
     out: dict[str, torch.Tensor] = {}
-    skip = state.get("_non_persistent_buffers_set") or set()
+    skip = state.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset, list, tuple)) else ()
     for group in ("_parameters", "_buffers"):
         for name, value in (state.get(group) or {}).items():
             if isinstance(value, torch.Tensor) and name not in skip:
@@ -336,7 +338,7 @@ def _map_torch_state(
 
 
 def _select_head(
-    mapped: dict[str, torch.Tensor], source_labels: list[str], source: str
+    mapped: dict[str, torch.Tensor], source_labels: list[str], source: str, output_names: Iterable[str] = ()
 ) -> tuple[list[str], dict[str, int], list[str]]:
     """Reorder the classifier rows into FINDINGS order by name; returns (labels, mapping, dropped)."""
     weight = mapped.get("class_layers.out.weight")
@@ -350,14 +352,18 @@ def _select_head(
         )
     index: dict[str, int] = {}
     dropped: list[str] = []
+    output_names = list(output_names)
     for i, name in enumerate(source_labels):
         if name and is_finding(name):
             ours = canonical(name)
             if ours in index:
                 raise CheckpointError(f"{source}: source labels name {ours} twice: {source_labels}")
             index[ours] = i
+        elif name:
+            dropped.append(name)
         else:
-            dropped.append(name or f"(unused output {i})")
+            known = output_names[i] if i < len(output_names) else f"output {i}"
+            dropped.append(f"{known} (not trained in these weights)")
     if not index:
         raise CheckpointError(f"{source}: none of the source outputs is one of ours ({', '.join(FINDINGS)})")
     labels = [name for name in FINDINGS if name in index]
@@ -724,7 +730,8 @@ def import_weights(
         provenance["init_only"] = True
         notes.append("ImageNet features only; the 14-finding head is freshly initialised: train before use")
     else:
-        labels, label_mapping, dropped = _select_head(mapped, src_labels, str(path))
+        names = XRV_PATHOLOGIES if kind == "xrv" and len(src_labels) == len(XRV_PATHOLOGIES) else ()
+        labels, label_mapping, dropped = _select_head(mapped, src_labels, str(path), names)
     if thresholds is not None:
         thresholds = {name: thresholds[name] for name in labels if name in thresholds} or None
         if thresholds is None:
@@ -777,8 +784,8 @@ def load_init_features(source: str | os.PathLike | dict[str, torch.Tensor], mode
         if not path.is_file():
             raise CheckpointError(f"{path}: no such initialisation file")
         with open(path, "rb") as fh:
-            head = fh.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+            head = fh.read(16)
+        if (head[:2] == b"PK" or head[:1] == b"\x80") and head[8:9] != b"{":  # not safetensors
             obj, _ = load_torch_file(path, trust_pickle=False)
             state, _ = extract_state_dict(obj, name)
         else:
@@ -851,8 +858,8 @@ def _summary(result: ImportResult) -> str:
         lines.append(f"next: train on it with `cxrdx train --init {result.out} ...` (it cannot predict yet)")
     else:
         lines.append(
-            f"next: `cxrdx evaluate --checkpoint {result.out} ...` on your test split to check it and choose "
-            f"thresholds, then `cxrdx predict --checkpoint {result.out} IMAGE`"
+            f"next: check it on your own test split with `cxrdx evaluate --weights {result.out} --data DATA "
+            f"--out REPORT_DIR` (which can also choose thresholds), then `cxrdx predict --weights {result.out} IMAGE`"
         )
     return "\n".join(lines)
 
