@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import cxrdx.cache as cache_mod
-from cxrdx.cache import CacheBatches, open_cache, pixel_stats, prepare_cache
+from cxrdx.cache import open_cache, pixel_stats, prepare_cache
 from cxrdx.cli import main as cli_main
 from cxrdx.datasets import read_labels, write_labels
 from cxrdx.errors import DataError
@@ -38,8 +38,14 @@ def splits(phantom_dataset, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def prepared(splits, phantom_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "c"
-    result = prepare_cache([splits["train"], splits["val"]], out, size=SIZE, images=phantom_dataset / "images",
-                           workers=2, progress=False)
+    result = prepare_cache(
+        [splits["train"], splits["val"]],
+        out,
+        size=SIZE,
+        images=phantom_dataset / "images",
+        workers=2,
+        progress=False,
+    )
     return result, out
 
 
@@ -50,7 +56,9 @@ def test_cache_holds_letterboxed_images_and_labels(prepared, phantom_dataset):
     assert cache.size == SIZE and cache.images.shape == (120, SIZE, SIZE) and cache.images.dtype == np.uint8
     truth = read_labels(phantom_dataset / "Data_Entry.csv", images_dir=phantom_dataset / "images")
     index = cache.index.set_index("image")
-    np.testing.assert_array_equal(index.loc[truth["image"], list(FINDINGS)].to_numpy(), truth[list(FINDINGS)].to_numpy())
+    np.testing.assert_array_equal(
+        index.loc[truth["image"], list(FINDINGS)].to_numpy(), truth[list(FINDINGS)].to_numpy()
+    )
     assert list(cache.index["split"]) == ["train"] * 80 + ["val"] * 40
     for i in (0, 57, 119):
         image, _ = read_image(cache.index.at[i, "path"])
@@ -73,8 +81,9 @@ def test_batches_and_pixel_stats(prepared):
     np.testing.assert_array_equal(squares, train.images[train.rows[[5, 0, 3]]])
     np.testing.assert_array_equal(labels, train.labels[[5, 0, 3]])
     # through a real DataLoader worker (the memmap is reopened there)
-    loader = DataLoader(source, sampler=BatchSampler(SequentialSampler(range(80)), 32, False), batch_size=None,
-                        num_workers=1)
+    loader = DataLoader(
+        source, sampler=BatchSampler(SequentialSampler(range(80)), 32, False), batch_size=None, num_workers=1
+    )
     got = np.concatenate([b[0].numpy() for b in loader])
     np.testing.assert_array_equal(got, train.images[train.rows])
     mean, std = pixel_stats(source)
@@ -84,8 +93,14 @@ def test_batches_and_pixel_stats(prepared):
 
 def test_rerun_of_a_finished_cache_decodes_nothing(prepared, splits, phantom_dataset):
     _, out = prepared
-    again = prepare_cache([splits["train"], splits["val"]], out, size=SIZE, images=phantom_dataset / "images",
-                          workers=0, progress=False)
+    again = prepare_cache(
+        [splits["train"], splits["val"]],
+        out,
+        size=SIZE,
+        images=phantom_dataset / "images",
+        workers=0,
+        progress=False,
+    )
     assert again.decoded == 0 and again.cached == 120
 
 
@@ -110,8 +125,8 @@ def test_resume_after_sigkill_skips_finished_rows(splits, phantom_dataset, prepa
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(task)
         c._decode_row = dying
-        c.prepare_cache([{str(splits['train'])!r}, {str(splits['val'])!r}], {str(out)!r}, size={SIZE},
-                        images={str(phantom_dataset / 'images')!r}, workers=0, progress=False)
+        c.prepare_cache([{str(splits["train"])!r}, {str(splits["val"])!r}], {str(out)!r}, size={SIZE},
+                        images={str(phantom_dataset / "images")!r}, workers=0, progress=False)
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -121,8 +136,14 @@ def test_resume_after_sigkill_skips_finished_rows(splits, phantom_dataset, prepa
     calls = []
     real = cache_mod._decode_row
     monkeypatch.setattr(cache_mod, "_decode_row", lambda task: calls.append(task[0]) or real(task))
-    result = prepare_cache([splits["train"], splits["val"]], out, size=SIZE, images=phantom_dataset / "images",
-                           workers=0, progress=False)
+    result = prepare_cache(
+        [splits["train"], splits["val"]],
+        out,
+        size=SIZE,
+        images=phantom_dataset / "images",
+        workers=0,
+        progress=False,
+    )
     assert len(calls) == 80 and min(calls) == 40  # rows 0-39 were kept from the killed run
     assert result.cached == 120 and result.decoded == 80
     _, reference = prepared
@@ -141,10 +162,13 @@ def test_interrupted_run_saves_progress(splits, phantom_dataset, tmp_path, monke
 
     monkeypatch.setattr(cache_mod, "_decode_row", failing)
     with pytest.raises(KeyboardInterrupt):
-        prepare_cache([splits["train"]], out, size=SIZE, images=phantom_dataset / "images", workers=0, progress=False)
+        prepare_cache(
+            [splits["train"]], out, size=SIZE, images=phantom_dataset / "images", workers=0, progress=False
+        )
     monkeypatch.setattr(cache_mod, "_decode_row", real)
-    result = prepare_cache([splits["train"]], out, size=SIZE, images=phantom_dataset / "images", workers=0,
-                           progress=False)
+    result = prepare_cache(
+        [splits["train"]], out, size=SIZE, images=phantom_dataset / "images", workers=0, progress=False
+    )
     assert result.decoded == 80 - 29 and result.cached == 80
 
 
@@ -159,8 +183,22 @@ def test_unreadable_images_are_reported_and_skipped(splits, phantom_dataset, tmp
     csv = tmp_path / "val.csv"
     part.to_csv(csv, index=False)
     out = tmp_path / "c"
-    code = cli_main(["prepare", "--labels", str(csv), "--images", str(images), "--size", "32", "--out", str(out),
-                     "--workers", "0", "--no-progress"])
+    code = cli_main(
+        [
+            "prepare",
+            "--labels",
+            str(csv),
+            "--images",
+            str(images),
+            "--size",
+            "32",
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "2 image(s) could not be read" in captured.err
@@ -174,8 +212,22 @@ def test_unreadable_images_are_reported_and_skipped(splits, phantom_dataset, tmp
 
     only_bad = tmp_path / "bad.csv"
     part.iloc[5:].to_csv(only_bad, index=False)
-    code = cli_main(["prepare", "--labels", str(only_bad), "--images", str(images), "--size", "32", "--out",
-                     str(tmp_path / "c2"), "--workers", "0", "--no-progress"])
+    code = cli_main(
+        [
+            "prepare",
+            "--labels",
+            str(only_bad),
+            "--images",
+            str(images),
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "c2"),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     assert "none of the 2 images could be read" in capsys.readouterr().err
 
@@ -191,5 +243,10 @@ def test_open_cache_errors_say_to_run_prepare(tmp_path):
 def test_prepare_cli_errors(tmp_path, capsys):
     assert cli_main(["prepare", "--labels", str(tmp_path / "x.csv"), "--out", str(tmp_path / "c")]) == 2
     assert "no such label file" in capsys.readouterr().err
-    assert cli_main(["prepare", "--labels", str(tmp_path / "x.csv"), "--size", "8", "--out", str(tmp_path / "c")]) == 2
+    assert (
+        cli_main(
+            ["prepare", "--labels", str(tmp_path / "x.csv"), "--size", "8", "--out", str(tmp_path / "c")]
+        )
+        == 2
+    )
     assert "too small" in capsys.readouterr().err

@@ -362,3 +362,27 @@ def test_cli_split_official_lists(phantom_dataset, tmp_path, capsys):
         ],
     )
     assert rc == 2 and "x.txt" in err
+
+
+def test_cli_split_absolute_paths(phantom_dataset, tmp_path, capsys):
+    labels = phantom_dataset / "Data_Entry.csv"
+    rc, _, _ = _run(
+        capsys,
+        [
+            "split",
+            "--labels",
+            labels,
+            "--out",
+            tmp_path / "o",
+            "--images",
+            phantom_dataset,
+            "--absolute-paths",
+        ],
+    )
+    assert rc == 0
+    written = pd.read_csv(tmp_path / "o" / "train.csv")
+    assert list(written.columns[:2]) == ["image", "path"]
+    back = read_labels(tmp_path / "o" / "train.csv")
+    assert all(p.startswith("/") and p.endswith(i) for p, i in zip(back["path"], back["image"], strict=True))
+    rc, _, err = _run(capsys, ["split", "--labels", labels, "--out", tmp_path / "o2", "--absolute-paths"])
+    assert rc == 2 and "--images" in err

@@ -18,26 +18,61 @@ import sys
 
 import torch
 from safetensors.torch import load_file
-
-from cxrdx.model import build_model, read_checkpoint
 from test_train import make_toy_cache
+
+from cxrdx.cli import main as cli_main
+from cxrdx.model import build_model, read_checkpoint
 
 
 def _run(args: list[str], cwd) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     cache = make_toy_cache(tmp_path / "cache", n_train=64, n_val=16, size=32)
-    common = ["train", "--data", str(cache), "--arch", "densenet-tiny", "--epochs", "2", "--lr", "1e-3",
-              "--no-flip", "--freeze-bn", "--deterministic", "--workers", "0", "--threads", "1", "--no-progress",
-              "--debug-dump-weights"]
+    common = [
+        "train",
+        "--data",
+        str(cache),
+        "--arch",
+        "densenet-tiny",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--no-flip",
+        "--freeze-bn",
+        "--deterministic",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--debug-dump-weights",
+    ]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run(["-m", "cxrdx", *common, "--batch-size", "16", "--out", str(single)], tmp_path)
-    _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-          "-m", "cxrdx", *common, "--batch-size", "8", "--out", str(ddp)], tmp_path)
+    assert cli_main([*common, "--batch-size", "16", "--out", str(single)]) == 0  # in-process: one import less
+    _run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "cxrdx",
+            *common,
+            "--batch-size",
+            "8",
+            "--out",
+            str(ddp),
+        ],
+        tmp_path,
+    )
 
     rank0, rank1 = load_file(ddp / "rank0.safetensors"), load_file(ddp / "rank1.safetensors")
     assert rank0.keys() == rank1.keys()

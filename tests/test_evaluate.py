@@ -61,7 +61,7 @@ def test_auroc_point_equals_sklearn_and_ci_contains_it():
         assert r.auroc == pytest.approx(roc_auc_score(y[:, c], probs[:, c]), abs=1e-12)
         assert r.ci_low < r.auroc < r.ci_high
         assert r.n_boot_valid == 300
-        assert 0.5 < r.ci_low and r.ci_high <= 1.0
+        assert r.ci_low > 0.5 and r.ci_high <= 1.0
 
 
 def test_ci_narrows_with_more_patients_not_more_images_per_patient():
@@ -201,13 +201,26 @@ def test_report_html_references_every_png(tmp_path):
     th = choose_thresholds(y, probs, FINDINGS)
     metrics = compute_metrics(y, probs, patients, FINDINGS, th, n_boot=30)
     metrics |= {
-        "model": {"weights": "m.safetensors", "architecture": "densenet-tiny", "ensemble": ["m"], "tta": True},
+        "model": {
+            "weights": "m.safetensors",
+            "architecture": "densenet-tiny",
+            "ensemble": ["m"],
+            "tta": True,
+        },
         "dataset": {"description": "synthetic", "n_images": len(y), "n_patients": 90, "n_unreadable": 0},
-        "thresholds": {"values": th, "method": "youden", "method_text": "Youden", "chosen_on": "val", "undefined": []},
+        "thresholds": {
+            "values": th,
+            "method": "youden",
+            "method_text": "Youden",
+            "chosen_on": "val",
+            "undefined": [],
+        },
         "bootstrap": {"n_boot": 30, "seed": 0},
         "notes": [],
     }
-    report = write_report(tmp_path, metrics, y, probs, FINDINGS, spread=rng.random(y.shape) * 0.1, spread_kind="tta")
+    report = write_report(
+        tmp_path, metrics, y, probs, FINDINGS, spread=rng.random(y.shape) * 0.1, spread_kind="tta"
+    )
     html = report.read_text()
     pngs = {p.name for p in tmp_path.glob("*.png")}
     assert {"roc.png", "pr.png", "reliability.png", "prevalence.png", "uncertainty.png"} <= pngs
@@ -250,7 +263,10 @@ def _tiny_cache(path: Path, n: int = 60, size: int = 40, seed: int = 0) -> Path:
     split = np.array(["train", "val", "test"])[np.arange(n) % 3]
     labels[split == "test", FINDINGS.index("Hernia")] = 0
     table = pd.DataFrame(
-        {"image": [f"{i:05d}.png" for i in range(n)], "patient": [f"p{i // 2 if i % 3 == 2 else i}" for i in range(n)]}
+        {
+            "image": [f"{i:05d}.png" for i in range(n)],
+            "patient": [f"t{i // 6}" if i % 3 == 2 else f"p{i}" for i in range(n)],
+        }
     )
     for c, name in enumerate(FINDINGS):
         table[name] = labels[:, c]
@@ -270,7 +286,19 @@ def test_evaluate_cli_end_to_end_writes_report_and_thresholds(tmp_path, capsys):
     cache = _tiny_cache(tmp_path / "cache")
     out = tmp_path / "report"
     rc = main(
-        ["evaluate", "--weights", str(ckpt), "--data", str(cache), "--out", str(out), "--n-boot", "40", "--tta", "--no-progress"]
+        [
+            "evaluate",
+            "--weights",
+            str(ckpt),
+            "--data",
+            str(cache),
+            "--out",
+            str(out),
+            "--n-boot",
+            "40",
+            "--tta",
+            "--no-progress",
+        ]
     )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -295,7 +323,9 @@ def test_evaluate_cli_end_to_end_writes_report_and_thresholds(tmp_path, capsys):
     val = pd.read_csv(out / "val_predictions.csv")
     index = pd.read_csv(cache / "index.csv")
     val_true = index[index["split"] == "val"].set_index("image").loc[val["image"]]
-    expected = choose_thresholds(val_true[list(FINDINGS)].to_numpy(), val[list(FINDINGS)].to_numpy(), FINDINGS)
+    expected = choose_thresholds(
+        val_true[list(FINDINGS)].to_numpy(), val[list(FINDINGS)].to_numpy(), FINDINGS
+    )
     assert meta.thresholds == pytest.approx({k: v for k, v in expected.items() if v is not None}, abs=1e-5)
     # ... and Predictor makes positive/negative calls with them
     square = np.load(cache / "images.npy")[0].astype(np.float32) / 255
@@ -330,10 +360,32 @@ def test_evaluate_reports_a_missing_split_and_a_missing_file(tmp_path, capsys):
 
     ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
     cache = _tiny_cache(tmp_path / "cache")
-    rc = main(["evaluate", "--weights", str(ckpt), "--data", str(cache), "--out", str(tmp_path / "r"), "--split", "holdout"])
+    rc = main(
+        [
+            "evaluate",
+            "--weights",
+            str(ckpt),
+            "--data",
+            str(cache),
+            "--out",
+            str(tmp_path / "r"),
+            "--split",
+            "holdout",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "holdout" in err and "'test'" in err and "Traceback" not in err
-    rc = main(["evaluate", "--weights", str(ckpt), "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "r")])
+    rc = main(
+        [
+            "evaluate",
+            "--weights",
+            str(ckpt),
+            "--data",
+            str(tmp_path / "nope.csv"),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 2 and "nope.csv" in capsys.readouterr().err
 
 
@@ -348,11 +400,20 @@ def test_evaluate_ensemble_spread_and_resized_cache(tmp_path):
 
     torch.manual_seed(1)
     b = tmp_path / "b.safetensors"
-    meta = CheckpointMeta(architecture="densenet-tiny", in_channels=1, preprocessing=Preprocessing(size=48, channels=1))
+    meta = CheckpointMeta(
+        architecture="densenet-tiny", in_channels=1, preprocessing=Preprocessing(size=48, channels=1)
+    )
     save_checkpoint(b, build_model("densenet-tiny", in_channels=1), meta)
     cache = _tiny_cache(tmp_path / "cache")  # 40 px squares: resized to 32 and 48
     metrics = evaluate(
-        EvaluateConfig(weights=str(a), data=str(cache), out=str(tmp_path / "r"), ensemble=[str(b)], n_boot=10, progress=False)
+        EvaluateConfig(
+            weights=str(a),
+            data=str(cache),
+            out=str(tmp_path / "r"),
+            ensemble=[str(b)],
+            n_boot=10,
+            progress=False,
+        )
     )
     assert "2 checkpoints" in metrics["model"]["uncertainty"]
     preds = pd.read_csv(tmp_path / "r" / "predictions.csv")
@@ -361,3 +422,29 @@ def test_evaluate_ensemble_spread_and_resized_cache(tmp_path):
 
     assert read_checkpoint(a)[1].thresholds is None  # ensemble thresholds are not written into one checkpoint
     assert (tmp_path / "r" / "thresholds.json").exists()
+
+
+def test_evaluate_label_csvs_with_an_image_folder(tmp_path, capsys):
+    from cxrdx.cli import main
+    from cxrdx.datasets import read_labels
+    from cxrdx.phantom import write_dataset
+
+    data = write_dataset(tmp_path / "ph", n=24, size=64, seed=1)
+    table = read_labels(data / "Data_Entry.csv")
+    columns = ["image", "patient", *FINDINGS]
+    patients = sorted(set(table["patient"]))
+    val_patients = set(patients[: len(patients) // 2])
+    table[table["patient"].isin(val_patients)][columns].to_csv(tmp_path / "val.csv", index=False)
+    test = table[~table["patient"].isin(val_patients)]
+    test[columns].to_csv(tmp_path / "test.csv", index=False)
+    ckpt = _tiny_checkpoint(tmp_path / "m.safetensors", size=32)
+    out = tmp_path / "r"
+    args = ["evaluate", "--weights", str(ckpt), "--data", str(tmp_path / "test.csv"), "--out", str(out)]
+    args += ["--val", str(tmp_path / "val.csv"), "--images", str(data / "images"), "--n-boot", "20"]
+    rc = main([*args, "--target-sensitivity", "0.9", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["n_images"] == len(test)
+    assert metrics["thresholds"]["method"] == "sensitivity>=0.9"
+    assert metrics["mean_auroc"] is None or 0 <= metrics["mean_auroc"] <= 1
+    assert len(pd.read_csv(out / "predictions.csv")) == len(test)

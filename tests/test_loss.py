@@ -15,7 +15,9 @@ def naive_loss(logits: np.ndarray, y: np.ndarray, w_pos: np.ndarray, w_neg: np.n
     p = 1.0 / (1.0 + np.exp(-logits))
     total = 0.0
     for c in range(y.shape[1]):
-        terms = w_pos[c] * y[:, c] * np.log(p[:, c] + EPS) + w_neg[c] * (1 - y[:, c]) * np.log(1 - p[:, c] + EPS)
+        terms = w_pos[c] * y[:, c] * np.log(p[:, c] + EPS) + w_neg[c] * (1 - y[:, c]) * np.log(
+            1 - p[:, c] + EPS
+        )
         total -= terms.mean()
     return float(total)
 
@@ -64,7 +66,9 @@ def test_per_image_reduction_averages_to_the_loss():
     x, t = torch.from_numpy(logits), torch.from_numpy(y)
     per_image = WeightedBCEWithLogits(w_pos, w_neg, reduction="none")(x, t)
     assert per_image.shape == (len(y),)
-    assert per_image.mean().item() == pytest.approx(WeightedBCEWithLogits(w_pos, w_neg)(x, t).item(), abs=1e-9)
+    assert per_image.mean().item() == pytest.approx(
+        WeightedBCEWithLogits(w_pos, w_neg)(x, t).item(), abs=1e-9
+    )
 
 
 def test_each_class_gets_equal_weight_from_positives_and_negatives():

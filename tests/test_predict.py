@@ -94,7 +94,7 @@ def test_paths_and_arrays_agree(ckpt, images):
 
 def test_batching_and_worker_pool_do_not_change_results(ckpt, images):
     p = Predictor.load(ckpt, backend="torch")
-    items = images * 3
+    items = images * 2
     serial = probs_matrix(p.predict(items, batch_size=1, workers=0))
     pooled = p.predict(items, batch_size=5, workers=3)
     assert [x.source for x in pooled] == [str(i) for i in items]
@@ -187,6 +187,9 @@ def test_concurrent_predict_and_explain_match_serial(ckpt, images):
     for t in threads:
         t.join()
     assert failures == []
+    # Grad-CAM's hooks live on a private copy, never on the network other threads run
+    layer = dict(p.model.named_modules())["class_layers.relu"]
+    assert not layer._forward_hooks and not layer._backward_hooks
 
 
 # --------------------------------------------------------------------------- CLI

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from cxrdx.cli import main as cli_main
+from cxrdx.errors import DataError
 from cxrdx.labels import FINDINGS
 from cxrdx.model import load_checkpoint, read_checkpoint
 from cxrdx.preprocess import Preprocessing
@@ -49,7 +50,9 @@ def make_toy_cache(out: Path, n_train: int = 96, n_val: int = 32, size: int = 32
         images[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     images.flush()
     del images
-    index = pd.DataFrame({"image": [f"img{i:04d}.png" for i in range(n)], "patient": [f"p{i}" for i in range(n)]})
+    index = pd.DataFrame(
+        {"image": [f"img{i:04d}.png" for i in range(n)], "patient": [f"p{i}" for i in range(n)]}
+    )
     index["view"], index["age"], index["sex"] = "PA", 50, "M"
     for j, name in enumerate(FINDINGS):
         index[name] = labels[:, j]
@@ -57,22 +60,55 @@ def make_toy_cache(out: Path, n_train: int = 96, n_val: int = 32, size: int = 32
     index["split"] = ["train"] * n_train + ["val"] * n_val
     index["path"] = ""
     index.to_csv(out / "index.csv", index=False)
-    info = {"format_version": 1, "size": size, "resize": "letterbox", "counts": {"train": n_train, "val": n_val},
-            "failures": []}
+    info = {
+        "format_version": 1,
+        "size": size,
+        "resize": "letterbox",
+        "counts": {"train": n_train, "val": n_val},
+        "failures": [],
+    }
     (out / "cache.json").write_text(json.dumps(info))
     return out
 
 
 def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = TrainConfig(data=str(data), out=str(out), arch="densenet-tiny", epochs=3, batch_size=16, lr=1e-3,
-                       deterministic=True, progress=False, workers=0, threads=2)
+    base = TrainConfig(
+        data=str(data),
+        out=str(out),
+        arch="densenet-tiny",
+        epochs=3,
+        batch_size=16,
+        lr=1e-3,
+        deterministic=True,
+        progress=False,
+        workers=0,
+        threads=1,
+    )
     return replace(base, **kw)
 
 
 def cli_args(cfg: TrainConfig) -> list[str]:
-    return ["train", "--data", cfg.data, "--out", cfg.out, "--arch", cfg.arch, "--epochs", str(cfg.epochs),
-            "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--deterministic", "--no-progress",
-            "--workers", "0", "--threads", str(cfg.threads)]
+    return [
+        "train",
+        "--data",
+        cfg.data,
+        "--out",
+        cfg.out,
+        "--arch",
+        cfg.arch,
+        "--epochs",
+        str(cfg.epochs),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--lr",
+        str(cfg.lr),
+        "--deterministic",
+        "--no-progress",
+        "--workers",
+        "0",
+        "--threads",
+        str(cfg.threads),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +166,9 @@ def test_device_normalisation_matches_preprocessing():
     squares = rng.integers(0, 256, size=(4, 32, 32), dtype=np.uint8)
     pre = Preprocessing(size=32, channels=3, mean=(0.3,), std=(0.2,))
     cfg = TrainConfig(flip=True, affine=True)
-    x = _to_input(torch.from_numpy(squares), pre, torch.device("cpu"), torch.channels_last, None, cfg, train=False)
+    x = _to_input(
+        torch.from_numpy(squares), pre, torch.device("cpu"), torch.channels_last, None, cfg, train=False
+    )
     np.testing.assert_allclose(x.numpy(), pre.normalize(squares), rtol=1e-6, atol=1e-6)
     assert x.is_contiguous(memory_format=torch.channels_last)
 
@@ -138,10 +176,13 @@ def test_device_normalisation_matches_preprocessing():
 def test_flip_mirrors_some_images_and_keeps_others():
     squares = torch.from_numpy(np.random.default_rng(1).integers(0, 256, size=(64, 32, 32), dtype=np.uint8))
     pre = Preprocessing(size=32, channels=3, mean=(0.0,), std=(1.0,))
-    plain = _to_input(squares, pre, torch.device("cpu"), torch.contiguous_format, None, TrainConfig(), train=False)
+    plain = _to_input(
+        squares, pre, torch.device("cpu"), torch.contiguous_format, None, TrainConfig(), train=False
+    )
     rng = torch.Generator().manual_seed(0)
-    flipped = _to_input(squares, pre, torch.device("cpu"), torch.contiguous_format, rng,
-                        TrainConfig(flip=True), train=True)
+    flipped = _to_input(
+        squares, pre, torch.device("cpu"), torch.contiguous_format, rng, TrainConfig(flip=True), train=True
+    )
     same = [torch.equal(flipped[i], plain[i]) for i in range(64)]
     mirrored = [torch.equal(flipped[i], plain[i].flip(-1)) for i in range(64)]
     assert all(s or m for s, m in zip(same, mirrored, strict=True))
@@ -159,18 +200,13 @@ def test_affine_moves_pixels_but_keeps_the_shape():
     assert x.max() <= 200 / 255 + 1e-5
 
 
-def _run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "cxrdx", *args], capture_output=True, text=True, env=env,
-                          timeout=300, **kw)
-
-
-def test_resume_after_sigkill_mid_run(tiny_run, toy_cache, tmp_path):
+def test_resume_after_sigkill_mid_run(tiny_run, toy_cache, tmp_path, capsys):
     result, first = tiny_run
     out = tmp_path / "killed"
     cfg = tiny_config(toy_cache, out)
-    proc = subprocess.Popen([sys.executable, "-m", "cxrdx", *cli_args(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxrdx", *cli_args(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / "last_state.pt").exists():  # epoch 1 is complete: kill during epoch 2
@@ -182,9 +218,8 @@ def test_resume_after_sigkill_mid_run(tiny_run, toy_cache, tmp_path):
         proc.wait()
     killed_at = torch.load(out / "last_state.pt", weights_only=True)["epoch"]
     assert killed_at < 3
-    resumed = _run_cli(["train", "--resume", str(out), "--no-progress"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {out} after epoch {killed_at}" in resumed.stderr
+    assert cli_main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert f"resuming {out} after epoch {killed_at}" in capsys.readouterr().err
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     _, meta = load_checkpoint(out / "last.safetensors")
@@ -216,7 +251,9 @@ def _error(capsys, args: list[str]) -> str:
 def test_bad_configs_give_clear_errors(toy_cache, tmp_path, capsys):
     base = ["train", "--data", str(toy_cache), "--arch", "densenet-tiny", "--no-progress"]
     out = ["--out", str(tmp_path / "r")]
-    assert "unknown finding name(s): 'Covid'" in _error(capsys, [*base, *out, "--findings", "Effusion", "Covid"])
+    assert "unknown finding name(s): 'Covid'" in _error(
+        capsys, [*base, *out, "--findings", "Effusion", "Covid"]
+    )
     assert "too small for DenseNet121" in _error(capsys, [*base, *out, "--image-size", "16"])
     assert "differs from the cache's 32 px" in _error(capsys, [*base, *out, "--image-size", "64"])
     missing = _error(capsys, ["train", "--data", str(tmp_path / "nope"), *out])
@@ -246,7 +283,9 @@ def test_config_file_is_merged_under_flags(toy_cache, tmp_path):
 
     toml = tmp_path / "c.toml"
     toml.write_text('[train]\nbatch-size = 8\nlr = 0.01\narch = "densenet-tiny"\nflip = false\n')
-    cfg = make_config(load_config_file(toml), lr=0.02, data=str(toy_cache), out=str(tmp_path / "r")).validate()
+    cfg = make_config(
+        load_config_file(toml), lr=0.02, data=str(toy_cache), out=str(tmp_path / "r")
+    ).validate()
     assert (cfg.batch_size, cfg.lr, cfg.arch, cfg.flip) == (8, 0.02, "densenet-tiny", False)
     js = tmp_path / "c.json"
     js.write_text(json.dumps({"epochs": "many"}))
@@ -254,3 +293,49 @@ def test_config_file_is_merged_under_flags(toy_cache, tmp_path):
 
     with pytest.raises(ConfigError, match="epochs"):
         make_config(load_config_file(js))
+
+
+def test_early_stopping_stops_and_stays_stopped_on_resume(toy_cache, tmp_path):
+    # lr so small that val loss cannot improve by min_delta: stop after the patience runs out
+    cfg = tiny_config(toy_cache, tmp_path / "r", epochs=5, lr=1e-12, min_delta=0.01, early_stop_patience=1)
+    result = train(cfg)
+    assert result.stopped == "early_stopping" and result.epochs_completed == 2 and result.best_epoch == 1
+    again = train(cfg, resume=True)
+    assert again.stopped == "early_stopping" and again.epochs_completed == 2
+
+
+def test_time_budget_stops_before_an_epoch_that_would_not_fit(toy_cache, tmp_path):
+    result = train(tiny_config(toy_cache, tmp_path / "r", epochs=5, max_minutes=1e-4))
+    assert result.stopped == "time_budget" and result.epochs_completed == 1
+    assert (tmp_path / "r" / "best.safetensors").is_file()
+
+
+def test_training_from_csv_splits_decodes_on_the_fly(phantom_dataset, tmp_path):
+    from cxrdx.datasets import read_labels, write_labels
+
+    table = read_labels(phantom_dataset / "Data_Entry.csv")
+    write_labels(table.iloc[:64].reset_index(drop=True), tmp_path / "train.csv")
+    write_labels(table.iloc[64:96].reset_index(drop=True), tmp_path / "val.csv")
+    cfg = tiny_config(
+        tmp_path, tmp_path / "run", epochs=1, image_size=32, images=str(phantom_dataset / "images")
+    )
+    result = train(cfg)
+    assert result.epochs_completed == 1
+    _, meta = read_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert meta.provenance["data_kind"] == "csv" and meta.preprocessing.size == 32
+    with pytest.raises(DataError, match="not found"):  # without --images the files cannot be found
+        train(tiny_config(tmp_path, tmp_path / "run2", epochs=1, image_size=32))
+
+
+def test_init_weights_are_loaded(tiny_run, toy_cache, tmp_path):
+    _, first = tiny_run
+    result = train(
+        tiny_config(toy_cache, tmp_path / "r", epochs=1, lr=1e-12, init=str(first / "last.safetensors"))
+    )
+    trained, _ = read_checkpoint(result.last_path)
+    source, _ = read_checkpoint(first / "last.safetensors")
+    model, _ = load_checkpoint(result.last_path)
+    params = [name for name, _ in model.named_parameters() if name.startswith("features.")]
+    assert params
+    for name in params:  # lr 1e-12: the features are still the init's
+        torch.testing.assert_close(trained[name], source[name], rtol=0, atol=1e-6)

@@ -314,16 +314,30 @@ def build_app(predictor: Predictor, max_file_size: int | str | None = None) -> g
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label="Chest X-ray (PNG, JPEG or DICOM)", file_count="single", type="filepath"
+                    label="Chest X-ray (PNG, JPEG or DICOM)",
+                    file_count="single",
+                    type="filepath",
+                    elem_id="cxrdx-upload",
                 )
                 status = gr.HTML(elem_id="cxrdx-status")
                 shown = gr.Image(
-                    label="Image as read", type="pil", format="png", interactive=False, height=420
+                    label="Image as read",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=420,
+                    buttons=["download", "fullscreen"],
+                    elem_id="cxrdx-image",
                 )
             with gr.Column(scale=1):
                 positives = gr.Markdown(elem_id="cxrdx-positives")
                 chart = gr.Image(
-                    label="Probabilities", type="pil", format="png", interactive=False, elem_id="cxrdx-chart"
+                    label="Probabilities",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    buttons=["download", "fullscreen"],
+                    elem_id="cxrdx-chart",
                 )
                 with gr.Accordion("All findings as a table", open=True):
                     table = gr.Markdown(elem_id="cxrdx-table")
@@ -335,11 +349,22 @@ def build_app(predictor: Predictor, max_file_size: int | str | None = None) -> g
                     format="png",
                     height=320,
                     preview=False,
+                    object_fit="contain",
+                    buttons=["download", "fullscreen"],
+                    elem_id="cxrdx-gallery",
                 )
             with gr.Column(scale=1):
-                pick = gr.Dropdown(choices=labels, label="Grad-CAM for another finding", value=None)
+                pick = gr.Dropdown(
+                    choices=labels, label="Grad-CAM for another finding", value=None, elem_id="cxrdx-pick"
+                )
                 picked = gr.Image(
-                    label="Grad-CAM (picked finding)", type="pil", format="png", interactive=False
+                    label="Grad-CAM (picked finding)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=320,
+                    buttons=["download", "fullscreen"],
+                    elem_id="cxrdx-picked",
                 )
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card(predictor), elem_id="cxrdx-model-card")

@@ -109,7 +109,9 @@ def _plan(labels: Sequence[str | os.PathLike], images: str | os.PathLike | None)
     tables = []
     stems = [Path(p).name.split(".")[0] for p in labels]
     if len(set(stems)) != len(stems):
-        raise DataError(f"--labels files must have different names (their stems become the split): {list(labels)}")
+        raise DataError(
+            f"--labels files must have different names (their stems become the split): {list(labels)}"
+        )
     for csv, stem in zip(labels, stems, strict=True):
         if not Path(csv).is_file():
             raise DataError(f"{csv}: no such label file")
@@ -154,11 +156,18 @@ def _save_done(out: Path, done: np.ndarray) -> None:
     atomic_write(out / DONE_FILE, write)
 
 
-def _start_or_resume(out: Path, plan: pd.DataFrame, size: int, overwrite: bool) -> tuple[np.memmap, np.ndarray]:
+def _is_ours(path: Path) -> bool:
+    """A file prepare writes, or one of its temporary files (left by a kill during a write)."""
+    names = (IMAGES_FILE, DONE_FILE, PLAN_FILE, INDEX_FILE, INFO_FILE)
+    return path.name in names or (path.name.startswith(".") and path.name.endswith(".tmp"))
+
+
+def _start_or_resume(
+    out: Path, plan: pd.DataFrame, size: int, overwrite: bool
+) -> tuple[np.memmap, np.ndarray]:
     """Open the images memmap and the done markers: resumed when this is the same job, fresh otherwise."""
     fingerprint = _fingerprint(plan, size)
     state_path = out / PLAN_FILE
-    ours = (IMAGES_FILE, DONE_FILE, PLAN_FILE, INDEX_FILE, INFO_FILE)
     if state_path.is_file() and (out / IMAGES_FILE).is_file() and (out / DONE_FILE).is_file():
         try:
             state = json.loads(state_path.read_text())
@@ -172,7 +181,9 @@ def _start_or_resume(out: Path, plan: pd.DataFrame, size: int, overwrite: bool) 
                     return images, done.astype(np.uint8)
             except (OSError, ValueError):
                 pass
-            print(f"cxrdx prepare: the unfinished cache in {out} is damaged; starting it again", file=sys.stderr)
+            print(
+                f"cxrdx prepare: the unfinished cache in {out} is damaged; starting it again", file=sys.stderr
+            )
         elif not overwrite:
             raise DataError(
                 f"{out} already holds a cache of other images or another size; "
@@ -180,10 +191,12 @@ def _start_or_resume(out: Path, plan: pd.DataFrame, size: int, overwrite: bool) 
             )
     elif (out / INFO_FILE).exists() and not overwrite:
         raise DataError(f"{out} already holds a cache; choose a new --out or pass --overwrite to replace it")
-    elif out.exists() and any(p.name not in ours for p in out.iterdir()) and not overwrite:
+    elif out.exists() and not all(_is_ours(p) for p in out.iterdir()) and not overwrite:
         raise DataError(f"{out} is not empty and is not a cxrdx cache; choose a new or empty --out")
-    for name in ours:
-        (out / name).unlink(missing_ok=True)
+    if out.exists():
+        for p in out.iterdir():
+            if _is_ours(p) and p.is_file():  # never delete anything prepare did not write
+                p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{IMAGES_FILE}.tmp"
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(plan), size, size))
@@ -266,7 +279,6 @@ def prepare_cache(
         cache.flush()
         _save_done(out, done)
 
-
     ok = done == DONE
     index = plan.loc[ok].reset_index(drop=True)
     counts = {str(k): int(v) for k, v in index["split"].value_counts(sort=False).items()}
@@ -327,7 +339,11 @@ class PreparedCache:
                 f"prepare it with --labels including {split}.csv"
             )
         return PreparedCache(
-            self.path, self.images, self.index[self.index["split"] == split].reset_index(drop=True), self.size, self.info
+            self.path,
+            self.images,
+            self.index[self.index["split"] == split].reset_index(drop=True),
+            self.size,
+            self.info,
         )
 
     @property
@@ -355,25 +371,35 @@ def open_cache(path: str | os.PathLike) -> PreparedCache:
         raise DataError(f"{path}: no such cache folder; {hint}")
     if not (path / INFO_FILE).is_file():
         if (path / PLAN_FILE).is_file():
-            raise DataError(f"{path}: this cache is unfinished (prepare was interrupted); rerun the same `cxrdx prepare` to finish it")
+            raise DataError(
+                f"{path}: this cache is unfinished (prepare was interrupted); rerun the same `cxrdx prepare` to finish it"
+            )
         raise DataError(f"{path}: not a cxrdx cache (no {INFO_FILE}); {hint}")
     try:
         info = json.loads((path / INFO_FILE).read_text())
         size = int(info["size"])
-        index = pd.read_csv(path / INDEX_FILE, dtype={"image": str, "patient": str, "split": str, "path": str})
+        index = pd.read_csv(
+            path / INDEX_FILE, dtype={"image": str, "patient": str, "split": str, "path": str}
+        )
         images = np.load(path / IMAGES_FILE, mmap_mode="r")
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: the cache is corrupt or incomplete ({exc}); rebuild it: {hint} --overwrite") from None
+        raise DataError(
+            f"{path}: the cache is corrupt or incomplete ({exc}); rebuild it: {hint} --overwrite"
+        ) from None
     missing = [c for c in ("row", "split", *FINDINGS) if c not in index.columns]
     if missing:
-        raise DataError(f"{path}/{INDEX_FILE}: missing columns {missing}; rebuild the cache: {hint} --overwrite")
+        raise DataError(
+            f"{path}/{INDEX_FILE}: missing columns {missing}; rebuild the cache: {hint} --overwrite"
+        )
     if images.ndim != 3 or images.shape[1:] != (size, size) or images.dtype != np.uint8:
         raise DataError(
             f"{path}/{IMAGES_FILE}: shape {images.shape} {images.dtype} does not match size {size} in {INFO_FILE}; "
             f"rebuild the cache: {hint} --overwrite"
         )
     if len(index) and (index["row"].min() < 0 or index["row"].max() >= images.shape[0]):
-        raise DataError(f"{path}/{INDEX_FILE}: rows point outside {IMAGES_FILE}; rebuild the cache with --overwrite")
+        raise DataError(
+            f"{path}/{INDEX_FILE}: rows point outside {IMAGES_FILE}; rebuild the cache with --overwrite"
+        )
     for name in FINDINGS:
         index[name] = index[name].fillna(0).astype(np.uint8)
     index["split"] = index["split"].astype(str)
@@ -450,7 +476,9 @@ class FileBatches:
         return self.squares(positions), self.labels[positions]
 
 
-def pixel_stats(source: CacheBatches | FileBatches, max_images: int = 2000, batch: int = 64) -> tuple[float, float]:
+def pixel_stats(
+    source: CacheBatches | FileBatches, max_images: int = 2000, batch: int = 64
+) -> tuple[float, float]:
     """Mean and std of [0, 1] pixels over up to ``max_images`` evenly spaced images (deterministic)."""
     n = len(source)
     if n == 0:
@@ -486,12 +514,18 @@ def _run_prepare(args: argparse.Namespace) -> int:
         reused = f" ({total - result.decoded} already done by an earlier run)"
     counts = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
     if result.failures:
-        print(f"{len(result.failures)} image(s) could not be read and were left out (also listed in "
-              f"{result.out / INFO_FILE}):", file=sys.stderr)
+        print(
+            f"{len(result.failures)} image(s) could not be read and were left out (also listed in "
+            f"{result.out / INFO_FILE}):",
+            file=sys.stderr,
+        )
         for f in result.failures:
             print(f"  {f['path'] or f['image']}: {f['problem']}", file=sys.stderr)
     if result.cached == 0:
-        print(f"cxrdx prepare: error: none of the {total} images could be read; nothing was cached", file=sys.stderr)
+        print(
+            f"cxrdx prepare: error: none of the {total} images could be read; nothing was cached",
+            file=sys.stderr,
+        )
         return 1
     print(
         f"cached {result.cached} images ({counts}) at {result.size} px, letterboxed, into {result.out}"
@@ -511,12 +545,19 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "Interrupted? Rerun the same command: finished images are kept. Unreadable images are "
         "reported, skipped and listed at the end.",
     )
-    p.add_argument("--labels", nargs="+", required=True, metavar="CSV",
-                   help="label table(s), e.g. the train.csv val.csv test.csv written by `cxrdx split`")
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        required=True,
+        metavar="CSV",
+        help="label table(s), e.g. the train.csv val.csv test.csv written by `cxrdx split`",
+    )
     p.add_argument("--images", metavar="DIR", help="folder the image names in the CSVs are relative to")
     p.add_argument("--size", type=int, default=320, help="square side in pixels (default 320)")
     p.add_argument("--out", required=True, metavar="CACHE", help="cache folder to create (or resume)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 8)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 8)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_prepare)

@@ -122,7 +122,9 @@ def resample_by_patient(patients: Sequence, rng: np.random.Generator) -> np.ndar
 
 
 def _factorize(values: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    uniques, codes = np.unique(np.asarray([str(v) for v in values], dtype=object).astype(str), return_inverse=True)
+    uniques, codes = np.unique(
+        np.asarray([str(v) for v in values], dtype=object).astype(str), return_inverse=True
+    )
     return codes.astype(np.int64), uniques
 
 
@@ -157,7 +159,9 @@ def auroc_with_ci(
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
     if y_true.shape != probs.shape or y_true.ndim != 2 or y_true.shape[1] != len(names):
-        raise ValueError(f"labels {y_true.shape} and probabilities {probs.shape} must both be (n, {len(names)})")
+        raise ValueError(
+            f"labels {y_true.shape} and probabilities {probs.shape} must both be (n, {len(names)})"
+        )
     if len(patients) != len(y_true):
         raise ValueError(f"{len(patients)} patient ids for {len(y_true)} images")
     if not 0 < level < 1:
@@ -249,7 +253,9 @@ def choose_thresholds(
     out: dict[str, float | None] = {}
     for c, name in enumerate(names):
         y, s = np.asarray(y_true)[:, c], np.asarray(probs)[:, c]
-        out[name] = youden_threshold(y, s) if method == "youden" else sensitivity_threshold(y, s, target_sensitivity)
+        out[name] = (
+            youden_threshold(y, s) if method == "youden" else sensitivity_threshold(y, s, target_sensitivity)
+        )
     return out
 
 
@@ -326,12 +332,16 @@ def load_eval_set(path: str, split: str | None, images: str | None, labels: Sequ
 
     p = Path(path)
     if _is_cache(p):
-        table = pd.read_csv(p / "index.csv", dtype={"patient": str, "image": str, "split": str}, keep_default_na=False)
+        table = pd.read_csv(
+            p / "index.csv", dtype={"patient": str, "image": str, "split": str}, keep_default_na=False
+        )
         if "row" not in table.columns:
             raise DataError(f"{p / 'index.csv'}: no 'row' column; rebuild the cache with `cxrdx prepare`")
         if split:
             if "split" not in table.columns:
-                raise DataError(f"{p / 'index.csv'}: no 'split' column, so --split {split} cannot be selected")
+                raise DataError(
+                    f"{p / 'index.csv'}: no 'split' column, so --split {split} cannot be selected"
+                )
             present = sorted(set(table["split"]))
             table = table[table["split"] == split].reset_index(drop=True)
             if table.empty:
@@ -341,14 +351,18 @@ def load_eval_set(path: str, split: str | None, images: str | None, labels: Sequ
         except (OSError, ValueError) as exc:
             raise DataError(f"{p / 'images.npy'}: cannot be opened ({exc}); rebuild the cache") from None
         if images_npy.ndim != 3 or images_npy.dtype != np.uint8:
-            raise DataError(f"{p / 'images.npy'}: expected (N, S, S) uint8, got {images_npy.shape} {images_npy.dtype}")
+            raise DataError(
+                f"{p / 'images.npy'}: expected (N, S, S) uint8, got {images_npy.shape} {images_npy.dtype}"
+            )
         bad = int(((table["row"] < 0) | (table["row"] >= len(images_npy))).sum())
         if bad:
             raise DataError(f"{p / 'index.csv'}: {bad} row index(es) outside images.npy; rebuild the cache")
         desc = f"{p} (split {split})" if split else str(p)
         return _finish_table(EvalSet(desc, table, cache_images=images_npy), labels)
     if p.is_dir():
-        raise DataError(f"{p}: a folder without index.csv and images.npy is not a prepared cache; run `cxrdx prepare`")
+        raise DataError(
+            f"{p}: a folder without index.csv and images.npy is not a prepared cache; run `cxrdx prepare`"
+        )
     if not p.is_file():
         raise DataError(f"{p}: no such label CSV or prepared cache folder")
     from cxrdx.datasets import read_labels
@@ -362,7 +376,9 @@ def _finish_table(es: EvalSet, labels: Sequence[str]) -> EvalSet:
     table = es.table
     missing = [name for name in labels if name not in table.columns]
     if missing:
-        raise DataError(f"{es.description}: no label column(s) for {', '.join(missing)}, which the model outputs")
+        raise DataError(
+            f"{es.description}: no label column(s) for {', '.join(missing)}, which the model outputs"
+        )
     if "image" not in table.columns:
         raise DataError(f"{es.description}: no 'image' column")
     if "patient" not in table.columns or (table["patient"].astype(str).str.strip() == "").any():
@@ -371,7 +387,9 @@ def _finish_table(es: EvalSet, labels: Sequence[str]) -> EvalSet:
             "in the bootstrap (CIs may be too narrow if patients have several images)"
         )
         pat = table["patient"].astype(str) if "patient" in table.columns else table["image"].astype(str)
-        table = table.assign(patient=np.where(pat.str.strip() == "", "image:" + table["image"].astype(str), pat))
+        table = table.assign(
+            patient=np.where(pat.str.strip() == "", "image:" + table["image"].astype(str), pat)
+        )
     es.table = table.reset_index(drop=True)
     return es
 
@@ -490,7 +508,9 @@ def compute_metrics(
         t = (thresholds or {}).get(name)
         if t is not None:
             entry["threshold"] = _nz(t, 8)
-            entry["at_threshold"] = {k: (_nz(v) if isinstance(v, float) else v) for k, v in binary_metrics(y, s, t).items()}
+            entry["at_threshold"] = {
+                k: (_nz(v) if isinstance(v, float) else v) for k, v in binary_metrics(y, s, t).items()
+            }
         classes[name] = entry
     ref = [CHEXNET_AUROC[k] for k in used if k in CHEXNET_AUROC]
     return {
@@ -532,7 +552,9 @@ def plot_roc(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[s
         fpr, tpr, _ = roc_curve(y_true[:, c], probs[:, c])
         ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} ({auc:.3f})")
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 \u2212 specificity (false positive rate)", ylabel="sensitivity")
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1.01), xlabel="1 \u2212 specificity (false positive rate)", ylabel="sensitivity"
+    )
     ax.set_title("ROC curves (AUROC in legend)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
@@ -558,7 +580,9 @@ def plot_pr(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[st
     return _save(fig, out / "pr.png")
 
 
-def plot_reliability(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: dict) -> Path:
+def plot_reliability(
+    out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: dict
+) -> Path:
     plt = _plt()
     cols = 5
     rows = math.ceil(len(names) / cols)
@@ -592,9 +616,21 @@ def plot_prevalence(out: Path, metrics: dict, names: Sequence[str], val_metrics:
     ax.barh(y - (h / 2 if val_metrics else 0), test_prev, height=h, color="#4c78a8", label="test")
     for yi, n in zip(y, names, strict=True):
         pv = metrics["classes"][n]["prevalence"] or 0.0
-        ax.text(pv, yi - (h / 2 if val_metrics else 0), f" {metrics['classes'][n]['n_pos']}", va="center", fontsize=7)
+        ax.text(
+            pv,
+            yi - (h / 2 if val_metrics else 0),
+            f" {metrics['classes'][n]['n_pos']}",
+            va="center",
+            fontsize=7,
+        )
     if val_metrics:
-        ax.barh(y + h / 2, [val_metrics[n]["prevalence"] or 0.0 for n in names], height=h, color="#f58518", label="validation")
+        ax.barh(
+            y + h / 2,
+            [val_metrics[n]["prevalence"] or 0.0 for n in names],
+            height=h,
+            color="#f58518",
+            label="validation",
+        )
         ax.legend(fontsize=8)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
@@ -677,7 +713,9 @@ def render_html(metrics: dict, plots: Sequence[str]) -> str:
     ]
     for name, c in cls.items():
         ci = c["auroc_ci"]
-        ci_txt = f" <span class='ci'>[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>" if ci and ci[0] is not None else ""
+        ci_txt = (
+            f" <span class='ci'>[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>" if ci and ci[0] is not None else ""
+        )
         parts.append(
             f"<tr><td>{e(name)}</td><td>{c['n_pos']}</td><td>{_fmt(c['prevalence'])}</td>"
             f"<td>{_fmt(c['auroc'])}{ci_txt}</td><td>{c['n_boot_valid']}</td><td>{_fmt(c['average_precision'])}</td>"
@@ -725,7 +763,9 @@ def render_html(metrics: dict, plots: Sequence[str]) -> str:
     }
     parts.append("<h2>Plots</h2>")
     for name in plots:
-        parts.append(f"<h3>{e(titles.get(name, name))}</h3><img src='{e(name)}' alt='{e(titles.get(name, name))}'>")
+        parts.append(
+            f"<h3>{e(titles.get(name, name))}</h3><img src='{e(name)}' alt='{e(titles.get(name, name))}'>"
+        )
     parts.append(
         "<p class='meta'>Files: <a href='metrics.json'>metrics.json</a>, "
         "<a href='predictions.csv'>predictions.csv</a>.</p></body></html>"
@@ -820,7 +860,9 @@ def evaluate(config: EvaluateConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    test = load_eval_set(config.data, config.split if _is_cache(Path(config.data)) else None, config.images, names)
+    test = load_eval_set(
+        config.data, config.split if _is_cache(Path(config.data)) else None, config.images, names
+    )
     val: EvalSet | None = None
     val_path = config.val or (config.data if _is_cache(Path(config.data)) else None)
     if val_path is not None:
@@ -830,13 +872,19 @@ def evaluate(config: EvaluateConfig) -> dict:
                 f"--val-split {config.val_split} is the test split: thresholds must not be chosen on the test data"
             )
         if not is_cache and config.val and Path(config.val).resolve() == Path(config.data).resolve():
-            raise ConfigError("--val is the same file as --data: thresholds must not be chosen on the test data")
+            raise ConfigError(
+                "--val is the same file as --data: thresholds must not be chosen on the test data"
+            )
         try:
-            val = load_eval_set(val_path, config.val_split if is_cache else None, config.val_images or config.images, names)
+            val = load_eval_set(
+                val_path, config.val_split if is_cache else None, config.val_images or config.images, names
+            )
         except DataError as exc:
             if config.val:  # asked for explicitly: a problem is an error
                 raise
-            print(f"cxrdx evaluate: no validation data ({exc}); thresholds will not be chosen", file=sys.stderr)
+            print(
+                f"cxrdx evaluate: no validation data ({exc}); thresholds will not be chosen", file=sys.stderr
+            )
 
     probs, spread, pos = run_inference(predictors, test, config.tta, config.batch_size, config.progress)
     y_true = test.table.loc[pos, names].to_numpy().astype(np.int64)
@@ -845,7 +893,9 @@ def evaluate(config: EvaluateConfig) -> dict:
     spread_kind = ""
     if spread is not None:
         spread_kind = (
-            f"std across {len(predictors)} checkpoints" if len(predictors) > 1 else "std across 2 TTA views (identity, flip)"
+            f"std across {len(predictors)} checkpoints"
+            if len(predictors) > 1
+            else "std across 2 TTA views (identity, flip)"
         )
 
     notes = list(test.notes[:20])
@@ -853,9 +903,13 @@ def evaluate(config: EvaluateConfig) -> dict:
     val_classes = None
     th_info: dict = {"values": None, "method": None}
     if val is not None:
-        v_probs, v_spread, v_pos = run_inference(predictors, val, config.tta, config.batch_size, config.progress)
+        v_probs, v_spread, v_pos = run_inference(
+            predictors, val, config.tta, config.batch_size, config.progress
+        )
         v_true = val.table.loc[v_pos, names].to_numpy().astype(np.int64)
-        _predictions_frame(val, v_pos, v_probs, v_spread, names).to_csv(out / "val_predictions.csv", index=False)
+        _predictions_frame(val, v_pos, v_probs, v_spread, names).to_csv(
+            out / "val_predictions.csv", index=False
+        )
         thresholds = choose_thresholds(v_true, v_probs, names, method, config.target_sensitivity or 0.9)
         method_text = (
             "Youden's J (max sensitivity + specificity \u2212 1)"
@@ -871,7 +925,10 @@ def evaluate(config: EvaluateConfig) -> dict:
             "undefined": [k for k, v in thresholds.items() if v is None],
         }
         val_classes = {
-            n: {"prevalence": float(v_true[:, c].mean()) if len(v_true) else None, "n_pos": int(v_true[:, c].sum())}
+            n: {
+                "prevalence": float(v_true[:, c].mean()) if len(v_true) else None,
+                "n_pos": int(v_true[:, c].sum()),
+            }
             for c, n in enumerate(names)
         }
         shared = set(val.table["patient"].astype(str)) & set(patients)
@@ -911,7 +968,11 @@ def evaluate(config: EvaluateConfig) -> dict:
     }
     if thresholds is not None:
         chosen = {k: v for k, v in thresholds.items() if v is not None}
-        sidecar = {"thresholds": chosen, "threshold_method": th_info["method"], "chosen_on": th_info["chosen_on"]}
+        sidecar = {
+            "thresholds": chosen,
+            "threshold_method": th_info["method"],
+            "chosen_on": th_info["chosen_on"],
+        }
         (out / "thresholds.json").write_text(json.dumps(sidecar, indent=2) + "\n")
         if config.write_thresholds and len(predictors) == 1:
             evaluation = {
@@ -939,7 +1000,9 @@ def evaluate(config: EvaluateConfig) -> dict:
 
 
 def format_summary(metrics: dict) -> str:
-    lines = [f"{'finding':<20} {'n pos':>6} {'AUROC':>7} {'95% CI':>17} {'AP':>7} {'ECE':>7} {'thresh':>8} {'CheXNet*':>9}"]
+    lines = [
+        f"{'finding':<20} {'n pos':>6} {'AUROC':>7} {'95% CI':>17} {'AP':>7} {'ECE':>7} {'thresh':>8} {'CheXNet*':>9}"
+    ]
     for name, c in metrics["classes"].items():
         ci = c["auroc_ci"]
         ci_txt = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "undefined"
@@ -947,7 +1010,9 @@ def format_summary(metrics: dict) -> str:
             f"{name:<20} {c['n_pos']:>6} {_fmt(c['auroc']):>7} {ci_txt:>17} {_fmt(c['average_precision']):>7} "
             f"{_fmt(c['ece']):>7} {_fmt(c['threshold'], 4):>8} {_fmt(c['chexnet_auroc'], 4):>9}"
         )
-    lines.append(f"mean AUROC over {len(metrics['mean_auroc_classes'])} defined classes: {_fmt(metrics['mean_auroc'])}")
+    lines.append(
+        f"mean AUROC over {len(metrics['mean_auroc_classes'])} defined classes: {_fmt(metrics['mean_auroc'])}"
+    )
     if metrics["undefined_classes"]:
         lines.append(f"undefined (left out of the mean): {', '.join(metrics['undefined_classes'])}")
     lines.append(f"* {CHEXNET_LABEL}")
@@ -979,7 +1044,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tta", action="store_true", help="average over a horizontal flip; reports the spread as uncertainty"
     )
-    p.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT", help="more checkpoints to average with --weights")
+    p.add_argument(
+        "--ensemble", nargs="+", default=[], metavar="CKPT", help="more checkpoints to average with --weights"
+    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -1019,6 +1086,8 @@ def _run(args: argparse.Namespace) -> int:
     if metrics["thresholds"]["values"] is None:
         print(metrics["thresholds"]["note"])
     elif "written_to" in metrics["thresholds"]:
-        print(f"thresholds ({metrics['thresholds']['method']}) written into {metrics['thresholds']['written_to']}")
+        print(
+            f"thresholds ({metrics['thresholds']['method']}) written into {metrics['thresholds']['written_to']}"
+        )
     print(f"report: {Path(config.out) / 'report.html'}")
     return 0

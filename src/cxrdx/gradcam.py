@@ -46,8 +46,10 @@ Box = tuple[float, float, float, float]  # x, y, w, h in source pixels
 def normalize_map(cam: np.ndarray) -> np.ndarray:
     """Min-max scale one map to [0, 1]; a flat or non-finite map becomes zeros (never NaN)."""
     cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(cam.min(initial=0.0)), float(cam.max(initial=0.0))
-    if cam.size == 0 or not hi - lo > 1e-12 * max(1.0, abs(hi)):
+    if cam.size == 0:
+        return cam
+    lo, hi = float(cam.min()), float(cam.max())
+    if not hi - lo > 1e-12 * max(1.0, abs(hi)):
         return np.zeros_like(cam, dtype=np.float32)
     return ((cam - lo) / (hi - lo)).astype(np.float32)
 
@@ -183,7 +185,9 @@ class LocalisationScore:
     def mean_iou(self) -> float | None:
         return self.iou_sum / self.n if self.n else None
 
-    def add(self, image: str, heatmap: np.ndarray, boxes: Sequence[Box], threshold: float) -> tuple[bool, float]:
+    def add(
+        self, image: str, heatmap: np.ndarray, boxes: Sequence[Box], threshold: float
+    ) -> tuple[bool, float]:
         hit = pointing_game(heatmap, boxes)
         iou = heatmap_iou(heatmap, boxes, threshold)
         self.n += 1
@@ -193,7 +197,12 @@ class LocalisationScore:
         return hit, iou
 
     def summary(self) -> dict:
-        return {"finding": self.finding, "n": self.n, "pointing_game": self.pointing_game, "mean_iou": self.mean_iou}
+        return {
+            "finding": self.finding,
+            "n": self.n,
+            "pointing_game": self.pointing_game,
+            "mean_iou": self.mean_iou,
+        }
 
 
 def group_boxes(box_table: pd.DataFrame) -> dict[tuple[str, str], list[Box]]:
@@ -246,7 +255,9 @@ def score_localisation(
                 skipped.append(f"{path}: {exc}")
                 continue
         heatmap = predictor.explain(cache[name], finding)
-        scores.setdefault(finding, LocalisationScore(finding)).add(name, heatmap, groups[name, finding], iou_threshold)
+        scores.setdefault(finding, LocalisationScore(finding)).add(
+            name, heatmap, groups[name, finding], iou_threshold
+        )
     for line in skipped:
         print(f"cxrdx explain: skipped {line}", file=sys.stderr)
     return scores
@@ -291,7 +302,8 @@ def overlay_png(
     width_in = 6.4
     fig, ax = plt.subplots(figsize=(width_in, max(2.5, width_in * h / w * 0.88) + 0.6), dpi=110)
     ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
-    shown = ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    shown = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=cmap)  # opaque bar
     for x, y, bw, bh in boxes:
         ax.add_patch(Rectangle((x, y), bw, bh, fill=False, edgecolor="lime", linewidth=2))
     if len(boxes):
@@ -352,7 +364,9 @@ def explain(config: ExplainConfig) -> dict:
     requested = canonical_list(config.findings) if config.findings else []
     not_output = [f for f in requested if f not in predictor.labels]
     if not_output:
-        raise ConfigError(f"--finding {', '.join(not_output)}: this model only outputs {', '.join(predictor.labels)}")
+        raise ConfigError(
+            f"--finding {', '.join(not_output)}: this model only outputs {', '.join(predictor.labels)}"
+        )
     groups: dict[tuple[str, str], list[Box]] = {}
     if config.boxes:
         from cxrdx.datasets import read_bboxes
@@ -376,7 +390,9 @@ def explain(config: ExplainConfig) -> dict:
         by_name = dict(zip(predictor.labels, map(float, probs[0]), strict=True))
         name = Path(item).name
         boxed = sorted({f for (img, f) in groups if img == name and f in predictor.labels})
-        findings = list(requested) or [f for f, _ in sorted(by_name.items(), key=lambda kv: -kv[1])[: config.top_k]]
+        findings = list(requested) or [
+            f for f, _ in sorted(by_name.items(), key=lambda kv: -kv[1])[: config.top_k]
+        ]
         findings += [f for f in boxed if f not in findings]
         entry = {"image": str(item), "findings": []}
         for finding in findings:
@@ -385,9 +401,18 @@ def explain(config: ExplainConfig) -> dict:
             np.save(out / f"{stem}.npy", heatmap.astype(np.float32))
             boxes = groups.get((name, finding), [])
             overlay_png(
-                image, heatmap, out / f"{stem}.png", _title(finding, by_name[finding], thresholds.get(finding)), boxes
+                image,
+                heatmap,
+                out / f"{stem}.png",
+                _title(finding, by_name[finding], thresholds.get(finding)),
+                boxes,
             )
-            record = {"finding": finding, "probability": by_name[finding], "png": f"{stem}.png", "npy": f"{stem}.npy"}
+            record = {
+                "finding": finding,
+                "probability": by_name[finding],
+                "png": f"{stem}.png",
+                "npy": f"{stem}.npy",
+            }
             if boxes:
                 score = scores.setdefault(finding, LocalisationScore(finding))
                 hit, iou = score.add(name, heatmap, boxes, config.iou_threshold)
@@ -416,8 +441,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, DICOM, ...)")
     p.add_argument("--weights", required=True, metavar="CKPT", help="a cxrdx .safetensors checkpoint")
-    p.add_argument("--finding", action="append", default=[], metavar="NAME", help="finding to explain (repeatable)")
-    p.add_argument("--top-k", type=int, default=3, help="without --finding: explain the k most probable (default 3)")
+    p.add_argument(
+        "--finding", action="append", default=[], metavar="NAME", help="finding to explain (repeatable)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=3, help="without --finding: explain the k most probable (default 3)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--boxes",

@@ -37,7 +37,9 @@ def class_weights(labels: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.nda
     """
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.float64)
     if y.ndim != 2 or y.shape[0] == 0:
-        raise DataError(f"class weights need a non-empty (images, findings) label matrix, got shape {y.shape}")
+        raise DataError(
+            f"class weights need a non-empty (images, findings) label matrix, got shape {y.shape}"
+        )
     if not np.isin(y, (0.0, 1.0)).all():
         raise DataError("class weights need 0/1 labels; the label matrix has other values")
     freq_pos = y.mean(axis=0)

@@ -364,7 +364,7 @@ class _Lung:
 
 
 def _contrast(rng: np.random.Generator, subtle: bool, lo: float, hi: float) -> float:
-    return float(rng.uniform(lo, hi) * (rng.uniform(0.45, 0.65) if subtle else 1.0))
+    return float(rng.uniform(lo, hi) * (rng.uniform(0.55, 0.75) if subtle else 1.0))
 
 
 def make_phantom(
@@ -465,7 +465,7 @@ def make_phantom(
             inner = ptx_lung.mask(w, soft)
             rim = m * (1.0 - inner)
             mk = inner
-            cv.d[w.sl] -= 0.07 * rim  # no lung: more lucent
+            cv.d[w.sl] -= 0.1 * rim  # no lung: more lucent
             edge = np.clip(1.0 - np.abs(inner - 0.5) * 2.2, 0.0, 1.0) * m  # visceral pleural line
             cv.d[w.sl] += 0.12 * edge
             box = _box_of(rim, w, 0.5)
@@ -684,14 +684,19 @@ def _effusion(cv, rng, lungs, heart, fluid, subtle, *_):
     boxes = []
     for side in sides:
         lung = lungs[side]
-        h = rng.uniform(0.05, 0.08) * s if subtle else rng.uniform(0.08, 0.22) * s
-        w = cv.win(lung.cx - lung.rx - 2, lung.dia - h - 0.05 * s, lung.cx + lung.rx + 2, lung.dia + 2)
+        h = rng.uniform(0.08, 0.11) * s if subtle else rng.uniform(0.11, 0.25) * s
+        w = cv.win(lung.cx - lung.rx - 2, lung.dia - 1.6 * h - 0.03 * s, lung.cx + lung.rx + 2, lung.dia + 2)
         if w is None:
             continue
         t = np.clip(np.abs(w.x - lung.lateral) / (2 * lung.rx), 0, 1)
-        top = lung.dia - h * (0.3 + 0.7 * (1 - t) ** 2)  # meniscus: highest at the lateral wall
-        m = np.clip((w.y - top) / (0.025 * s), 0, 1) * lung.mask(w, soft)
-        _blend(cv, w, _contrast(rng, subtle, 0.85, 1.0) * m, fluid)
+        top = lung.dia - h * (0.2 + 0.8 * (1 - t) ** 2.5)  # meniscus: highest at the lateral wall
+        m = np.clip((w.y - top) / (0.025 * s), 0, 1)
+        # ...and a thin layer of fluid climbing the lateral chest wall above it
+        wall = np.clip((0.022 * s - np.abs(w.x - lung.lateral)) / (2 * soft), 0, 1)
+        wall = wall * np.clip((w.y - (lung.dia - 1.6 * h)) / (0.04 * s), 0, 1)
+        m = np.maximum(m, wall) * lung.mask(w, soft)
+        # Fluid is a shade less dense than the liver/spleen below: a grey band above the white.
+        _blend(cv, w, _contrast(rng, subtle, 0.9, 1.0) * m, fluid - 0.05)
         box = _box_of(m, w)
         if box:
             boxes.append(box)
@@ -714,8 +719,8 @@ def _fibrosis(cv, rng, lungs, heart, fluid, subtle, *_):
         periph = np.clip(0.35 + np.abs(w.x - lung.medial) / (2 * lung.rx), 0, 1)
         region = basal * periph * lung.mask(w, soft)
         net = _field(rng, w.y.shape[0], w.x.shape[1], s / 15)
-        lines = np.clip(1.0 - np.abs(net) / 0.22, 0, 1)
-        cv.d[w.sl] += alpha * region * (0.2 * lines + 0.04)
+        lines = np.clip(1.0 - np.abs(net) / 0.3, 0, 1)
+        cv.d[w.sl] += alpha * region * (0.28 * lines + 0.04)
         box = _box_of(region, w, 0.5)
         if box:
             boxes.append(box)
@@ -725,7 +730,7 @@ def _fibrosis(cv, rng, lungs, heart, fluid, subtle, *_):
 def _hernia(cv, rng, lungs, heart, fluid, subtle, *_):
     s, soft = cv.size, cv.soft
     hcx, hcy, hrx, hry = heart
-    r = rng.uniform(0.035, 0.045) * s if subtle else rng.uniform(0.045, 0.07) * s
+    r = rng.uniform(0.04, 0.05) * s if subtle else rng.uniform(0.05, 0.08) * s
     cx = hcx + rng.uniform(-0.15, 0.15) * hrx
     cy = lungs[1].dia - r * rng.uniform(0.6, 1.0) - 0.02 * s
     w = cv.win(cx - r - 2, cy - r - 2, cx + r + 2, cy + r + 2)
@@ -734,8 +739,8 @@ def _hernia(cv, rng, lungs, heart, fluid, subtle, *_):
     disk = _ellipse(w, cx, cy, r, r * 0.9, soft)
     level = cy + rng.uniform(-0.1, 0.3) * r  # air-fluid level
     gas = _ellipse(w, cx, cy, r * 0.82, r * 0.72, soft) * np.clip((level - w.y) / soft + 0.5, 0, 1)
-    a = 1.0 if not subtle else 0.6
-    cv.d[w.sl] += a * (0.08 * disk - 0.24 * gas)
+    a = 1.0 if not subtle else 0.7
+    cv.d[w.sl] += a * (0.1 * disk - 0.32 * gas)
     box = _box_of(disk, w, 0.5)
     return [box] if box else []
 
@@ -753,7 +758,7 @@ def _infiltration(cv, rng, lungs, heart, fluid, subtle, *_):
         prof = np.exp(-2.0 * (((w.x - cx) / r) ** 2 + ((w.y - cy) / (1.3 * r)) ** 2))
         mottle = np.clip(_field(rng, w.y.shape[0], w.x.shape[1], s / 45) * 1.2 + 0.2, 0, 1)
         m = prof * (0.35 + 0.65 * mottle) * lung.mask(w, soft)
-        _blend(cv, w, _contrast(rng, subtle, 0.5, 0.75) * m, fluid)
+        _blend(cv, w, _contrast(rng, subtle, 0.6, 0.85) * m, fluid)
         box = _box_of(prof * lung.mask(w, soft), w, 0.3)
         if box:
             boxes.append(box)
@@ -785,7 +790,7 @@ def _nodule(cv, rng, lungs, heart, fluid, subtle, *_):
     boxes = []
     for _ in range(1 if rng.random() < 0.75 else int(rng.integers(2, 4))):
         lung = lungs[_side(rng)]
-        r = rng.uniform(0.022, 0.028) * s if subtle else rng.uniform(0.028, 0.045) * s
+        r = rng.uniform(0.025, 0.032) * s if subtle else rng.uniform(0.032, 0.05) * s
         r = max(r, 1.2)
         cx, cy = lung.point(rng, r, (0.15, 0.8), heart)
         w = cv.win(cx - r - 2, cy - r - 2, cx + r + 2, cy + r + 2)
@@ -802,10 +807,10 @@ def _nodule(cv, rng, lungs, heart, fluid, subtle, *_):
 def _pleural_thickening(cv, rng, lungs, heart, fluid, subtle, *_):
     s, soft = cv.size, cv.soft
     lung = lungs[_side(rng)]
-    t = rng.uniform(0.018, 0.025) * s if subtle else rng.uniform(0.025, 0.045) * s
+    t = rng.uniform(0.022, 0.03) * s if subtle else rng.uniform(0.03, 0.05) * s
     v0 = rng.uniform(0.05, 0.45)
     y0 = lung.apex + v0 * (lung.dia - lung.apex)
-    y1 = y0 + rng.uniform(0.2, 0.4) * (lung.dia - lung.apex)
+    y1 = y0 + rng.uniform(0.25, 0.45) * (lung.dia - lung.apex)
     x0, _, x1, _ = lung.bounds()
     w = cv.win(x0 - 2, y0 - 2, x1 + 2, y1 + 2)
     if w is None:
@@ -832,11 +837,11 @@ def _pneumonia(cv, rng, lungs, heart, fluid, subtle, *_):
     m = np.zeros((w.y.shape[0], w.x.shape[1]), dtype=np.float32)
     for _ in range(int(rng.integers(3, 7))):  # several fluffy ill-defined blobs
         bx, by = cx + rng.normal(0, 0.6 * spread), cy + rng.normal(0, 0.6 * spread)
-        br = rng.uniform(0.025, 0.05) * s
+        br = rng.uniform(0.03, 0.055) * s
         np.maximum(m, np.exp(-2.5 * (((w.x - bx) ** 2 + (w.y - by) ** 2) / br**2)), out=m)
     m *= 0.55 + 0.45 * np.clip(_field(rng, m.shape[0], m.shape[1], s / 30) + 0.5, 0, 1)
     m *= lung.mask(w, soft)
-    _blend(cv, w, _contrast(rng, subtle, 0.65, 0.9) * m, fluid)
+    _blend(cv, w, _contrast(rng, subtle, 0.75, 0.95) * m, fluid)
     box = _box_of(m, w, 0.3)
     return [box] if box else []
 

@@ -35,6 +35,7 @@ Decisions (why):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -65,7 +66,9 @@ HISTORY_FILE = "history.json"
 class TrainConfig:
     """Every training option. CLI flags override a --config file, which overrides these defaults."""
 
-    data: str = ""  # a `cxrdx prepare` cache folder, or a folder with train.csv + val.csv (or one of those CSVs)
+    data: str = (
+        ""  # a `cxrdx prepare` cache folder, or a folder with train.csv + val.csv (or one of those CSVs)
+    )
     out: str = ""  # run folder: checkpoints, TensorBoard events, config.json
     images: str | None = None  # CSV data only: folder the image names are relative to
     arch: str = "densenet121"  # or "densenet-tiny" (tests)
@@ -84,7 +87,9 @@ class TrainConfig:
     affine_degrees: float = 5.0
     affine_translate: float = 0.05  # fraction of the image side
     affine_scale: float = 0.05  # +- fraction
-    findings: list[str] | None = None  # findings the reported mean AUROC averages over (default: all scorable)
+    findings: list[str] | None = (
+        None  # findings the reported mean AUROC averages over (default: all scorable)
+    )
     train_split: str = "train"
     val_split: str = "val"
     workers: int | None = None  # loader processes; None: 0 on CPU with a cache, else min(8, CPUs)
@@ -106,7 +111,9 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check values and combinations; canonicalise finding names. Raises ConfigError/LabelError."""
         if not self.data:
-            raise ConfigError("no training data given: pass --data CACHE (from `cxrdx prepare`) or a folder with train.csv and val.csv")
+            raise ConfigError(
+                "no training data given: pass --data CACHE (from `cxrdx prepare`) or a folder with train.csv and val.csv"
+            )
         if not self.out:
             raise ConfigError("no run folder given: pass --out RUN_DIR")
         from cxrdx.model import ARCHITECTURES
@@ -166,6 +173,27 @@ class TrainResult:
 # =========================================================================== the loop
 
 
+def _restores_torch_globals(fn):
+    """train() sets process-wide torch switches (threads, determinism); put them back for API callers."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        saved = (
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+            torch.backends.cudnn.benchmark,
+        )
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(saved[0])
+            torch.use_deterministic_algorithms(saved[1])
+            torch.backends.cudnn.benchmark = saved[2]
+
+    return wrapper
+
+
+@_restores_torch_globals
 def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = False) -> TrainResult:
     """Train (or resume) a run; returns where the best checkpoint is and how it scored."""
     cfg = config.validate()
@@ -261,7 +289,9 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         _restore_rng(state["rng"], augment_rng, rank)
         if is_main:
             _reconcile_checkpoints(run_dir, state, cfg, preprocessing, data)
-            _say(f"resuming {run_dir} after epoch {start_epoch} (best val loss {best['val_loss']:.4f} at epoch {best['epoch']})")
+            _say(
+                f"resuming {run_dir} after epoch {start_epoch} (best val loss {best['val_loss']:.4f} at epoch {best['epoch']})"
+            )
     del state
 
     def meta_for(epoch: int, val_loss: float, auroc: dict) -> CheckpointMeta:
@@ -286,12 +316,25 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
 
     # ---- epoch loop --------------------------------------------------------------------------
     stopped = "epochs"
-    epoch_seconds: list[float] = []
+    epoch_seconds: list[float] = [h["seconds"] for h in history]
     for epoch in range(start_epoch, cfg.epochs):
+        # stop before this epoch? (checked here so a resumed run obeys it too; same decision in every process)
+        if bad_epochs >= cfg.early_stop_patience:
+            stopped = "early_stopping"
+            break
+        if cfg.max_minutes is not None and epoch_seconds:
+            elapsed = elapsed_before + (time.monotonic() - wall_start)
+            if _agree(elapsed + float(np.mean(epoch_seconds)) > cfg.max_minutes * 60, device, world):
+                stopped = "time_budget"  # another epoch would not fit in the budget
+                break
         epoch_start = time.monotonic()
         train_sampler.set_epoch(epoch)
         _set_train_mode(model, cfg.freeze_bn)
-        steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
+        steps = (
+            len(train_loader)
+            if cfg.max_steps_per_epoch is None
+            else min(len(train_loader), cfg.max_steps_per_epoch)
+        )
         bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=is_main and cfg.progress)
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         seen, shown_loss, tick = 0, float("nan"), time.monotonic()
@@ -328,8 +371,9 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         train_loss = _all_mean(loss_sum, seen, device, world)
 
         # validate: sharded over processes, loss all-reduced, predictions gathered for AUROC
-        val_loss, probs, labels = _validate(net, model, val_loader, val_criterion, preprocessing, device,
-                                            memory_format, amp_dtype, cfg, world)
+        val_loss, probs, labels = _validate(
+            net, model, val_loader, val_criterion, preprocessing, device, memory_format, amp_dtype, cfg, world
+        )
         auroc = per_class_auroc(probs, labels)
         auroc_mean = mean_auroc(auroc, cfg.findings)
         lr_now = optimizer.param_groups[0]["lr"]
@@ -397,22 +441,14 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
                 f"{epoch_seconds[-1]:.0f} s{'  (best)' if improved else ''}"
             )
 
-        # stop early? (the decision must be the same in every process)
-        if bad_epochs >= cfg.early_stop_patience:
-            stopped = "early_stopping"
-        elif cfg.max_minutes is not None and epoch + 1 < cfg.epochs:
-            next_epoch = float(np.mean(epoch_seconds))
-            if _agree(elapsed + next_epoch > cfg.max_minutes * 60, device, world):
-                stopped = "time_budget"
-        if stopped != "epochs":
-            break
-
     # ---- summary ----------------------------------------------------------------------------
     if debug_dump_weights:  # every process writes its own weights (tests compare them across ranks)
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(run_dir / f"rank{rank}.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            str(run_dir / f"rank{rank}.safetensors"),
+        )
     completed = history[-1]["epoch"] if history else start_epoch
     seconds = elapsed_before + (time.monotonic() - wall_start)
     result = TrainResult(
@@ -473,14 +509,18 @@ def _pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     if cfg.sync_bn and device.type != "cuda":
-        raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); use --freeze-bn instead")
+        raise ConfigError(
+            "--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU); use --freeze-bn instead"
+        )
     return device
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         if cfg.amp in ("bf16", "fp16"):
-            raise ConfigError(f"--amp {cfg.amp} needs a CUDA GPU; on CPU training runs in fp32 (use --amp auto or off)")
+            raise ConfigError(
+                f"--amp {cfg.amp} needs a CUDA GPU; on CPU training runs in fp32 (use --amp auto or off)"
+            )
         return None
     if cfg.amp == "off":
         return None
@@ -506,7 +546,9 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"--out {run_dir} is not writable ({exc.strerror or exc}); choose another folder") from None
+        raise ConfigError(
+            f"--out {run_dir} is not writable ({exc.strerror or exc}); choose another folder"
+        ) from None
 
 
 # =========================================================================== helpers: data
@@ -522,7 +564,9 @@ def _load_data(cfg: TrainConfig) -> dict:
             f"--data {path}: no such file or folder; pass a cache made by `cxrdx prepare` "
             "or a folder with train.csv and val.csv"
         )
-    if path.is_dir() and ((path / INFO_FILE).exists() or (path / "images.npy").exists() or (path / ".prepare.json").exists()):
+    if path.is_dir() and (
+        (path / INFO_FILE).exists() or (path / "images.npy").exists() or (path / ".prepare.json").exists()
+    ):
         cache = open_cache(path)
         if cfg.image_size is not None and cfg.image_size != cache.size:
             raise ConfigError(
@@ -535,8 +579,14 @@ def _load_data(cfg: TrainConfig) -> dict:
             if len(sub.index) == 0:
                 raise DataError(f"{path}: the {split!r} split is empty")
             parts[role] = sub.batches()
-        return {"train": parts["train"], "val": parts["val"], "size": cache.size, "kind": "cache",
-                "path": str(path.resolve()), "desc": f"cache {path}"}
+        return {
+            "train": parts["train"],
+            "val": parts["val"],
+            "size": cache.size,
+            "kind": "cache",
+            "path": str(path.resolve()),
+            "desc": f"cache {path}",
+        }
     # CSV tables: a folder holding TRAIN.csv and VAL.csv, or one of those files.
     folder = path if path.is_dir() else path.parent
     train_csv = folder / f"{cfg.train_split}.csv" if path.is_dir() else path
@@ -555,16 +605,26 @@ def _load_data(cfg: TrainConfig) -> dict:
         table = read_labels(csv, images_dir=cfg.images)
         if len(table) == 0:
             raise DataError(f"{csv}: the {role} split is empty")
-        paths = table["path"].fillna("").astype(str).tolist() if "path" in table.columns else [""] * len(table)
-        missing = [img for img, p in zip(table["image"], paths, strict=True) if not p or not Path(p).is_file()]
+        paths = (
+            table["path"].fillna("").astype(str).tolist() if "path" in table.columns else [""] * len(table)
+        )
+        missing = [
+            img for img, p in zip(table["image"], paths, strict=True) if not p or not Path(p).is_file()
+        ]
         if missing:
             raise DataError(
                 f"{csv}: {len(missing)} image file(s) not found (e.g. {missing[0]}); pass --images DIR with the "
                 "folder they are in"
             )
         parts[role] = FileBatches(paths, table[list(FINDINGS)].to_numpy(dtype=np.uint8), size)
-    return {"train": parts["train"], "val": parts["val"], "size": size, "kind": "csv",
-            "path": str(folder.resolve()), "desc": f"CSV tables in {folder} (decoded on the fly; `cxrdx prepare` is faster)"}
+    return {
+        "train": parts["train"],
+        "val": parts["val"],
+        "size": size,
+        "kind": "csv",
+        "path": str(folder.resolve()),
+        "desc": f"CSV tables in {folder} (decoded on the fly; `cxrdx prepare` is faster)",
+    }
 
 
 def _pixel_stats(source, max_images: int) -> tuple[float, float]:
@@ -592,7 +652,9 @@ def _train_loader(source, cfg: TrainConfig, device: torch.device, rank: int, wor
             f"the training split has {len(source)} images, fewer than one batch "
             f"({world} process(es) x --batch-size {cfg.batch_size}); use a smaller --batch-size"
         )
-    sampler = DistributedSampler(range(len(source)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    sampler = DistributedSampler(
+        range(len(source)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
+    )
     # drop_last: a final batch of 1-2 images would give BatchNorm meaningless statistics
     batches = BatchSampler(sampler, cfg.batch_size, drop_last=True)
     workers = _loader_workers(cfg, device, source)
@@ -615,8 +677,14 @@ def _val_loader(source, cfg: TrainConfig, device: torch.device, rank: int, world
     positions = list(range(rank, len(source), world))
     batches = BatchSampler(positions, cfg.batch_size * 2, drop_last=False)
     workers = _loader_workers(cfg, device, source)
-    return DataLoader(source, sampler=batches, batch_size=None, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    return DataLoader(
+        source,
+        sampler=batches,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
 
 
 def _to_input(
@@ -640,11 +708,21 @@ def _to_input(
         flip = torch.rand(x.shape[0], device=device, generator=rng) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     lo, hi = pre.pixel_range
-    mean = torch.tensor(np.broadcast_to(pre.mean, (pre.channels,)), dtype=torch.float32, device=device)
-    std = torch.tensor(np.broadcast_to(pre.std, (pre.channels,)), dtype=torch.float32, device=device)
+    mean, std = _norm_tensors(tuple(pre.mean), tuple(pre.std), pre.channels, str(device))
     x = lo + x * (hi - lo)
-    x = (x - mean[None, :, None, None]) / std[None, :, None, None]  # gray replicated to C channels
+    x = (x - mean) / std  # (B, 1, S, S) broadcast against (1, C, 1, 1): gray replicated to C channels
     return x.contiguous(memory_format=memory_format)
+
+
+@functools.lru_cache(maxsize=8)
+def _norm_tensors(mean: tuple, std: tuple, channels: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, 1, 1) mean and std on the device, made once (not a host-to-device copy per batch)."""
+
+    def make(values: tuple) -> torch.Tensor:
+        v = np.broadcast_to(np.asarray(values, dtype=np.float32), (channels,)).copy()
+        return torch.from_numpy(v).to(device).view(1, channels, 1, 1)
+
+    return make(mean), make(std)
 
 
 def _random_affine(x: torch.Tensor, rng: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
@@ -743,10 +821,13 @@ def _rng_state(augment_rng: torch.Generator) -> dict:
     state = {
         "torch": torch.get_rng_state(),
         "augment": augment_rng.get_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]),
-                   "gauss_next": py_state[2]},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -758,7 +839,9 @@ def _restore_rng(state: dict, augment_rng: torch.Generator, rank: int) -> None:
     if rank == 0:
         augment_rng.set_state(state["augment"])  # other ranks keep their own streams (seeded per rank)
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -769,12 +852,16 @@ def _load_state(run_dir: Path) -> dict | None:
     """The resume state, or None when the run was killed before its first epoch completed."""
     path = run_dir / STATE_FILE
     if not path.is_file():
-        _say(f"note: {run_dir} has no completed epoch yet ({STATE_FILE} is absent); starting it from the beginning")
+        _say(
+            f"note: {run_dir} has no completed epoch yet ({STATE_FILE} is absent); starting it from the beginning"
+        )
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn file cannot happen (atomic rename) but a foreign one can
-        raise DataError(f"{path}: cannot read the resume state ({exc}); start a new run with another --out") from None
+        raise DataError(
+            f"{path}: cannot read the resume state ({exc}); start a new run with another --out"
+        ) from None
 
 
 def _reconcile_checkpoints(run_dir: Path, state: dict, cfg, preprocessing, data) -> None:
@@ -797,22 +884,33 @@ def _reconcile_checkpoints(run_dir: Path, state: dict, cfg, preprocessing, data)
             model.load_state_dict(state["model"], strict=True)
             auroc = best["auroc"] if name == BEST_FILE else {}
             val_loss = state["history"][-1]["val_loss"] if state["history"] else math.nan
-            meta = CheckpointMeta(architecture=cfg.arch, in_channels=3, preprocessing=preprocessing,
-                                  provenance=_provenance(cfg, data, epoch, val_loss, auroc, best, 1))
+            meta = CheckpointMeta(
+                architecture=cfg.arch,
+                in_channels=3,
+                preprocessing=preprocessing,
+                provenance=_provenance(cfg, data, epoch, val_loss, auroc, best, 1),
+            )
             save_checkpoint(run_dir / name, model, meta)
             _say(f"note: {run_dir / name} was behind the resume state (epoch {have} vs {want}); rewrote it")
 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def _provenance(cfg: TrainConfig, data: dict, epoch: int, val_loss: float, auroc: dict, best: dict, world: int) -> dict:
+def _provenance(
+    cfg: TrainConfig, data: dict, epoch: int, val_loss: float, auroc: dict, best: dict, world: int
+) -> dict:
     return {
         "dataset": data["path"],
         "data_kind": data["kind"],
@@ -842,28 +940,68 @@ def _write_json(path: Path, obj) -> None:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, disable=not enabled, dynamic_ncols=True,
-                leave=False)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="batch",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
 def _print_summary(result: TrainResult, cfg: TrainConfig) -> None:
-    why = {"epochs": f"all {cfg.epochs} epochs done", "early_stopping":
-           f"early stopping (no val-loss improvement for {cfg.early_stop_patience} epochs)",
-           "time_budget": f"time budget of {cfg.max_minutes:g} min" if cfg.max_minutes else "time budget"}[result.stopped]
-    auroc = f", mean val AUROC {result.best_val_auroc_mean:.3f}" if result.best_val_auroc_mean is not None else ""
+    why = {
+        "epochs": f"all {cfg.epochs} epochs done",
+        "early_stopping": f"early stopping (no val-loss improvement for {cfg.early_stop_patience} epochs)",
+        "time_budget": f"time budget of {cfg.max_minutes:g} min" if cfg.max_minutes else "time budget",
+    }[result.stopped]
+    auroc = (
+        f", mean val AUROC {result.best_val_auroc_mean:.3f}" if result.best_val_auroc_mean is not None else ""
+    )
     print(f"finished after {result.epochs_completed} epoch(s) ({why}) in {result.seconds / 60:.1f} min")
-    print(f"best checkpoint: {result.best_path} (epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}{auroc})")
+    print(
+        f"best checkpoint: {result.best_path} (epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}{auroc})"
+    )
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
-    data = cfg.data if (Path(cfg.data) / "cache.json").is_file() else str(Path(cfg.data).with_name("test.csv")
-                                                                          if Path(cfg.data).is_file() else Path(cfg.data) / "test.csv")
-    print(f"next: cxrdx evaluate --weights {result.best_path} --data {data} --split test --out {result.run_dir / 'evaluation'}")
+    data = (
+        cfg.data
+        if (Path(cfg.data) / "cache.json").is_file()
+        else str(
+            Path(cfg.data).with_name("test.csv") if Path(cfg.data).is_file() else Path(cfg.data) / "test.csv"
+        )
+    )
+    print(
+        f"next: cxrdx evaluate --weights {result.best_path} --data {data} --split test --out {result.run_dir / 'evaluation'}"
+    )
 
 
 # =========================================================================== config + CLI
 
-_BOOL_FLAGS = {"flip", "affine", "deterministic", "compile", "channels_last", "sync_bn", "freeze_bn", "progress"}
-_RESUME_CHANGEABLE = {"epochs", "max_minutes", "early_stop_patience", "workers", "progress", "threads", "device",
-                      "compile", "max_steps_per_epoch", "log_every", "out"}
+_BOOL_FLAGS = {
+    "flip",
+    "affine",
+    "deterministic",
+    "compile",
+    "channels_last",
+    "sync_bn",
+    "freeze_bn",
+    "progress",
+}
+_RESUME_CHANGEABLE = {
+    "epochs",
+    "max_minutes",
+    "early_stop_patience",
+    "workers",
+    "progress",
+    "threads",
+    "device",
+    "compile",
+    "max_steps_per_epoch",
+    "log_every",
+    "out",
+}
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
@@ -877,7 +1015,9 @@ def load_config_file(path: str | os.PathLike) -> dict:
         else:
             data = json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})") from None
+        raise ConfigError(
+            f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("train"), dict):
         data = data["train"]  # a [train] table
     if not isinstance(data, dict):
@@ -905,7 +1045,12 @@ def make_config(base: dict | None = None, **overrides) -> TrainConfig:
             elif f.name in _BOOL_FLAGS:
                 if not isinstance(value, bool):
                     raise TypeError
-            elif isinstance(default, int) or f.name in ("image_size", "workers", "max_steps_per_epoch", "threads"):
+            elif isinstance(default, int) or f.name in (
+                "image_size",
+                "workers",
+                "max_steps_per_epoch",
+                "threads",
+            ):
                 if isinstance(value, bool) or float(value) != int(value):
                     raise TypeError
                 value = int(value)
@@ -914,7 +1059,9 @@ def make_config(base: dict | None = None, **overrides) -> TrainConfig:
             else:
                 value = str(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"setting {f.name} = {value!r} has the wrong type (expected like {default!r})") from None
+            raise ConfigError(
+                f"setting {f.name} = {value!r} has the wrong type (expected like {default!r})"
+            ) from None
         if f.name == "findings" and value is not None:
             value = [value] if isinstance(value, str) else list(value)
         setattr(cfg, f.name, value)
@@ -928,7 +1075,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if resume:
         saved = Path(resume) / CONFIG_FILE
         if not saved.is_file():
-            raise ConfigError(f"--resume {resume}: no {CONFIG_FILE} there; is it a run folder made by `cxrdx train`?")
+            raise ConfigError(
+                f"--resume {resume}: no {CONFIG_FILE} there; is it a run folder made by `cxrdx train`?"
+            )
         base = json.loads(saved.read_text())
         base["out"] = str(resume)
         changed = sorted(k for k, v in given.items() if k not in _RESUME_CHANGEABLE and base.get(k) != v)
@@ -945,16 +1094,24 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = make_config(base, **given).validate()
     if not resume:
         if not cfg.data:
-            raise ConfigError("--data is required (a cache from `cxrdx prepare`, or a folder with train.csv and val.csv)")
+            raise ConfigError(
+                "--data is required (a cache from `cxrdx prepare`, or a folder with train.csv and val.csv)"
+            )
         if not cfg.out:
             raise ConfigError("--out RUN_DIR is required")
     try:
         train(cfg, resume=bool(resume), debug_dump_weights=bool(getattr(args, "debug_dump_weights", False)))
     except CxrdxError:
         raise
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0 and (Path(cfg.out) / STATE_FILE).is_file():
+            _say(f"interrupted; continue from the last completed epoch with: cxrdx train --resume {cfg.out}")
+        raise
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
-            raise ConfigError(f"out of memory ({str(exc).splitlines()[0]}); use a smaller --batch-size or --image-size") from None
+            raise ConfigError(
+                f"out of memory ({str(exc).splitlines()[0]}); use a smaller --batch-size or --image-size"
+            ) from None
         raise
     return 0
 
@@ -969,13 +1126,21 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "events and the resolved config in RUN_DIR. Multi-GPU: torchrun --nproc_per_node N -m cxrdx train ...",
         argument_default=S,
     )
-    p.add_argument("--data", metavar="CACHE_OR_CSV", help="cache folder from `cxrdx prepare`, or a folder with train.csv and val.csv")
+    p.add_argument(
+        "--data",
+        metavar="CACHE_OR_CSV",
+        help="cache folder from `cxrdx prepare`, or a folder with train.csv and val.csv",
+    )
     p.add_argument("--out", metavar="RUN_DIR", help="run folder to create")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings (flags override it)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch"
+    )
     p.add_argument("--images", metavar="DIR", help="CSV data: folder the image names are relative to")
     p.add_argument("--arch", help="densenet121 (default) or densenet-tiny (tests)")
-    p.add_argument("--init", metavar="FILE", help="ImageNet weights (torchvision densenet121-*.pth) to start from")
+    p.add_argument(
+        "--init", metavar="FILE", help="ImageNet weights (torchvision densenet121-*.pth) to start from"
+    )
     p.add_argument("--epochs", type=int, help="maximum epochs (default 20)")
     p.add_argument("--batch-size", type=int, help="images per step per process (default 32)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
@@ -983,21 +1148,46 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="input size; must match the cache (default: the cache's)")
     p.add_argument("--lr-factor", type=float, help="ReduceLROnPlateau factor (default 0.1)")
     p.add_argument("--lr-patience", type=int, help="ReduceLROnPlateau patience in epochs (default 1)")
-    p.add_argument("--patience", dest="early_stop_patience", type=int, help="early-stopping patience in epochs (default 5)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips (default on)")
-    p.add_argument("--affine", action=argparse.BooleanOptionalAction, help="small random rotation/scale/shift (default off)")
-    p.add_argument("--findings", nargs="+", metavar="NAME", help="findings the reported mean AUROC averages over")
+    p.add_argument(
+        "--patience",
+        dest="early_stop_patience",
+        type=int,
+        help="early-stopping patience in epochs (default 5)",
+    )
+    p.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips (default on)"
+    )
+    p.add_argument(
+        "--affine",
+        action=argparse.BooleanOptionalAction,
+        help="small random rotation/scale/shift (default off)",
+    )
+    p.add_argument(
+        "--findings", nargs="+", metavar="NAME", help="findings the reported mean AUROC averages over"
+    )
     p.add_argument("--train-split", help="split name for training (default train)")
     p.add_argument("--val-split", help="split name for validation (default val)")
-    p.add_argument("--workers", type=int, help="loader processes (default: 0 on CPU with a cache, else min(8, CPUs))")
+    p.add_argument(
+        "--workers", type=int, help="loader processes (default: 0 on CPU with a cache, else min(8, CPUs))"
+    )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision on CUDA (default auto)")
+    p.add_argument(
+        "--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision on CUDA (default auto)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="channels_last memory format (default on)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="channels_last memory format (default on)",
+    )
     p.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm across GPUs (DDP, CUDA)")
-    p.add_argument("--freeze-bn", action="store_true", help="BatchNorm uses running statistics (small batches, exact DDP)")
+    p.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="BatchNorm uses running statistics (small batches, exact DDP)",
+    )
     p.add_argument("--max-minutes", type=float, help="time budget: stop when another epoch would not fit")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (quick runs)")
     p.add_argument("--norm-images", type=int, help="training images sampled for mean/std (default 2000)")
