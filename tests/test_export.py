@@ -100,12 +100,23 @@ def test_predictor_caches_the_export_per_checkpoint_content(tmp_path):
     Predictor.load(ckpt, backend="onnx")
     first = sorted(cache.glob("*.onnx"))
     assert len(first) == 1
-    stamp = first[0].stat().st_mtime_ns
+    inode = first[0].stat().st_ino
     Predictor.load(ckpt, backend="onnx")
-    assert sorted(cache.glob("*.onnx")) == first and first[0].stat().st_mtime_ns == stamp  # reused
+    assert sorted(cache.glob("*.onnx")) == first and first[0].stat().st_ino == inode  # reused, not rewritten
     update_checkpoint_meta(ckpt, lambda m: setattr(m, "thresholds", {"Mass": 0.2}))
     Predictor.load(ckpt, backend="onnx")
     assert len(list(cache.glob("*.onnx"))) == 2  # a changed file is exported again
+
+
+def test_cache_keeps_only_the_most_recent_exports(tmp_path, monkeypatch):
+    import cxrdx.export
+
+    monkeypatch.setattr(cxrdx.export, "CACHE_KEEP", 2)
+    ckpts = [make_ckpt(tmp_path / f"c{i}.safetensors", seed=i) for i in range(3)]
+    for c in ckpts:
+        Predictor.load(c, backend="onnx")
+    kept = {p.name[:24] for p in (tmp_path / "cache" / "onnx").glob("*.onnx")}
+    assert kept == {file_sha256(c)[:24] for c in ckpts[1:]}
 
 
 def test_damaged_cache_entry_is_replaced(tmp_path, phantoms):

@@ -18,7 +18,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +124,21 @@ def probability_chart(pred: Prediction, thresholds: dict[str, float] | None) -> 
 # --------------------------------------------------------------------------- text
 
 
+_CARD_SKIP = ("config", "val_auroc", "torch", "processes")  # too long or not about the data
+
+
+def _fmt_value(v: Any) -> str:
+    """Short text for a metadata value; dicts of scalars inline (splits: train 800, val 100)."""
+    if isinstance(v, dict):
+        items = [f"{k} {x}" for k, x in v.items() if not isinstance(x, dict | list)]
+        return "(" + ", ".join(items) + ")" if items else ""
+    if isinstance(v, list):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
 def model_card(predictor: Predictor) -> str:
     """Markdown: what the model is, what it was trained on, its recorded evaluation, the disclaimer."""
     meta = predictor.meta
@@ -139,13 +153,15 @@ def model_card(predictor: Predictor) -> str:
     ]
     prov = meta.provenance or {}
     if prov:
-        shown = ", ".join(f"{k}: {v}" for k, v in prov.items() if not isinstance(v, dict | list))
-        lines.append(f"- **Trained on / provenance:** {shown or 'recorded (see checkpoint metadata)'}")
+        shown = [f"{k}: {_fmt_value(v)}" for k, v in prov.items() if k not in _CARD_SKIP and _fmt_value(v)]
+        lines.append(
+            f"- **Trained on / provenance:** {', '.join(shown) or 'recorded (see checkpoint metadata)'}"
+        )
     else:
         lines.append("- **Trained on / provenance:** not recorded in this checkpoint")
     if meta.source:
-        shown = ", ".join(f"{k}: {v}" for k, v in meta.source.items() if not isinstance(v, dict | list))
-        lines.append(f"- **Imported weights:** {shown}")
+        shown = [f"{k}: {_fmt_value(v)}" for k, v in meta.source.items() if _fmt_value(v)]
+        lines.append(f"- **Imported weights:** {', '.join(shown)}")
     if meta.thresholds:
         lines.append(
             f"- **Thresholds:** {len(meta.thresholds)} findings, chosen by {meta.threshold_method or 'unknown method'}"
@@ -158,10 +174,14 @@ def model_card(predictor: Predictor) -> str:
     auroc = evaluation.get("auroc")
     if isinstance(auroc, dict) and auroc:
         where = evaluation.get("dataset") or evaluation.get("split") or "the recorded evaluation set"
-        lines += ["", f"**Evaluation AUROC** on {where}:", "", "| finding | AUROC |", "|---|---|"]
+        extra = [f"n = {evaluation['n']}"] if evaluation.get("n") else []
+        if isinstance(evaluation.get("mean_auroc"), int | float):
+            extra.append(f"mean AUROC {evaluation['mean_auroc']:.3f}")
+        lines += ["", f"**Evaluation AUROC** on {where}" + (f" ({', '.join(extra)})" if extra else "") + ":"]
+        lines += ["", "| finding | AUROC |", "|---|---|"]
         for name, value in auroc.items():
             v = value.get("auroc", value.get("value")) if isinstance(value, dict) else value
-            lines.append(f"| {name} | {v:.3f} |" if isinstance(v, int | float) else f"| {name} | {v} |")
+            lines.append(f"| {name} | {v:.3f} |" if isinstance(v, int | float) else f"| {name} | n/a |")
     else:
         lines.append("- **Evaluation:** no AUROCs recorded in this checkpoint (run `cxrdx evaluate`)")
     return "\n".join(lines)
@@ -208,7 +228,6 @@ class Analyzer:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
-        self._lock = threading.Lock()
 
     def read(self, path: str) -> tuple[np.ndarray, list[str]]:
         """Read an upload; refuse DICOMs that are not radiographs (the reader only warns)."""

@@ -34,6 +34,7 @@ DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 EXPORT_TOLERANCE = 1e-4
+CACHE_KEEP = 8  # ONNX exports kept in the cache folder
 
 
 @dataclass
@@ -244,6 +245,13 @@ def cache_dir() -> Path:
     return Path(root) / "onnx"
 
 
+def _prune(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used exports (DenseNet121 is 28 MB each)."""
+    entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        old.unlink(missing_ok=True)
+
+
 def cached_session(
     ckpt: str | os.PathLike, model: torch.nn.Module, meta: CheckpointMeta, threads: int | None = None
 ) -> onnxruntime.InferenceSession:
@@ -261,12 +269,16 @@ def cached_session(
     path = cache_dir() / name
     if path.is_file():
         try:
-            return make_session(path, threads)
+            session = make_session(path, threads)
+            with contextlib.suppress(OSError):
+                os.utime(path)  # most recently used: pruned last
+            return session
         except CheckpointError:
             pass  # a damaged cache entry: export again below
     data = onnx_bytes(model, meta, sha)
     with contextlib.suppress(OSError):  # read-only cache folder: keep the export in memory only
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        _prune(path.parent, keep=CACHE_KEEP)
     return make_session(data, threads)
 
 

@@ -135,7 +135,7 @@ def find_images(paths: Iterable[str | os.PathLike], recursive: bool = False) -> 
                 p, f"broken symbolic link (points to {os.readlink(p)}, which does not exist)"
             )
         else:
-            raise ImageReadError(p, "no such file or folder: check the path")
+            raise ImageReadError(p, "not found: no such file or folder: check the path")
     return sorted(found.values(), key=str)
 
 

@@ -24,7 +24,7 @@ import torch
 from monai.networks.nets import DenseNet
 from torch import nn
 
-from cxrdx.errors import CheckpointError, LabelError
+from cxrdx.errors import CheckpointError, CxrdxError, LabelError
 from cxrdx.labels import FINDINGS, canonical_list
 from cxrdx.preprocess import Preprocessing
 
@@ -154,16 +154,25 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Write via ``write(tmp_path)`` then rename, so a crash never leaves a half file at ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # a full disk or read-only folder: OSError, or RuntimeError from torch.save's writer
+        if isinstance(exc, OSError | RuntimeError):
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            raise CxrdxError(
+                f"cannot write {path} ({detail}): is the disk full or the folder read-only? "
+                "Free some space or choose another folder; the previous file (if any) was left as it was"
+            ) from None
         raise
 
 

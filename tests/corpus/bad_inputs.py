@@ -365,6 +365,14 @@ def make_corpus(directory: str | Path) -> list[Case]:
         _save_dicom(ds, p)
 
     add("structured_report.dcm", structured_report, "error", "no pixel data", shape=None)
+    add(
+        "dx_without_pixels.dcm",
+        lambda p: _save_dicom(dicom_dataset(None), p),
+        "error",
+        "no pixel data",
+        shape=None,
+        note="an image SOP class (DX) whose pixel data element is absent",
+    )
 
     def declared_ts(uid: str) -> Callable[[Path], None]:
         def write(p: Path) -> None:
@@ -409,4 +417,144 @@ def make_corpus(directory: str | Path) -> list[Case]:
         "not a DICOM",
         shape=None,
     )
+    return cases
+
+
+# --------------------------------------------------------------------------- folders and label tables
+
+
+@dataclass(frozen=True)
+class FolderCase:
+    """A folder to scan: how many images a (recursive) scan must find in it."""
+
+    name: str
+    path: Path
+    images: int
+    note: str = ""
+
+
+def make_folders(directory: str | Path) -> list[FolderCase]:
+    """An empty folder, a folder of non-images, and a folder whose subfolder links back to itself."""
+    d = Path(directory)
+    empty = d / "empty folder"
+    empty.mkdir(parents=True, exist_ok=True)
+    junk = d / "no_images"
+    junk.mkdir(exist_ok=True)
+    (junk / "notes.txt").write_text("not an image\n")
+    (junk / ".hidden.png").write_bytes(_png_bytes(Image.fromarray(chest())))
+    loop = d / "loop"
+    (loop / "sub").mkdir(parents=True, exist_ok=True)
+    (loop / "sub" / "x.png").write_bytes(_png_bytes(Image.fromarray(chest())))
+    for link, target in ((loop / "sub" / "back", ".."), (loop / "self", ".")):
+        if not link.is_symlink():
+            link.symlink_to(target)
+    return [
+        FolderCase("empty folder", empty, 0),
+        FolderCase("no_images", junk, 0, "a text file and a hidden PNG only"),
+        FolderCase("loop", loop, 1, "sub/back -> .. and self -> . : a symlink loop"),
+    ]
+
+
+@dataclass(frozen=True)
+class TableCase:
+    """A label CSV (generic 0/1 format) over ``images``; ``message`` must appear in the refusal."""
+
+    name: str
+    path: Path
+    images: Path
+    expect: Literal["ok", "error"]
+    message: str = ""
+
+
+def make_tables(directory: str | Path) -> list[TableCase]:
+    """Good and broken label tables over a folder of 4 small chest images (one listed but absent)."""
+    d = Path(directory)
+    images = d / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        Image.fromarray(np.roll(chest(), 3 * i, axis=1)).save(images / f"img{i}.png")
+    findings = [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Pneumonia",
+        "Pneumothorax",
+        "Consolidation",
+        "Edema",
+        "Emphysema",
+        "Fibrosis",
+        "Pleural_Thickening",
+        "Hernia",
+    ]
+    header = ["image", "patient", "view", *findings]
+
+    def row(i: int, name: str | None = None, value: str = "0") -> list[str]:
+        return [name or f"img{i}.png", f"p{i}", "PA", value, *(["0"] * (len(findings) - 1))]
+
+    def write(name: str, head: list[str], rows: list[list[str]]) -> Path:
+        path = d / name
+        path.write_text("\n".join(",".join(r) for r in [head, *rows]) + "\n", encoding="utf-8")
+        return path
+
+    good = [row(i, value=str(i % 2)) for i in range(4)]
+    cases = [
+        TableCase("good", write("good.csv", header, good), images, "ok"),
+        TableCase(
+            "missing_columns",
+            write("missing_columns.csv", header[:1] + header[3:], [[r[0], *r[3:]] for r in good]),
+            images,
+            "error",
+            "patient column",
+        ),
+        TableCase(
+            "missing_finding_column",
+            write("missing_finding_column.csv", header[:-1], [r[:-1] for r in good]),
+            images,
+            "error",
+            "Hernia",
+        ),
+        TableCase(
+            "duplicate_ids",
+            write("duplicate_ids.csv", header, [*good, row(1)]),
+            images,
+            "error",
+            "more than once",
+        ),
+        TableCase(
+            "label_2",
+            write("label_2.csv", header, [*good[:3], row(3, value="2")]),
+            images,
+            "error",
+            "not 0/1",
+        ),
+        TableCase(
+            "label_minus_1",
+            write("label_minus_1.csv", header, [*good[:3], row(3, value="-1")]),
+            images,
+            "error",
+            "not 0/1",
+        ),
+        TableCase(
+            "unknown_finding",
+            write(
+                "unknown_finding.csv",
+                ["Image Index", "Finding Labels", "Patient ID"],
+                [["img0.png", "Effusion", "1"], ["img1.png", "Covid-19|Mass", "2"]],
+            ),
+            images,
+            "error",
+            "Covid-19",
+        ),
+        TableCase("header_only", write("header_only.csv", header, []), images, "error", "no rows"),
+        TableCase(
+            "image_missing_on_disk",
+            write("image_missing_on_disk.csv", header, [*good, row(9, "absent.png")]),
+            images,
+            "ok",
+            "absent.png",
+        ),
+    ]
     return cases

@@ -1,0 +1,355 @@
+"""Faults: training killed with SIGKILL anywhere and resumed, a full disk, an unwritable folder,
+and `cxrdx prepare` killed at random moments and rerun.
+
+Training runs `cxrdx train` as a real subprocess (densenet-tiny, 48 px, a few batches
+per epoch). Kill points: random moments while an epoch runs, and deterministic kills
+in the middle of writing each file of an epoch's checkpoint set (the temporary file
+is half written, then the process SIGKILLs itself before the rename). A driver
+(``DRIVER`` below) installs that hook around ``cxrdx.model.atomic_write`` and then
+runs the real CLI, so nothing in the package is changed for the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrdx.labels import FINDINGS
+from cxrdx.model import load_checkpoint, read_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 5
+SIZE = 48
+
+DRIVER = textwrap.dedent(
+    """
+    import errno, os, signal, sys
+    from pathlib import Path
+    import cxrdx.model as m
+
+    target, nth, mode = os.environ.get("KILL_FILE"), int(os.environ.get("KILL_NTH", "0")), os.environ.get("KILL_MODE")
+    real, calls = m.atomic_write, [0]
+
+    def hooked(path, write):
+        if Path(path).name == target:
+            calls[0] += 1
+            if calls[0] == nth:
+                def torn(tmp):
+                    write(tmp)
+                    os.truncate(tmp, os.path.getsize(tmp) // 2)  # a half-written temporary file
+                    if mode == "enospc":
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(path, torn)
+        return real(path, write)
+
+    m.atomic_write = hooked
+    from cxrdx.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def make_cache(out: Path, n_train: int = 160, n_val: int = 32, seed: int = 0) -> Path:
+    """A prepared cache (prepare's layout) with two learnable findings, written directly."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val
+    labels = np.zeros((n, len(FINDINGS)), np.uint8)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, SIZE, SIZE))
+    for i in range(n):
+        img = 0.2 + 0.05 * rng.standard_normal((SIZE, SIZE))
+        if rng.random() < 0.4:
+            labels[i, FINDINGS.index("Cardiomegaly")] = 1
+            img += 0.5 * (((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.06)
+        if rng.random() < 0.3:
+            labels[i, FINDINGS.index("Effusion")] = 1
+            img += 0.4 * (yy > 0.75)
+        images[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    images.flush()
+    del images
+    index = pd.DataFrame({"image": [f"i{i}.png" for i in range(n)], "patient": [f"p{i}" for i in range(n)]})
+    index["view"], index["age"], index["sex"] = "PA", 50, "M"
+    for j, name in enumerate(FINDINGS):
+        index[name] = labels[:, j]
+    index["row"] = np.arange(n)
+    index["split"] = ["train"] * n_train + ["val"] * n_val
+    index["path"] = ""
+    index.to_csv(out / "index.csv", index=False)
+    info = {"format_version": 1, "size": SIZE, "resize": "letterbox", "counts": {"train": n_train, "val": n_val}}
+    (out / "cache.json").write_text(json.dumps({**info, "failures": []}))
+    return out
+
+
+def train_args(cache: Path, out: Path) -> list[str]:
+    return [
+        "train", "--data", str(cache), "--out", str(out), "--arch", "densenet-tiny", "--epochs", str(EPOCHS),
+        "--batch-size", "16", "--lr", "1e-3", "--deterministic", "--no-progress", "--workers", "0",
+        "--threads", "1",
+    ]  # fmt: skip
+
+
+def start(args: list[str], driver: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(driver), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        cwd=REPO,
+    )
+
+
+def epochs_logged(text: str) -> list[int]:
+    return [int(m) for m in re.findall(rf"^epoch (\d+)/{EPOCHS}: train loss", text, flags=re.M)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_cache(tmp_path_factory.mktemp("toy") / "cache")
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("driver") / "driver.py"
+    path.write_text(DRIVER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(cache, driver, tmp_path_factory) -> Path:
+    """The same run, never interrupted."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    proc = start(train_args(cache, out), driver)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text
+    assert epochs_logged(text) == list(range(1, EPOCHS + 1))
+    return out
+
+
+def check_run_dir(out: Path) -> int:
+    """After any kill: best (if any) loads, history has no repeats, no temp file is a checkpoint."""
+    if (out / "best.safetensors").exists():
+        load_checkpoint(out / "best.safetensors")
+    if (out / "last.safetensors").exists():
+        load_checkpoint(out / "last.safetensors")
+    done = 0
+    if (out / "last_state.pt").exists():
+        done = int(torch.load(out / "last_state.pt", weights_only=True)["epoch"])
+    if (out / "history.json").exists():
+        hist = [h["epoch"] for h in json.loads((out / "history.json").read_text())]
+        assert hist == list(range(1, len(hist) + 1)) and len(hist) in (done, done - 1), (hist, done)
+    stray = [p.name for p in out.iterdir() if p.name.endswith(".safetensors") and p.name[0] == "."]
+    assert not stray, stray
+    return done
+
+
+def test_training_survives_sigkill_anywhere(cache, driver, reference, tmp_path):
+    """Kill the same run 6 times (mid-epoch and inside every checkpoint write), resume each time."""
+    out = tmp_path / "run"
+    rng = random.Random(int(os.environ.get("CXRDX_FAULT_SEED", "7")))
+    # (how, detail): random moment during epoch k, or the n-th write of a file (= epoch n)
+    kills = [
+        ("during_epoch", 1),
+        ("write", ("last_state.pt", 1)),
+        ("during_epoch", 2),
+        ("write", ("best.safetensors", 1)),
+        ("write", ("last.safetensors", 1)),
+        ("write", ("history.json", 1)),
+        ("during_epoch", 4),
+    ]
+    log = ""
+    announced = 0  # highest epoch whose "epoch k/N" line any run printed
+    survived = 0
+    for how, detail in kills:
+        resume = (out / "config.json").exists()
+        args = ["train", "--resume", str(out), "--no-progress"] if resume else train_args(cache, out)
+        before = check_run_dir(out) if out.exists() else 0
+        if how == "write":
+            name, nth = detail
+            proc = start(args, driver, KILL_FILE=name, KILL_NTH=str(nth), KILL_MODE="sigkill")
+            text, _ = proc.communicate(timeout=300)
+        else:
+            proc = start(args, driver)
+            lines = []
+            # wait until epoch `detail` is under way (the previous epoch's line, or startup), then a random delay
+            trigger = f"epoch {detail - 1}/{EPOCHS}: train loss" if detail > 1 else "training densenet-tiny"
+            if resume and before >= detail - 1:
+                trigger = "resuming"
+            for line in proc.stdout:
+                lines.append(line)
+                if trigger in line:
+                    break
+            time.sleep(rng.uniform(0.05, 1.0))
+            proc.send_signal(signal.SIGKILL)
+            rest, _ = proc.communicate(timeout=60)
+            text = "".join(lines) + rest
+        log += text
+        assert "Traceback" not in text, text
+        if proc.returncode == 0:  # the kill came too late: the run finished
+            break
+        assert proc.returncode == -signal.SIGKILL, text
+        survived += 1
+        if resume:
+            m = re.search(r"resuming \S+ after epoch (\d+)", text)
+            assert m or "no completed epoch yet" in text, text
+            # nothing announced as done is lost; at most the interrupted epoch is redone
+            assert (int(m.group(1)) if m else 0) >= announced, text
+        announced = max([announced, *epochs_logged(text)])
+        done = check_run_dir(out)
+        assert done >= announced  # an epoch is announced only after its state is written
+    assert survived >= 5, f"only {survived} kills landed before the run finished"
+    proc = start(["train", "--resume", str(out), "--no-progress"], driver)
+    text, _ = proc.communicate(timeout=300)
+    log += text
+    assert proc.returncode == 0, text
+    assert "Traceback" not in log
+    assert check_run_dir(out) == EPOCHS
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+    _, meta = load_checkpoint(out / "last.safetensors")
+    assert meta.provenance["epoch"] == EPOCHS
+    load_checkpoint(out / "best.safetensors")
+    # deterministic CPU training: six interruptions later, the weights are the uninterrupted run's
+    a, _ = read_checkpoint(reference / "last.safetensors")
+    b, _ = read_checkpoint(out / "last.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    print(f"kills survived: {survived}")
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_best(cache, driver, tmp_path):
+    """ENOSPC while writing epoch 2's last.safetensors: one-line error, epoch 1's file intact, resumable."""
+    out = tmp_path / "run"
+    proc = start(train_args(cache, out), driver, KILL_FILE="last.safetensors", KILL_NTH="2", KILL_MODE="enospc")
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("cxrdx train: error:")]
+    assert len(errors) == 1 and "last.safetensors" in errors[0] and "disk full" in errors[0], text
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # the torn temp file is gone
+    _, meta = load_checkpoint(out / "last.safetensors")
+    assert meta.provenance["epoch"] == 1  # the previous one, whole
+    load_checkpoint(out / "best.safetensors")
+    proc = start(["train", "--resume", str(out), "--no-progress", "--epochs", "2"], driver)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text
+    _, meta = load_checkpoint(out / "last.safetensors")
+    assert meta.provenance["epoch"] == 2
+
+
+def _no_bigger_files(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big write then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_files_too_big_for_the_disk_give_a_clear_error(cache, tmp_path):
+    """The real CLI with a 100 kB file-size limit: the 300 kB resume state cannot be written."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrdx", *train_args(cache, out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_no_bigger_files(100_000),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cxrdx train: error: cannot write") and "disk full" in last, last
+    assert not (out / "best.safetensors").exists() and not (out / "last_state.pt").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_unwritable_output_is_refused_before_work(cache, tmp_path, command, capsys):
+    from cxrdx.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = blocker / "run"  # cannot be created: its parent is a file
+    if command == "train":
+        args = [*train_args(cache, out)]
+    else:
+        csv = tmp_path / "t.csv"
+        csv.write_text("image,patient," + ",".join(FINDINGS) + "\n" + "a.png,1," + ",".join("0" * 14) + "\n")
+        args = ["prepare", "--labels", str(csv), "--out", str(out), "--size", "32", "--no-progress"]
+    t0 = time.monotonic()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and err[0].startswith(f"cxrdx {command}: error:"), err
+    assert time.monotonic() - t0 < 10
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def test_prepare_killed_at_random_moments_finishes_without_redoing_work(tmp_path):
+    """`cxrdx prepare` (2 worker processes) SIGKILLed 3 times at random moments, then rerun to the end."""
+    from PIL import Image
+
+    from cxrdx.cache import open_cache, prepare_cache
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    n = 150
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (512, 512), dtype=np.uint8)).save(images / f"im{i:03d}.png")
+    csv = tmp_path / "train.csv"
+    rows = [f"im{i:03d}.png,p{i}," + ",".join(str(int(i % 7 == j)) for j in range(14)) for i in range(n)]
+    csv.write_text("image,patient," + ",".join(FINDINGS) + "\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "cache"
+    script = textwrap.dedent(
+        """
+        import sys
+        import cxrdx.cache as c
+        c.SAVE_EVERY_S = 0.2  # durable progress often, so a kill finds some
+        from cxrdx.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    args = ["prepare", "--labels", str(csv), "--images", str(images), "--size", "64", "--out", str(out),
+            "--workers", "2", "--no-progress"]  # fmt: skip
+    pick = random.Random(int(os.environ.get("CXRDX_FAULT_SEED", "7")))
+    done_counts = []
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", script, *args], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (out / "done.npy").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(pick.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err, err
+        if proc.returncode == 0:
+            break
+        done = np.load(out / "done.npy")
+        done_counts.append(int((done == 1).sum()))
+    assert done_counts and done_counts[-1] < n, "the kills came too late to test anything"
+    assert done_counts == sorted(done_counts)  # progress is never lost between kills
+    result = prepare_cache([csv], out, size=64, images=images, workers=0, progress=False)
+    assert result.cached == n and not result.failures
+    assert result.decoded == n - done_counts[-1]  # finished images are not redone
+    reference = prepare_cache([csv], tmp_path / "ref", size=64, images=images, workers=0, progress=False)
+    np.testing.assert_array_equal(open_cache(out).images, open_cache(reference.out).images)
+    print(f"prepare kills: {len(done_counts)}, rows done at each kill: {done_counts}")
