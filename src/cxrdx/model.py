@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from monai.networks.nets import DenseNet
 from torch import nn
 
 from cxrdx.errors import CheckpointError, CxrdxError, LabelError
@@ -35,11 +34,15 @@ FEATURE_CHANNELS_LAYER = "features.norm5"
 
 
 def _densenet121(in_channels: int, num_classes: int) -> nn.Module:
+    from monai.networks.nets import DenseNet  # MONAI's import is slow: only when a network is built
+
     return DenseNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
 
 
 def _densenet_tiny(in_channels: int, num_classes: int) -> nn.Module:
     # Same layer names and structure as DenseNet121, a fraction of the cost: for tests.
+    from monai.networks.nets import DenseNet
+
     return DenseNet(
         spatial_dims=2,
         in_channels=in_channels,
