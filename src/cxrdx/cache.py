@@ -227,7 +227,17 @@ def prepare_cache(
     plan = _plan(labels, images)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a folder")
-    cache, done = _start_or_resume(out, plan, size, overwrite)
+    try:  # an unwritable or impossible --out fails here, before any decoding
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}.tmp"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        cache, done = _start_or_resume(out, plan, size, overwrite)
+    except OSError as exc:
+        raise DataError(
+            f"--out {out} cannot be written ({exc.strerror or exc}): is the disk full or the folder "
+            "read-only? Choose another folder or free some space"
+        ) from None
     todo = np.flatnonzero(done != DONE)
     paths = plan["path"].tolist()
     tasks = [(int(r), paths[r], size) for r in todo]

@@ -289,6 +289,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         _restore_rng(state["rng"], augment_rng, rank)
         if is_main:
             _reconcile_checkpoints(run_dir, state, cfg, preprocessing, data)
+            _write_json(run_dir / HISTORY_FILE, history)  # it too may lag the state (killed while written)
             _say(
                 f"resuming {run_dir} after epoch {start_epoch} (best val loss {best['val_loss']:.4f} at epoch {best['epoch']})"
             )
