@@ -1,33 +1,66 @@
-"""End-to-end prediction throughput on CPU: decode 1024x1024 PNG -> preprocess -> DenseNet121.
+"""End-to-end ``cxrdx predict`` throughput on CPU: 1024 px PNG -> decode -> letterbox -> DenseNet121.
 
-One run, the same images for every configuration:
+One run, the same images for every configuration, at each size:
 
-- ``torch eager bs1``: the naive loop (decode, then the network on one image, no overlap);
-- ``torch channels_last``: batched, channels_last memory format, decoding in a thread pool;
-- ``onnx``: ONNX Runtime (what ``--backend auto`` picks on CPU), batched, decoding in a thread pool;
-- ``onnx, no overlap``: ONNX Runtime batched, decoding inline (shows what the pool buys);
+- ``torch eager bs1, float decode, no overlap``: what the peers do (decode one image to
+  float, resize in float, run the network on it, next). The baseline of every ratio;
+- ``torch channels_last bs8 + pool``: ``Predictor`` with the torch backend;
+- ``onnx bs1/bs8 + pool``: ``Predictor`` with ONNX Runtime (what ``--backend auto`` picks);
+- ``onnx bs8, no overlap``: decoding inline (shows what the decode thread pool buys);
+- ``openvino bs8 + pool``: the optional OpenVINO backend (bf16 where the CPU has it),
+  when OpenVINO is installed;
 
-plus the decode+preprocess rate alone and model-only rates, so a slow configuration can
-be attributed. Weights are random (speed does not depend on them). Numbers depend on
-what else runs on the machine: report them with the core count and the load.
+plus decode+preprocess alone (the float path and the uint8 path ``Predictor`` uses),
+the network alone per backend, and a large fp32 matmul: the compute limit is
+matmul GFLOP/s / (DenseNet121 GFLOP per image).
 
-    python benchmarks/predict_throughput.py [--images DIR] [--n 32] [--sizes 224 320]
+Every row prints wall-clock img/s *and* img per CPU-second of this process. On a
+shared machine wall img/s falls with other people's load; CPU-seconds per image
+hardly move, so ``x cores`` times img/CPU-s estimates what an otherwise idle machine
+gives (an upper bound: it assumes both cores stay busy). The end-to-end rows time
+``Predictor.iter_predict``, the loop ``cxrdx predict`` runs (process start-up and
+output formatting excluded). Weights are random (speed does not depend on them).
+
+    python benchmarks/predict_throughput.py [--images DIR] [--n 32] [--sizes 224 320] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_average, machine_line, print_table, say  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NIH_IMAGES = REPO.parent / "shared" / "data" / "nih" / "images"
+GFLOP_PER_IMAGE = {224: 5.67, 320: 11.56}  # DenseNet121, 14 outputs, forward (from the issue)
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(fn: Callable[[], object], n_items: int, repeats: int) -> tuple[float, float, float]:
+    """(median wall img/s, best wall img/s, img per CPU-second) over ``repeats`` timed calls."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(cpu_seconds() - c0)
+    return n_items / statistics.median(walls), n_items / min(walls), n_items / statistics.median(cpus)
 
 
 def find_inputs(folder: str | None, n: int, workdir: Path) -> tuple[list[Path], str]:
@@ -37,7 +70,7 @@ def find_inputs(folder: str | None, n: int, workdir: Path) -> tuple[list[Path], 
         files = sorted(src.glob("*.png"))[:n]
         if len(files) < n:
             sys.exit(f"{src}: only {len(files)} PNGs, need --n {n}")
-        return files, f"{src} (real)"
+        return files, f"{src} (real NIH PNGs)"
     from cxrdx.phantom import write_dataset
 
     out = write_dataset(workdir / "phantoms", n=n, size=1024, seed=0)
@@ -55,72 +88,99 @@ def make_checkpoint(path: Path, arch: str, size: int) -> Path:
     return path
 
 
-def timed(fn, n_images: int, repeats: int = 1) -> float:
-    """Images per second of ``fn()`` (best of ``repeats``, after the caller's warm-up)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n_images / best
+def matmul_gflops(threads: int, repeats: int) -> tuple[float, float]:
+    """(wall GFLOP/s, GFLOP per CPU-second) of a 2048^3 fp32 matmul: the compute ceiling."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    wall, _, per_cpu = measure(lambda: [torch.mm(a, b) for _ in range(4)], 4, repeats)
+    flop = 2 * n**3 / 1e9
+    return wall * flop, per_cpu * flop
 
 
-def bench_size(files: list[Path], arch: str, size: int, batch: int, workdir: Path) -> list[tuple[str, float]]:
+def float_peer_loop(model: torch.nn.Module, meta, files: list[Path]) -> None:
+    """The peers' loop: decode to float, float letterbox, network on one image, no overlap."""
+    from cxrdx.io import read_image
+
+    with torch.inference_mode():
+        for f in files:
+            x = meta.preprocessing(read_image(f)[0])[0]
+            torch.sigmoid(model(torch.from_numpy(x[None]))).numpy()
+
+
+def bench_size(args, files: list[Path], size: int, workdir: Path, cores: int) -> list[list[object]]:
+    from cxrdx.export import openvino_available
     from cxrdx.model import load_checkpoint
-    from cxrdx.predict import Predictor
+    from cxrdx.predict import Predictor, default_workers
 
-    ckpt = make_checkpoint(workdir / f"{arch}-{size}.safetensors", arch, size)
-    n = len(files)
-    rows: list[tuple[str, float]] = []
+    ckpt = make_checkpoint(workdir / f"{args.arch}-{size}.safetensors", args.arch, size)
+    n, reps, bs = len(files), args.repeats, args.batch_size
+    results: list[tuple[str, tuple[float, float, float]]] = []
+
+    def add(name: str, fn: Callable[[], object], items: int = n) -> None:
+        fn()  # warm-up (first-call allocations, ONNX Runtime / OpenVINO kernel selection)
+        results.append((name, measure(fn, items, reps)))
+        say(f"  {size} px {name}: {results[-1][1][0]:.2f} img/s (load {load_average()})")
 
     probe = Predictor.load(ckpt, backend="torch")
-    rows.append(("decode+preprocess only (pool)", timed(lambda: _decode_all(probe, files, pool=True), n)))
+    pool_n = default_workers()
+
+    def decode(uint8_ok: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(f: Path) -> None:
+            probe.prepare(probe.read(f, uint8_ok=uint8_ok)[0])
+
+        with ThreadPoolExecutor(pool_n) as ex:
+            list(ex.map(one, files))
+
+    add(f"decode+preprocess only, float path, {pool_n} threads", lambda: decode(False))
+    add(f"decode+preprocess only, uint8 path, {pool_n} threads", lambda: decode(True))
 
     model, meta = load_checkpoint(ckpt)
-    eager = Predictor(model, meta, channels_last=False)
-    eager.predict(files[:1], batch_size=1, workers=0)  # warm-up
-    rows.append(
-        ("torch eager bs1 (no overlap)", timed(lambda: eager.predict(files, batch_size=1, workers=0), n))
-    )
-
+    model.eval()
+    add("torch eager bs1, float decode, no overlap", lambda: float_peer_loop(model, meta, files))
     cl = Predictor.load(ckpt, backend="torch")
-    cl.predict(files[:batch], batch_size=batch)
-    rows.append(
-        (f"torch channels_last bs{batch} + pool", timed(lambda: cl.predict(files, batch_size=batch), n))
-    )
-
+    add(f"torch channels_last bs{bs} + pool", lambda: cl.predict(files, batch_size=bs))
     ox = Predictor.load(ckpt, backend="onnx")
-    ox.predict(files[:batch], batch_size=batch)
-    rows.append((f"onnx bs{batch} + pool", timed(lambda: ox.predict(files, batch_size=batch), n)))
-    rows.append(
-        (f"onnx bs{batch}, no overlap", timed(lambda: ox.predict(files, batch_size=batch, workers=0), n))
-    )
+    add("onnx bs1 + pool", lambda: ox.predict(files, batch_size=1))
+    add(f"onnx bs{bs} + pool", lambda: ox.predict(files, batch_size=bs))
+    add(f"onnx bs{bs} + 1 decode thread", lambda: ox.predict(files, batch_size=bs, workers=1))
+    add(f"onnx bs{bs}, no overlap", lambda: ox.predict(files, batch_size=bs, workers=0))
+    ov = None
+    if openvino_available() and not args.no_openvino:
+        ov = Predictor.load(ckpt, backend="openvino")
+        prec = ov.session.precision
+        add(f"openvino ({prec}) bs{bs} + pool", lambda: ov.predict(files, batch_size=bs))
 
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-    rows.append(
-        (
+    x = np.random.default_rng(0).standard_normal((bs, 3, size, size)).astype(np.float32)
+    with torch.inference_mode():
+        add(
             "model only: torch eager bs1",
-            timed(lambda: [eager.probabilities(x[i : i + 1]) for i in range(batch)], batch),
+            lambda: [model(torch.from_numpy(x[i : i + 1])) for i in range(bs)],
+            bs,
         )
-    )
-    rows.append((f"model only: torch channels_last bs{batch}", timed(lambda: cl.probabilities(x), batch, 2)))
-    rows.append((f"model only: onnx bs{batch}", timed(lambda: ox.probabilities(x), batch, 2)))
+    add(f"model only: torch channels_last bs{bs}", lambda: cl.probabilities(x), bs)
+    add("model only: onnx bs1", lambda: [ox.probabilities(x[i : i + 1]) for i in range(bs)], bs)
+    add(f"model only: onnx bs{bs}", lambda: ox.probabilities(x), bs)
+    if ov is not None:
+        add(f"model only: openvino ({ov.session.precision}) bs{bs}", lambda: ov.probabilities(x), bs)
+
+    base = dict(results)["torch eager bs1, float decode, no overlap"]
+    rows = []
+    for name, (wall, best, per_cpu) in results:
+        rows.append(
+            [
+                name,
+                wall,
+                best,
+                per_cpu,
+                per_cpu * cores,
+                f"{wall / base[0]:.2f}x",
+                f"{per_cpu / base[2]:.2f}x",
+            ]
+        )
     return rows
-
-
-def _decode_all(predictor, files, pool: bool) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cxrdx.predict import default_workers
-
-    def one(f):
-        return predictor.prepare(predictor.read(f)[0])[0]
-
-    if pool:
-        with ThreadPoolExecutor(default_workers()) as ex:
-            list(ex.map(one, files))
-    else:
-        [one(f) for f in files]
 
 
 def main() -> None:
@@ -134,30 +194,49 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 320])
     parser.add_argument("--arch", default="densenet121")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per configuration (median)")
+    parser.add_argument("--no-openvino", action="store_true", help="skip OpenVINO even when installed")
     args = parser.parse_args()
 
     from cxrdx.export import available_threads
 
-    threads = available_threads()
-    torch.set_num_threads(threads)
+    cores = available_threads()
+    torch.set_num_threads(cores)
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["CXRDX_CACHE_DIR"] = str(Path(tmp) / "cache")  # time a fresh export, not a stale cache
+        os.environ["CXRDX_CACHE_DIR"] = str(Path(tmp) / "cache")  # a fresh export, not a stale cache
         files, origin = find_inputs(args.images, args.n, Path(tmp))
         import onnxruntime
 
+        print(f"# predict throughput, {time.strftime('%Y-%m-%d %H:%M %Z')}")
+        print(f"machine: {machine_line()}; onnxruntime {onnxruntime.__version__}")
+        print(f"{args.arch}, {len(files)} images from {origin}; {cores} usable CPUs; repeats {args.repeats}")
+        wall, per_cpu = matmul_gflops(cores, args.repeats)
         print(
-            f"{args.arch}, {len(files)} images from {origin}; {threads} CPU threads (os.cpu_count={os.cpu_count()}, "
-            f"load avg {os.getloadavg()[0]:.2f}); torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+            f"fp32 2048^3 matmul: {wall:.0f} GFLOP/s wall, {per_cpu:.0f} GFLOP per CPU-s "
+            f"(x {cores} = {per_cpu * cores:.0f} GFLOP/s on an idle machine)"
         )
         for size in args.sizes:
-            rows = bench_size(files, args.arch, size, args.batch_size, Path(tmp))
-            base = dict(rows)["torch eager bs1 (no overlap)"]
-            print(f"\n{size} px               configuration   img/s   x eager bs1")
-            for name, rate in rows:
-                print(f"{name:>40} {rate:7.2f}   {rate / base:5.2f}")
-            end_to_end = [(r, n) for n, r in rows if "model only" not in n and "decode" not in n]
-            best_rate, best_name = max(end_to_end)
-            print(f"{'best end-to-end':>40} {best_rate:7.2f}   ({best_name})")
+            gflop = GFLOP_PER_IMAGE.get(size)
+            rows = bench_size(args, files, size, Path(tmp), cores)
+            print(f"\n## {size} px (load average now {load_average()})")
+            if gflop:
+                print(
+                    f"compute limit at {gflop} GFLOP/image: {wall / gflop:.1f} img/s at this run's wall matmul "
+                    f"rate, {per_cpu * cores / gflop:.1f} img/s idle-machine estimate"
+                )
+            print_table(
+                [
+                    "configuration",
+                    "img/s (median)",
+                    "img/s (best)",
+                    "img/CPU-s",
+                    f"idle est. ({cores} CPUs)",
+                    "x eager bs1 (wall)",
+                    "x eager bs1 (CPU)",
+                ],
+                rows,
+            )
+        print(f"\nload average at the end: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ $CX prepare --labels "$OUT/split/train.csv" "$OUT/split/val.csv" "$OUT/split/tes
   --images "$OUT/phantoms/images" --size $SIZE --out "$OUT/cache"
 step "4/7 train DenseNet121 (short: a few minutes on a CPU)"
 $CX train --data "$OUT/cache" --out "$OUT/run" --image-size $SIZE --epochs ${DEMO_EPOCHS:-4} \
-  --max-minutes ${DEMO_MINUTES:-4} --batch-size 32 --lr 1e-3
+  --max-minutes ${DEMO_MINUTES:-3} --batch-size 32 --lr 1e-3
 step "5/7 evaluate on the test split (thresholds chosen on validation)"
 $CX evaluate --weights "$OUT/run/best.safetensors" --data "$OUT/cache" --split test --val-split val \
-  --out "$OUT/report" --n-bootstrap 200
+  --out "$OUT/report" --n-boot 200
 step "6/7 explain: Grad-CAM for the top findings of two test images, scored against their boxes"
 mapfile -t SAMPLE < <(awk -F, 'NR>1 {print $1}' "$OUT/split/test.csv" | head -2)
 $CX explain --weights "$OUT/run/best.safetensors" "${SAMPLE[@]/#/$OUT/phantoms/images/}" \

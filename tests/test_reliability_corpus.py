@@ -103,7 +103,10 @@ def test_reader_gives_every_case_its_outcome(corpus):
             image, meta = read_image(case.path)
             assert image.shape == case.shape, case.name
             if case.message:
-                assert any(case.message.lower() in w.lower() for w in meta.warnings), (case.name, meta.warnings)
+                assert any(case.message.lower() in w.lower() for w in meta.warnings), (
+                    case.name,
+                    meta.warnings,
+                )
         else:
             with pytest.raises(ImageReadError) as info:
                 read_image(case.path)

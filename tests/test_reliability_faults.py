@@ -103,7 +103,12 @@ def make_cache(out: Path, n_train: int = 160, n_val: int = 32, seed: int = 0) ->
     index["split"] = ["train"] * n_train + ["val"] * n_val
     index["path"] = ""
     index.to_csv(out / "index.csv", index=False)
-    info = {"format_version": 1, "size": SIZE, "resize": "letterbox", "counts": {"train": n_train, "val": n_val}}
+    info = {
+        "format_version": 1,
+        "size": SIZE,
+        "resize": "letterbox",
+        "counts": {"train": n_train, "val": n_val},
+    }
     (out / "cache.json").write_text(json.dumps({**info, "failures": []}))
     return out
 
@@ -249,7 +254,9 @@ def test_training_survives_sigkill_anywhere(cache, driver, reference, tmp_path):
 def test_disk_full_during_a_checkpoint_keeps_the_previous_best(cache, driver, tmp_path):
     """ENOSPC while writing epoch 2's last.safetensors: one-line error, epoch 1's file intact, resumable."""
     out = tmp_path / "run"
-    proc = start(train_args(cache, out), driver, KILL_FILE="last.safetensors", KILL_EPOCH="2", KILL_MODE="enospc")
+    proc = start(
+        train_args(cache, out), driver, KILL_FILE="last.safetensors", KILL_EPOCH="2", KILL_MODE="enospc"
+    )
     text, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, text
     assert "Traceback" not in text
@@ -259,9 +266,9 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_best(cache, driver, tm
     _, meta = load_checkpoint(out / "last.safetensors")
     assert meta.provenance["epoch"] == 1  # the previous one, whole
     load_checkpoint(out / "best.safetensors")
-    proc = start(["train", "--resume", str(out), "--no-progress", "--epochs", "2"], driver)
-    text, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, text
+    from cxrdx.cli import main
+
+    assert main(["train", "--resume", str(out), "--no-progress", "--epochs", "2"]) == 0  # space freed
     _, meta = load_checkpoint(out / "last.safetensors")
     assert meta.provenance["epoch"] == 2
 
@@ -293,24 +300,53 @@ def test_files_too_big_for_the_disk_give_a_clear_error(cache, tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("command", ["train", "prepare"])
-def test_unwritable_output_is_refused_before_work(cache, tmp_path, command, capsys):
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint, one image, and a label CSV over it, for the commands that write outputs."""
+    from PIL import Image
+
+    from cxrdx.model import CheckpointMeta, build_model, save_checkpoint
+    from cxrdx.preprocess import Preprocessing
+
+    d = tmp_path_factory.mktemp("inputs")
+    save_checkpoint(
+        d / "m.safetensors",
+        build_model("densenet-tiny"),
+        CheckpointMeta(architecture="densenet-tiny", preprocessing=Preprocessing(size=32)),
+    )
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(d / "a.png")
+    csv = d / "t.csv"
+    csv.write_text("image,patient," + ",".join(FINDINGS) + "\n" + "a.png,1," + ",".join("0" * 14) + "\n")
+    return {"weights": d / "m.safetensors", "image": d / "a.png", "csv": csv, "dir": d}
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "prepare", "predict", "evaluate", "explain", "export", "import"]
+)
+def test_unwritable_output_gives_one_line(cache, tiny_inputs, tmp_path, command, capsys):
+    """--out whose parent is a file: one line naming the path, exit 2, no traceback (in process)."""
     from cxrdx.cli import main
 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    out = blocker / "run"  # cannot be created: its parent is a file
-    if command == "train":
-        args = [*train_args(cache, out)]
-    else:
-        csv = tmp_path / "t.csv"
-        csv.write_text("image,patient," + ",".join(FINDINGS) + "\n" + "a.png,1," + ",".join("0" * 14) + "\n")
-        args = ["prepare", "--labels", str(csv), "--out", str(out), "--size", "32", "--no-progress"]
+    out = blocker / "out"  # cannot be created: its parent is a file
+    w, img, csv = str(tiny_inputs["weights"]), str(tiny_inputs["image"]), str(tiny_inputs["csv"])
+    args = {
+        "train": train_args(cache, out),
+        "prepare": ["prepare", "--labels", csv, "--images", str(tiny_inputs["dir"]), "--out", str(out),
+                    "--size", "32", "--no-progress"],
+        "predict": ["predict", "--weights", w, img, "--out", str(out), "--backend", "torch"],
+        "evaluate": ["evaluate", "--weights", w, "--data", csv, "--images", str(tiny_inputs["dir"]),
+                     "--out", str(out), "--n-boot", "5", "--no-progress"],
+        "explain": ["explain", "--weights", w, img, "--out", str(out)],
+        "export": ["export", "--weights", w, "--onnx", str(out)],
+        "import": ["import", "--from", "cxrdx", w, "--out", str(out)],
+    }[command]  # fmt: skip
     t0 = time.monotonic()
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(out) in err[0] and err[0].startswith(f"cxrdx {command}: error:"), err
-    assert time.monotonic() - t0 < 10
+    assert len(err) == 1 and str(blocker) in err[0] and err[0].startswith(f"cxrdx {command}: error:"), err
+    assert time.monotonic() - t0 < 30
 
 
 # --------------------------------------------------------------------------- prepare
@@ -368,20 +404,26 @@ def test_prepare_killed_at_random_moments_finishes_without_redoing_work(tmp_path
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-c", script, *args], stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while not (out / "done.npy").exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        time.sleep(pick.uniform(0.3, 1.5))
+        before = done_counts[-1] if done_counts else 0
+        while time.monotonic() < deadline and proc.poll() is None:  # until this run has made progress
+            try:
+                if int((np.load(out / "done.npy") == 1).sum()) > before:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        time.sleep(pick.uniform(0.1, 0.6))
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
         # the only tracebacks allowed: orphaned decoding workers finding their SIGKILLed parent gone
-        blocks = err.split("Traceback (most recent call last):")[1:]
-        assert all("BrokenPipeError" in b or "EOFError" in b for b in blocks), err
-        assert "cxrdx.cache" not in err or "BrokenPipeError" in err, err
+        # (their output interleaves; a traceback of the main process would show cxrdx's own frames)
+        if "Traceback" in err:
+            assert "SpawnPoolWorker" in err and "src/cxrdx/" not in err, err
         if proc.returncode == 0:
             break
         done = np.load(out / "done.npy")
         done_counts.append(int((done == 1).sum()))
-    assert done_counts and done_counts[-1] < n, "the kills came too late to test anything"
+    assert any(0 < c < n for c in done_counts), f"no kill landed mid-way: {done_counts}"
     assert done_counts == sorted(done_counts)  # progress is never lost between kills
     result = prepare_cache([csv], out, size=64, images=images, workers=0, progress=False)
     assert result.cached == n and not result.failures

@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cxrdx {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path that cannot be made or written (full disk, a file in the way, permissions)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"cxrdx {args.command}: error: {where}{exc.strerror or exc}; check that the path can be written "
+            "and the disk is not full",
+            file=sys.stderr,
+        )
+        return 2
     except MemoryError:
         print(f"cxrdx {args.command}: error: out of memory; use a smaller --batch-size or image size", file=sys.stderr)
         return 2

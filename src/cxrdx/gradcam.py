@@ -22,6 +22,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,51 @@ class GradCam:
                 self.model.zero_grad(set_to_none=True)
         maps = maps.detach().float().cpu().numpy()[:, 0]
         return np.stack([normalize_map(m) for m in maps]).astype(np.float32)
+
+    def many(self, x: torch.Tensor, class_indices: Sequence[int]) -> np.ndarray:
+        """(K, N, S, S) heatmaps for K classes from ONE forward pass; the same maps as ``__call__``.
+
+        Why: ``__call__`` runs a forward and a full backward (to the input and every
+        weight) per class, ~3 forwards each. Grad-CAM needs only d logit / d A at the
+        target layer, so here the forward runs without autograd up to that layer, A is
+        made a leaf there, and each class costs one backward through the head alone
+        (pool + linear: microseconds). Top-3 heatmaps then cost about one forward.
+        """
+        if x.ndim != 4:
+            raise ValueError(f"Grad-CAM expects an (N, C, S, S) batch, got shape {tuple(x.shape)}")
+        import torch.nn.functional as F
+
+        layer = dict(self.model.named_modules())[self.target_layer]
+        captured: list[torch.Tensor] = []
+
+        def leaf(_module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
+            acts = out.detach().requires_grad_(True)
+            captured.append(acts)
+            torch.set_grad_enabled(True)  # record the head only; no_grad's exit restores the mode
+            return acts
+
+        handle = layer.register_forward_hook(leaf)
+        try:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                # MONAI's backward hook on the layer fires on d/dA with nothing upstream needing grad.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                logits = self.model(x.detach().clone().float())
+                acts = captured[-1]
+                cams = []
+                for c in class_indices:
+                    with torch.enable_grad():
+                        (grad,) = torch.autograd.grad(logits[:, int(c)].sum(), acts, retain_graph=True)
+                    weights = grad.mean(dim=(2, 3), keepdim=True)
+                    cams.append(F.relu((weights * acts.detach()).sum(1, keepdim=True)))
+                cam = F.interpolate(
+                    torch.cat(cams, 1), size=x.shape[2:], mode="bilinear", align_corners=False
+                )
+        finally:
+            handle.remove()
+        out = cam.float().cpu().numpy()  # (N, K, S, S)
+        return np.stack(
+            [np.stack([normalize_map(m) for m in out[:, k]]) for k in range(out.shape[1])]
+        ).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- localisation

@@ -90,10 +90,21 @@ class ImageMeta:
 # --------------------------------------------------------------------------- public API
 
 
-def read_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
-    """Read a file (path), numpy array or PIL image as float32 HxW in [0, 1], bright = dense."""
+def read_image(
+    source: Any, max_pixels: int = DEFAULT_MAX_PIXELS, *, uint8_ok: bool = False
+) -> tuple[np.ndarray, ImageMeta]:
+    """Read a file (path), numpy array or PIL image as float32 HxW in [0, 1], bright = dense.
+
+    ``uint8_ok``: an image whose every pixel is exactly v / 255 (an 8-bit gray file,
+    a uint8 array, or the float image read_image made of either) comes back as its
+    uint8 pixels v instead. ``Predictor`` uses it because the 1024 px float conversion
+    and float resize cost about a quarter of the decode time, and the letterbox of a
+    uint8 image is what the training cache stores anyway. The same pixels give the
+    same array whichever form they arrive in, so a file and its array predict alike.
+    """
     if isinstance(source, np.ndarray):
-        return _read_array(source, max_pixels)
+        image, meta = _read_array(source, max_pixels, uint8_ok)
+        return (_exact_uint8(image) if uint8_ok else image), meta
     if isinstance(source, Image.Image):
         return _guard(ARRAY_NAME, lambda: _from_pil(source, ARRAY_NAME, None, max_pixels, "PIL"))
     if not isinstance(source, str | os.PathLike):
@@ -102,7 +113,18 @@ def read_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nd
             f"cannot read an image from a {type(source).__name__}: pass a file path, a numpy array or a PIL image",
         )
     path = Path(source)
-    return _guard(path, lambda: _read_path(path, max_pixels))
+    image, meta = _guard(path, lambda: _read_path(path, max_pixels, uint8_ok))
+    return (_exact_uint8(image) if uint8_ok else image), meta
+
+
+def _exact_uint8(image: np.ndarray) -> np.ndarray:
+    """uint8 v when every pixel is exactly float32(v) / 255 (an 8-bit image as float), else unchanged."""
+    if image.dtype == np.uint8 or image.dtype != np.float32:
+        return image
+    v = np.rint(image * np.float32(255.0))
+    if not np.array_equal(v.astype(np.float32) / np.float32(255.0), image):
+        return image
+    return v.astype(np.uint8)
 
 
 def find_images(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:
@@ -186,7 +208,7 @@ def _guard(name: Any, fn) -> tuple[np.ndarray, ImageMeta]:
         raise ImageReadError(name, f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_path(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+def _read_path(path: Path, max_pixels: int, uint8_ok: bool = False) -> tuple[np.ndarray, ImageMeta]:
     if not path.exists():
         if path.is_symlink():
             raise ImageReadError(path, f"broken symbolic link (points to {os.readlink(path)})")
@@ -231,7 +253,7 @@ def _read_path(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
             path, f"not an image file ({what}); readable formats: PNG, JPEG, BMP, TIFF, DICOM"
         ) from exc
     with im:
-        out, meta = _from_pil(im, path, str(path), max_pixels, im.format or kind or "image")
+        out, meta = _from_pil(im, path, str(path), max_pixels, im.format or kind or "image", uint8_ok)
     if path.suffix.lower() in DICOM_SUFFIXES:
         meta.warnings.append(f"named {path.suffix} but is a {meta.format} file; read as {meta.format}")
     return out, meta
@@ -352,7 +374,9 @@ def _check_png_chunks(path: Path) -> None:
 # --------------------------------------------------------------------------- Pillow
 
 
-def _from_pil(im: Image.Image, name: Any, path: str | None, max_pixels: int, fmt: str):
+def _from_pil(
+    im: Image.Image, name: Any, path: str | None, max_pixels: int, fmt: str, uint8_ok: bool = False
+):
     """Pillow image (opened lazily) -> gray float, checking size before decoding anything."""
     width, height = im.size
     _check_dims(name, height, width, max_pixels)
@@ -384,7 +408,7 @@ def _from_pil(im: Image.Image, name: Any, path: str | None, max_pixels: int, fmt
             warnings.append(
                 f"EXIF orientation {orientation} applied (image rotated/flipped as a viewer shows it)"
             )
-    gray, bit_depth, photometric = _pil_to_gray(im, name, warnings)
+    gray, bit_depth, photometric = _pil_to_gray(im, name, warnings, uint8_ok)
     meta = ImageMeta(
         path=path,
         format=fmt,
@@ -399,12 +423,16 @@ def _from_pil(im: Image.Image, name: Any, path: str | None, max_pixels: int, fmt
 _PHOTOMETRIC = {"RGB": "RGB", "RGBA": "RGBA", "RGBX": "RGB", "RGBa": "RGBA", "CMYK": "CMYK", "YCbCr": "YBR"}
 
 
-def _pil_to_gray(im: Image.Image, name: Any, warnings: list[str]) -> tuple[np.ndarray, int, str]:
+def _pil_to_gray(
+    im: Image.Image, name: Any, warnings: list[str], uint8_ok: bool = False
+) -> tuple[np.ndarray, int, str]:
     mode = im.mode
     if mode == "1":
         return np.asarray(im, dtype=np.float32), 1, "MONOCHROME2"
     if mode in ("L", "LA", "La"):
         band = im if mode == "L" else im.getchannel("L")
+        if uint8_ok:
+            return np.array(band, dtype=np.uint8), 8, "MONOCHROME2"
         return np.asarray(band, dtype=np.float32) / 255.0, 8, "MONOCHROME2"
     if mode.startswith("I;16"):
         return np.asarray(im).astype(np.float32) / 65535.0, 16, "MONOCHROME2"
@@ -470,7 +498,7 @@ def _minmax(arr: np.ndarray, name: Any, warnings: list[str], why: str | None) ->
 # --------------------------------------------------------------------------- numpy arrays
 
 
-def _read_array(arr: np.ndarray, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+def _read_array(arr: np.ndarray, max_pixels: int, uint8_ok: bool = False) -> tuple[np.ndarray, ImageMeta]:
     name = ARRAY_NAME
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
@@ -510,6 +538,8 @@ def _read_array(arr: np.ndarray, max_pixels: int) -> tuple[np.ndarray, ImageMeta
         photometric = "RGB" if scaled.shape[-1] == 3 else "RGBA"
         scaled = _rgb_to_gray(scaled, 1.0, warnings)
     out = np.ascontiguousarray(np.clip(scaled, 0.0, 1.0), dtype=np.float32)
+    if uint8_ok and a.dtype == np.uint8 and a.ndim == 2:
+        out = np.array(a, dtype=np.uint8)  # as an 8-bit file reads with uint8_ok
     meta = ImageMeta(
         None, "array", (int(out.shape[0]), int(out.shape[1])), int(bits), photometric, warnings=warnings
     )

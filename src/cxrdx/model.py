@@ -232,6 +232,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     tensors, meta = read_checkpoint(path)
     model = model_from_meta(meta)
     check_state_dict(model, tensors, str(path))
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(
+            f"{path}: {len(broken)} tensor(s) hold NaN or infinite values (e.g. {', '.join(broken[:3])}); "
+            "the file is corrupt or its training diverged: use another checkpoint"
+        )
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), meta
 

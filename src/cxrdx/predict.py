@@ -8,8 +8,10 @@ and runs on its own copy of the network (Grad-CAM's hooks would otherwise see
 other threads' forward passes).
 
 Backends: ``torch`` (eager, channels_last) or ``onnx`` (the same network exported
-once and run by ONNX Runtime, about twice as fast on a CPU). ``auto`` picks ONNX
-Runtime on CPU when it is installed. Grad-CAM always uses the PyTorch network.
+once and run by ONNX Runtime, about twice as fast on a CPU) or ``openvino`` (the same
+ONNX file run by OpenVINO, optional and opt-in: bf16 on CPUs with native bf16, so
+probabilities move by ~1e-3; see docs/performance.md). ``auto`` picks ONNX Runtime
+on CPU when it is installed. Grad-CAM always uses the PyTorch network.
 
 ``predict`` decodes images in a thread pool while the previous batch is in the
 network (Pillow, pydicom's decoders and the resize release the GIL), so on a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import io
 import json
 import os
@@ -43,7 +46,7 @@ from cxrdx.model import CheckpointMeta, load_checkpoint
 from cxrdx.preprocess import Letterbox
 
 ImageLike = str | os.PathLike | np.ndarray
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 NO_THRESHOLDS_NOTE = (
     "this checkpoint has no decision thresholds, so no finding is called positive or negative; "
     "choose them on labelled validation images with `cxrdx evaluate --weights CKPT --val VAL.csv ...`"
@@ -108,10 +111,13 @@ class Predictor:
         self.session = session  # an onnxruntime.InferenceSession, or None for the torch backend
         self._explain_lock = threading.Lock()
         self._gradcam = None
+        self._cams: tuple[bytes, np.ndarray] | None = None  # (input digest, every finding's square map)
 
     @property
     def backend(self) -> str:
-        return "onnx" if self.session is not None else "torch"
+        if self.session is None:
+            return "torch"
+        return getattr(self.session, "backend_name", "onnx")
 
     @classmethod
     def load(
@@ -133,17 +139,23 @@ class Predictor:
                 "train one with `cxrdx train --init` or import a chest X-ray checkpoint"
             )
         on_cpu = torch.device(device).type == "cpu"
-        if backend == "onnx":
+        if backend in ("onnx", "openvino"):
             if not on_cpu:
                 raise ConfigError(
-                    f"--backend onnx runs on the CPU only; use --backend torch for device {device}"
+                    f"--backend {backend} runs on the CPU only; use --backend torch for device {device}"
                 )
-            if not export.onnxruntime_available():
+            if backend == "openvino" and not export.openvino_available():
+                raise ConfigError(
+                    "--backend openvino needs OpenVINO: `pip install openvino`, or use --backend onnx"
+                )
+            if backend == "onnx" and not export.onnxruntime_available():
                 raise ConfigError(
                     "--backend onnx needs onnxruntime: `pip install onnxruntime`, or use --backend torch"
                 )
         session = None
-        if backend == "onnx" or (backend == "auto" and on_cpu and export.onnxruntime_available()):
+        if backend == "openvino":
+            session = export.cached_session(path, model, meta, threads, runtime="openvino")
+        elif backend == "onnx" or (backend == "auto" and on_cpu and export.onnxruntime_available()):
             try:
                 session = export.cached_session(path, model, meta, threads)
             except CheckpointError:
@@ -160,15 +172,19 @@ class Predictor:
     def thresholds(self) -> dict[str, float] | None:
         return self.meta.thresholds
 
-    def read(self, item: ImageLike) -> tuple[np.ndarray, list[str]]:
-        """A [0, 1] gray image and reader warnings, from a path or an array."""
+    def read(self, item: ImageLike, uint8_ok: bool = False) -> tuple[np.ndarray, list[str]]:
+        """A [0, 1] gray image and reader warnings, from a path or an array.
+
+        ``uint8_ok``: an 8-bit file stays uint8 (v meaning v / 255), which ``prepare``
+        letterboxes in 8-bit: a quarter less decode time (see cxrdx.preprocess).
+        """
         from cxrdx.io import read_image
 
-        image, info = read_image(item)
+        image, info = read_image(item, uint8_ok=uint8_ok)
         return image, list(info.warnings)
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """[0, 1] gray image -> (C, S, S) network input exactly as the checkpoint expects."""
+        """[0, 1] gray image (or uint8) -> (C, S, S) network input exactly as the checkpoint expects."""
         return self.meta.preprocessing(image)
 
     def probabilities(self, batch: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -207,7 +223,7 @@ class Predictor:
     def _load_one(self, item: ImageLike, source: str) -> tuple[np.ndarray | None, list[str], str | None]:
         """Decode + preprocess one item (runs in a worker thread); errors become a message."""
         try:
-            image, warnings = self.read(item)
+            image, warnings = self.read(item, uint8_ok=True)
             return self.prepare(image)[0], warnings, None
         except CxrdxError as exc:
             return None, [], str(exc)
@@ -289,7 +305,13 @@ class Predictor:
                 # threads run that network, so it gets a private copy.
                 net = self.model if self.session is not None else copy.deepcopy(self.model)
                 self._gradcam = GradCam(net)
-            square = self._gradcam(torch.from_numpy(x[None]).to(self.device), self.labels.index(finding))[0]
+            # One forward gives every finding's map (GradCam.many); the app and --heatmaps ask for
+            # the top 3 of the same image one after another, so the last image's maps are kept.
+            digest = hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).digest()
+            if self._cams is None or self._cams[0] != digest:
+                batch = torch.from_numpy(x[None]).to(self.device)
+                self._cams = (digest, self._gradcam.many(batch, range(len(self.labels)))[:, 0])
+            square = self._cams[1][self.labels.index(finding)]
         return np.clip(box.unletterbox(square), 0.0, 1.0)
 
 
@@ -413,7 +435,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--heatmaps", metavar="DIR", help=f"write Grad-CAM overlays of the top {HEATMAP_TOP_K} findings"
     )
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto = onnx on CPU when installed")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto = onnx on CPU when installed; openvino is optional (bf16 where the CPU has it)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch backend only)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
@@ -456,6 +483,11 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a folder; give a file name")
+    if args.out:  # fail before the work, not after it
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out}: its folder cannot be created ({exc.strerror or exc})") from None
     files, errors = _collect(args.paths, args.recursive)
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available; use --device cpu")

@@ -5,6 +5,11 @@ with black (0), centred. Chest films are not always square; a centre crop would 
 off costophrenic angles and apices, which is exactly where effusions and
 pneumothoraces show. Padding keeps all anatomy, and the padding is recorded so a
 heatmap maps back onto the original image at its original aspect.
+
+An 8-bit image may be letterboxed as uint8 (value v meaning v / 255): Pillow resizes
+it in its 8-bit mode, several times faster than the float resize, and the result
+is within 1/255 of ``round(255 * letterbox(float image))``, which is exactly what the
+training cache stores. ``Predictor`` uses this for 8-bit files.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from PIL import Image
 
 from cxrdx.errors import ConfigError
 
+BILINEAR = Image.Resampling.BILINEAR
 MIN_IMAGE_SIZE = 32  # DenseNet121 downsamples 32x; below this the last block is empty
 
 
@@ -48,13 +54,21 @@ def resize_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Fit a 2-D gray image (float, any range) into a ``size`` square, padding with 0."""
+    """Fit a 2-D gray image (float, any range) into a ``size`` square, padding with 0.
+
+    A uint8 image gives a uint8 square (8-bit resize; see the module docstring).
+    """
     if image.ndim != 2:
         raise ValueError(f"letterbox expects a 2-D gray image, got shape {image.shape}")
     h, w = image.shape
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     top, left = (size - nh) // 2, (size - nw) // 2
+    if image.dtype == np.uint8:
+        out = np.zeros((size, size), dtype=np.uint8)
+        content = image if (nh, nw) == (h, w) else Image.fromarray(image, mode="L").resize((nw, nh), BILINEAR)
+        out[top : top + nh, left : left + nw] = np.asarray(content, dtype=np.uint8)
+        return out, Letterbox(h, w, size, top, left, nh, nw)
     out = np.zeros((size, size), dtype=np.float32)
     out[top : top + nh, left : left + nw] = resize_float(image, nh, nw)
     return out, Letterbox(h, w, size, top, left, nh, nw)
@@ -107,7 +121,7 @@ class Preprocessing:
         return (x[:, None] - mean) / std
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """One [0, 1] gray image -> ((C, S, S) float32, its letterbox)."""
+        """One [0, 1] gray image (or uint8, v meaning v / 255) -> ((C, S, S) float32, its letterbox)."""
         square, box = letterbox(image, self.size)
         return self.normalize(square[None])[0], box
 

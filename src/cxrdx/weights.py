@@ -198,6 +198,8 @@ def load_torch_file(path: Path, trust_pickle: bool = False) -> tuple[object, lis
     notes: list[str] = []
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    from safetensors import SafetensorError  # torch.load reads a *.safetensors name with safetensors
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True), notes
     except pickle.UnpicklingError as exc:
@@ -213,7 +215,7 @@ def load_torch_file(path: Path, trust_pickle: bool = False) -> tuple[object, lis
         notes.append(
             f"fully unpickled (--trust-pickle); the file names {', '.join(names) or 'custom objects'}"
         )
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(
             f"{path}: not a readable PyTorch file ({exc}); it may be truncated or corrupt"
         ) from None
