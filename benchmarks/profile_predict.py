@@ -85,6 +85,8 @@ def group(frame: str) -> str:
     for key, name in rules:
         if key in f:
             return name
+    if frame.startswith("0x"):  # a native frame without a symbol: its library
+        return "native, no symbol: " + frame.partition(" (")[2].rstrip(")")[:60]
     return "other: " + frame.split(" (")[0][:60]
 
 

@@ -464,7 +464,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also open a public gradio.live tunnel (uploads pass through Gradio's servers; off by default)",
     )
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx", "openvino"), default="auto")
     p.set_defaults(func=_run_serve)
 
 

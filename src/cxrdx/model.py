@@ -109,7 +109,7 @@ class CheckpointMeta:
             )
         if self.thresholds is not None:
             try:
-                self.thresholds = dict(zip(canonical_list(self.thresholds), map(float, self.thresholds.values())))
+                self.thresholds = dict(zip(canonical_list(self.thresholds), map(float, self.thresholds.values()), strict=True))
             except LabelError as exc:
                 raise CheckpointError(f"checkpoint thresholds are invalid: {exc}") from None
             unknown = set(self.thresholds) - set(self.labels)

@@ -409,7 +409,7 @@ def make_phantom(
         if "Cardiomegaly" not in found:
             ctr = min(ctr, 0.40) * (1 - 0.12 * k)
     if "Cardiomegaly" in found:
-        ctr = rng.uniform(0.505, 0.53) if subtle() else rng.uniform(0.53, 0.63)
+        ctr = rng.uniform(0.51, 0.54) if subtle() else rng.uniform(0.54, 0.65)
     atel_side = int(rng.choice([-1, 1])) if "Atelectasis" in found else 0
     atel_wedge = bool(rng.random() < 0.5) if atel_side else False
     if atel_wedge:  # lobar collapse pulls the hemidiaphragm up
@@ -807,7 +807,7 @@ def _nodule(cv, rng, lungs, heart, fluid, subtle, *_):
 def _pleural_thickening(cv, rng, lungs, heart, fluid, subtle, *_):
     s, soft = cv.size, cv.soft
     lung = lungs[_side(rng)]
-    t = rng.uniform(0.022, 0.03) * s if subtle else rng.uniform(0.03, 0.05) * s
+    t = rng.uniform(0.025, 0.035) * s if subtle else rng.uniform(0.035, 0.06) * s
     v0 = rng.uniform(0.05, 0.45)
     y0 = lung.apex + v0 * (lung.dia - lung.apex)
     y1 = y0 + rng.uniform(0.25, 0.45) * (lung.dia - lung.apex)
