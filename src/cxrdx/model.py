@@ -135,9 +135,8 @@ def model_from_meta(meta: CheckpointMeta) -> nn.Module:
     return build_model(meta.architecture, len(meta.labels), meta.in_channels, meta.bn_eps)
 
 
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Exact name and shape match, or a CheckpointError listing every difference."""
-    expected = model.state_dict()
+def state_dict_problems(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """Every missing, unexpected and wrong-shape tensor, summarised (empty when they match)."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(
@@ -150,6 +149,12 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if items:
             shown = ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
             problems.append(f"{len(items)} {title}: {shown}")
+    return problems
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Exact name and shape match, or a CheckpointError listing every difference."""
+    problems = state_dict_problems(model.state_dict(), state)
     if problems:
         raise CheckpointError(f"{source}: weights do not match the network; " + "; ".join(problems))
 

@@ -45,6 +45,7 @@ from cxrdx.model import (
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
+    state_dict_problems,
 )
 from cxrdx.preprocess import Preprocessing
 
@@ -808,18 +809,7 @@ def load_init_features(source: str | os.PathLike | dict[str, torch.Tensor], mode
     for key in expected:
         if key.endswith("num_batches_tracked") and key not in features:
             features[key] = torch.zeros((), dtype=torch.long)
-    missing = sorted(set(expected) - set(features))
-    unexpected = sorted(set(features) - set(expected))
-    wrong = sorted(
-        f"{k}: file {tuple(features[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(features)
-        if tuple(features[k].shape) != tuple(expected[k].shape)
-    )
-    problems = []
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            shown = ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
-            problems.append(f"{len(items)} {title}: {shown}")
+    problems = state_dict_problems(expected, features)
     if problems:
         raise CheckpointError(
             f"{name}: its DenseNet features do not fit this network; "
