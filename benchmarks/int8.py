@@ -24,6 +24,10 @@ wall img/s and img per CPU-second; ratios to ORT fp32 and to the fp32 compute li
 
 from __future__ import annotations
 
+import cxrdx  # noqa: F401 - first: it sets OMP_WAIT_POLICY=PASSIVE before torch loads
+
+# isort: split
+
 import argparse
 import csv
 import sys

@@ -18,6 +18,10 @@ process (less sensitive to other people's load than wall time).
 
 from __future__ import annotations
 
+import cxrdx  # noqa: F401 - first: it sets OMP_WAIT_POLICY=PASSIVE before torch loads
+
+# isort: split
+
 import argparse
 import os
 import resource

@@ -26,6 +26,10 @@ output formatting excluded). Weights are random (speed does not depend on them).
 
 from __future__ import annotations
 
+import cxrdx  # noqa: F401 - first: it sets OMP_WAIT_POLICY=PASSIVE before torch loads
+
+# isort: split
+
 import argparse
 import os
 import resource

@@ -13,6 +13,10 @@
 
 from __future__ import annotations
 
+import cxrdx  # noqa: F401 - first: it sets OMP_WAIT_POLICY=PASSIVE before torch loads
+
+# isort: split
+
 import argparse
 import collections
 import os

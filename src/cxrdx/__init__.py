@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# torch's OpenMP (libgomp) busy-waits at every barrier by default. When the cores are shared
+# (predict's decode threads, ONNX Runtime, other processes) a 0.3 s DenseNet121 forward then
+# takes 5-10 s (docs/performance.md, section 5). Set before torch loads; a user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
     from cxrdx.predict import Predictor

@@ -807,10 +807,11 @@ def _nodule(cv, rng, lungs, heart, fluid, subtle, *_):
 def _pleural_thickening(cv, rng, lungs, heart, fluid, subtle, *_):
     s, soft = cv.size, cv.soft
     lung = lungs[_side(rng)]
-    t = rng.uniform(0.025, 0.035) * s if subtle else rng.uniform(0.035, 0.06) * s
-    v0 = rng.uniform(0.05, 0.45)
+    # A long, smooth band hugging the lateral wall: length, not bulk, tells it from a mass.
+    t = rng.uniform(0.022, 0.03) * s if subtle else rng.uniform(0.03, 0.045) * s
+    v0 = rng.uniform(0.05, 0.3)
     y0 = lung.apex + v0 * (lung.dia - lung.apex)
-    y1 = y0 + rng.uniform(0.25, 0.45) * (lung.dia - lung.apex)
+    y1 = y0 + rng.uniform(0.5, 0.65) * (lung.dia - lung.apex)
     x0, _, x1, _ = lung.bounds()
     w = cv.win(x0 - 2, y0 - 2, x1 + 2, y1 + 2)
     if w is None:
@@ -819,7 +820,7 @@ def _pleural_thickening(cv, rng, lungs, heart, fluid, subtle, *_):
     # Distance from the lateral lung edge, row by row; the thickness wobbles along the wall.
     rel = np.clip((w.y - lung.cy) / lung.ry, -1, 1)
     edge_x = lung.cx + lung.sign * lung.rx * np.sqrt(1 - rel**2)
-    thick = t * (1 + 0.25 * _field(rng, w.y.shape[0], 1, s / 20))
+    thick = t * (1 + 0.12 * _field(rng, w.y.shape[0], 1, s / 20))
     band = np.clip((thick - np.abs(w.x - edge_x)) / soft + 0.5, 0, 1) * lung.mask(w, soft) * ends
     _blend(cv, w, _contrast(rng, subtle, 0.8, 1.0) * band, fluid + 0.03)
     box = _box_of(band, w, 0.4)
