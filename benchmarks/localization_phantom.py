@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {machine_line()}; {seconds:.1f} s")
     print(format_localisation(scores))
     total = sum(s.n for s in scores.values())
-    hits = sum(s.hits for s in scores.values())
     summary = {
         "weights": args.weights,
         "data": str(data),
         "labels": args.labels,
         "iou_threshold": args.iou_threshold,
         "per_finding": {k: v.summary() for k, v in scores.items()},
-        "overall_pointing_game": hits / total if total else None,
+        "overall_pointing_game": sum(s.hits for s in scores.values()) / total if total else None,
+        "overall_pointing_game_half_cell": sum(s.cell_hits for s in scores.values()) / total if total else None,
         "pairs": total,
     }
     if args.json:

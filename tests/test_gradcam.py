@@ -213,7 +213,7 @@ def test_explain_cli_writes_overlays_npy_and_localisation(tmp_path, capsys):
         heatmap = np.load(out / f"film_{finding}.npy")
         assert heatmap.shape == (80, 56) and np.isfinite(heatmap).all()
         assert Image.open(out / f"film_{finding}.png").size[0] > 100
-    assert "pointing game" in captured.out and "Nodule" in captured.out
+    assert "pointing (strict)" in captured.out and "pointing (1/2 cell)" in captured.out and "Nodule" in captured.out
     rc = main(["explain", "--weights", str(ckpt), str(img), "--top-k", "2", "--out", str(tmp_path / "top")])
     assert rc == 0
     assert len(list((tmp_path / "top").glob("*.npy"))) == 2
@@ -254,3 +254,11 @@ def test_explain_on_a_real_rgba_nih_image(shared_data, tmp_path):
 
     png = overlay_png(image, heatmap, tmp_path / "o.png", "Effusion \u2014 p=0.50 (no threshold)")
     assert Image.open(png).size[0] > 300
+
+
+def test_half_cell_tolerance_is_the_cam_resolution():
+    from cxrdx.gradcam import half_cell_tolerance
+
+    assert half_cell_tolerance((128, 128), 128) == 16  # 4x4 map: a cell is 32 px
+    assert half_cell_tolerance((1024, 1024), 320) == 51  # NIH film at 320 px
+    assert half_cell_tolerance((600, 300), 300) == 32  # the longer side sets the scale
