@@ -36,24 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, _status_kb  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def status_kb(pid: int, key: str) -> int | None:
-    """A kB field of /proc/PID/status: VmHWM = peak RSS of this process image, VmRSS = now."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 class Server:
@@ -87,11 +77,11 @@ class Server:
             time.sleep(0.25)
 
     def peak_rss_mb(self) -> float | None:
-        kb = status_kb(self.proc.pid, "VmHWM")
+        kb = _status_kb(self.proc.pid, "VmHWM")
         return None if kb is None else kb / 1024
 
     def rss_mb(self) -> float | None:
-        kb = status_kb(self.proc.pid, "VmRSS")
+        kb = _status_kb(self.proc.pid, "VmRSS")
         return None if kb is None else kb / 1024
 
     def output(self) -> str:

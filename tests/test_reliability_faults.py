@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -77,40 +76,10 @@ DRIVER = textwrap.dedent(
 
 
 def make_cache(out: Path, n_train: int = 160, n_val: int = 32, seed: int = 0) -> Path:
-    """A prepared cache (prepare's layout) with two learnable findings, written directly."""
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    n = n_train + n_val
-    labels = np.zeros((n, len(FINDINGS)), np.uint8)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, SIZE, SIZE))
-    for i in range(n):
-        img = 0.2 + 0.05 * rng.standard_normal((SIZE, SIZE))
-        if rng.random() < 0.4:
-            labels[i, FINDINGS.index("Cardiomegaly")] = 1
-            img += 0.5 * (((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.06)
-        if rng.random() < 0.3:
-            labels[i, FINDINGS.index("Effusion")] = 1
-            img += 0.4 * (yy > 0.75)
-        images[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    images.flush()
-    del images
-    index = pd.DataFrame({"image": [f"i{i}.png" for i in range(n)], "patient": [f"p{i}" for i in range(n)]})
-    index["view"], index["age"], index["sex"] = "PA", 50, "M"
-    for j, name in enumerate(FINDINGS):
-        index[name] = labels[:, j]
-    index["row"] = np.arange(n)
-    index["split"] = ["train"] * n_train + ["val"] * n_val
-    index["path"] = ""
-    index.to_csv(out / "index.csv", index=False)
-    info = {
-        "format_version": 1,
-        "size": SIZE,
-        "resize": "letterbox",
-        "counts": {"train": n_train, "val": n_val},
-    }
-    (out / "cache.json").write_text(json.dumps({**info, "failures": []}))
-    return out
+    """The training tests' toy cache (two learnable findings) at this module's size."""
+    from test_train import make_toy_cache
+
+    return make_toy_cache(out, n_train=n_train, n_val=n_val, size=SIZE, seed=seed)
 
 
 def train_args(cache: Path, out: Path) -> list[str]:
