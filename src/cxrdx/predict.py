@@ -86,10 +86,15 @@ class Prediction:
 
 
 def default_workers() -> int:
-    """Decoder threads: one per available CPU, at least 2 so decoding overlaps inference."""
+    """Decoder threads: all CPUs but one (at least one), leaving a core to the network.
+
+    Decoding is ~13 % of the CPU time per image at 320 px; more decode threads than
+    that only compete with inference (2 CPUs, ONNX Runtime: 13.0 img/s with one
+    decode thread vs 11.8 with two, benchmarks/predict_throughput.py).
+    """
     from cxrdx.export import available_threads
 
-    return max(2, min(8, available_threads()))
+    return max(1, min(8, available_threads() - 1))
 
 
 class Predictor:
@@ -444,7 +449,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch backend only)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
-        "--workers", type=int, default=None, help="image decoding threads (default: CPUs, at least 2)"
+        "--workers", type=int, default=None, help="image decoding threads (default: CPUs - 1, at least 1)"
     )
     p.add_argument(
         "--tta", action="store_true", help="average over the image and its mirror; report the spread"
