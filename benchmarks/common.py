@@ -241,51 +241,33 @@ def train_loader_helpers(device: str = "cpu"):
 
     Uses the loader and per-batch input step that ``cxrdx train`` itself builds
     (``cxrdx.train._train_loader`` / ``_to_input``), so a benchmark measures the real
-    path; falls back to an equivalent DataLoader when those helpers are missing.
-    ``workers=None`` means cxrdx.train's default for the device and source.
+    path. ``workers=None`` means cxrdx.train's default for the device and source.
     """
     import torch
 
+    from cxrdx.train import TrainConfig, _to_input, _train_loader
+
     dev = torch.device(device)
-    try:
-        from cxrdx.train import TrainConfig, _to_input, _train_loader
 
-        def make_loader(source, batch: int, workers: int | None):
-            cfg = TrainConfig(data="bench", out="bench", batch_size=batch, workers=workers)
-            return _train_loader(source, cfg, dev, 0, 1)[0]
+    def make_loader(source, batch: int, workers: int | None):
+        cfg = TrainConfig(data="bench", out="bench", batch_size=batch, workers=workers)
+        return _train_loader(source, cfg, dev, 0, 1)[0]
 
-        def make_to_input(pre, memory_format=torch.channels_last):
-            cfg = TrainConfig(data="bench", out="bench")  # defaults: flip on, affine off
-            rng = torch.Generator(device=dev).manual_seed(0)
-            return lambda squares: _to_input(squares, pre, dev, memory_format, rng, cfg, True)
+    def make_to_input(pre, memory_format=torch.channels_last):
+        cfg = TrainConfig(data="bench", out="bench")  # defaults: flip on, affine off
+        rng = torch.Generator(device=dev).manual_seed(0)
+        return lambda squares: _to_input(squares, pre, dev, memory_format, rng, cfg, True)
 
-        return make_loader, make_to_input, "cxrdx.train._train_loader + _to_input"
-    except ImportError as exc:
-        say(f"cxrdx.train loader helpers unavailable ({exc}); using an equivalent local DataLoader")
-        from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+    return make_loader, make_to_input, "cxrdx.train._train_loader + _to_input"
 
-        def make_loader(source, batch: int, workers: int | None):
-            w = min(8, os.cpu_count() or 1) if workers is None else workers
-            sampler = BatchSampler(RandomSampler(range(len(source))), batch, drop_last=True)
-            return DataLoader(
-                source,
-                sampler=sampler,
-                batch_size=None,
-                num_workers=w,
-                pin_memory=dev.type == "cuda",
-                persistent_workers=w > 0,
-            )
 
-        def make_to_input(pre, memory_format=torch.channels_last):
-            def to_input(squares):
-                x = squares.to(dev, non_blocking=True).unsqueeze(1).float().div_(255.0)
-                x = torch.where(torch.rand(x.shape[0], device=dev)[:, None, None, None] < 0.5, x.flip(-1), x)
-                x = ((x - pre.mean[0]) / pre.std[0]).expand(-1, pre.channels, -1, -1)
-                return x.contiguous(memory_format=memory_format)
+def free_port() -> int:
+    """A free TCP port on loopback, for a server a benchmark starts."""
+    import socket
 
-            return to_input
-
-        return make_loader, make_to_input, "local DataLoader (cxrdx.train helpers missing)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- output

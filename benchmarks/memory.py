@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MemoryWatch, cxrdx_cmd, load_average, machine_line, print_table, say  # noqa: E402
+from common import MemoryWatch, cxrdx_cmd, free_port, load_average, machine_line, print_table, say  # noqa: E402
 
 NIH_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/nih/images"
 
@@ -65,12 +65,6 @@ def _images(tmp: Path, args: argparse.Namespace) -> tuple[Path, str]:
         stdout=subprocess.DEVNULL,
     )
     return tmp / "phantoms" / "images", f"{args.n} phantom PNGs (1024 px) from cxrdx synth"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_open(port: int) -> bool:
@@ -128,7 +122,7 @@ def serve_rows(args, weights: Path, images: Path, env: dict) -> list[list]:
         from gradio_client import Client, handle_file
     except ImportError:
         return [["cxrdx serve", 0, float("nan"), float("nan"), None, "gradio_client not installed: skipped"]]
-    port = _free_port()
+    port = free_port()
     cmd = cxrdx_cmd("serve", "--weights", str(weights), "--port", str(port), "--backend", args.serve_backend)
     say(f"[serve] {' '.join(cmd[2:])}")
     watch = MemoryWatch(cmd, env=env)

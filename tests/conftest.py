@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,10 @@ def phantom_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantoms")
     write_dataset(out, n=120, size=64, seed=0)
     return out
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for the servers tests start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

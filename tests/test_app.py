@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from PIL import Image
 
 from cxrdx.cli import main
@@ -25,12 +26,6 @@ pytestmark = [
 
 EVALUATION = {"dataset": "phantom test split", "auroc": {"Effusion": 0.912, "Mass": 0.733}}
 PROVENANCE = {"dataset": "cxrdx phantoms", "epoch": 7}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

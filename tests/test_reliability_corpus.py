@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from corpus.bad_inputs import Case, make_corpus, make_folders, make_tables
 
 from cxrdx.cli import main as cli_main
@@ -224,12 +224,6 @@ def test_predict_cli_empty_folder_and_missing_weights(tmp_path, checkpoint, good
 # --------------------------------------------------------------------------- the app's API
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def client(checkpoint, tmp_path_factory):
     from gradio_client import Client
@@ -241,7 +235,7 @@ def client(checkpoint, tmp_path_factory):
         mp.setenv("CXRDX_CACHE_DIR", str(tmp_path_factory.mktemp("onnx")))
         predictor = Predictor.load(checkpoint, backend="torch")
     demo = build_app(predictor)
-    _, url, _ = launch(demo, port=_free_port(), block=False)
+    _, url, _ = launch(demo, port=free_port(), block=False)
     try:
         yield Client(url, verbose=False)
     finally:
