@@ -240,12 +240,14 @@ def train_loader_helpers(device: str = "cpu"):
     """(make_loader(source, batch, workers), make_to_input(preprocessing), description) for ``device``.
 
     Uses the loader and per-batch input step that ``cxrdx train`` itself builds
-    (``cxrdx.train._train_loader`` / ``_to_input``), so a benchmark measures the real
-    path. ``workers=None`` means cxrdx.train's default for the device and source.
+    (``cxrdx.training.data.train_loader`` / ``to_input``), so a benchmark measures the real
+    path. ``workers=None`` means cxrdx.training's default for the device and source.
     """
     import torch
 
-    from cxrdx.train import TrainConfig, _to_input, _train_loader
+    from cxrdx.training.config import TrainConfig
+    from cxrdx.training.data import to_input as _to_input
+    from cxrdx.training.data import train_loader as _train_loader
 
     dev = torch.device(device)
 
@@ -258,7 +260,7 @@ def train_loader_helpers(device: str = "cpu"):
         rng = torch.Generator(device=dev).manual_seed(0)
         return lambda squares: _to_input(squares, pre, dev, memory_format, rng, cfg, True)
 
-    return make_loader, make_to_input, "cxrdx.train._train_loader + _to_input"
+    return make_loader, make_to_input, "cxrdx.training.data.train_loader + _to_input"
 
 
 def free_port() -> int:

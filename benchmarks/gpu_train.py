@@ -10,7 +10,7 @@ One prepared script for a lent GPU (total run time under ~5 minutes on an H100):
    and optionally ``torch.compile`` of the last (``--compile``);
 3. loader: the loader ``cxrdx train`` builds for CUDA (whole-batch gathers from the
    memmap, pinned memory, worker processes) plus the non_blocking copy and input
-   step (``_to_input``) on the GPU, alone;
+   step (``to_input``) on the GPU, alone;
 4. end to end: that loader feeding the bf16 + channels_last train step, to show
    whether the GPU or the loader is the limit.
 
@@ -103,8 +103,8 @@ class TrainStep:
         import torch
 
         from cxrdx.labels import FINDINGS
-        from cxrdx.loss import WeightedBCEWithLogits
-        from cxrdx.model import build_model
+        from cxrdx.model.networks import build_model
+        from cxrdx.training.loss import WeightedBCEWithLogits
 
         torch.manual_seed(0)
         self.torch = torch
@@ -185,8 +185,8 @@ def _model_rows(args, device) -> tuple[list[list], TrainStep | None]:
 def _loader_rows(args, device, cache_dir: Path, step: TrainStep | None) -> list[list]:
     import torch
 
-    from cxrdx.cache import open_cache
-    from cxrdx.preprocess import Preprocessing
+    from cxrdx.data.cache import open_cache
+    from cxrdx.imaging.preprocessing import Preprocessing
 
     cache = open_cache(cache_dir)
     make_loader, make_to_input, how = train_loader_helpers(str(device))

@@ -60,7 +60,7 @@ def onnx_file(model: torch.nn.Module, meta, size: int, out: Path) -> Path:
     """The checkpoint's network exported at ``size`` (DenseNet is size-agnostic: global pooling)."""
     from dataclasses import replace
 
-    from cxrdx.export import onnx_bytes
+    from cxrdx.inference.export import onnx_bytes
 
     meta = replace(meta, preprocessing=replace(meta.preprocessing, size=size))
     out.write_bytes(onnx_bytes(model, meta, "benchmark"))
@@ -104,7 +104,7 @@ def quantize(src: Path, out: Path, calib: np.ndarray, per_channel: bool) -> Path
 
 def runners(files: dict[str, Path], threads: int) -> dict[str, object]:
     """name -> run(x) for every path that can be built here."""
-    from cxrdx.export import OUTPUT_NAME, OpenVinoSession, make_session, openvino_available
+    from cxrdx.inference.backends import OUTPUT_NAME, OpenVinoSession, make_session, openvino_available
 
     out: dict[str, object] = {}
 
@@ -155,9 +155,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from cxrdx.export import available_threads
-    from cxrdx.io import read_image
-    from cxrdx.model import load_checkpoint
+    from cxrdx.device import available_threads
+    from cxrdx.imaging.read import read_image
+    from cxrdx.model.checkpoint import load_checkpoint
 
     threads = available_threads()
     torch.set_num_threads(threads)
@@ -173,8 +173,8 @@ def main() -> None:
         train_x, _ = cache_split(cache, "train", meta.labels)
         test_x, test_y = cache_split(cache, "test", meta.labels)
         rng = np.random.default_rng(0)
-        calib = pre.normalize(train_x[rng.choice(len(train_x), min(args.calib, len(train_x)), replace=False)])
-        x_test = pre.normalize(test_x)
+        calib = pre.to_input(train_x[rng.choice(len(train_x), min(args.calib, len(train_x)), replace=False)])
+        x_test = pre.to_input(test_x)
         files = {"fp32": onnx_file(model, meta, pre.size, tmp / "fp32.onnx")}
         say(f"quantizing at {pre.size} px with {len(calib)} training images ...")
         files["int8"] = quantize(files["fp32"], tmp / "int8.onnx", calib, per_channel=True)

@@ -196,7 +196,7 @@ def make_images(folder: Path, n: int, px: int) -> list[Path]:
     from PIL import Image
 
     from cxrdx.labels import FINDINGS
-    from cxrdx.phantom import make_phantom
+    from cxrdx.phantom.render import make_phantom
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -212,8 +212,9 @@ def make_images(folder: Path, n: int, px: int) -> list[Path]:
 def make_weights(path: Path, arch: str, size: int) -> Path:
     import torch
 
-    from cxrdx.model import CheckpointMeta, build_model, save_checkpoint
-    from cxrdx.preprocess import Preprocessing
+    from cxrdx.imaging.preprocessing import Preprocessing
+    from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
+    from cxrdx.model.networks import build_model
 
     torch.manual_seed(0)
     save_checkpoint(
@@ -224,8 +225,8 @@ def make_weights(path: Path, arch: str, size: int) -> Path:
 
 def expected_probabilities(weights: Path, images: list[Path]) -> dict[str, dict[str, float]]:
     """What the server must answer: the same checkpoint and the app's own code path, in this process."""
-    from cxrdx.app import Analyzer
-    from cxrdx.predict import Predictor
+    from cxrdx.app.analyzer import Analyzer
+    from cxrdx.inference.predictor import Predictor
 
     analyzer = Analyzer(Predictor.load(weights, backend="torch"))
     return {p.name: analyzer.predict(str(p))[1].probabilities for p in images}

@@ -5,7 +5,7 @@ gathers, batch 32, 2 worker processes by default) at 320 px, for
 
 1. the cache made by ``cxrdx prepare`` (what training reads), and
 2. decode-on-the-fly: the same images read from their files with
-   ``cxrdx.io.read_image`` + letterbox per image (what training from CSVs does).
+   ``cxrdx.imaging.read.read_image`` + letterbox per image (what training from CSVs does).
 
 Only the loader is timed: flips and normalisation run on the batch tensor on the
 training device (the GPU path), so they cost the CPU nothing there. The target is
@@ -69,8 +69,10 @@ def main() -> int:
     import numpy as np
     import pandas as pd
 
-    from cxrdx.cache import FileBatches, open_cache, prepare_cache
-    from cxrdx.datasets import read_labels, write_labels
+    from cxrdx.data.cache import open_cache
+    from cxrdx.data.loaders import FileBatches
+    from cxrdx.data.prepare import prepare_cache
+    from cxrdx.data.tables import read_labels, write_labels
 
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="cxrdx-loader-") as tmp:
@@ -82,7 +84,7 @@ def main() -> int:
             images_dir = NIH / "images"
             what = f"{len(table)} real NIH PNGs (1024 px)"
         else:
-            from cxrdx.phantom import write_dataset
+            from cxrdx.phantom.dataset import write_dataset
 
             t0 = time.perf_counter()
             write_dataset(tmp / "ph", n=args.n, size=args.phantom_size, seed=0, workers=2)

@@ -5,7 +5,7 @@ Grad-CAM heatmap (layer ``class_layers.relu``) for every boxed (image, finding) 
 ``DIR/BBox_List.csv``, for that finding by name, on the image's own pixel grid, and reports:
 
 - pointing game: the fraction of pairs whose heatmap maximum lies inside a box of that
-  finding on that image (no pixel tolerance);
+  finding on that image (no pixel tolerance), and within half a Grad-CAM cell of one;
 - mean IoU of ``heatmap >= --iou-threshold`` (default 0.5) with the union of those boxes.
 
 Score held-out images only: pass the split CSV the model was *not* trained on with
@@ -40,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from common import machine_line
 
-    from cxrdx.datasets import read_bboxes, read_labels
+    from cxrdx.data.boxes import read_bboxes
+    from cxrdx.data.tables import read_labels
+    from cxrdx.device import choose_device
     from cxrdx.errors import CxrdxError
-    from cxrdx.gradcam import _device, format_localisation, score_localisation
-    from cxrdx.predict import Predictor
+    from cxrdx.explain.localisation import format_localisation, score_localisation
+    from cxrdx.inference.predictor import Predictor
 
     try:
         data = Path(args.data)
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.labels:
             keep = {Path(str(i)).name for i in read_labels(args.labels)["image"]}
             boxes = boxes[boxes["image"].map(lambda i: Path(str(i)).name in keep)]
-        predictor = Predictor.load(args.weights, device=_device(args.device))
+        predictor = Predictor.load(args.weights, device=choose_device(args.device))
         start = time.perf_counter()
         scores = score_localisation(
             predictor, boxes, data / "images", iou_threshold=args.iou_threshold, limit=args.limit
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         "iou_threshold": args.iou_threshold,
         "per_finding": {k: v.summary() for k, v in scores.items()},
         "overall_pointing_game": sum(s.hits for s in scores.values()) / total if total else None,
-        "overall_pointing_game_half_cell": sum(s.cell_hits for s in scores.values()) / total if total else None,
+        "overall_pointing_game_half_cell": sum(s.cell_hits for s in scores.values()) / total
+        if total
+        else None,
         "pairs": total,
     }
     if args.json:

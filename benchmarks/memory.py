@@ -41,7 +41,8 @@ def _checkpoint(tmp: Path, arch: str) -> Path:
     """A randomly initialised checkpoint with default metadata (320 px, 3 channels)."""
     import torch
 
-    from cxrdx.model import CheckpointMeta, build_model, save_checkpoint
+    from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
+    from cxrdx.model.networks import build_model
 
     torch.manual_seed(0)
     path = tmp / f"{arch}-random.safetensors"

@@ -1,6 +1,6 @@
 """Single-image latency as the app sees it: one upload -> probabilities, and -> + Grad-CAM top 3.
 
-Runs exactly what ``cxrdx serve`` runs per upload (``cxrdx.app.Analyzer.predict``: read the
+Runs exactly what ``cxrdx serve`` runs per upload (``cxrdx.app.analyzer.Analyzer.predict``: read the
 file, ``Predictor.predict([image], batch_size=1, workers=0)``; then ``Predictor.explain`` and
 ``overlay_image`` for the 3 most probable findings), on real 1024 px NIH PNGs, for each
 backend. Each image is a different file, so the Grad-CAM cache of the previous image
@@ -48,7 +48,8 @@ def cpu_seconds() -> float:
 
 
 def one_request(predictor, path: Path, heatmaps: bool) -> None:
-    from cxrdx.app import Analyzer, overlay_image
+    from cxrdx.app.analyzer import Analyzer
+    from cxrdx.app.components import overlay_image
 
     image, pred = Analyzer(predictor).predict(str(path))
     if heatmaps:
@@ -68,8 +69,9 @@ def main() -> None:
     parser.add_argument("--no-old-gradcam", action="store_true", help="skip timing the per-finding Grad-CAM")
     args = parser.parse_args()
 
-    from cxrdx.export import available_threads, openvino_available
-    from cxrdx.predict import Predictor
+    from cxrdx.device import available_threads
+    from cxrdx.inference.backends import openvino_available
+    from cxrdx.inference.predictor import Predictor
 
     torch.set_num_threads(available_threads())
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,12 +115,12 @@ def main() -> None:
         print_table(["backend", "request", "median ms", "best ms", "CPU-ms", "target (median)"], rows)
 
         if not args.no_old_gradcam:
-            from cxrdx.gradcam import GradCam
-            from cxrdx.model import load_checkpoint
+            from cxrdx.explain.gradcam import GradCam
+            from cxrdx.model.checkpoint import load_checkpoint
 
             model, meta = load_checkpoint(ckpt)
             model.eval()
-            from cxrdx.io import read_image
+            from cxrdx.imaging.read import read_image
 
             x = torch.from_numpy(meta.preprocessing(read_image(files[0])[0])[0][None])
             cam = GradCam(model)

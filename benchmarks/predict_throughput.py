@@ -75,15 +75,16 @@ def find_inputs(folder: str | None, n: int, workdir: Path) -> tuple[list[Path], 
         if len(files) < n:
             sys.exit(f"{src}: only {len(files)} PNGs, need --n {n}")
         return files, f"{src} (real NIH PNGs)"
-    from cxrdx.phantom import write_dataset
+    from cxrdx.phantom.dataset import write_dataset
 
     out = write_dataset(workdir / "phantoms", n=n, size=1024, seed=0)
     return sorted((Path(out) / "images").glob("*.png"))[:n], "phantoms written at 1024 px"
 
 
 def make_checkpoint(path: Path, arch: str, size: int) -> Path:
-    from cxrdx.model import CheckpointMeta, build_model, save_checkpoint
-    from cxrdx.preprocess import Preprocessing
+    from cxrdx.imaging.preprocessing import Preprocessing
+    from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
+    from cxrdx.model.networks import build_model
 
     torch.manual_seed(0)
     save_checkpoint(
@@ -104,7 +105,7 @@ def matmul_gflops(threads: int, repeats: int) -> tuple[float, float]:
 
 def float_peer_loop(model: torch.nn.Module, meta, files: list[Path]) -> None:
     """The peers' loop: decode to float, float letterbox, network on one image, no overlap."""
-    from cxrdx.io import read_image
+    from cxrdx.imaging.read import read_image
 
     with torch.inference_mode():
         for f in files:
@@ -113,9 +114,9 @@ def float_peer_loop(model: torch.nn.Module, meta, files: list[Path]) -> None:
 
 
 def bench_size(args, files: list[Path], size: int, workdir: Path, cores: int) -> list[list[object]]:
-    from cxrdx.export import openvino_available
-    from cxrdx.model import load_checkpoint
-    from cxrdx.predict import Predictor, default_workers
+    from cxrdx.inference.backends import openvino_available
+    from cxrdx.inference.predictor import Predictor, default_workers
+    from cxrdx.model.checkpoint import load_checkpoint
 
     ckpt = make_checkpoint(workdir / f"{args.arch}-{size}.safetensors", args.arch, size)
     n, reps, bs = len(files), args.repeats, args.batch_size
@@ -202,7 +203,7 @@ def main() -> None:
     parser.add_argument("--no-openvino", action="store_true", help="skip OpenVINO even when installed")
     args = parser.parse_args()
 
-    from cxrdx.export import available_threads
+    from cxrdx.device import available_threads
 
     cores = available_threads()
     torch.set_num_threads(cores)

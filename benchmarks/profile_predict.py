@@ -1,7 +1,7 @@
 """Where the time of ``cxrdx predict`` goes: per-stage timings, then a py-spy sampling profile.
 
 1. Stages, one image at a time (no overlap), median wall ms and CPU ms per image over
-   ``--n`` real 1024 px NIH PNGs (or phantoms): the PNG chunk CRC walk that cxrdx.io
+   ``--n`` real 1024 px NIH PNGs (or phantoms): the PNG chunk CRC walk that cxrdx.imaging.png
    does itself, Pillow's decode, ``read_image`` whole (float and uint8), the letterbox
    (float and uint8), normalisation, and the network (ONNX Runtime, batch 8, per image).
 2. ``py-spy record`` (when installed; ``pip install py-spy``) of a child process that runs
@@ -54,7 +54,7 @@ def stage(items, fn) -> tuple[float, float]:
 
 def child(ckpt: str, files: list[str], seconds: float) -> None:
     """The profiled workload: the predict loop, over and over, for ``seconds``."""
-    from cxrdx.predict import Predictor
+    from cxrdx.inference.predictor import Predictor
 
     p = Predictor.load(ckpt)
     p.predict(files[:8])
@@ -79,7 +79,7 @@ def group(frame: str) -> str:
         ("numpy", "numpy"),
         ("multiarray", "numpy"),
         ("umath", "numpy"),
-        ("crc32", "zlib crc32 (cxrdx.io chunk check)"),
+        ("crc32", "zlib crc32 (cxrdx.imaging.png chunk check)"),
         ("futex", "waiting (locks, idle threads)"),
         ("pthread_cond", "waiting (locks, idle threads)"),
         ("sem_", "waiting (locks, idle threads)"),
@@ -111,10 +111,11 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from cxrdx.export import available_threads
-    from cxrdx.io import _check_png_chunks, read_image
-    from cxrdx.predict import Predictor
-    from cxrdx.preprocess import letterbox
+    from cxrdx.device import available_threads
+    from cxrdx.imaging.letterbox import letterbox
+    from cxrdx.imaging.png import check_png_chunks as _check_png_chunks
+    from cxrdx.imaging.read import read_image
+    from cxrdx.inference.predictor import Predictor
 
     torch.set_num_threads(available_threads())
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +138,7 @@ def main() -> None:
                 im.load()
 
         rows = [
-            ["PNG chunk CRC walk (cxrdx.io._check_png_chunks)", *stage(files, _check_png_chunks)],
+            ["PNG chunk CRC walk (cxrdx.imaging.png.check_png_chunks)", *stage(files, _check_png_chunks)],
             ["Pillow open + decode (im.load)", *stage(files, decode_only)],
             ["read_image -> float32 [0, 1]", *stage(files, read_image)],
             ["read_image(uint8_ok=True) -> uint8", *stage(files, lambda f: read_image(f, uint8_ok=True))],
@@ -145,7 +146,7 @@ def main() -> None:
             [f"letterbox uint8 -> {args.size}", *stage(u8s, lambda a: letterbox(a, args.size))],
             [
                 "normalise (uint8 square -> C x S x S float32)",
-                *stage(squares, lambda s: pre.normalize(s[None])),
+                *stage(squares, lambda s: pre.to_input(s[None])),
             ],
         ]
         wall, cpu = stage([x] * 3, p.probabilities)

@@ -6,7 +6,7 @@ The whole user path through the CLI, timed step by step:
     ->  cxrdx prepare --size 128  ->  cxrdx train --arch densenet121 --max-minutes M
 
 then prints the best epoch's mean validation AUROC over the findings the phantoms
-draw (cxrdx.phantom.DRAWN_FINDINGS that have positives and negatives in val), per
+draw (cxrdx.phantom.lesions.DRAWN_FINDINGS that have positives and negatives in val), per
 finding, the training time and every setting. A benchmark, not a test: its number
 goes into the README together with the machine line (CPU count and load average;
 the number is only comparable on an otherwise idle machine).
@@ -57,7 +57,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from cxrdx.labels import FINDINGS
-    from cxrdx.phantom import DRAWN_FINDINGS
+    from cxrdx.phantom.lesions import DRAWN_FINDINGS
 
     print(machine_line(), flush=True)
     tmp = None
@@ -153,7 +153,7 @@ def main() -> int:
         times["train"] = step("train", train_args)
 
         history = json.loads((run / "history.json").read_text())
-        from cxrdx.model import read_checkpoint
+        from cxrdx.model.checkpoint import read_checkpoint
 
         _, meta = read_checkpoint(run / "best.safetensors")
         auroc = meta.provenance["val_auroc"]

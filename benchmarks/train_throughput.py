@@ -1,7 +1,7 @@
 """Training throughput on CPU: DenseNet121 train steps, and the cache loader vs decoding PNGs.
 
 Part 1 (model): img/s of one full train step of ``build_model("densenet121")`` --
-forward, class-weighted BCE on logits (``cxrdx.loss.WeightedBCEWithLogits``),
+forward, class-weighted BCE on logits (``cxrdx.training.loss.WeightedBCEWithLogits``),
 backward, Adam step -- on a fixed random batch, for
 
 - ``eager``: fp32, NCHW (contiguous) tensors;
@@ -17,7 +17,7 @@ Part 2 (loader): the cache loader vs decode-on-the-fly comparison is
 ``benchmarks/loader_throughput.py`` (another engineer's; it synthesises or reads
 PNGs, runs ``prepare_cache`` and iterates ``cxrdx.train``'s loader): this script
 runs it and prints its output, then adds what only CPU training pays: the per-batch
-input step ``cxrdx.train._to_input`` (uint8 -> float, flip, normalise, memory format).
+input step ``cxrdx.training.data.to_input`` (uint8 -> float, flip, normalise, memory format).
 
 Run:  .venv/bin/python benchmarks/train_throughput.py            (everything)
       .venv/bin/python benchmarks/train_throughput.py --no-compile --no-loader
@@ -60,8 +60,8 @@ def _worker(spec: dict) -> dict:
     import torch
 
     from cxrdx.labels import FINDINGS
-    from cxrdx.loss import WeightedBCEWithLogits
-    from cxrdx.model import build_model
+    from cxrdx.model.networks import build_model
+    from cxrdx.training.loss import WeightedBCEWithLogits
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -193,14 +193,14 @@ def print_model_table(results: list[dict]) -> None:
 
 
 def input_step_rows(args: argparse.Namespace) -> list[list]:
-    """img/s of cxrdx.train's per-batch input step on the CPU (uint8 squares -> network input).
+    """img/s of cxrdx.training's per-batch input step on the CPU (uint8 squares -> network input).
 
     On a GPU this runs on the device; on a CPU it runs in the training process, so it
     is part of the CPU training cost that loader_throughput.py (loader only) leaves out.
     """
     import torch
 
-    from cxrdx.preprocess import Preprocessing
+    from cxrdx.imaging.preprocessing import Preprocessing
 
     torch.set_num_threads(args.threads)
     _, make_to_input, how = train_loader_helpers("cpu")
@@ -208,7 +208,11 @@ def input_step_rows(args: argparse.Namespace) -> list[list]:
     gen = torch.Generator().manual_seed(0)
     shape = (args.loader_batch, args.cache_size, args.cache_size)
     squares = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
-    where = "cxrdx.train._to_input" if how.startswith("cxrdx.train") else "stand-in for cxrdx.train._to_input"
+    where = (
+        "cxrdx.training.data.to_input"
+        if how.startswith("cxrdx.training")
+        else "stand-in for cxrdx.training.data.to_input"
+    )
     rows = []
     for name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
         to_input = make_to_input(pre, fmt)

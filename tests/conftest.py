@@ -23,7 +23,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory) -> Path:
     """A small phantom dataset in the NIH layout (images/, Data_Entry.csv, BBox_List.csv)."""
-    from cxrdx.phantom import write_dataset
+    from cxrdx.phantom.dataset import write_dataset
 
     out = tmp_path_factory.mktemp("phantoms")
     write_dataset(out, n=120, size=64, seed=0)

@@ -1,7 +1,16 @@
-"""cxrdx: chest X-ray findings with DenseNet121, done correctly and pleasant to use."""
+"""cxrdx: chest X-ray findings with DenseNet121, done correctly and pleasant to use.
+
+The public API (everything else is internal and may change)::
+
+    from cxrdx import FINDINGS, Predictor, read_image, read_labels, train, TrainConfig
+    from cxrdx import evaluate, EvaluateConfig, import_weights
+
+Names load lazily, so ``import cxrdx`` stays light (no torch) for the CLI's help and for tools.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import TYPE_CHECKING
 
@@ -12,17 +21,47 @@ __version__ = "0.1.0"
 # takes 5-10 s (docs/performance.md, section 5). Set before torch loads; a user's setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# public name -> module that defines it
+_API = {
+    "FINDINGS": "cxrdx.labels",
+    "Predictor": "cxrdx.inference.predictor",
+    "Prediction": "cxrdx.inference.predictor",
+    "read_image": "cxrdx.imaging.read",
+    "read_labels": "cxrdx.data.tables",
+    "train": "cxrdx.training.loop",
+    "TrainConfig": "cxrdx.training.config",
+    "evaluate": "cxrdx.evaluation.evaluate",
+    "EvaluateConfig": "cxrdx.evaluation.evaluate",
+    "import_weights": "cxrdx.model.import_weights",
+}
+
 if TYPE_CHECKING:
-    from cxrdx.predict import Predictor
+    from cxrdx.data.tables import read_labels
+    from cxrdx.evaluation.evaluate import EvaluateConfig, evaluate
+    from cxrdx.imaging.read import read_image
+    from cxrdx.inference.predictor import Prediction, Predictor
+    from cxrdx.labels import FINDINGS
+    from cxrdx.model.import_weights import import_weights
+    from cxrdx.training.config import TrainConfig
+    from cxrdx.training.loop import train
 
 
 def __getattr__(name: str):
-    # Lazy so `import cxrdx` stays light (no torch) for the CLI's help and for tools.
-    if name == "Predictor":
-        from cxrdx.predict import Predictor
-
-        return Predictor
-    raise AttributeError(name)
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'cxrdx' has no attribute {name!r}")
 
 
-__all__ = ["Predictor", "__version__"]
+__all__ = [  # noqa: F822 (resolved lazily by __getattr__)
+    "FINDINGS",
+    "EvaluateConfig",
+    "Prediction",
+    "Predictor",
+    "TrainConfig",
+    "__version__",
+    "evaluate",
+    "import_weights",
+    "read_image",
+    "read_labels",
+    "train",
+]

@@ -2,7 +2,7 @@
 
 ``make_corpus(dir)`` writes every file (a few KB each; the decompression bombs are
 crafted headers) and returns ``Case`` records. ``test_io`` runs them through
-``cxrdx.io.read_image``; the CLI and web-app reliability tests reuse the same list:
+``cxrdx.imaging.read.read_image``; the CLI and web-app reliability tests reuse the same list:
 an "ok" case must be read (and carry the warning in ``message`` when one is given),
 an "error" case must be refused with a message containing ``message``
 (case-insensitive) and never with a traceback.

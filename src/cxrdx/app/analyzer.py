@@ -1,0 +1,59 @@
+"""The app's work, independent of Gradio: read an upload, predict, and the JSON the API returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxrdx.app.components import DISCLAIMER
+from cxrdx.errors import CxrdxError, ImageReadError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cxrdx.inference.predictor import Prediction, Predictor
+
+
+def user_message(exc: Exception, upload: str) -> str:
+    """The error without Gradio's temp-folder path: the user knows the file by its name."""
+    if isinstance(exc, ImageReadError):
+        return f"{Path(exc.path).name}: {exc.problem}"
+    return str(exc).replace(str(upload), Path(upload).name)
+
+
+class Analyzer:
+    """The app's work, independent of Gradio (so it is testable without a server)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def read(self, path: str) -> tuple[np.ndarray, list[str]]:
+        """Read an upload; refuse DICOMs that are not radiographs (the reader only warns)."""
+        from cxrdx.imaging.dicom import CHEST_MODALITIES
+        from cxrdx.imaging.read import read_image
+
+        image, meta = read_image(path)
+        if meta.format == "DICOM" and meta.modality and meta.modality not in CHEST_MODALITIES:
+            raise ImageReadError(
+                path,
+                f"DICOM modality is {meta.modality}, not a radiograph ({'/'.join(CHEST_MODALITIES)}): "
+                "this model only reads chest X-rays; upload a chest radiograph",
+            )
+        return image, list(meta.warnings)
+
+    def predict(self, path: str) -> tuple[np.ndarray, Prediction]:
+        image, warnings = self.read(path)
+        pred = self.predictor.predict([image], batch_size=1, workers=0)[0]
+        if not pred.ok:
+            raise CxrdxError(pred.error or "prediction failed")
+        pred.source = Path(path).name
+        pred.warnings = warnings + pred.warnings
+        return image, pred
+
+    def record(self, pred: Prediction) -> dict[str, Any]:
+        """The JSON the API returns: the Prediction plus the thresholds used and the disclaimer."""
+        out = pred.to_dict()
+        out["thresholds"] = self.predictor.thresholds
+        out["labels"] = self.predictor.labels
+        out["disclaimer"] = DISCLAIMER
+        return out

@@ -1,0 +1,183 @@
+"""What the page shows for one Prediction: the image, overlays, the probability chart and text.
+
+Everything here is a pure function of a Prediction (or a Predictor's metadata) so the
+page's content is testable without Gradio. Pictures are drawn without pyplot (a
+Figure with an Agg canvas, a colormap lookup), so they are safe from Gradio's worker threads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from cxrdx.inference.predictor import Prediction, Predictor
+
+DISCLAIMER = (
+    "For research and education only. Not a medical device and not a replacement for a clinician's diagnosis."
+)
+TOP_K = 3
+DISPLAY_MAX_SIDE = 768  # the image shown in the page; the model always sees the full one
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def display_image(image: np.ndarray) -> Image.Image:
+    """The [0, 1] image as an 8-bit PIL image, at most DISPLAY_MAX_SIDE on its longer side."""
+    from PIL import Image
+
+    from cxrdx.imaging.read import image_to_uint8
+
+    pil = Image.fromarray(image_to_uint8(image), mode="L")
+    pil.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.LANCZOS)
+    return pil
+
+
+def overlay_image(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """Heatmap (jet) blended over the gray image, as an RGB PIL image at display size.
+
+    Pure numpy + a colormap lookup (no pyplot), so it is safe from Gradio's worker threads.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    gray = np.asarray(display_image(image), dtype=np.float32) / 255.0
+    heat = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+        (gray.shape[1], gray.shape[0]), Image.Resampling.BILINEAR
+    )
+    colour = colormaps["jet"](np.clip(np.asarray(heat), 0.0, 1.0))[..., :3]
+    blend = (1 - alpha) * gray[..., None] + alpha * colour
+    return Image.fromarray(np.round(np.clip(blend, 0, 1) * 255).astype(np.uint8), mode="RGB")
+
+
+def probability_chart(pred: Prediction, thresholds: dict[str, float] | None) -> Image.Image:
+    """Horizontal bars of every finding's probability, thresholds as black ticks, positives in red."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from PIL import Image
+
+    names = list(pred.probabilities)
+    probs = [pred.probabilities[n] for n in names]
+    positive = pred.positive or {}
+    colours = ["#dc2626" if positive.get(n) else "#3b82f6" for n in names]
+    fig = Figure(figsize=(6.4, 5.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    ax.barh(y, probs, color=colours, height=0.7)
+    for i, n in enumerate(names):
+        ax.text(min(probs[i] + 0.01, 0.9), i, f"{probs[i]:.2f}", va="center", fontsize=8)
+        if thresholds and n in thresholds:
+            ax.plot([thresholds[n]] * 2, [i - 0.42, i + 0.42], color="black", linewidth=2)
+    ax.set_yticks(y, names, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability")
+    handles = [Patch(color="#3b82f6", label="negative" if thresholds else "probability")]
+    if thresholds:
+        handles = [Patch(color="#dc2626", label="positive"), *handles]
+        handles.append(Line2D([], [], color="black", linewidth=2, label="threshold"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.set_title("Findings" + ("" if thresholds else " (no thresholds in this checkpoint)"), fontsize=10)
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return Image.fromarray(rgba[..., :3].copy(), mode="RGB")
+
+
+# --------------------------------------------------------------------------- text
+
+
+_CARD_SKIP = ("config", "val_auroc", "torch", "processes")  # too long or not about the data
+
+
+def _fmt_value(v: Any) -> str:
+    """Short text for a metadata value; dicts of scalars inline (splits: train 800, val 100)."""
+    if isinstance(v, dict):
+        items = [f"{k} {x}" for k, x in v.items() if not isinstance(x, dict | list)]
+        return "(" + ", ".join(items) + ")" if items else ""
+    if isinstance(v, list):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def model_card(predictor: Predictor) -> str:
+    """Markdown: what the model is, what it was trained on, its recorded evaluation, the disclaimer."""
+    meta = predictor.meta
+    pre = meta.preprocessing
+    lines = [
+        "### Model card",
+        f"**Disclaimer.** {DISCLAIMER}",
+        "",
+        f"- **Network:** {meta.architecture}, {len(meta.labels)} findings, "
+        f"input {pre.size}x{pre.size} px, {pre.channels} channel(s), letterboxed",
+        f"- **Inference backend:** {predictor.backend}",
+    ]
+    prov = meta.provenance or {}
+    if prov:
+        shown = [f"{k}: {_fmt_value(v)}" for k, v in prov.items() if k not in _CARD_SKIP and _fmt_value(v)]
+        lines.append(
+            f"- **Trained on / provenance:** {', '.join(shown) or 'recorded (see checkpoint metadata)'}"
+        )
+    else:
+        lines.append("- **Trained on / provenance:** not recorded in this checkpoint")
+    if meta.source:
+        shown = [f"{k}: {_fmt_value(v)}" for k, v in meta.source.items() if _fmt_value(v)]
+        lines.append(f"- **Imported weights:** {', '.join(shown)}")
+    if meta.thresholds:
+        lines.append(
+            f"- **Thresholds:** {len(meta.thresholds)} findings, chosen by {meta.threshold_method or 'unknown method'}"
+        )
+    else:
+        lines.append(
+            "- **Thresholds:** none recorded, so no finding is called positive; choose them with `cxrdx evaluate`"
+        )
+    evaluation = meta.evaluation or {}
+    auroc = evaluation.get("auroc")
+    if isinstance(auroc, dict) and auroc:
+        where = evaluation.get("dataset") or evaluation.get("split") or "the recorded evaluation set"
+        extra = [f"n = {evaluation['n']}"] if evaluation.get("n") else []
+        if isinstance(evaluation.get("mean_auroc"), int | float):
+            extra.append(f"mean AUROC {evaluation['mean_auroc']:.3f}")
+        lines += ["", f"**Evaluation AUROC** on {where}" + (f" ({', '.join(extra)})" if extra else "") + ":"]
+        lines += ["", "| finding | AUROC |", "|---|---|"]
+        for name, value in auroc.items():
+            v = value.get("auroc", value.get("value")) if isinstance(value, dict) else value
+            lines.append(f"| {name} | {v:.3f} |" if isinstance(v, int | float) else f"| {name} | n/a |")
+    else:
+        lines.append("- **Evaluation:** no AUROCs recorded in this checkpoint (run `cxrdx evaluate`)")
+    return "\n".join(lines)
+
+
+def positives_markdown(pred: Prediction) -> str:
+    if pred.positive is None:
+        top = ", ".join(f"{n} ({p:.2f})" for n, p in pred.ranked()[:TOP_K])
+        return (
+            "**Positive findings:** not called: this checkpoint has no thresholds. "
+            f"Highest probabilities: {top}."
+        )
+    pos = [f"**{n}** ({p:.2f})" for n, p in pred.ranked() if pred.positive.get(n)]
+    return "**Positive findings:** " + (", ".join(pos) if pos else "none above their thresholds")
+
+
+def findings_table(pred: Prediction, thresholds: dict[str, float] | None) -> str:
+    """Every finding as text (the chart is a picture; screen readers and copy-paste need words)."""
+    thresholds = thresholds or {}
+    rows = ["| finding | probability | threshold | call |", "|---|---:|---:|---|"]
+    for name, p in pred.ranked():
+        t = thresholds.get(name)
+        call = (
+            "-"
+            if t is None or pred.positive is None
+            else ("**positive**" if pred.positive.get(name) else "negative")
+        )
+        rows.append(f"| {name} | {p:.3f} | {'-' if t is None else f'{t:.3f}'} | {call} |")
+    return "\n".join(rows)

@@ -1,0 +1,104 @@
+"""`cxrdx` command line: one subcommand per file in this folder, errors as one line, never a traceback.
+
+Each subcommand module ``cxrdx.cli.<module>`` defines ``add_arguments(parser)`` and
+``run(args) -> int``. It imports only argparse and light modules at the top; the
+library code it calls is imported inside ``run``. This file imports a subcommand's
+module only when that subcommand is invoked, so ``cxrdx --help`` and
+``cxrdx CMD --help`` load no torch, pandas or gradio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cxrdx.errors import CxrdxError
+
+# name -> (module in cxrdx.cli, one-line help). Order is the order in `cxrdx --help`: the path a user walks.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "write a synthetic chest phantom dataset (NIH layout, known labels and boxes)"),
+    "stats": ("stats", "counts of images, patients and positives per finding in a label table"),
+    "split": ("split", "patient-level train/val/test split of a label table"),
+    "check-leakage": ("check_leakage", "check that split CSVs share no patient (exit 1 when they do)"),
+    "prepare": ("prepare", "decode and resize images once into a memory-mapped cache for training"),
+    "train": ("train", "train DenseNet121 on a prepared cache (or CSV splits); resumable; DDP via torchrun"),
+    "evaluate": ("evaluate", "AUROC with patient-bootstrap CIs, thresholds, calibration, HTML report"),
+    "explain": (
+        "explain",
+        "Grad-CAM heatmaps per finding (overlay PNG + raw .npy), optional localisation scores",
+    ),
+    "predict": ("predict", "findings for chest X-ray images (PNG, JPEG, DICOM; files or folders)"),
+    "export": ("export", "export a checkpoint to ONNX for fast CPU inference"),
+    "import": (
+        "import_weights",
+        "convert public DenseNet121 weights (torchvision, CheXNet, torchxrayvision, Keras)",
+    ),
+    "serve": ("serve", "web app: upload a chest X-ray, see findings and Grad-CAM"),
+}
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv (the first argument that is not an option), if it is one of ours."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s own arguments are added (importing only that module)."""
+    from cxrdx import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cxrdx",
+        description="Chest X-ray findings (NIH ChestX-ray14, 14 labels) with DenseNet121: "
+        "data, training, evaluation, Grad-CAM and serving.",
+    )
+    parser.add_argument("--version", action="version", version=f"cxrdx {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(f"cxrdx.cli.{module_name}")
+            module.add_arguments(sub)
+            sub.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CxrdxError as exc:
+        print(f"cxrdx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cxrdx {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (
+        OSError
+    ) as exc:  # a path that cannot be made or written (full disk, a file in the way, permissions)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"cxrdx {args.command}: error: {where}{exc.strerror or exc}; check that the path can be written "
+            "and the disk is not full",
+            file=sys.stderr,
+        )
+        return 2
+    except MemoryError:
+        print(
+            f"cxrdx {args.command}: error: out of memory; use a smaller --batch-size or image size",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

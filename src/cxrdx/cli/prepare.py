@@ -1,0 +1,71 @@
+"""`cxrdx prepare`: decode and resize images once into a memory-mapped cache for training."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Decode every image listed in the label CSV(s) once, letterbox it to SIZE x SIZE "
+        "(scale the longer side, pad with black, so no anatomy is cropped), and store uint8 pixels in "
+        "OUT/images.npy with OUT/index.csv (labels + row + split = CSV stem) and OUT/cache.json. "
+        "Interrupted? Rerun the same command: finished images are kept. Unreadable images are "
+        "reported, skipped and listed at the end."
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        required=True,
+        metavar="CSV",
+        help="label table(s), e.g. the train.csv val.csv test.csv written by `cxrdx split`",
+    )
+    parser.add_argument("--images", metavar="DIR", help="folder the image names in the CSVs are relative to")
+    parser.add_argument("--size", type=int, default=320, help="square side in pixels (default 320)")
+    parser.add_argument("--out", required=True, metavar="CACHE", help="cache folder to create (or resume)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 8)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxrdx.data.cache import INFO_FILE
+    from cxrdx.data.prepare import prepare_cache
+
+    result = prepare_cache(
+        labels=args.labels,
+        out=args.out,
+        size=args.size,
+        images=args.images,
+        workers=args.workers,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    reused = ""
+    total = result.cached + len(result.failures)
+    if result.decoded < total:
+        reused = f" ({total - result.decoded} already done by an earlier run)"
+    counts = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
+    if result.failures:
+        print(
+            f"{len(result.failures)} image(s) could not be read and were left out (also listed in "
+            f"{result.out / INFO_FILE}):",
+            file=sys.stderr,
+        )
+        for f in result.failures:
+            print(f"  {f['path'] or f['image']}: {f['problem']}", file=sys.stderr)
+    if result.cached == 0:
+        print(
+            f"cxrdx prepare: error: none of the {total} images could be read; nothing was cached",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"cached {result.cached} images ({counts}) at {result.size} px, letterboxed, into {result.out}"
+        f"{reused} in {result.seconds:.1f} s"
+    )
+    print(f"next: cxrdx train --data {result.out} --out runs/RUN")
+    return 0

@@ -1,0 +1,137 @@
+"""The prepared cache: its file layout, THE rule for "is this folder a cache", and opening one.
+
+Layout (docs/architecture.md), written by ``cxrdx.data.prepare``:
+
+- ``CACHE/images.npy``: (N, S, S) uint8, ``round(255 * letterbox(read_image(path), S))``.
+  Resize is *letterbox* (scale the longer side, pad with black): a centre crop would
+  cut off apices and costophrenic angles, where effusions and pneumothoraces show.
+- ``CACHE/index.csv``: the label table of the images that were read, plus ``row``
+  (into images.npy) and ``split`` (the stem of the CSV each row came from).
+- ``CACHE/cache.json``: size, resize mode, counts per split, and the unreadable
+  images with the reason each failed (they are left out of index.csv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrdx.data.loaders import CacheBatches, _gather
+from cxrdx.errors import DataError
+from cxrdx.labels import FINDINGS
+
+FORMAT_VERSION = 1
+IMAGES_FILE = "images.npy"
+INDEX_FILE = "index.csv"
+INFO_FILE = "cache.json"
+DONE_FILE = "done.npy"
+PLAN_FILE = ".prepare.json"
+
+
+def is_cache(path: str | os.PathLike) -> bool:
+    """True for a folder `cxrdx prepare` wrote into, finished or not.
+
+    Deliberately loose: an unfinished or damaged cache counts, so callers hand it to
+    ``open_cache`` and the user reads *why* it cannot be opened (interrupted, corrupt)
+    instead of being told it is "not a label CSV".
+    """
+    path = Path(path)
+    return path.is_dir() and any(
+        (path / name).exists() for name in (INFO_FILE, IMAGES_FILE, INDEX_FILE, PLAN_FILE)
+    )
+
+
+@dataclass
+class PreparedCache:
+    """An opened cache: ``images`` is the whole (N, S, S) memmap; ``index`` may be a subset of its rows."""
+
+    path: Path
+    images: np.ndarray
+    index: pd.DataFrame
+    size: int
+    info: dict
+
+    @property
+    def splits(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.index["split"].value_counts(sort=False).items()}
+
+    def subset(self, split: str) -> PreparedCache:
+        """The rows of one split (same memmap)."""
+        if split not in set(self.index["split"]):
+            counts = ", ".join(f"{k}: {v}" for k, v in self.splits.items()) or "none"
+            raise DataError(
+                f"{self.path}: the cache has no images in split {split!r} (splits: {counts}); "
+                f"prepare it with --labels including {split}.csv"
+            )
+        return PreparedCache(
+            self.path,
+            self.images,
+            self.index[self.index["split"] == split].reset_index(drop=True),
+            self.size,
+            self.info,
+        )
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(n, 14) uint8 labels in FINDINGS order."""
+        return self.index[list(FINDINGS)].to_numpy(dtype=np.uint8)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.index["row"].to_numpy(dtype=np.int64)
+
+    def squares(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 (B, S, S) for the given positions in ``index``."""
+        return _gather(self.images, self.rows[np.asarray(positions, dtype=np.int64)])
+
+    def batches(self) -> CacheBatches:
+        return CacheBatches(self.path / IMAGES_FILE, self.rows, self.labels)
+
+
+def open_cache(path: str | os.PathLike) -> PreparedCache:
+    """Open a finished cache, or raise DataError saying what is wrong and to run `cxrdx prepare`."""
+    path = Path(path)
+    hint = f"create it with `cxrdx prepare --labels train.csv val.csv --images DIR --out {path}`"
+    if not path.is_dir():
+        raise DataError(f"{path}: no such cache folder; {hint}")
+    if not (path / INFO_FILE).is_file():
+        if (path / PLAN_FILE).is_file():
+            raise DataError(
+                f"{path}: this cache is unfinished (prepare was interrupted); rerun the same `cxrdx prepare` to finish it"
+            )
+        raise DataError(f"{path}: not a cxrdx cache (no {INFO_FILE}); {hint}")
+    try:
+        info = json.loads((path / INFO_FILE).read_text())
+        size = int(info["size"])
+        index = pd.read_csv(
+            path / INDEX_FILE, dtype={"image": str, "patient": str, "split": str, "path": str}
+        )
+        images = np.load(path / IMAGES_FILE, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(
+            f"{path}: the cache is corrupt or incomplete ({exc}); rebuild it: {hint} --overwrite"
+        ) from None
+    missing = [c for c in ("row", "split", *FINDINGS) if c not in index.columns]
+    if missing:
+        raise DataError(
+            f"{path}/{INDEX_FILE}: missing columns {missing}; rebuild the cache: {hint} --overwrite"
+        )
+    if images.ndim != 3 or images.shape[1:] != (size, size) or images.dtype != np.uint8:
+        raise DataError(
+            f"{path}/{IMAGES_FILE}: shape {images.shape} {images.dtype} does not match size {size} in {INFO_FILE}; "
+            f"rebuild the cache: {hint} --overwrite"
+        )
+    if len(index) and (index["row"].min() < 0 or index["row"].max() >= images.shape[0]):
+        raise DataError(
+            f"{path}/{INDEX_FILE}: rows point outside {IMAGES_FILE}; rebuild the cache with --overwrite"
+        )
+    for name in FINDINGS:
+        index[name] = index[name].fillna(0).astype(np.uint8)
+    index["split"] = index["split"].astype(str)
+    return PreparedCache(path=path, images=images, index=index, size=size, info=info)

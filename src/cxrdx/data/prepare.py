@@ -1,0 +1,274 @@
+"""`cxrdx prepare`: decode every image once into a resized uint8 memory-mapped cache (layout: data/cache.py).
+
+Decoding a 1024 px PNG costs ~10-20 ms of CPU; training reads each image every
+epoch. Doing it once turns the loader into a memcpy out of the page cache, so a
+couple of CPU cores keep a GPU busy.
+
+Resumable: progress (which rows are done) is saved every few seconds to
+``CACHE/done.npy``, *after* the images written so far are flushed, so a killed run
+never marks an unwritten row as done; rerunning the same command continues where
+it stopped. index.csv and cache.json are written atomically once at the end, so a
+cache is either complete and openable or reported as unfinished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrdx.data.cache import DONE_FILE, FORMAT_VERSION, IMAGES_FILE, INDEX_FILE, INFO_FILE, PLAN_FILE
+from cxrdx.data.loaders import load_square
+from cxrdx.errors import DataError, ImageReadError
+from cxrdx.files import atomic_write, atomic_write_text
+from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE
+
+SAVE_EVERY_S = 5.0  # how often progress is made durable while preparing (tests lower it: module attribute)
+
+TODO, DONE, FAILED = 0, 1, 2
+
+
+def _decode_row(task: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str | None]:
+    """Worker: (row, path, size) -> (row, square or None, problem or None). Never raises for a bad file."""
+    row, path, size = task
+    if not path:
+        return row, None, "file not found (check --images)"
+    try:
+        return row, load_square(path, size), None
+    except ImageReadError as exc:
+        return row, None, exc.problem
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # one odd file must not stop a 100k-image job; it is listed at the end
+        return row, None, f"unexpected error while reading: {type(exc).__name__}: {exc}"
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    size: int
+    cached: int  # rows in index.csv
+    decoded: int  # rows decoded by this run (the rest were done by an earlier, interrupted run)
+    failures: list[dict] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _plan(labels: Sequence[str | os.PathLike], images: str | os.PathLike | None) -> pd.DataFrame:
+    """All rows to cache: the label tables, concatenated, with ``split`` from each CSV's stem."""
+    from cxrdx.data.tables import read_labels
+
+    if not labels:
+        raise DataError("no label CSV given; pass --labels train.csv [val.csv test.csv]")
+    tables = []
+    stems = [Path(p).name.split(".")[0] for p in labels]
+    if len(set(stems)) != len(stems):
+        raise DataError(
+            f"--labels files must have different names (their stems become the split): {list(labels)}"
+        )
+    for csv, stem in zip(labels, stems, strict=True):
+        if not Path(csv).is_file():
+            raise DataError(f"{csv}: no such label file")
+        table = read_labels(csv, images_dir=images)
+        table = table.copy()
+        table["split"] = stem
+        tables.append(table)
+    plan = pd.concat(tables, ignore_index=True)
+    if plan.empty:
+        raise DataError(f"the label file(s) {', '.join(map(str, labels))} list no images")
+    if "path" not in plan.columns:
+        plan["path"] = ""
+    plan["path"] = plan["path"].fillna("").astype(str)
+    plan["row"] = np.arange(len(plan), dtype=np.int64)
+    return plan
+
+
+def _fingerprint(plan: pd.DataFrame, size: int) -> str:
+    digest = hashlib.sha256(f"v{FORMAT_VERSION}:{size}:".encode())
+    # image ids and splits, not paths: a resumed run may point --images at a moved folder
+    for image, split in zip(plan["image"], plan["split"], strict=True):
+        digest.update(f"{image}\0{split}\n".encode())
+    return digest.hexdigest()
+
+
+def _save_done(out: Path, done: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # np.save on a str path would append ".npy" to the temp name
+            np.save(fh, done)
+
+    atomic_write(out / DONE_FILE, write)
+
+
+def _is_ours(path: Path) -> bool:
+    """A file prepare writes, or one of its temporary files (left by a kill during a write)."""
+    names = (IMAGES_FILE, DONE_FILE, PLAN_FILE, INDEX_FILE, INFO_FILE)
+    return path.name in names or (path.name.startswith(".") and path.name.endswith(".tmp"))
+
+
+def _start_or_resume(
+    out: Path, plan: pd.DataFrame, size: int, overwrite: bool
+) -> tuple[np.memmap, np.ndarray]:
+    """Open the images memmap and the done markers: resumed when this is the same job, fresh otherwise."""
+    fingerprint = _fingerprint(plan, size)
+    state_path = out / PLAN_FILE
+    if state_path.is_file() and (out / IMAGES_FILE).is_file() and (out / DONE_FILE).is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            state = {}
+        if state.get("fingerprint") == fingerprint:
+            try:
+                images = np.load(out / IMAGES_FILE, mmap_mode="r+")
+                done = np.load(out / DONE_FILE)
+                if images.shape == (len(plan), size, size) and done.shape == (len(plan),):
+                    return images, done.astype(np.uint8)
+            except (OSError, ValueError):
+                pass
+            print(
+                f"cxrdx prepare: the unfinished cache in {out} is damaged; starting it again", file=sys.stderr
+            )
+        elif not overwrite:
+            raise DataError(
+                f"{out} already holds a cache of other images or another size; "
+                "choose a new --out or pass --overwrite to replace it"
+            )
+    elif (out / INFO_FILE).exists() and not overwrite:
+        raise DataError(f"{out} already holds a cache; choose a new --out or pass --overwrite to replace it")
+    elif out.exists() and not all(_is_ours(p) for p in out.iterdir()) and not overwrite:
+        raise DataError(f"{out} is not empty and is not a cxrdx cache; choose a new or empty --out")
+    if out.exists():
+        for p in out.iterdir():
+            if _is_ours(p) and p.is_file():  # never delete anything prepare did not write
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{IMAGES_FILE}.tmp"
+    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(plan), size, size))
+    del mm
+    os.replace(tmp, out / IMAGES_FILE)
+    done = np.zeros(len(plan), dtype=np.uint8)
+    _save_done(out, done)
+    atomic_write_text(state_path, json.dumps({"fingerprint": fingerprint, "size": size, "rows": len(plan)}))
+    return np.load(out / IMAGES_FILE, mmap_mode="r+"), done
+
+
+def prepare_cache(
+    labels: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    size: int = 320,
+    images: str | os.PathLike | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> PrepareResult:
+    """Decode, letterbox and store every image listed in ``labels`` (resumable; see module doc)."""
+    if size < MIN_IMAGE_SIZE:
+        raise DataError(f"--size {size} is too small for DenseNet121; use at least {MIN_IMAGE_SIZE}")
+    if images is not None and not Path(images).is_dir():
+        raise DataError(f"--images {images}: no such folder")
+    start = time.monotonic()
+    out = Path(out)
+    plan = _plan(labels, images)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} exists and is not a folder")
+    try:  # an unwritable or impossible --out fails here, before any decoding
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}.tmp"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        cache, done = _start_or_resume(out, plan, size, overwrite)
+    except OSError as exc:
+        raise DataError(
+            f"--out {out} cannot be written ({exc.strerror or exc}): is the disk full or the folder "
+            "read-only? Choose another folder or free some space"
+        ) from None
+    todo = np.flatnonzero(done != DONE)
+    paths = plan["path"].tolist()
+    tasks = [(int(r), paths[r], size) for r in todo]
+    failures: dict[int, str] = {}
+    workers = min(os.cpu_count() or 1, 8) if workers is None else max(0, int(workers))
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(plan),
+        initial=len(plan) - len(todo),
+        desc="prepare",
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    last_save = time.monotonic()
+
+    def handle(result: tuple[int, np.ndarray | None, str | None]) -> None:
+        nonlocal last_save
+        row, square, problem = result
+        if square is None:
+            failures[row] = problem or "unreadable"
+            done[row] = FAILED
+        else:
+            cache[row] = square
+            done[row] = DONE
+        bar.update(1)
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            cache.flush()  # images first: a row is marked done only once its pixels are on disk
+            _save_done(out, done)
+            last_save = time.monotonic()
+
+    try:
+        if workers <= 1 or len(tasks) < 2:
+            for task in tasks:
+                handle(_decode_row(task))
+        else:
+            import multiprocessing
+
+            # spawn: the parent may hold torch/OpenMP threads, which fork does not survive.
+            ctx = multiprocessing.get_context("spawn")
+            chunk = max(1, min(32, len(tasks) // (workers * 8)))
+            with ctx.Pool(workers) as pool:
+                for result in pool.imap_unordered(_decode_row, tasks, chunksize=chunk):
+                    handle(result)
+    finally:
+        bar.close()
+        cache.flush()
+        _save_done(out, done)
+
+    ok = done == DONE
+    index = plan.loc[ok].reset_index(drop=True)
+    counts = {str(k): int(v) for k, v in index["split"].value_counts(sort=False).items()}
+    failure_list = [
+        {"image": str(plan.at[r, "image"]), "path": paths[r], "split": str(plan.at[r, "split"]), "problem": p}
+        for r, p in sorted(failures.items())
+    ]
+    columns = [c for c in index.columns if c != "path"] + ["path"]
+    atomic_write_text(out / INDEX_FILE, index[columns].to_csv(index=False))
+    info = {
+        "format_version": FORMAT_VERSION,
+        "size": size,
+        "resize": "letterbox",
+        "pixels": "uint8 = round(255 * letterboxed read_image in [0, 1]), padding 0",
+        "rows": len(plan),
+        "cached": int(ok.sum()),
+        "counts": counts,
+        "failures": failure_list,
+        "sources": [str(Path(p).resolve()) for p in labels],
+        "images_dir": str(Path(images).resolve()) if images else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2))
+    return PrepareResult(
+        out=out,
+        size=size,
+        cached=int(ok.sum()),
+        decoded=len(tasks),
+        failures=failure_list,
+        counts=counts,
+        seconds=time.monotonic() - start,
+    )

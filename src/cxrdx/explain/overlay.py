@@ -1,0 +1,61 @@
+"""Heatmap overlays: the gray image, the Grad-CAM map on top, reference boxes, a colour bar."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+Box = tuple[float, float, float, float]  # x, y, w, h in source pixels
+
+
+def overlay_png(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+    boxes: Sequence[Box] = (),
+    alpha: float = 0.45,
+    cmap: str = "jet",
+) -> Path:
+    """Write the heatmap over the gray image (same pixel grid, original aspect) with a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    image = np.asarray(image, dtype=np.float32)
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if image.shape != heatmap.shape:
+        raise ValueError(f"heatmap shape {heatmap.shape} does not match image shape {image.shape}")
+    h, w = image.shape
+    width_in = 6.4
+    fig, ax = plt.subplots(figsize=(width_in, max(2.5, width_in * h / w * 0.88) + 0.6), dpi=110)
+    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
+    ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    shown = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=cmap)  # opaque bar
+    for x, y, bw, bh in boxes:
+        ax.add_patch(Rectangle((x, y), bw, bh, fill=False, edgecolor="lime", linewidth=2))
+    if len(boxes):
+        ax.plot([], [], color="lime", linewidth=2, label="reference box")
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.7)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03, label="Grad-CAM (normalised)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def overlay_title(finding: str, prob: float, threshold: float | None) -> str:
+    if threshold is None:
+        call = "no threshold"
+    else:
+        call = f"{'positive' if prob >= threshold else 'negative'} at threshold {threshold:.3f}"
+    return f"{finding} \u2014 p={prob:.2f} ({call})"

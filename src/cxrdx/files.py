@@ -1,0 +1,67 @@
+"""Files: atomic writes, content hashes, and telling a pickle from a safetensors file by its first bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cxrdx.errors import CxrdxError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write via ``write(tmp_path)`` then rename, so a crash never leaves a half file at ``path``."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # a full disk or read-only folder: OSError, or RuntimeError from torch.save's writer
+        if isinstance(exc, OSError | RuntimeError):
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            raise CxrdxError(
+                f"cannot write {path} ({detail}): is the disk full or the folder read-only? "
+                "Free some space or choose another folder; the previous file (if any) was left as it was"
+            ) from None
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def head_bytes(path: str | os.PathLike, n: int = 16) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def is_torch_pickle(head: bytes) -> bool:
+    """First bytes of a PyTorch ``torch.save`` file (zip or legacy pickle), not a safetensors file.
+
+    safetensors starts with an 8-byte little-endian header length followed by ``{``.
+    """
+    return (head[:2] == b"PK" or head[:1] == b"\x80") and head[8:9] != b"{"

@@ -1,0 +1,1 @@
+"""Metrics: AUROC with the patient bootstrap, thresholds, calibration (numpy only, no model)."""

@@ -1,0 +1,269 @@
+"""Turn public DenseNet121 chest X-ray weights into cxrdx checkpoints (``cxrdx import``).
+
+Every well-known chest X-ray model is a DenseNet121, but each ships in its own
+layout: torchvision key names (old ``norm.1`` style or new ``norm1``), DataParallel
+``module.`` prefixes, a CheXNet wrapper with a ``Sequential(Linear, Sigmoid)`` head,
+torchxrayvision's 18 outputs in its own order, Keras HDF5 files with HWIO kernels.
+Loading them by hand is where people silently end up with random weights
+(``strict=False``), shuffled labels or the wrong input range. Here each tensor is
+mapped by name, every shape is checked, anything left over on either side is an
+error that lists it, and the checkpoint records the label mapping and the exact
+preprocessing the source expects, so predict, evaluate, explain and serve feed it
+the input it was trained on.
+
+This module is the dispatcher; each source's layout lives in ``cxrdx.model.importers``
+and pickles are read only through ``cxrdx.model.pickle_reader``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxrdx.errors import CheckpointError, ConfigError
+from cxrdx.files import file_sha256
+from cxrdx.imaging.preprocessing import Preprocessing
+from cxrdx.labels import FINDINGS, canonical, is_finding
+from cxrdx.model.checkpoint import CheckpointMeta, check_state_dict, load_checkpoint, save_checkpoint
+from cxrdx.model.importers.chexnet import CHEXNET_LABELS
+from cxrdx.model.importers.cxrdx import revalidate
+from cxrdx.model.importers.keras import KERAS_LABELS, map_keras, read_keras_h5
+from cxrdx.model.importers.torchvision import (
+    TORCH_BN_EPS,
+    fresh_head,
+    imagenet_preprocessing,
+    map_torch_state,
+    strip_prefixes,
+)
+from cxrdx.model.importers.xrv import (
+    XRV_PATHOLOGIES,
+    xrv_labels,
+    xrv_preprocessing,
+    xrv_thresholds,
+    xrv_variant,
+)
+from cxrdx.model.networks import ARCHITECTURES, build_model
+from cxrdx.model.pickle_reader import extract_state_dict, load_torch_file
+
+KINDS = ("torchvision", "chexnet", "xrv", "keras", "cxrdx")
+
+
+@dataclass
+class ImportResult:
+    """What `import_weights` wrote, for the CLI summary and for tests."""
+
+    out: Path
+    meta: CheckpointMeta
+    mapped_tensors: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _select_head(
+    mapped: dict[str, torch.Tensor], source_labels: list[str], source: str, output_names: Iterable[str] = ()
+) -> tuple[list[str], dict[str, int], list[str]]:
+    """Reorder the classifier rows into FINDINGS order by name; returns (labels, mapping, dropped)."""
+    weight = mapped.get("class_layers.out.weight")
+    bias = mapped.get("class_layers.out.bias")
+    if weight is None or bias is None:
+        raise CheckpointError(f"{source}: no classifier (Linear) weights found; is --from right?")
+    if weight.ndim != 2 or weight.shape[0] != len(source_labels) or bias.shape != (weight.shape[0],):
+        raise CheckpointError(
+            f"{source}: the classifier has {weight.shape[0]} outputs (weight {tuple(weight.shape)}, bias "
+            f"{tuple(bias.shape)}) but {len(source_labels)} source labels were given: {source_labels}"
+        )
+    index: dict[str, int] = {}
+    dropped: list[str] = []
+    output_names = list(output_names)
+    for i, name in enumerate(source_labels):
+        if name and is_finding(name):
+            ours = canonical(name)
+            if ours in index:
+                raise CheckpointError(f"{source}: source labels name {ours} twice: {source_labels}")
+            index[ours] = i
+        elif name:
+            dropped.append(name)
+        else:
+            known = output_names[i] if i < len(output_names) else f"output {i}"
+            dropped.append(f"{known} (not trained in these weights)")
+    if not index:
+        raise CheckpointError(f"{source}: none of the source outputs is one of ours ({', '.join(FINDINGS)})")
+    labels = [name for name in FINDINGS if name in index]
+    rows = torch.tensor([index[name] for name in labels])
+    mapped["class_layers.out.weight"] = weight[rows].clone()
+    mapped["class_layers.out.bias"] = bias[rows].clone()
+    return labels, {name: index[name] for name in labels}, dropped
+
+
+def _fit_architecture(
+    mapped: dict[str, torch.Tensor],
+    unmapped: list[str],
+    num_classes: int,
+    in_channels: int,
+    bn_eps: float,
+    source: str,
+) -> tuple[str, nn.Module, dict[str, torch.Tensor], list[str]]:
+    """The registry architecture whose keys and shapes match exactly; else an error listing every difference."""
+    notes: list[str] = []
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in mapped.items()}
+    best: tuple[int, str, nn.Module, dict] | None = None
+    for arch in ARCHITECTURES:
+        model = build_model(arch, num_classes, in_channels, bn_eps)
+        expected = model.state_dict()
+        filled = dict(state)
+        added = [k for k in expected if k.endswith("num_batches_tracked") and k not in filled]
+        for k in added:
+            filled[k] = torch.zeros((), dtype=torch.long)
+        same = sum(k in filled and tuple(filled[k].shape) == tuple(v.shape) for k, v in expected.items())
+        if same == len(expected) == len(filled) and not unmapped:
+            if added:
+                notes.append(
+                    f"{len(added)} BatchNorm num_batches_tracked counters absent in the source set to 0"
+                )
+            return arch, model, filled, notes
+        if best is None or same > best[0]:
+            best = (same, arch, model, filled)
+    assert best is not None
+    _, arch, model, filled = best
+    problems = []
+    try:
+        check_state_dict(model, filled, source)
+    except CheckpointError as exc:
+        problems.append(str(exc))
+    if unmapped:
+        shown = ", ".join(unmapped[:8]) + (f" ... (+{len(unmapped) - 8} more)" if len(unmapped) > 8 else "")
+        problems.append(f"{len(unmapped)} source tensors map to nothing in cxrdx's DenseNet: {shown}")
+    raise CheckpointError(
+        f"{source}: does not match {arch} (closest of {', '.join(ARCHITECTURES)}): "
+        + "; ".join(problems)
+        + ". Check that --from names the right kind of file; nothing was written."
+    )
+
+
+def _preprocessing(kind: str, size: int | None) -> Preprocessing:
+    return xrv_preprocessing(size) if kind == "xrv" else imagenet_preprocessing(size)
+
+
+def _parse_labels(text: str | Iterable[str] | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [item.strip() for item in items]
+
+
+def import_weights(
+    kind: str,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    trust_pickle: bool = False,
+    size: int | None = None,
+    source_labels: str | Iterable[str] | None = None,
+    xrv_weights: str | None = None,
+) -> ImportResult:
+    """Convert ``source`` (a file of the given ``kind``) into a cxrdx checkpoint at ``out``."""
+    if kind not in KINDS:
+        raise ConfigError(f"--from {kind!r} is unknown; choose one of {', '.join(KINDS)}")
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    out = Path(out)
+    if out.resolve() == path.resolve():
+        raise ConfigError(f"--out {out} is the source file itself; choose another output path")
+    labels_given = _parse_labels(source_labels)
+    sha = file_sha256(path)
+    notes: list[str] = []
+
+    if kind == "cxrdx":
+        model, meta = revalidate(path, out, size, sha)
+        return ImportResult(out, meta, len(model.state_dict()), ["validated and re-saved"])
+
+    thresholds: dict[str, float] | None = None
+    threshold_method: str | None = None
+    provenance: dict = {"imported_from": path.name}
+    if kind == "keras":
+        layers, config = read_keras_h5(path)
+        mapped, unmapped, bn_eps, extra = map_keras(layers, config, str(path))
+        notes += extra
+        src_labels = labels_given or list(KERAS_LABELS)
+    else:
+        obj, extra = load_torch_file(path, trust_pickle)
+        notes += extra
+        state, model_obj = extract_state_dict(obj, str(path))
+        bn_eps = TORCH_BN_EPS
+        ignore = ["op_threshs"] if kind == "xrv" else []
+        if kind == "torchvision":
+            ignore += ["classifier.weight", "classifier.bias"]
+        mapped, unmapped = map_torch_state(state, ignore)
+        if kind == "torchvision":
+            src_labels = []
+        elif kind == "chexnet":
+            src_labels = labels_given or list(CHEXNET_LABELS)
+        else:
+            variant = xrv_variant(xrv_weights, path)
+            stripped = {strip_prefixes(k): v for k, v in state.items()}
+            src_labels, op, extra = xrv_labels(stripped, model_obj, variant, labels_given, str(path))
+            notes += extra
+            if op is not None:
+                thresholds = xrv_thresholds(src_labels, op)
+                threshold_method = "torchxrayvision op_threshs (positive when probability >= threshold)"
+
+    conv0 = mapped.get("features.conv0.weight")
+    if conv0 is None or conv0.ndim != 4:
+        raise CheckpointError(
+            f"{path}: no first convolution (features.conv0 / conv1/conv) found; is --from right?"
+        )
+    in_channels = int(conv0.shape[1])
+    preprocessing = _preprocessing(kind, size)
+    if in_channels != preprocessing.channels:
+        hint = " (torchxrayvision models take 1 channel: use --from xrv)" if in_channels == 1 else ""
+        raise CheckpointError(
+            f"{path}: the first convolution takes {in_channels} channel(s) but --from {kind} models take "
+            f"{preprocessing.channels}{hint}"
+        )
+
+    if kind == "torchvision":
+        labels = list(FINDINGS)
+        label_mapping: dict[str, int] = {}
+        dropped = ["ImageNet classifier (1000 classes)"]
+        fresh_head(mapped, len(labels))
+        provenance["init_only"] = True
+        notes.append("ImageNet features only; the 14-finding head is freshly initialised: train before use")
+    else:
+        names = XRV_PATHOLOGIES if kind == "xrv" and len(src_labels) == len(XRV_PATHOLOGIES) else ()
+        labels, label_mapping, dropped = _select_head(mapped, src_labels, str(path), names)
+    if thresholds is not None:
+        thresholds = {name: thresholds[name] for name in labels if name in thresholds} or None
+        if thresholds is None:
+            threshold_method = None
+
+    arch, model, state, extra = _fit_architecture(
+        mapped, unmapped, len(labels), in_channels, bn_eps, str(path)
+    )
+    notes += extra
+    model.load_state_dict(state, strict=True)
+    meta = CheckpointMeta(
+        architecture=arch,
+        labels=labels,
+        in_channels=in_channels,
+        bn_eps=bn_eps,
+        preprocessing=preprocessing,
+        thresholds=thresholds,
+        threshold_method=threshold_method,
+        provenance=provenance,
+        source={
+            "kind": kind,
+            "file": path.name,
+            "sha256": sha,
+            "label_mapping": label_mapping,
+            "source_labels": src_labels,
+            "dropped_outputs": dropped,
+            "notes": notes,
+        },
+    )
+    save_checkpoint(out, model, meta)
+    load_checkpoint(out)  # what we wrote must load exactly
+    return ImportResult(out, meta, len(state), notes)

@@ -1,0 +1,1 @@
+"""Importers of public checkpoints, one file per source layout."""

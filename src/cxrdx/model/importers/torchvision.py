@@ -1,0 +1,99 @@
+"""torchvision's DenseNet layout (also CheXNet's and torchxrayvision's): key mapping by name.
+
+Old ``norm.1`` style or new ``norm1``, DataParallel ``module.`` and wrapper prefixes;
+the classifier (``classifier.weight`` or CheXNet's ``classifier.0.weight``) maps to
+``class_layers.out``. An ImageNet torchvision file becomes a feature initialisation
+with a freshly (but reproducibly) initialised 14-finding head.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+import torch
+
+from cxrdx.errors import CheckpointError
+from cxrdx.imaging.preprocessing import Preprocessing
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCH_BN_EPS = 1e-5
+
+_PREFIXES = ("module.", "densenet121.", "_orig_mod.")
+_TV_DENSE = re.compile(
+    r"^features\.denseblock(\d+)\.denselayer(\d+)\.(norm|conv)\.?([12])\."
+    r"(weight|bias|running_mean|running_var|num_batches_tracked)$"
+)
+_TV_SAME = re.compile(
+    r"^features\.(conv0\.weight|(norm0|norm5|transition\d+\.norm)\."
+    r"(weight|bias|running_mean|running_var|num_batches_tracked)|transition\d+\.conv\.weight)$"
+)
+_TV_HEAD = re.compile(r"^classifier\.(?:0\.)?(weight|bias)$")
+
+
+def strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def map_torchvision_key(key: str) -> str | None:
+    """torchvision-style DenseNet key (old ``norm.1`` or new ``norm1``, any wrapper prefix) -> cxrdx key.
+
+    Returns None for keys with no counterpart; the classifier is mapped separately
+    (``classifier.weight`` / CheXNet's ``classifier.0.weight`` -> ``class_layers.out.weight``).
+    """
+    key = strip_prefixes(key)
+    if m := _TV_DENSE.match(key):
+        block, layer, kind, n, param = m.groups()
+        return f"features.denseblock{block}.denselayer{layer}.layers.{kind}{n}.{param}"
+    if _TV_SAME.match(key):
+        return key
+    if m := _TV_HEAD.match(key):
+        return f"class_layers.out.{m.group(1)}"
+    return None
+
+
+def map_torch_state(
+    state: dict[str, torch.Tensor], ignore: Iterable[str] = ()
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map every key; returns (cxrdx-named tensors, source keys that map to nothing)."""
+    mapped: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    ignore = set(ignore)
+    for key, value in state.items():
+        if strip_prefixes(key) in ignore:
+            continue
+        new = map_torchvision_key(key)
+        if new is None:
+            unmapped.append(key)
+        elif new in mapped:
+            raise CheckpointError(
+                f"two source tensors map to {new} (one of them is {key}); the file is ambiguous"
+            )
+        else:
+            mapped[new] = value
+    return mapped, sorted(unmapped)
+
+
+def imagenet_preprocessing(size: int | None) -> Preprocessing:
+    """3-channel [0, 1] input with ImageNet mean/std: what torchvision, CheXNet and Keras DenseNets expect."""
+    return Preprocessing(
+        size=size or 224, channels=3, pixel_range=(0.0, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
+
+
+def fresh_head(mapped: dict[str, torch.Tensor], num_classes: int) -> None:
+    """Add a new classifier to ImageNet features, the same init every time the same file is imported."""
+    norm5 = mapped.get("features.norm5.weight")
+    width = int(norm5.shape[0]) if norm5 is not None else 1024
+    generator = torch.Generator().manual_seed(0)
+    bound = 1.0 / math.sqrt(width)
+    mapped["class_layers.out.weight"] = (torch.rand(num_classes, width, generator=generator) * 2 - 1) * bound
+    mapped["class_layers.out.bias"] = torch.zeros(num_classes)

@@ -1,0 +1,66 @@
+"""The network registry: DenseNet121 for 14 findings, and a tiny twin for tests.
+
+The network is MONAI's DenseNet: ``features`` (conv0 ... denseblock4, norm5) then
+``class_layers`` = ReLU -> global average pool -> flatten -> Linear(1024, 14). It
+returns logits; sigmoid is applied outside so the loss works on logits and
+Grad-CAM sees the features. ``GRADCAM_LAYER`` names the last feature map
+(the activated output of the last dense block, after norm5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from cxrdx.errors import CheckpointError
+from cxrdx.labels import FINDINGS
+
+GRADCAM_LAYER = "class_layers.relu"
+
+
+def _densenet121(in_channels: int, num_classes: int) -> nn.Module:
+    from monai.networks.nets import DenseNet  # MONAI's import is slow: only when a network is built
+
+    return DenseNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
+
+
+def _densenet_tiny(in_channels: int, num_classes: int) -> nn.Module:
+    # Same layer names and structure as DenseNet121, a fraction of the cost: for tests.
+    from monai.networks.nets import DenseNet
+
+    return DenseNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        init_features=16,
+        growth_rate=8,
+        block_config=(2, 2, 2, 2),
+        bn_size=2,
+    )
+
+
+ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
+    "densenet121": _densenet121,
+    "densenet-tiny": _densenet_tiny,
+}
+
+
+def build_model(
+    architecture: str = "densenet121",
+    num_classes: int = len(FINDINGS),
+    in_channels: int = 3,
+    bn_eps: float = 1e-5,
+) -> nn.Module:
+    """A freshly initialised network from the registry."""
+    try:
+        factory = ARCHITECTURES[architecture]
+    except KeyError:
+        raise CheckpointError(
+            f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}"
+        ) from None
+    model = factory(in_channels, num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = bn_eps
+    return model

@@ -1,0 +1,233 @@
+"""Every training option (``TrainConfig``), read from defaults, a JSON/TOML file and flags, and checked.
+
+CLI flags override a ``--config`` file, which overrides the dataclass defaults; a
+resumed run reads its own ``config.json`` and may change only ``RESUME_CHANGEABLE``
+(settings that do not alter what is learned, only how long or where it runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from cxrdx.errors import ConfigError
+from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE
+from cxrdx.labels import canonical_list
+
+# Files of a run folder.
+STATE_FILE = "last_state.pt"
+BEST_FILE = "best.safetensors"
+LAST_FILE = "last.safetensors"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+
+
+@dataclass
+class TrainConfig:
+    """Every training option. CLI flags override a --config file, which overrides these defaults."""
+
+    data: str = (
+        ""  # a `cxrdx prepare` cache folder, or a folder with train.csv + val.csv (or one of those CSVs)
+    )
+    out: str = ""  # run folder: checkpoints, TensorBoard events, config.json
+    images: str | None = None  # CSV data only: folder the image names are relative to
+    arch: str = "densenet121"  # or "densenet-tiny" (tests)
+    init: str | None = None  # ImageNet weights file (torchvision densenet121-*.pth layout)
+    epochs: int = 20
+    batch_size: int = 32  # per process
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    image_size: int | None = None  # None: the cache's size (CSV data: 320)
+    lr_factor: float = 0.1  # ReduceLROnPlateau on val loss
+    lr_patience: int = 1
+    early_stop_patience: int = 5  # epochs without val-loss improvement before stopping
+    min_delta: float = 0.0
+    flip: bool = True
+    affine: bool = False
+    affine_degrees: float = 5.0
+    affine_translate: float = 0.05  # fraction of the image side
+    affine_scale: float = 0.05  # +- fraction
+    findings: list[str] | None = (
+        None  # findings the reported mean AUROC averages over (default: all scorable)
+    )
+    train_split: str = "train"
+    val_split: str = "val"
+    workers: int | None = None  # loader processes; None: 0 on CPU with a cache, else min(8, CPUs)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16) | bf16 | fp16 | off; CPU is always fp32
+    compile: bool = False
+    channels_last: bool = True
+    sync_bn: bool = False
+    freeze_bn: bool = False
+    max_minutes: float | None = None  # time budget: stop when another epoch would not fit
+    max_steps_per_epoch: int | None = None
+    norm_images: int = 2000  # training images sampled for the normalisation mean/std
+    log_every: int = 10  # steps between TensorBoard train/loss points
+    progress: bool = True
+    threads: int | None = None  # CPU threads per process (default: CPUs / processes)
+
+    def validate(self) -> TrainConfig:
+        """Check values and combinations; canonicalise finding names. Raises ConfigError/LabelError."""
+        if not self.data:
+            raise ConfigError(
+                "no training data given: pass --data CACHE (from `cxrdx prepare`) or a folder with train.csv and val.csv"
+            )
+        if not self.out:
+            raise ConfigError("no run folder given: pass --out RUN_DIR")
+        from cxrdx.model.networks import ARCHITECTURES
+
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"--arch {self.arch!r} is unknown; choose one of {', '.join(ARCHITECTURES)}")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(
+                f"--image-size {self.image_size} is too small for DenseNet121 (it downsamples 32x); "
+                f"use at least {MIN_IMAGE_SIZE}"
+            )
+        for name in ("epochs", "batch_size", "early_stop_patience", "norm_images", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr_patience < 0:
+            raise ConfigError(f"lr-patience must be >= 0, got {self.lr_patience}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 < self.lr_factor < 1:
+            raise ConfigError(f"lr-factor must be between 0 and 1, got {self.lr_factor}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight-decay must be >= 0, got {self.weight_decay}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"--amp {self.amp!r}: choose auto, bf16, fp16 or off")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ConfigError(f"--max-steps-per-epoch must be at least 1, got {self.max_steps_per_epoch}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.sync_bn and self.freeze_bn:
+            raise ConfigError("--sync-bn and --freeze-bn contradict each other; choose one")
+        if self.train_split == self.val_split:
+            raise ConfigError(f"train and validation split are both {self.train_split!r}")
+        if self.findings is not None:
+            self.findings = canonical_list(self.findings)  # LabelError names any unknown finding
+            if not self.findings:
+                raise ConfigError("--findings is empty; omit it to use every finding")
+        return self
+
+
+BOOL_FLAGS = {
+    "flip",
+    "affine",
+    "deterministic",
+    "compile",
+    "channels_last",
+    "sync_bn",
+    "freeze_bn",
+    "progress",
+}
+# Settings a resumed run may change: they decide how long, where and how visibly it runs, not what it learns.
+RESUME_CHANGEABLE = {
+    "epochs",
+    "max_minutes",
+    "early_stop_patience",
+    "workers",
+    "progress",
+    "threads",
+    "device",
+    "compile",
+    "max_steps_per_epoch",
+    "log_every",
+    "out",
+}
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """A JSON or TOML file of TrainConfig fields (``batch_size`` or ``batch-size``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})"
+        ) from None
+    if isinstance(data, dict) and isinstance(data.get("train"), dict):
+        data = data["train"]  # a [train] table
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a table of settings")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown setting(s) {unknown}; known: {', '.join(sorted(known))}")
+    return data
+
+
+def make_config(base: dict | None = None, **overrides) -> TrainConfig:
+    """TrainConfig from dicts, checking each value's type (a config file may hold anything)."""
+    values = {**(base or {}), **overrides}
+    cfg = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        default = getattr(cfg, f.name)
+        try:
+            if value is None or f.name == "findings":
+                pass
+            elif f.name in BOOL_FLAGS:
+                if not isinstance(value, bool):
+                    raise TypeError
+            elif isinstance(default, int) or f.name in (
+                "image_size",
+                "workers",
+                "max_steps_per_epoch",
+                "threads",
+            ):
+                if isinstance(value, bool) or float(value) != int(value):
+                    raise TypeError
+                value = int(value)
+            elif isinstance(default, float) or f.name == "max_minutes":
+                value = float(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"setting {f.name} = {value!r} has the wrong type (expected like {default!r})"
+            ) from None
+        if f.name == "findings" and value is not None:
+            value = [value] if isinstance(value, str) else list(value)
+        setattr(cfg, f.name, value)
+    return cfg
+
+
+def resume_config(run_dir: str | os.PathLike, given: dict, config_file: str | None = None) -> dict:
+    """The settings of the run in ``run_dir`` to resume, refusing changes outside RESUME_CHANGEABLE.
+
+    ``given`` holds the settings named on the command line; ``config_file`` a --config
+    given with --resume, which is refused (the run's own config.json is used).
+    """
+    saved = Path(run_dir) / CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(
+            f"--resume {run_dir}: no {CONFIG_FILE} there; is it a run folder made by `cxrdx train`?"
+        )
+    base = json.loads(saved.read_text())
+    base["out"] = str(run_dir)
+    changed = sorted(k for k, v in given.items() if k not in RESUME_CHANGEABLE and base.get(k) != v)
+    if config_file:
+        raise ConfigError("--config cannot be combined with --resume (the run's own config.json is used)")
+    if changed:
+        raise ConfigError(
+            f"cannot change {', '.join(changed)} when resuming {run_dir}; only "
+            f"{', '.join(sorted(RESUME_CHANGEABLE - {'out'}))} may change"
+        )
+    return base

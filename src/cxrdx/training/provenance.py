@@ -1,0 +1,47 @@
+"""The provenance record every checkpoint carries: which data, config, code and epoch made it."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from cxrdx.training.config import TrainConfig
+
+
+def git_commit() -> str | None:
+    """The commit of the cxrdx source tree, when it is a git checkout (None for an installed package)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(
+    cfg: TrainConfig, data: dict, epoch: int, val_loss: float, auroc: dict, best: dict, world: int
+) -> dict:
+    return {
+        "dataset": data["path"],
+        "data_kind": data["kind"],
+        "splits": {cfg.train_split: len(data["train"]), cfg.val_split: len(data["val"])},
+        "epoch": epoch,
+        "val_loss": float(val_loss),
+        "val_auroc": auroc,
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": float(best["val_loss"]),
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        "processes": world,
+        "config": asdict(cfg),
+    }
