@@ -160,7 +160,6 @@ def _looks_like_chest_png(img: np.ndarray) -> bool:
 
 
 @pytest.mark.realdata
-@pytest.mark.realdata
 def test_real_dicoms(shared_data, tmp_path):
     import pydicom
 
@@ -221,3 +220,126 @@ def test_dicom_missing_plugin_is_named(tmp_path, monkeypatch):
     with pytest.raises(ImageReadError, match="pylibjpeg-libjpeg") as info:
         read_image(path)
     assert "JPEG-LS Lossless" in str(info.value) and JPEGLSLossless in str(info.value)
+
+
+# --------------------------------------------------------------------------- VOI LUT, presentation LUT, padding
+
+
+def _pydicom_voi(ds):
+    try:
+        from pydicom.pixels import apply_voi_lut
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import apply_voi_lut
+    return apply_voi_lut(ds.pixel_array, ds, prefer_lut=True).astype(np.float64)
+
+
+def _voi_lut_dataset(vr: str, bits: int = 16, **attrs):
+    """G16 with a VOI LUT (a gamma curve clipping both ends of G16's range) as US or OW."""
+    from pydicom.dataset import Dataset
+
+    first = int(G16.min()) + 40
+    entries = int(G16.max()) - 40 - first
+
+    top = 2**bits - 1
+    lut = np.round(top * np.linspace(0, 1, entries) ** 0.6).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [entries, first, bits]
+    item.LUTExplanation = "gamma"
+    if vr == "OW":
+        item.add_new(0x00283006, "OW", lut.astype("<u2").tobytes())
+    else:
+        item.add_new(0x00283006, "US", [int(v) for v in lut])
+    ds = dicom_dataset(G16, bits_stored=12, **attrs)
+    ds.VOILUTSequence = [item]
+    return ds, top
+
+
+@pytest.mark.parametrize("vr", ["US", "OW"])
+@pytest.mark.parametrize("bits", [16, 12, 8])
+def test_dicom_voi_lut_matches_pydicom(tmp_path, vr, bits):
+    import pydicom
+
+    ds, top = _voi_lut_dataset(vr, bits, WindowCenter=2000, WindowWidth=10)  # the LUT wins over the window
+    path = save_dcm(ds, tmp_path / f"lut_{vr}.dcm")
+    img, meta = read_image(path)
+    ref = pydicom.dcmread(path)
+    item = ref.VOILUTSequence[0]
+    entries, first, _ = item.LUTDescriptor
+    lut = np.frombuffer(item.LUTData, "<u2") if vr == "OW" else np.asarray(item.LUTData)
+    direct = lut[np.clip(G16.astype(np.int64) - first, 0, entries - 1)] / top  # the standard's lookup
+    np.testing.assert_allclose(img, direct, atol=1e-6)
+    if bits > 8:  # pydicom indexes 8-bit LUTs through uint8 (wraps past 255 inputs): compare above that
+        np.testing.assert_allclose(img, _pydicom_voi(ref) / top, atol=1e-6)
+    assert meta.warnings == [] and img.min() == 0.0 and img.max() == 1.0
+    stored_vr = item["LUTData"].VR
+    assert stored_vr == vr
+
+
+def test_dicom_voi_lut_ow_and_us_agree_and_monochrome1_inverts(tmp_path):
+    us = read_image(save_dcm(_voi_lut_dataset("US")[0], tmp_path / "us.dcm"))[0]
+    ow = read_image(save_dcm(_voi_lut_dataset("OW")[0], tmp_path / "ow.dcm"))[0]
+    np.testing.assert_array_equal(us, ow)
+    ds, _ = _voi_lut_dataset("OW")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    np.testing.assert_allclose(read_image(save_dcm(ds, tmp_path / "m1.dcm"))[0], 1 - ow, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("short_ow", "holds 6 bytes"),
+        ("short_us", "holds 2 entries"),
+        ("bad_bits", "9 bits per entry"),
+        ("bad_descriptor", "LUT Descriptor has 2 values"),
+    ],
+)
+def test_dicom_malformed_voi_lut_warns_without_bytes(tmp_path, problem, message):
+    ds, _ = _voi_lut_dataset("OW", WindowCenter=2048, WindowWidth=4096)
+    item = ds.VOILUTSequence[0]
+    if problem == "short_ow":
+        item.LUTData = b"\xde\xad\xbe\xef\x01\x02"
+    elif problem == "short_us":
+        item.add_new(0x00283006, "US", [1, 2])
+    elif problem == "bad_bits":
+        item.LUTDescriptor = [item.LUTDescriptor[0], item.LUTDescriptor[1], 9]
+    else:
+        item.LUTDescriptor = list(item.LUTDescriptor)[:2]
+    img, meta = read_image(save_dcm(ds, tmp_path / "bad.dcm"))
+    lut_warnings = [w for w in meta.warnings if "VOI LUT" in w]
+    assert len(lut_warnings) == 1 and message in lut_warnings[0], meta.warnings
+    for w in meta.warnings:
+        assert "\\x" not in w and "b'" not in w and 'b"' not in w and "dead" not in w.lower()
+    expected = np.clip((G16 - 2047.5) / 4095 + 0.5, 0, 1)  # fell back to the window
+    np.testing.assert_allclose(img, expected, atol=1e-5)
+
+
+def test_dicom_presentation_lut_shape_inverse(tmp_path):
+    ref = read_image(save_dcm(dicom_dataset(G16, bits_stored=12), tmp_path / "ref.dcm"))[0]
+    ds = dicom_dataset(G16, bits_stored=12, PresentationLUTShape="INVERSE")
+    np.testing.assert_allclose(read_image(save_dcm(ds, tmp_path / "inv.dcm"))[0], 1 - ref, atol=1e-6)
+    ds = dicom_dataset(G16, bits_stored=12, PresentationLUTShape="IDENTITY")
+    np.testing.assert_array_equal(read_image(save_dcm(ds, tmp_path / "id.dcm"))[0], ref)
+    # DX (PS3.3 C.8.11.6.1): MONOCHROME1 *requires* INVERSE; both describe one inversion, not two
+    stored_inverted = (4095 - G16).astype(np.uint16)
+    ds = dicom_dataset(stored_inverted, "MONOCHROME1", 12, PresentationLUTShape="INVERSE")
+    np.testing.assert_allclose(read_image(save_dcm(ds, tmp_path / "m1.dcm"))[0], ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_dicom_pixel_padding_value(tmp_path, inverse):
+    arr = G16.copy()
+    arr[:8] = 4095  # padding at the top, brighter than anything in the image
+    arr[-8:] = 4090  # and at the bottom, inside the padding range (G16 stops at 4080)
+    body = np.ones(arr.shape, dtype=bool)
+    body[:8] = body[-8:] = False
+    shape = {"PresentationLUTShape": "INVERSE"} if inverse else {}
+    ds = dicom_dataset(arr, bits_stored=12, PixelPaddingValue=4095, PixelPaddingRangeLimit=4085, **shape)
+    img, meta = read_image(save_dcm(ds, tmp_path / "pad.dcm"))
+    assert (img[~body] == 0).all() and meta.warnings == []
+    inner = minmax(G16[body])
+    np.testing.assert_allclose(img[body], 1 - inner if inverse else inner, atol=1e-6)
+    # a window is explicit: padding only becomes black, the rest is windowed as before
+    ds = dicom_dataset(arr, bits_stored=12, PixelPaddingValue=4095, WindowCenter=2048, WindowWidth=4096)
+    img = read_image(save_dcm(ds, tmp_path / "padw.dcm"))[0]
+    assert (img[:8] == 0).all()
+    np.testing.assert_allclose(img[8:], np.clip((arr[8:] - 2047.5) / 4095 + 0.5, 0, 1), atol=1e-5)

@@ -229,6 +229,48 @@ def test_cli_all_good_exits_zero_and_csv_has_every_finding(tmp_path, images, cap
     assert all(r["error"] == "" for r in rows)
 
 
+def test_cli_out_lists_failed_files_and_reasons_on_stderr(ckpt, images, tmp_path, capsys):
+    bad = tmp_path / "x.png"
+    bad.write_text("not an image\n")
+    out_file = tmp_path / "preds.json"
+    code = main(
+        [
+            "predict",
+            "--weights",
+            str(ckpt),
+            "--format",
+            "json",
+            "--out",
+            str(out_file),
+            str(images[0]),
+            str(bad),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    reason = {Path(r["image"]).name: r["error"] for r in json.loads(out_file.read_text())}["x.png"]
+    assert reason
+    failed = [line for line in err.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and str(bad) in failed[0] and reason in failed[0]
+    assert "1 image(s) predicted, 1 failed" in err and "more (see" not in err
+
+
+def test_cli_out_lists_at_most_20_failures_then_a_count(ckpt, tmp_path, capsys):
+    bad = []
+    for i in range(23):
+        bad.append(tmp_path / f"bad{i:02d}.png")
+        bad[-1].write_text("not an image\n")
+    out_file = tmp_path / "preds.csv"
+    code = main(
+        ["predict", "--weights", str(ckpt), "--format", "csv", "--out", str(out_file), *map(str, bad)]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    failed = [line for line in err.splitlines() if "failed:" in line]
+    assert len(failed) == 20
+    assert f"... and 3 more (see {out_file})" in err
+
+
 def test_cli_table_is_sorted_and_marks_positives(tmp_path, images, capsys):
     ckpt = make_ckpt(tmp_path / "thr.safetensors", thresholds={"Mass": 0.0})
     assert main(["predict", "--weights", str(ckpt), "--backend", "torch", str(images[0])]) == 0

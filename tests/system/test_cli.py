@@ -7,7 +7,7 @@ from cxrdx.cli import build_parser, main
 
 COMMANDS = [
     "synth", "stats", "split", "check-leakage", "prepare", "train", "evaluate",
-    "explain", "predict", "export", "import", "serve",
+    "explain", "predict", "export", "import", "weights", "serve",
 ]  # fmt: skip
 
 

@@ -7,6 +7,8 @@ PyTorch runs it on GPUs only. The test therefore trains with ``--freeze-bn``
 (BatchNorm uses running statistics): every image's loss then depends only on the
 image, the mean of the two half-batch gradients (what DDP's all-reduce computes)
 is exactly the full-batch gradient, and the two runs must agree to float rounding.
+Frozen BatchNorm needs real running statistics (``--freeze-bn`` requires ``--init``), so
+the test writes an init checkpoint whose BatchNorm statistics come from a few batches.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from safetensors.torch import load_file
 from test_train import make_toy_cache
 
 from cxrdx.cli import main as cli_main
-from cxrdx.model.checkpoint import read_checkpoint
+from cxrdx.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from cxrdx.model.networks import build_model
 
 
@@ -33,8 +35,28 @@ def _run(args: list[str], cwd) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def _make_init(path) -> dict[str, torch.Tensor]:
+    """A densenet-tiny checkpoint with BatchNorm statistics from random batches; returns its state.
+
+    It is built after seeding 0 like train() does, so its head equals the head train() builds and
+    the returned state is exactly the network train() starts from with ``--init path``.
+    """
+    torch.manual_seed(0)
+    model = build_model("densenet-tiny")
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.rand(16, 3, 32, 32))
+    assert any(  # the statistics really moved off 0/1
+        k.endswith("running_mean") and v.abs().max() > 1e-3 for k, v in model.state_dict().items()
+    )
+    save_checkpoint(path, model, CheckpointMeta(architecture="densenet-tiny"))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def test_two_gloo_processes_match_one_process(tmp_path):
     cache = make_toy_cache(tmp_path / "cache", n_train=64, n_val=16, size=32)
+    init = _make_init(tmp_path / "init.safetensors")
     common = [
         "train",
         "--data",
@@ -47,6 +69,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         "1e-3",
         "--no-flip",
         "--freeze-bn",
+        "--init",
+        str(tmp_path / "init.safetensors"),
         "--deterministic",
         "--workers",
         "0",
@@ -81,8 +105,6 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert torch.equal(rank0[key], rank1[key]), key
 
     one = load_file(single / "rank0.safetensors")
-    torch.manual_seed(0)  # train() seeds with --seed (0) before building the network
-    init = build_model("densenet-tiny").state_dict()
     moved = max((one[k].float() - init[k].float()).abs().max().item() for k in one)
     differ = max((one[k].float() - rank0[k].float()).abs().max().item() for k in one)
     assert moved > 1e-3  # 8 Adam steps at lr 1e-3 really changed the weights ...

@@ -274,6 +274,17 @@ def test_bad_configs_give_clear_errors(toy_cache, tmp_path, capsys):
     assert "cxrdx prepare" in _error(capsys, [*base, "--data", str(half), *out])
 
 
+def test_freeze_bn_without_init_is_refused(toy_cache, tmp_path, capsys):
+    from cxrdx.errors import ConfigError
+
+    base = ["train", "--data", str(toy_cache), "--arch", "densenet-tiny", "--no-progress"]
+    err = _error(capsys, [*base, "--out", str(tmp_path / "r"), "--freeze-bn"])
+    assert "--freeze-bn" in err and "--init" in err and "statistics" in err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="--init"):  # the Python API refuses too
+        train(tiny_config(toy_cache, tmp_path / "r2", freeze_bn=True))
+
+
 def test_existing_run_is_not_overwritten(tiny_run, toy_cache, capsys):
     _, out = tiny_run
     err = _error(capsys, ["train", "--data", str(toy_cache), "--out", str(out), "--arch", "densenet-tiny"])

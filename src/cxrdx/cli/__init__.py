@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "import_weights",
         "convert public DenseNet121 weights (torchvision, CheXNet, torchxrayvision, Keras)",
     ),
+    "weights": ("weights", "pretrained weights by name: list, pull, verify, rm"),
     "serve": ("serve", "web app: upload a chest X-ray, see findings and Grad-CAM"),
 }
 

@@ -10,6 +10,7 @@ from pathlib import Path
 # --help loads no torch.
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 HEATMAP_TOP_K = 3
+MAX_FAILURES_SHOWN = 20  # with --out, failures are also listed on stderr, up to this many
 PROGRESS_MIN_IMAGES = 6  # a progress bar for more than a handful of images
 
 
@@ -118,6 +119,19 @@ def run(args: argparse.Namespace) -> int:
         f"(backend {predictor.backend}){where}{heat}",
         file=sys.stderr,
     )
+    if args.out and failed:  # the error rows are in FILE; say which images failed and why here too
+        _print_failures([p for p in results if not p.ok], args.out)
     if args.format != "table" and not predictor.thresholds:
         print(f"cxrdx predict: note: {NO_THRESHOLDS_NOTE}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_failures(failures: list, out: str) -> None:
+    """List the first MAX_FAILURES_SHOWN failed images with their reasons on stderr."""
+    for pred in failures[:MAX_FAILURES_SHOWN]:
+        reason = str(pred.error)
+        line = reason if reason.startswith(pred.source) else f"{pred.source}: {reason}"
+        print(f"cxrdx predict: failed: {line}", file=sys.stderr)
+    more = len(failures) - MAX_FAILURES_SHOWN
+    if more > 0:
+        print(f"cxrdx predict: ... and {more} more (see {out})", file=sys.stderr)

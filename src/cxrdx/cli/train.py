@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--freeze-bn",
         action="store_true",
-        help="BatchNorm uses running statistics (small batches, exact DDP)",
+        help="BatchNorm uses the running statistics of --init (required; small batches, exact DDP)",
     )
     p.add_argument("--max-minutes", type=float, help="time budget: stop when another epoch would not fit")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (quick runs)")

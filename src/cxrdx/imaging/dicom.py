@@ -1,9 +1,16 @@
 """DICOM files -> gray float in [0, 1], bright = dense.
 
 Modality LUT (rescale slope/intercept) first, then the VOI LUT or the first Window
-Center/Width when present, scaled by the window's output range (what a viewer shows);
-without any VOI the image is min-max normalised (per-image windowing over the full
-stored range). MONOCHROME1 is inverted last. Multi-frame DICOM: the first frame is
+Center/Width when present, scaled by its output range (a VOI LUT by 2**bits - 1 of its
+LUT Descriptor, US or OW LUT Data, exactly pydicom's ``apply_voi``; a window by the
+window's output range: what a viewer shows); without any VOI the image is min-max
+normalised (per-image windowing over the full stored range). The image is inverted
+last when it is MONOCHROME1 *or* its Presentation LUT Shape is INVERSE: PS3.3
+C.8.11.6.1 pairs INVERSE with MONOCHROME1 to describe the same single inversion, so the
+two never cancel; INVERSE on a MONOCHROME2 image inverts it. Pixel Padding Value (and
+Pixel Padding Range Limit, inclusive) marks stored values outside the patient: they take
+no part in the min-max estimate and come out 0 (black background). Warnings never
+quote raw element bytes. Multi-frame DICOM: the first frame is
 read, with a warning. Modality other than CR/DX/DR, a non-chest body part or a view
 other than PA/AP (lateral LL/RL, oblique, decubitus) is *accepted with a warning*: the
 model was trained on frontal chest radiographs and the result may not mean anything.
@@ -102,9 +109,13 @@ def read_dicom(path: Path, max_pixels: int, force: bool) -> tuple[np.ndarray, Im
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        gray = _dicom_gray(arr, ds, path, warnings)
-        if photometric == "MONOCHROME1":
+        pad = _padding_mask(arr, ds, warnings)
+        gray = _dicom_gray(arr, ds, path, warnings, pad)
+        shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+        if photometric == "MONOCHROME1" or shape == "INVERSE":
             gray = 1.0 - gray
+        if pad is not None:
+            gray = np.where(pad, 0.0, gray)
     else:
         if photometric == "PALETTE COLOR":
             arr = pydicom.pixels.apply_color_lut(arr, ds)
@@ -169,23 +180,98 @@ def _check_decodable(path: Path, tsuid) -> None:
         )
 
 
-def _dicom_gray(arr: np.ndarray, ds, path: Path, warnings: list[str]) -> np.ndarray:
+def _safe(exc: BaseException) -> str:
+    """An exception for a message: its text unless that could quote raw bytes, else its type."""
+    text = str(exc)
+    if not text or len(text) > 200 or "b'" in text or 'b"' in text or "\\x" in text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _padding_mask(arr: np.ndarray, ds, warnings: list[str]) -> np.ndarray | None:
+    """Stored values equal to Pixel Padding Value (or within it..Range Limit), or None."""
+    ppv = ds.get("PixelPaddingValue")
+    if ppv is None or arr.ndim != 2:
+        return None
+    try:
+        lo = hi = int(ppv)
+        limit = ds.get("PixelPaddingRangeLimit")
+        if limit is not None:
+            lo, hi = sorted((lo, int(limit)))
+    except (TypeError, ValueError) as exc:
+        warnings.append(f"pixel padding value unusable ({type(exc).__name__}): ignored")
+        return None
+    pad = (arr >= lo) & (arr <= hi)
+    return pad if pad.any() else None
+
+
+def _voi_lut_problem(item) -> str | None:
+    """Why the VOI LUT item cannot be applied (lengths and types only), or None."""
+    desc = item.get("LUTDescriptor")
+    desc = [desc] if isinstance(desc, (int, np.integer)) else list(desc or [])
+    if len(desc) != 3 or not all(isinstance(v, (int, np.integer)) for v in desc):
+        return f"LUT Descriptor has {len(desc)} values, not 3 integers"
+    entries, bits = int(desc[0]) or 2**16, int(desc[2])
+    if bits != 8 and not 10 <= bits <= 16:
+        return f"LUT Descriptor gives {bits} bits per entry (8 or 10-16 allowed)"
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):
+        if item["LUTData"].VR != "OW":
+            return f"LUT Data is {len(data)} bytes with VR {item['LUTData'].VR}, not OW"
+        if len(data) < 2 * entries:
+            return f"LUT Data holds {len(data)} bytes, the descriptor needs {entries} 16-bit entries"
+        return None
+    values = [data] if isinstance(data, (int, np.integer)) else list(data or [])
+    if len(values) < entries:
+        return f"LUT Data holds {len(values)} entries, the descriptor needs {entries}"
+    if not all(isinstance(v, (int, np.integer)) and 0 <= v < 2**bits for v in values):
+        return f"LUT Data entries are not all integers in 0..{2**bits - 1}"
+    return None
+
+
+def _apply_voi_lut(values: np.ndarray, ds, item) -> np.ndarray:
+    """pydicom's ``apply_voi`` (US or OW LUT Data) scaled by 2**bits - 1 of the LUT Descriptor.
+
+    The lookup is done here with int64 indices: pydicom indexes an 8-bit LUT through a uint8
+    array, which wraps for inputs more than 255 above the first mapped value.
+    """
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 2**16
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        little = ts.is_little_endian if ts is not None else getattr(ds, "original_encoding", (0, True))[1]
+        lut = np.frombuffer(bytes(data), dtype="<u2" if little is not False else ">u2", count=entries)
+    else:
+        lut = np.asarray([data] if isinstance(data, (int, np.integer)) else list(data), dtype=np.int64)
+    idx = np.floor(np.asarray(values, dtype=np.float64) - first)
+    idx = np.clip(np.nan_to_num(idx, nan=0.0), 0, entries - 1).astype(np.int64)
+    return (lut[:entries].astype(np.float64)[idx] / float(2**bits - 1)).astype(np.float32)
+
+
+def _dicom_gray(
+    arr: np.ndarray, ds, path: Path, warnings: list[str], pad: np.ndarray | None = None
+) -> np.ndarray:
     """Modality LUT, then VOI (LUT or window) scaled by its output range, else min-max."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
+    from pydicom.pixels import apply_modality_lut, apply_windowing
 
     values = apply_modality_lut(arr, ds)
+    if pad is not None:
+        if pad.all():
+            warnings.append("every pixel is padding (Pixel Padding Value): nothing to see")
+            return np.zeros(arr.shape, dtype=np.float32)
+        values = np.where(pad, values[~pad].min(), values)  # padding takes no part in min-max
     voi_seq = ds.get("VOILUTSequence")
     has_lut = bool(voi_seq) and "LUTData" in voi_seq[0] and "LUTDescriptor" in voi_seq[0]
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if has_lut:
-        try:
-            out = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
-            lut = np.asarray(voi_seq[0].LUTData, dtype=np.float64).ravel()
-            lo, hi = float(lut.min()), float(lut.max())
-            if hi > lo:
-                return ((out - lo) / (hi - lo)).astype(np.float32)
-        except Exception as exc:  # noqa: BLE001 - a broken LUT falls back to the window or min-max
-            warnings.append(f"VOI LUT unusable ({exc}): ignored")
+        problem = _voi_lut_problem(voi_seq[0])
+        if problem is None:
+            try:
+                return _apply_voi_lut(values, ds, voi_seq[0])
+            except Exception as exc:  # noqa: BLE001 - a broken LUT falls back to the window or min-max
+                problem = _safe(exc)
+        warnings.append(f"VOI LUT unusable ({problem}): ignored")
     if has_window:
         try:
             out = apply_windowing(values.astype(np.float64), ds)
@@ -195,5 +281,5 @@ def _dicom_gray(arr: np.ndarray, ds, path: Path, warnings: list[str]) -> np.ndar
                 return ((out - lo) / (hi - lo)).astype(np.float32)
             warnings.append("window center/width unusable: ignored")
         except Exception as exc:  # noqa: BLE001
-            warnings.append(f"window center/width unusable ({exc}): ignored")
+            warnings.append(f"window center/width unusable ({_safe(exc)}): ignored")
     return minmax(values, path, warnings, None)

@@ -119,9 +119,14 @@ class Predictor:
         backend: str = "auto",
         threads: int | None = None,
     ) -> Predictor:
-        """Load a checkpoint once; ``backend`` is torch, onnx or auto (onnx on CPU when installed)."""
-        from cxrdx.inference import backends, export
+        """Load a checkpoint (a path, or a pretrained name such as ``xrv-nih``) once.
 
+        ``backend`` is torch, onnx or auto (onnx on CPU when installed).
+        """
+        from cxrdx.inference import backends, export
+        from cxrdx.model.pretrained import resolve_weights
+
+        path = resolve_weights(path)
         if backend not in BACKENDS:
             raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         model, meta = load_checkpoint(path, device=device)
@@ -155,6 +160,13 @@ class Predictor:
                     raise
                 _warnings.warn(f"{path}: ONNX export failed; using the PyTorch backend", stacklevel=2)
         return cls(model, meta, device, session=session)
+
+    @classmethod
+    def from_pretrained(cls, name: str, *, mirror: str | None = None, **kw: Any) -> Predictor:
+        """A public model by registry name (``cxrdx weights list``), downloaded and imported once."""
+        from cxrdx.model.pretrained import resolve_weights
+
+        return cls.load(resolve_weights(name, mirror=mirror), **kw)
 
     @property
     def labels(self) -> list[str]:

@@ -163,8 +163,13 @@ def import_weights(
     size: int | None = None,
     source_labels: str | Iterable[str] | None = None,
     xrv_weights: str | None = None,
+    inert_pickle: bool = False,
 ) -> ImportResult:
-    """Convert ``source`` (a file of the given ``kind``) into a cxrdx checkpoint at ``out``."""
+    """Convert ``source`` (a file of the given ``kind``) into a cxrdx checkpoint at ``out``.
+
+    ``inert_pickle``: a whole pickled model is read structurally, never fully unpickled
+    (``cxrdx.model.pretrained`` uses this for the files it downloads).
+    """
     if kind not in KINDS:
         raise ConfigError(f"--from {kind!r} is unknown; choose one of {', '.join(KINDS)}")
     path = Path(source)
@@ -190,7 +195,7 @@ def import_weights(
         notes += extra
         src_labels = labels_given or list(KERAS_LABELS)
     else:
-        obj, extra = load_torch_file(path, trust_pickle)
+        obj, extra = load_torch_file(path, trust_pickle, inert=inert_pickle)
         notes += extra
         state, model_obj = extract_state_dict(obj, str(path))
         bn_eps = TORCH_BN_EPS

@@ -74,8 +74,12 @@ def _unsupported_globals(message: str) -> list[str]:
     return sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))
 
 
-def load_torch_file(path: Path, trust_pickle: bool = False) -> tuple[object, list[str]]:
-    """A pickled PyTorch file's object, read with ``weights_only=True`` unless trusted."""
+def load_torch_file(path: Path, trust_pickle: bool = False, inert: bool = False) -> tuple[object, list[str]]:
+    """A pickled PyTorch file's object, read with ``weights_only=True`` unless trusted.
+
+    ``inert``: a whole pickled model is read structurally only (never fully unpickled,
+    whatever is installed), as for files cxrdx downloads itself from a known publisher.
+    """
     notes: list[str] = []
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -85,6 +89,11 @@ def load_torch_file(path: Path, trust_pickle: bool = False) -> tuple[object, lis
         return torch.load(path, map_location="cpu", weights_only=True), notes
     except pickle.UnpicklingError as exc:
         names = _unsupported_globals(str(exc))
+        if inert:
+            notes.append(
+                f"whole pickled model ({', '.join(names) or 'custom objects'}) read structurally; nothing in it ran"
+            )
+            return _load_inert(path), notes
         if not trust_pickle:
             named = f" (it names {', '.join(names[:6])})" if names else ""
             raise CheckpointError(
@@ -106,12 +115,14 @@ def load_torch_file(path: Path, trust_pickle: bool = False) -> tuple[object, lis
         # The model's own package (e.g. torchxrayvision) is not installed here: read the
         # tensors structurally instead, without importing or running anything from the file.
         notes.append(f"classes not importable here ({exc}); tensors read structurally without running them")
+    return _load_inert(path), notes
+
+
+def _load_inert(path: Path) -> object:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return torch.load(
-                path, map_location="cpu", weights_only=False, pickle_module=_INERT_PICKLE
-            ), notes
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_INERT_PICKLE)
         except Exception as exc:  # noqa: BLE001 - any failure here means the file cannot be read
             raise CheckpointError(
                 f"{path}: could not read the pickled model ({type(exc).__name__}: {exc})"

@@ -110,6 +110,12 @@ class TrainConfig:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.sync_bn and self.freeze_bn:
             raise ConfigError("--sync-bn and --freeze-bn contradict each other; choose one")
+        if self.freeze_bn and not self.init:
+            raise ConfigError(
+                "--freeze-bn without --init would keep BatchNorm at its initial statistics (mean 0, "
+                "variance 1) for the whole run, since frozen BatchNorm never updates them; pass --init "
+                "with pretrained weights (ImageNet or a cxrdx checkpoint), or drop --freeze-bn"
+            )
         if self.train_split == self.val_split:
             raise ConfigError(f"train and validation split are both {self.train_split!r}")
         if self.findings is not None:
