@@ -109,6 +109,75 @@ def test_generic_finding_labels_with_aliases(tmp_path):
     assert df["path"].tolist() == ["", "", ""]
 
 
+MIXED = (
+    "Image Index,Finding Labels,Patient ID\n"
+    "a.png,Mass,1\n"
+    "b.png,No Finding|Effusion,2\n"
+    "c.png,Nodule| no finding ,3\n"
+    "d.png,No Finding,4\n"
+)
+
+
+def test_mixed_no_finding_is_an_error_naming_line_image_and_cell(tmp_path, recwarn):
+    p = tmp_path / "mixed.csv"
+    p.write_text(MIXED)
+    with pytest.raises(LabelError) as info:
+        read_labels(p)
+    msg = str(info.value)
+    assert "mixed.csv" in msg and "2 'Finding Labels' cell(s)" in msg
+    assert "CSV line 3 (image b.png): 'No Finding|Effusion'" in msg
+    assert "line 4 (image c.png): 'Nodule| no finding '" in msg
+    assert "--keep-mixed-no-finding" in msg and 'mixed_no_finding="keep"' in msg
+    assert not [w for w in recwarn if "No Finding" in str(w.message)]
+    with pytest.raises(ValueError, match="mixed_no_finding"):
+        read_labels(p, mixed_no_finding="drop")
+
+
+def test_mixed_no_finding_keep_warns_with_count(tmp_path):
+    p = tmp_path / "mixed.csv"
+    p.write_text(MIXED)
+    with pytest.warns(
+        UserWarning, match=r"mixed\.csv: 2 row\(s\) mix 'No Finding' with findings.*dropped"
+    ) as rec:
+        df = read_labels(p, mixed_no_finding="keep")
+    assert len([w for w in rec if "No Finding" in str(w.message)]) == 1
+    assert df.loc[0, "Mass"] == 1
+    assert df.loc[1, "Effusion"] == 1 and df.loc[1, list(FINDINGS)].sum() == 1
+    assert df.loc[2, "Nodule"] == 1 and df.loc[2, list(FINDINGS)].sum() == 1
+    assert df.loc[3, list(FINDINGS)].sum() == 0
+
+
+def test_cli_keep_mixed_no_finding(tmp_path, capsys):
+    p = tmp_path / "mixed.csv"
+    p.write_text(MIXED)
+    rc, _, err = _run(capsys, ["stats", "--labels", p])
+    assert rc == 2 and "cxrdx stats: error:" in err and "line 3" in err and "--keep-mixed-no-finding" in err
+    with pytest.warns(UserWarning, match=r"2 row\(s\) mix 'No Finding'"):
+        rc, out, _ = _run(capsys, ["stats", "--labels", p, "--keep-mixed-no-finding"])
+    assert rc == 0 and "mixed.csv" in out
+    rc, _, err = _run(capsys, ["split", "--labels", p, "--out", tmp_path / "s"])
+    assert rc == 2 and "line 3" in err
+    with pytest.warns(UserWarning, match="mix 'No Finding'"):
+        rc, _, _ = _run(
+            capsys,
+            [
+                "split",
+                "--labels",
+                p,
+                "--out",
+                tmp_path / "s",
+                "--val",
+                "0.25",
+                "--test",
+                "0.25",
+                "--keep-mixed-no-finding",
+            ],
+        )
+    assert rc == 0 and (tmp_path / "s" / "train.csv").is_file()
+    rc, _, err = _run(capsys, ["prepare", "--labels", p, "--out", tmp_path / "cache", "--no-progress"])
+    assert rc == 2 and "line 3" in err
+
+
 def test_generic_binary_columns_gz_and_round_trip(tmp_path):
     header = ["Path", "Patient", "Age", "No Finding", "site"] + [f.upper() for f in FINDINGS]
     header[header.index("INFILTRATION")] = "Infiltrate"

@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--keep-mixed-no-finding",
+        action="store_true",
+        help="accept 'Finding Labels' cells that mix 'No Finding' with findings (e.g. 'No Finding|Effusion'): "
+        "keep the findings, drop 'No Finding', and warn with the count (default: such a cell is an error)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        mixed_no_finding="keep" if args.keep_mixed_no_finding else "error",
     )
     reused = ""
     total = result.cached + len(result.failures)

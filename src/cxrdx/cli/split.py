@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-train-val", type=Path, help="NIH train_val_list.txt")
     parser.add_argument("--images", type=Path, help="images folder (needed only with --absolute-paths)")
     parser.add_argument("--absolute-paths", action="store_true", help="also write each image's absolute path")
+    parser.add_argument(
+        "--keep-mixed-no-finding",
+        action="store_true",
+        help="accept 'Finding Labels' cells that mix 'No Finding' with findings (e.g. 'No Finding|Effusion'): "
+        "keep the findings, drop 'No Finding', and warn with the count (default: such a cell is an error)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.absolute_paths and args.images is None:
         raise ConfigError("split: --absolute-paths needs --images DIR to find the files")
-    df = read_labels(args.labels, args.images, require_images=args.absolute_paths)
+    df = read_labels(
+        args.labels,
+        args.images,
+        require_images=args.absolute_paths,
+        mixed_no_finding="keep" if args.keep_mixed_no_finding else "error",
+    )
     splits = split_by_patient(df, args.val, args.test, args.seed, args.official_test, args.official_train_val)
     for name, part in splits.items():
         write_labels(part, args.out / f"{name}.csv", absolute_paths=args.absolute_paths)

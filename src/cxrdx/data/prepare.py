@@ -62,7 +62,11 @@ class PrepareResult:
     seconds: float = 0.0
 
 
-def _plan(labels: Sequence[str | os.PathLike], images: str | os.PathLike | None) -> pd.DataFrame:
+def _plan(
+    labels: Sequence[str | os.PathLike],
+    images: str | os.PathLike | None,
+    mixed_no_finding: str = "error",
+) -> pd.DataFrame:
     """All rows to cache: the label tables, concatenated, with ``split`` from each CSV's stem."""
     from cxrdx.data.tables import read_labels
 
@@ -77,7 +81,7 @@ def _plan(labels: Sequence[str | os.PathLike], images: str | os.PathLike | None)
     for csv, stem in zip(labels, stems, strict=True):
         if not Path(csv).is_file():
             raise DataError(f"{csv}: no such label file")
-        table = read_labels(csv, images_dir=images)
+        table = read_labels(csv, images_dir=images, mixed_no_finding=mixed_no_finding)
         table = table.copy()
         table["split"] = stem
         tables.append(table)
@@ -167,15 +171,19 @@ def prepare_cache(
     workers: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    mixed_no_finding: str = "error",
 ) -> PrepareResult:
-    """Decode, letterbox and store every image listed in ``labels`` (resumable; see module doc)."""
+    """Decode, letterbox and store every image listed in ``labels`` (resumable; see module doc).
+
+    ``mixed_no_finding`` is passed to ``read_labels`` (``"keep"``: accept ``No Finding|Effusion``).
+    """
     if size < MIN_IMAGE_SIZE:
         raise DataError(f"--size {size} is too small for DenseNet121; use at least {MIN_IMAGE_SIZE}")
     if images is not None and not Path(images).is_dir():
         raise DataError(f"--images {images}: no such folder")
     start = time.monotonic()
     out = Path(out)
-    plan = _plan(labels, images)
+    plan = _plan(labels, images, mixed_no_finding)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a folder")
     try:  # an unwritable or impossible --out fails here, before any decoding

@@ -42,6 +42,8 @@ def read_labels(
     csv_path: str | os.PathLike,
     images_dir: str | os.PathLike | None = None,
     require_images: bool = False,
+    *,
+    mixed_no_finding: str = "error",
 ) -> pd.DataFrame:
     """Read any supported label table into the project's label table.
 
@@ -50,6 +52,9 @@ def read_labels(
     0/1 column per finding (names in any case, aliases allowed). ``.csv.gz`` works.
     With ``images_dir`` each image is resolved to ``path`` by one recursive scan
     of that folder; ``require_images=True`` makes a missing file an error.
+    A ``Finding Labels`` cell mixing ``No Finding`` with findings (``No Finding|Effusion``)
+    is a ``LabelError`` naming the CSV line, image and cell; ``mixed_no_finding="keep"``
+    keeps the findings, drops the ``No Finding`` token and warns with the count.
     """
     path = Path(csv_path)
     raw = _read_csv(path, "label table")
@@ -95,7 +100,9 @@ def read_labels(
         raise DataError(f"{path}: empty '{patient_col}' on line(s) {_few(rows)}")
 
     if labels_col is not None:
-        matrix = nih.label_matrix(path, raw[labels_col].astype(str))
+        matrix = nih.label_matrix(
+            path, raw[labels_col].astype(str), images.to_numpy(), mixed_no_finding=mixed_no_finding
+        )
         fmt = nih.format_name(image_col, patient_col)
     else:
         matrix = generic.label_matrix(path, raw, binary)
