@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from testkit import run_cli
 
-from cxrdx.cli import main
 from cxrdx.data.leakage import find_image_overlap, find_leaks
 from cxrdx.data.splits import split_by_patient
 from cxrdx.data.tables import LABEL_COLUMNS, read_labels, write_labels
@@ -29,13 +29,6 @@ def _table(n_patients: int = 300, seed: int = 0) -> pd.DataFrame:
     return df[list(LABEL_COLUMNS)]
 
 
-def _run(capsys, argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return rc, out, err
-
-
 # --------------------------------------------------------------------------- real NIH data
 
 
@@ -48,10 +41,10 @@ def nih(shared_data):
 def test_real_split_and_leakage(nih, tmp_path, capsys):
     labels = tmp_path / "nih.csv"
     write_labels(nih, labels)
-    rc, out, _ = _run(capsys, ["split", "--labels", labels, "--out", tmp_path / "s"])
+    rc, out, _ = run_cli(capsys, ["split", "--labels", labels, "--out", tmp_path / "s"])
     assert rc == 0 and "patients" in out
     files = [tmp_path / "s" / f"{k}.csv" for k in ("train", "val", "test")]
-    rc, out, _ = _run(capsys, ["check-leakage", *files])
+    rc, out, _ = run_cli(capsys, ["check-leakage", *files])
     assert rc == 0 and "no patient in more than one file" in out
     # plant one test patient's image into train
     train, test = pd.read_csv(files[0], dtype=str), pd.read_csv(files[2], dtype=str)
@@ -59,7 +52,7 @@ def test_real_split_and_leakage(nih, tmp_path, capsys):
     patient = planted["patient"].iloc[0]
     planted = planted.assign(image="planted_" + planted["image"])
     pd.concat([train, planted]).to_csv(files[0], index=False)
-    rc, out, _ = _run(capsys, ["check-leakage", *files])
+    rc, out, _ = run_cli(capsys, ["check-leakage", *files])
     assert rc == 1 and f"patient {patient}:" in out and "1 patient(s)" in out
     assert str(files[0]) in out and str(files[2]) in out
 
@@ -114,7 +107,7 @@ def test_split_with_official_lists(tmp_path):
 
 def test_cli_split_and_leakage(phantom_dataset, tmp_path, capsys):
     out = tmp_path / "splits"
-    rc, text, _ = _run(
+    rc, text, _ = run_cli(
         capsys, ["split", "--labels", phantom_dataset / "Data_Entry.csv", "--out", out, "--seed", "3"]
     )
     assert rc == 0 and "images" in text and "patients" in text
@@ -122,20 +115,20 @@ def test_cli_split_and_leakage(phantom_dataset, tmp_path, capsys):
     assert sum(len(v) for v in parts.values()) == 120
     assert not find_leaks(parts)
     files = [out / f"{k}.csv" for k in ("train", "val", "test")]
-    rc, text, _ = _run(capsys, ["check-leakage", *files])
+    rc, text, _ = run_cli(capsys, ["check-leakage", *files])
     assert rc == 0 and "no patient in more than one file" in text
     # plant: copy a validation patient's row into train under a new image id
     train = pd.read_csv(files[0], dtype=str)
     val = pd.read_csv(files[1], dtype=str)
     row = val.iloc[[0]].assign(image="copy.png")
     pd.concat([train, row]).to_csv(files[0], index=False)
-    rc, text, _ = _run(capsys, ["check-leakage", *files])
+    rc, text, _ = run_cli(capsys, ["check-leakage", *files])
     assert rc == 1 and f"patient {row['patient'].iloc[0]}:" in text
     # and the same image in two files is reported too
     pd.concat([train, val.iloc[[0]]]).to_csv(files[0], index=False)
-    rc, text, _ = _run(capsys, ["check-leakage", *files])
+    rc, text, _ = run_cli(capsys, ["check-leakage", *files])
     assert rc == 1 and f"image {val['image'].iloc[0]}:" in text
-    rc, _, err = _run(capsys, ["check-leakage", files[0]])
+    rc, _, err = run_cli(capsys, ["check-leakage", files[0]])
     assert rc == 2 and "at least two" in err
 
 
@@ -144,7 +137,7 @@ def test_cli_split_official_lists(phantom_dataset, tmp_path, capsys):
     test_patients = set(sorted(df["patient"].unique())[::3])
     (tmp_path / "test.txt").write_text("\n".join(df.loc[df["patient"].isin(test_patients), "image"]))
     (tmp_path / "tv.txt").write_text("\n".join(df.loc[~df["patient"].isin(test_patients), "image"]))
-    rc, _, _ = _run(
+    rc, _, _ = run_cli(
         capsys,
         [
             "split",
@@ -161,7 +154,7 @@ def test_cli_split_official_lists(phantom_dataset, tmp_path, capsys):
     assert rc == 0
     test = read_labels(tmp_path / "o" / "test.csv")
     assert set(test["patient"]) == test_patients
-    rc, _, err = _run(
+    rc, _, err = run_cli(
         capsys,
         [
             "split",
@@ -178,7 +171,7 @@ def test_cli_split_official_lists(phantom_dataset, tmp_path, capsys):
 
 def test_cli_split_absolute_paths(phantom_dataset, tmp_path, capsys):
     labels = phantom_dataset / "Data_Entry.csv"
-    rc, _, _ = _run(
+    rc, _, _ = run_cli(
         capsys,
         [
             "split",
@@ -196,5 +189,5 @@ def test_cli_split_absolute_paths(phantom_dataset, tmp_path, capsys):
     assert list(written.columns[:2]) == ["image", "path"]
     back = read_labels(tmp_path / "o" / "train.csv")
     assert all(p.startswith("/") and p.endswith(i) for p, i in zip(back["path"], back["image"], strict=True))
-    rc, _, err = _run(capsys, ["split", "--labels", labels, "--out", tmp_path / "o2", "--absolute-paths"])
+    rc, _, err = run_cli(capsys, ["split", "--labels", labels, "--out", tmp_path / "o2", "--absolute-paths"])
     assert rc == 2 and "--images" in err

@@ -8,21 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from testkit import run_cli
 
-from cxrdx.cli import main
 from cxrdx.data.boxes import read_bboxes
 from cxrdx.data.stats import label_stats
 from cxrdx.data.tables import LABEL_COLUMNS, read_labels, write_labels
 from cxrdx.errors import DataError, LabelError
 from cxrdx.labels import FINDINGS, parse_finding_labels
-
-
-def _run(capsys, argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return rc, out, err
-
 
 # --------------------------------------------------------------------------- real NIH data
 
@@ -51,7 +43,7 @@ def test_read_real_nih_table(nih):
 @pytest.mark.realdata
 def test_cli_stats_real(shared_data, tmp_path, capsys):
     plot = tmp_path / "prev.png"
-    rc, out, _ = _run(
+    rc, out, _ = run_cli(
         capsys, ["stats", "--labels", shared_data / "nih" / "Data_Entry_2017_v2020.csv.gz", "--plot", plot]
     )
     assert rc == 0
@@ -150,15 +142,15 @@ def test_mixed_no_finding_keep_warns_with_count(tmp_path):
 def test_cli_keep_mixed_no_finding(tmp_path, capsys):
     p = tmp_path / "mixed.csv"
     p.write_text(MIXED)
-    rc, _, err = _run(capsys, ["stats", "--labels", p])
+    rc, _, err = run_cli(capsys, ["stats", "--labels", p])
     assert rc == 2 and "cxrdx stats: error:" in err and "line 3" in err and "--keep-mixed-no-finding" in err
     with pytest.warns(UserWarning, match=r"2 row\(s\) mix 'No Finding'"):
-        rc, out, _ = _run(capsys, ["stats", "--labels", p, "--keep-mixed-no-finding"])
+        rc, out, _ = run_cli(capsys, ["stats", "--labels", p, "--keep-mixed-no-finding"])
     assert rc == 0 and "mixed.csv" in out
-    rc, _, err = _run(capsys, ["split", "--labels", p, "--out", tmp_path / "s"])
+    rc, _, err = run_cli(capsys, ["split", "--labels", p, "--out", tmp_path / "s"])
     assert rc == 2 and "line 3" in err
     with pytest.warns(UserWarning, match="mix 'No Finding'"):
-        rc, _, _ = _run(
+        rc, _, _ = run_cli(
             capsys,
             [
                 "split",
@@ -174,7 +166,7 @@ def test_cli_keep_mixed_no_finding(tmp_path, capsys):
             ],
         )
     assert rc == 0 and (tmp_path / "s" / "train.csv").is_file()
-    rc, _, err = _run(capsys, ["prepare", "--labels", p, "--out", tmp_path / "cache", "--no-progress"])
+    rc, _, err = run_cli(capsys, ["prepare", "--labels", p, "--out", tmp_path / "cache", "--no-progress"])
     assert rc == 2 and "line 3" in err
 
 
@@ -260,12 +252,12 @@ def test_bad_tables(tmp_path, capsys, case):
     p.write_text(text)
     with pytest.raises(error, match=pattern):
         read_labels(p)
-    rc, _, err = _run(capsys, ["stats", "--labels", p])
+    rc, _, err = run_cli(capsys, ["stats", "--labels", p])
     assert rc == 2 and "cxrdx stats: error:" in err and "t.csv" in err
 
 
 def test_missing_file_and_bad_boxes(tmp_path, capsys):
-    rc, _, err = _run(capsys, ["stats", "--labels", tmp_path / "absent.csv"])
+    rc, _, err = run_cli(capsys, ["stats", "--labels", tmp_path / "absent.csv"])
     assert rc == 2 and "does not exist" in err
     p = tmp_path / "b.csv"
     p.write_text("Image Index,Finding Label,Bbox [x,y,w,h]\na.png,Tumour,1,2,3,4\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus.bad_inputs import chest, dicom_dataset
+from testkit import looks_like_chest
 
 from cxrdx.errors import ImageReadError
 from cxrdx.imaging.read import read_image
@@ -143,22 +144,6 @@ def test_dicom_truncated_pixel_data(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
-def _lungs_and_centre(img: np.ndarray) -> tuple[float, float, float]:
-    """Mean of the left and right lung fields and the mediastinum, over the middle rows."""
-    h, w = img.shape
-    rows = img[int(h * 0.35) : int(h * 0.65)]
-    return (
-        float(rows[:, int(w * 0.10) : int(w * 0.33)].mean()),
-        float(rows[:, int(w * 0.67) : int(w * 0.90)].mean()),
-        float(rows[:, int(w * 0.45) : int(w * 0.55)].mean()),
-    )
-
-
-def _looks_like_chest_png(img: np.ndarray) -> bool:
-    left, right, centre = _lungs_and_centre(img)
-    return max(left, right) < centre
-
-
 @pytest.mark.realdata
 def test_real_dicoms(shared_data, tmp_path):
     import pydicom
@@ -175,7 +160,7 @@ def test_real_dicoms(shared_data, tmp_path):
         8,
     )
     assert meta.warnings == []
-    assert _looks_like_chest_png(siim)
+    assert looks_like_chest(siim)
 
     # The shared MONOCHROME1 sample holds the SIIM bytes unchanged with only the tag switched,
     # so a reader that honours MONOCHROME1 must return exactly the inverse of the SIIM image.
@@ -185,7 +170,7 @@ def test_real_dicoms(shared_data, tmp_path):
     assert meta1.photometric == "MONOCHROME1"
     if np.array_equal(raw_siim, raw_mono1):
         np.testing.assert_allclose(mono1, 1.0 - siim, atol=1e-6)
-        assert not _looks_like_chest_png(mono1)
+        assert not looks_like_chest(mono1)
     else:  # a properly inverted copy reads like the original
         np.testing.assert_allclose(mono1, siim, atol=1 / 255)
 
@@ -196,7 +181,7 @@ def test_real_dicoms(shared_data, tmp_path):
     inverted_store = save_dcm(ds, tmp_path / "real_monochrome1.dcm")
     again, meta2 = read_image(inverted_store)
     np.testing.assert_allclose(again, siim, atol=1e-6)
-    assert meta2.photometric == "MONOCHROME1" and _looks_like_chest_png(again)
+    assert meta2.photometric == "MONOCHROME1" and looks_like_chest(again)
 
 
 def test_dicom_missing_plugin_is_named(tmp_path, monkeypatch):

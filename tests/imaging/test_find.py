@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from corpus.bad_inputs import chest, dicom_dataset
-from PIL import Image
+from testkit import png_bytes
 
 from cxrdx.errors import ImageReadError
 from cxrdx.imaging.find import find_images, no_images_message
@@ -25,18 +24,6 @@ def save_dcm(ds, path: Path) -> Path:
     return path
 
 
-def _png(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _jpeg(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 # --------------------------------------------------------------------------- find_images
 
 
@@ -44,7 +31,7 @@ def _tree(root: Path) -> None:
     (root / "a" / "b").mkdir(parents=True)
     (root / "empty" / "deeper").mkdir(parents=True)
     (root / ".hidden").mkdir()
-    png = _png(G)
+    png = png_bytes(G)
     for rel in (
         "top.png",
         "UP.JPG",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import tracemalloc
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from corpus.bad_inputs import chest, dicom_dataset, make_corpus, png_bomb
 from PIL import Image, ImageFile
+from testkit import jpeg_bytes, looks_like_chest, png_bytes
 
 from cxrdx.errors import ImageReadError
 from cxrdx.imaging.read import ImageMeta, image_to_uint8, read_image
@@ -196,22 +196,10 @@ def test_non_images_refused(tmp_path, name, data, message):
     assert info.value.path == str(path)
 
 
-def _png(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _jpeg(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("cut", [0.3, 0.6, 0.95])
 @pytest.mark.parametrize("kind", ["png", "jpg"])
 def test_truncated_files_refused_not_half_loaded(tmp_path, kind, cut):
-    data = _png(G) if kind == "png" else _jpeg(G)
+    data = png_bytes(G) if kind == "png" else jpeg_bytes(G)
     path = tmp_path / f"cut.{kind}"
     path.write_bytes(data[: int(len(data) * cut)])
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
@@ -220,7 +208,7 @@ def test_truncated_files_refused_not_half_loaded(tmp_path, kind, cut):
 
 
 def test_png_crc_checked(tmp_path):
-    data = bytearray(_png(G))
+    data = bytearray(png_bytes(G))
     data[-20] ^= 0x01  # last byte region of the IDAT payload; Pillow itself would not notice
     path = tmp_path / "bad.png"
     path.write_bytes(bytes(data))
@@ -371,23 +359,6 @@ def test_arrays_out_of_range_and_bad():
 # --------------------------------------------------------------------------- real data
 
 
-def _lungs_and_centre(img: np.ndarray) -> tuple[float, float, float]:
-    """Mean of the left and right lung fields and the mediastinum, over the middle rows."""
-    h, w = img.shape
-    rows = img[int(h * 0.35) : int(h * 0.65)]
-    return (
-        float(rows[:, int(w * 0.10) : int(w * 0.33)].mean()),
-        float(rows[:, int(w * 0.67) : int(w * 0.90)].mean()),
-        float(rows[:, int(w * 0.45) : int(w * 0.55)].mean()),
-    )
-
-
-def _looks_like_chest_png(img: np.ndarray) -> bool:
-    left, right, centre = _lungs_and_centre(img)
-    return max(left, right) < centre
-
-
-@pytest.mark.realdata
 @pytest.mark.realdata
 def test_real_nih_pngs(shared_data):
     paths = sorted((shared_data / "nih" / "images").glob("*.png"))
@@ -399,7 +370,7 @@ def test_real_nih_pngs(shared_data):
         assert img.dtype == np.float32 and img.shape == (1024, 1024) and meta.source_size == (1024, 1024)
         assert 0.0 <= img.min() < img.max() <= 1.0
         photometric.append(meta.photometric)
-        chest_like += _looks_like_chest_png(img)
+        chest_like += looks_like_chest(img)
         total += img
         if meta.photometric == "RGBA":  # R = G = B: the gray is the red channel exactly
             red = np.asarray(Image.open(path))[..., 0]
@@ -407,5 +378,5 @@ def test_real_nih_pngs(shared_data):
             assert meta.warnings == []
     assert photometric.count("RGBA") == 2 and photometric.count("MONOCHROME2") == 198
     assert chest_like >= 180  # a few films with effusions or odd positioning do not fit the rule
-    assert _looks_like_chest_png(total / len(paths))
-    assert _looks_like_chest_png(read_image(shared_data / "nih" / "images" / "00000100_000.png")[0])
+    assert looks_like_chest(total / len(paths))
+    assert looks_like_chest(read_image(shared_data / "nih" / "images" / "00000100_000.png")[0])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cxrdx.cli.label_options import add_mixed_no_finding, mixed_no_finding
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -29,12 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--keep-mixed-no-finding",
-        action="store_true",
-        help="accept 'Finding Labels' cells that mix 'No Finding' with findings (e.g. 'No Finding|Effusion'): "
-        "keep the findings, drop 'No Finding', and warn with the count (default: such a cell is an error)",
-    )
+    add_mixed_no_finding(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         overwrite=args.overwrite,
-        mixed_no_finding="keep" if args.keep_mixed_no_finding else "error",
+        mixed_no_finding=mixed_no_finding(args),
     )
     reused = ""
     total = result.cached + len(result.failures)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cxrdx.cli.label_options import add_mixed_no_finding, mixed_no_finding
 from cxrdx.errors import ConfigError
 from cxrdx.labels import FINDINGS
 
@@ -27,12 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-train-val", type=Path, help="NIH train_val_list.txt")
     parser.add_argument("--images", type=Path, help="images folder (needed only with --absolute-paths)")
     parser.add_argument("--absolute-paths", action="store_true", help="also write each image's absolute path")
-    parser.add_argument(
-        "--keep-mixed-no-finding",
-        action="store_true",
-        help="accept 'Finding Labels' cells that mix 'No Finding' with findings (e.g. 'No Finding|Effusion'): "
-        "keep the findings, drop 'No Finding', and warn with the count (default: such a cell is an error)",
-    )
+    add_mixed_no_finding(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         args.labels,
         args.images,
         require_images=args.absolute_paths,
-        mixed_no_finding="keep" if args.keep_mixed_no_finding else "error",
+        mixed_no_finding=mixed_no_finding(args),
     )
     splits = split_by_patient(df, args.val, args.test, args.seed, args.official_test, args.official_train_val)
     for name, part in splits.items():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cxrdx.cli.label_options import add_mixed_no_finding, mixed_no_finding
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -14,21 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, type=Path, help="label table (.csv or .csv.gz)")
     parser.add_argument("--images", type=Path, help="images folder: also count how many files are found")
     parser.add_argument("--plot", type=Path, help="write a bar plot PNG here")
-    parser.add_argument(
-        "--keep-mixed-no-finding",
-        action="store_true",
-        help="accept 'Finding Labels' cells that mix 'No Finding' with findings (e.g. 'No Finding|Effusion'): "
-        "keep the findings, drop 'No Finding', and warn with the count (default: such a cell is an error)",
-    )
+    add_mixed_no_finding(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from cxrdx.data.stats import format_stats, label_stats, plot_prevalence
     from cxrdx.data.tables import read_labels
 
-    df = read_labels(
-        args.labels, args.images, mixed_no_finding="keep" if args.keep_mixed_no_finding else "error"
-    )
+    df = read_labels(args.labels, args.images, mixed_no_finding=mixed_no_finding(args))
     stats = label_stats(df)
     print(f"{args.labels} ({df.attrs.get('format')} format)")
     print(format_stats(stats))

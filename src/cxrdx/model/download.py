@@ -9,7 +9,6 @@ is renamed into place, so the cache never holds a half or wrong file under the f
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -20,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from cxrdx.errors import CheckpointError
-from cxrdx.files import head_bytes, is_torch_pickle
+from cxrdx.files import file_sha256, head_bytes, is_torch_pickle
 
 RETRIES = 3  # further tries after the first, on network errors and 5xx answers
 BACKOFF_S = 1.0  # wait before try k: BACKOFF_S * 2 ** (k - 1)
@@ -132,14 +131,6 @@ def check_weights_file(path: Path, url: str) -> None:
     )
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch_one(url: str, part: Path, timeout: float, progress: bool) -> str | None:
     """None once ``part`` holds the whole file; else why not (after the retries)."""
     for attempt in range(RETRIES + 1):
@@ -181,7 +172,7 @@ def fetch(
             f"could not fetch {dest.name} ({'; '.join(failures)}); {manual_hint(urls[0], dest)}"
         )
     check_weights_file(part, url)
-    digest = sha256_of(part)
+    digest = file_sha256(part)
     if sha256 and digest != sha256.lower():
         part.unlink(missing_ok=True)
         raise CheckpointError(

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from cxrdx.errors import CheckpointError
-from cxrdx.files import atomic_write_json
+from cxrdx.files import atomic_write_json, file_sha256
 from cxrdx.model import download
 
 HASHES = "hashes.json"
@@ -152,7 +152,7 @@ def verify(name: str) -> tuple[bool, str]:
     raw = download_path(name)
     if not raw.is_file():
         return False, f"{name}: not downloaded ({raw} is absent)"
-    digest = download.sha256_of(raw)
+    digest = file_sha256(raw)
     pinned, prefix = e.get("sha256"), e.get("sha256_prefix")
     recorded = recorded_hashes().get(e["file"], {}).get("sha256")
     if pinned:
