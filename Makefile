@@ -28,6 +28,7 @@ lint: install
 
 test: install
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_dicom_tools.sh
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -52,7 +52,9 @@ def cache_split(cache: Path, split: str, labels: list[str]) -> tuple[np.ndarray,
     with open(cache / "index.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     idx = np.array([int(r["row"]) for r in rows])
-    y = np.array([[int(r[n]) for n in labels] for r in rows], dtype=np.int8)
+    y = np.array(
+        [[int(float(r[n])) for n in labels] for r in rows], dtype=np.int8
+    )  # "1.0" since labels are float
     return np.asarray(images[idx]), y
 
 
@@ -63,8 +65,23 @@ def onnx_file(model: torch.nn.Module, meta, size: int, out: Path) -> Path:
     from cxrdx.inference.export import onnx_bytes
 
     meta = replace(meta, preprocessing=replace(meta.preprocessing, size=size))
-    out.write_bytes(onnx_bytes(model, meta, "benchmark"))
+    out.write_bytes(onnx_bytes(model, meta, "benchmark", fold=FOLD["prep"] is not None))
     return out
+
+
+# --fold: the graphs take the gray image (inference/fold.py), as `cxrdx predict`'s cached export does
+FOLD: dict[str, object] = {"prep": None}
+
+
+def _feed(x: np.ndarray) -> dict[str, np.ndarray]:
+    """The input dict for a (N, C, S, S) normalised batch: as it is, or as gray for a folded graph."""
+    prep = FOLD["prep"]
+    if prep is None:
+        return {"image": np.ascontiguousarray(x, dtype=np.float32)}
+    from cxrdx.inference.backends import GRAY_NAME, channel_affine
+
+    a, d = channel_affine(prep)
+    return {GRAY_NAME: np.ascontiguousarray((x[:, :1] - d[0]) / a[0], dtype=np.float32)}
 
 
 def quantize(src: Path, out: Path, calib: np.ndarray, per_channel: bool) -> Path:
@@ -84,7 +101,7 @@ def quantize(src: Path, out: Path, calib: np.ndarray, per_channel: bool) -> Path
 
         def get_next(self):
             x = next(self.it, None)
-            return None if x is None else {"image": np.ascontiguousarray(x[None], dtype=np.float32)}
+            return None if x is None else _feed(x[None])
 
     pre = out.with_suffix(".pre.onnx")
     if not pre.exists():
@@ -110,10 +127,10 @@ def runners(files: dict[str, Path], threads: int) -> dict[str, object]:
 
     def ort(path: Path):
         s = make_session(path, threads)
-        return lambda x: s.run([OUTPUT_NAME], {"image": x})[0]
+        return lambda x: s.run([OUTPUT_NAME], _feed(x))[0]
 
     def ov(s: OpenVinoSession):
-        return lambda x: s.run([OUTPUT_NAME], {"image": x})[0]
+        return lambda x: s.run([OUTPUT_NAME], _feed(x))[0]
 
     out["ort fp32"] = ort(files["fp32"])
     out["ort int8 (per-channel)"] = ort(files["int8"])
@@ -153,6 +170,9 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--fold", action="store_true", help="quantize the folded graph (gray input) that `cxrdx predict` runs"
+    )
     args = parser.parse_args()
 
     from cxrdx.device import available_threads
@@ -163,6 +183,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     model, meta = load_checkpoint(args.weights)
     model.eval()
+    FOLD["prep"] = meta.preprocessing if args.fold else None
     pre = meta.preprocessing
     cache = Path(args.cache)
     print(f"# reduced-precision inference, {time.strftime('%Y-%m-%d %H:%M %Z')}")

@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         "overall_pointing_game_half_cell": sum(s.cell_hits for s in scores.values()) / total
         if total
         else None,
+        "overall_chance": sum(s.chance_sum for s in scores.values()) / total if total else None,
+        "overall_chance_half_cell": sum(s.chance_cell_sum for s in scores.values()) / total
+        if total
+        else None,
         "pairs": total,
     }
     if args.json:

@@ -10,7 +10,7 @@ Weights: ``--weights CKPT``, or by default a randomly initialised DenseNet121
 checkpoint written to a temp folder (memory does not depend on the weights'
 values). Images: ``--images DIR``, or by default the first ``--n`` real NIH PNGs
 from ../shared/data/nih/images when present, else ``cxrdx synth`` phantoms at
-1024 px. ONNX exports go to a temp CXRDX_CACHE_DIR, so the first `auto` run
+1024 px. ONNX exports go to a temp CXRDX_CACHE, so the first `auto` run
 includes the one-off export and the second shows the steady state.
 
 Run:  .venv/bin/python benchmarks/memory.py            (predict and serve; a few minutes on 2 cores)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     with tempfile.TemporaryDirectory(prefix="cxrdx-mem-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        env = {**os.environ, "CXRDX_CACHE_DIR": str(tmp / "onnx-cache"), "GRADIO_ANALYTICS_ENABLED": "False"}
+        env = {**os.environ, "CXRDX_CACHE": str(tmp / "onnx-cache"), "GRADIO_ANALYTICS_ENABLED": "False"}
         weights = Path(args.weights) if args.weights else _checkpoint(tmp, args.arch)
         images, what = _images(tmp, args)
         print(f"weights: {args.weights or f'random {args.arch} (default metadata: 320 px)'}; images: {what}")

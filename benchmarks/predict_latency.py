@@ -75,7 +75,7 @@ def main() -> None:
 
     torch.set_num_threads(available_threads())
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["CXRDX_CACHE_DIR"] = str(Path(tmp) / "cache")
+        os.environ["CXRDX_CACHE"] = str(Path(tmp) / "cache")
         files, origin = find_inputs(args.images, 2 * args.n + 2, Path(tmp))
         ckpt = make_checkpoint(Path(tmp) / "model.safetensors", args.arch, args.size)
         print(f"# single-image latency, {time.strftime('%Y-%m-%d %H:%M %Z')}")

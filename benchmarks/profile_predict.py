@@ -119,7 +119,7 @@ def main() -> None:
 
     torch.set_num_threads(available_threads())
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["CXRDX_CACHE_DIR"] = str(Path(tmp) / "cache")
+        os.environ["CXRDX_CACHE"] = str(Path(tmp) / "cache")
         files, origin = find_inputs(None, args.n, Path(tmp))
         ckpt = make_checkpoint(Path(tmp) / "model.safetensors", args.arch, args.size)
         p = Predictor.load(ckpt)

@@ -1,33 +1,38 @@
 #!/usr/bin/env bash
 # `make demo`: the whole job on the built-in phantom default, small enough for a laptop CPU.
-# synth -> split -> prepare -> train -> evaluate -> explain -> predict.
+# synth -> split -> prepare -> train -> calibrate -> evaluate (thresholds) -> explain -> predict.
 set -euo pipefail
 OUT=${1:-demo}
 CX=.venv/bin/cxrdx
 SIZE=128
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/7 synthesise 1,500 phantom chest radiographs with known lesions and boxes"
+step "1/8 synthesise 1,500 phantom chest radiographs with known lesions and boxes"
 $CX synth --out "$OUT/phantoms" --n 1500 --size $SIZE --seed 0
-step "2/7 split by patient (70/10/20) and check for leakage"
+step "2/8 split by patient (70/10/20) and check for leakage"
 $CX split --labels "$OUT/phantoms/Data_Entry.csv" --out "$OUT/split" --val 0.1 --test 0.2 --seed 0
 $CX check-leakage "$OUT/split/train.csv" "$OUT/split/val.csv" "$OUT/split/test.csv"
-step "3/7 prepare: decode once into a uint8 cache"
+step "3/8 prepare: decode once into a uint8 cache"
 $CX prepare --labels "$OUT/split/train.csv" "$OUT/split/val.csv" "$OUT/split/test.csv" \
   --images "$OUT/phantoms/images" --size $SIZE --out "$OUT/cache"
-step "4/7 train DenseNet121 (short: a few minutes on a CPU)"
+step "4/8 train DenseNet121 (short: a few minutes on a CPU)"
 $CX train --data "$OUT/cache" --out "$OUT/run" --image-size $SIZE --epochs ${DEMO_EPOCHS:-4} \
   --max-minutes ${DEMO_MINUTES:-3} --batch-size 32 --lr 1e-3
-step "5/7 evaluate on the test split (thresholds chosen on validation)"
-$CX evaluate --weights "$OUT/run/best.safetensors" --data "$OUT/cache" --split test --val-split val \
-  --out "$OUT/report" --n-boot 200
-step "6/7 explain: Grad-CAM for the top findings of two test images, scored against their boxes"
-mapfile -t SAMPLE < <(awk -F, 'NR>1 {print $1}' "$OUT/split/test.csv" | head -2)
-$CX explain --weights "$OUT/run/best.safetensors" "${SAMPLE[@]/#/$OUT/phantoms/images/}" \
-  --boxes "$OUT/phantoms/BBox_List.csv" --out "$OUT/explain"
-step "7/7 predict on a few phantoms"
+step "5/8 calibrate on the validation split: scores -> probabilities (prior shift + temperature)"
+$CX calibrate --weights "$OUT/run/best.safetensors" --data "$OUT/cache" --split val \
+  --out "$OUT/run/calibrated.safetensors"
+step "6/8 evaluate on the test split; thresholds chosen on validation, stored in a new checkpoint"
+$CX evaluate --weights "$OUT/run/calibrated.safetensors" --data "$OUT/cache" --split test --val-split val \
+  --out "$OUT/report" --n-boot 200 --out-weights "$OUT/run/model.safetensors"
+step "7/8 explain: Grad-CAM of 60 test images with boxes, scored against the boxes (beside chance)"
+# test images that have at least one box: enough image/box pairs for a pointing-game rate to mean something
+mapfile -t SAMPLE < <(awk -F, 'NR == FNR { if (FNR > 1) test[$1] = 1; next }
+  FNR > 1 && ($1 in test) && !seen[$1]++ { print $1 }' "$OUT/split/test.csv" "$OUT/phantoms/BBox_List.csv" | head -60)
+$CX explain --weights "$OUT/run/model.safetensors" "${SAMPLE[@]/#/$OUT/phantoms/images/}" \
+  --boxes "$OUT/phantoms/BBox_List.csv" --out "$OUT/explain" --top-k 1 --quiet
+step "8/8 predict on a few phantoms"
 mapfile -t FEW < <(awk -F, 'NR>1 {print $1}' "$OUT/split/test.csv" | head -4)
-$CX predict --weights "$OUT/run/best.safetensors" "${FEW[@]/#/$OUT/phantoms/images/}" --format table
+$CX predict --weights "$OUT/run/model.safetensors" "${FEW[@]/#/$OUT/phantoms/images/}" --format table
 
 cat <<MSG
 
@@ -35,14 +40,16 @@ Done. What the demo produced:
   $OUT/phantoms/            1,500 synthetic radiographs, Data_Entry.csv, BBox_List.csv
   $OUT/split/               train/val/test CSVs split by patient
   $OUT/cache/               the prepared uint8 cache training reads
-  $OUT/run/best.safetensors the trained model (thresholds recorded by evaluate)
+  $OUT/run/best.safetensors the trained model (calibration fitted on validation by train)
+  $OUT/run/calibrated.safetensors  the same, calibrated explicitly by cxrdx calibrate
+  $OUT/run/model.safetensors  calibrated + thresholds chosen on validation by evaluate (use this one)
   $OUT/run/                 TensorBoard logs and config.json
-  $OUT/report/report.html   AUROC with CIs, ROC/PR curves, calibration, thresholds
+  $OUT/report/report.html   AUROC with CIs, ROC/PR curves, calibration before/after, thresholds
   $OUT/explain/             Grad-CAM overlays (.png) and heatmaps (.npy)
 
 Next:
   open $OUT/report/report.html
   .venv/bin/tensorboard --logdir $OUT/run
-  .venv/bin/cxrdx serve --weights $OUT/run/best.safetensors      # web app on http://127.0.0.1:7860
-  .venv/bin/cxrdx predict --weights $OUT/run/best.safetensors YOUR_XRAY.png
+  .venv/bin/cxrdx serve --weights $OUT/run/model.safetensors      # web app on http://127.0.0.1:7860
+  .venv/bin/cxrdx predict --weights $OUT/run/model.safetensors YOUR_XRAY.png
 MSG

@@ -45,3 +45,123 @@ def looks_like_chest(img: np.ndarray) -> bool:
     """Bright = dense: the mediastinum is brighter than both lung fields."""
     left, right, centre = lungs_and_centre(img)
     return max(left, right) < centre
+
+
+def tiny_checkpoint(path, size: int = 32, thresholds: dict | None = None, **meta_fields):
+    """A densenet-tiny checkpoint (1 channel, ``size`` px, seed 0) at ``path``; ``meta_fields`` go to CheckpointMeta."""
+    import torch
+
+    from cxrdx.imaging.preprocessing import Preprocessing
+    from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
+    from cxrdx.model.networks import build_model
+
+    torch.manual_seed(0)
+    meta = CheckpointMeta(
+        architecture="densenet-tiny",
+        in_channels=1,
+        preprocessing=Preprocessing(size=size, channels=1),
+        thresholds=thresholds,
+        **meta_fields,
+    )
+    save_checkpoint(path, build_model("densenet-tiny", in_channels=1), meta)
+    return path
+
+
+def phantom_dicom(seed: int = 0, size: int = 64, **attrs):
+    """A DX-for-presentation phantom chest film with its own patient and study; ``attrs`` set/replace elements."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from cxrdx.phantom.render import make_phantom
+
+    img, _ = make_phantom(np.random.default_rng(seed), size, [])
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["testkit phantom", str(seed), "instance"])
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["testkit phantom", str(seed), "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["testkit phantom", str(seed), "series"])
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = (
+        f"PH{seed:04d}",
+        f"Phantom^{seed}",
+        "",
+        "O",
+    )
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = (
+        "20260101",
+        "120000",
+        str(seed),
+        f"A{seed:05d}",
+    )
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImagerPixelSpacing = [0.4, 0.4]
+    ds.set_pixel_data(img, "MONOCHROME2", 8)
+    for key, value in attrs.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    return ds
+
+
+def save_screenshot(png: bytes, dest, max_bytes: int = 300_000, width: int = 1200) -> None:
+    """A browser screenshot as a small PNG for docs/ (palette colours, shrunk until under max_bytes)."""
+    from pathlib import Path
+
+    from cxrdx.files import atomic_write
+
+    shot = Image.open(io.BytesIO(png)).convert("RGB")
+    scale = min(1.0, width / shot.width)
+    while True:
+        size = (max(1, round(shot.width * scale)), max(1, round(shot.height * scale)))
+        small = shot.resize(size, Image.Resampling.LANCZOS) if scale < 1 else shot
+        buf = io.BytesIO()
+        small.quantize(colors=128, method=Image.Quantize.FASTOCTREE).save(buf, "PNG", optimize=True)
+        if buf.tell() <= max_bytes or scale < 0.3:
+            break
+        scale *= 0.85
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    Path(dest).chmod(0o644)  # a docs file, readable by all (the temp file was private)
+
+
+def write_cache(out, images: np.ndarray, labels: np.ndarray, splits: list[str]):
+    """A cache in `cxrdx prepare`'s layout (data/cache.py) from uint8 (n, s, s) images and (n, 14) 0/1 labels.
+
+    Written directly, so training and inference tests do not depend on decoding; tests/data/test_cache.py
+    checks that prepare writes this same layout.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from cxrdx.labels import FINDINGS
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n, size = len(images), images.shape[1]
+    np.save(out / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+    index = pd.DataFrame(
+        {"image": [f"img{i:04d}.png" for i in range(n)], "patient": [f"p{i}" for i in range(n)]}
+    )
+    index["view"], index["age"], index["sex"] = "PA", 50, "M"
+    for j, name in enumerate(FINDINGS):
+        index[name] = labels[:, j]
+    index["row"] = np.arange(n)
+    index["split"] = splits
+    index["path"] = ""
+    index.to_csv(out / "index.csv", index=False)
+    counts = {s: splits.count(s) for s in dict.fromkeys(splits)}
+    info = {"format_version": 1, "size": size, "resize": "letterbox", "counts": counts, "failures": []}
+    (out / "cache.json").write_text(json.dumps(info))
+    return out

@@ -65,3 +65,18 @@ def is_torch_pickle(head: bytes) -> bool:
     safetensors starts with an 8-byte little-endian header length followed by ``{``.
     """
     return (head[:2] == b"PK" or head[:1] == b"\x80") and head[8:9] != b"{"
+
+
+def is_safetensors(head: bytes) -> bool:
+    """First bytes of a safetensors file: an 8-byte little-endian header length, then ``{``."""
+    return len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def cache_root() -> Path:
+    """cxrdx's cache folder (weights, ONNX exports, autotune results):
+    $CXRDX_CACHE, else $XDG_CACHE_HOME/cxrdx, else ~/.cache/cxrdx."""
+    if os.environ.get("CXRDX_CACHE"):
+        return Path(os.environ["CXRDX_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cxrdx"
+    return Path.home() / ".cache" / "cxrdx"

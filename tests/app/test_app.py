@@ -45,7 +45,7 @@ def predictor(tmp_path_factory):
     )
     save_checkpoint(tmp / "m.safetensors", build_model("densenet-tiny"), meta)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CXRDX_CACHE_DIR", str(tmp / "cache"))
+        mp.setenv("CXRDX_CACHE", str(tmp / "cache"))
         return Predictor.load(tmp / "m.safetensors")
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import free_port
 from PIL import Image
+from testkit import save_screenshot
 
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.labels import FINDINGS
@@ -30,6 +31,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"  # screenshots the README shows
+DEMO_CARD = {"dataset": "cxrdx synthetic phantoms", "kind": "phantom", "images": 1200, "patients": 540,
+             "split": {"train": 1050, "val": 150}, "epochs": 1}  # fmt: skip
+SERVER_LOG: list[Path] = []  # the server's stderr, for the request-log test
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium"),
@@ -41,12 +46,24 @@ def server(tmp_path_factory):
     """`cxrdx serve` on a free loopback port (the real CLI), until the module's tests end."""
     tmp = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
-    meta = CheckpointMeta(
-        architecture="densenet-tiny", preprocessing=Preprocessing(size=64), thresholds={"Effusion": 0.0}
+    meta = (
+        CheckpointMeta(  # as `make demo` leaves it: phantom-trained, evaluated, one threshold never reached
+            architecture="densenet-tiny",
+            preprocessing=Preprocessing(size=64),
+            thresholds={"Effusion": 0.0, "Emphysema": 0.99999988, "Mass": 0.5},
+            threshold_method="youden",
+            model_card=DEMO_CARD,
+            evaluation={
+                "dataset": "demo/cache (split test)",
+                "auroc": {"Effusion": 0.71},
+                "mean_auroc": 0.68,
+            },
+        )
     )
     save_checkpoint(tmp / "m.safetensors", build_model("densenet-tiny"), meta)
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", CXRDX_CACHE_DIR=str(tmp / "cache"))
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", CXRDX_CACHE=str(tmp / "cache"))
+    SERVER_LOG.append(tmp / "serve.log")
     log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
@@ -142,7 +159,13 @@ def test_phantom_then_bad_file_then_recovers(page, tmp_path):
 
     upload(page, phantom)
     expect_results(page, "phantom.png")
+    expect(page.locator("#cxrdx-banners")).to_contain_text("Trained on synthetic phantoms")
+    expect(page.locator("#cxrdx-gallery")).to_contain_text("threshold")
+    expect(page.locator("#cxrdx-picked")).to_contain_text("Grad-CAM")  # the picked heatmap is captioned
+    expect(page.locator("#cxrdx-table")).to_contain_text("0.99999988 (never reached)")
     page.screenshot(path=str(tmp_path / "phantom.screenshot.png"), full_page=True)
+    save_screenshot(page.screenshot(full_page=True), DOCS_IMAGES / "app.png")  # kept current by this test
+    assert (DOCS_IMAGES / "app.png").stat().st_size < 300_000
 
     upload(page, bogus)
     status = page.locator("#cxrdx-status")
@@ -178,3 +201,24 @@ def test_model_card_and_disclaimer_are_on_the_page(page):
     card = page.locator("#cxrdx-model-card")
     expect(card).to_contain_text("densenet-tiny")
     expect(card).to_contain_text("Thresholds")
+
+
+def test_the_server_logs_one_line_per_request_without_file_names(page, tmp_path):
+    from playwright.sync_api import expect
+
+    from cxrdx.phantom.render import make_phantom
+
+    secret = tmp_path / "Doe_Jane_MRN123.png"
+    Image.fromarray(make_phantom(np.random.default_rng(2), 128, ["Mass"])[0]).save(secret)
+    upload(page, secret)
+    expect(page.locator("#cxrdx-status")).to_contain_text("Analysed", timeout=60_000)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [x for x in SERVER_LOG[0].read_text().splitlines() if "request endpoint=" in x]
+        if any(f"bytes={secret.stat().st_size}" in x for x in lines):
+            break
+        time.sleep(0.2)
+    mine = [x for x in lines if f"bytes={secret.stat().st_size}" in x]
+    assert len(mine) == 1 and "endpoint=page type=PNG" in mine[0] and "outcome=ok" in mine[0], lines
+    assert "latency_ms=" in mine[0] and mine[0][:4].isdigit()  # starts with the time
+    assert "Doe" not in SERVER_LOG[0].read_text()

@@ -32,7 +32,8 @@ def splits(phantom_dataset, tmp_path_factory) -> dict[str, Path]:
     table = read_labels(phantom_dataset / "Data_Entry.csv")
     folder = tmp_path_factory.mktemp("splits")
     out = {}
-    for name, part in (("train", table.iloc[:80]), ("val", table.iloc[80:])):
+    val = table.iloc[80:].assign(patient="val-" + table["patient"].iloc[80:].astype(str))  # patient-disjoint
+    for name, part in (("train", table.iloc[:80]), ("val", val)):
         out[name] = write_labels(part.reset_index(drop=True), folder / f"{name}.csv")
     return out
 
@@ -185,27 +186,22 @@ def test_unreadable_images_are_reported_and_skipped(splits, phantom_dataset, tmp
     csv = tmp_path / "val.csv"
     part.to_csv(csv, index=False)
     out = tmp_path / "c"
-    code = cli_main(
-        [
-            "prepare",
-            "--labels",
-            str(csv),
-            "--images",
-            str(images),
-            "--size",
-            "32",
-            "--out",
-            str(out),
-            "--workers",
-            "0",
-            "--no-progress",
-        ]
-    )
+    argv = ["prepare", "--labels", str(csv), "--images", str(images), "--size", "32", "--out", str(out),
+            "--workers", "0", "--no-progress"]  # fmt: skip
+    # a listed image missing on disk stops the job before decoding: count, name, the list file
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 7 images listed are not in --images" in err and table["image"][6] in err
+    assert "--allow-missing" in err and "not_cached.csv" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "cache.json").exists() and not (out / "images.npy").exists()
+    code = cli_main([*argv, "--allow-missing"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "2 image(s) could not be read" in captured.err
+    assert "2 of 7 image(s) left out (1 not found, 1 unreadable)" in captured.err
     assert table["image"][5] in captured.err and table["image"][6] in captured.err
     assert "file not found" in captured.err
+    listed = pd.read_csv(out / "not_cached.csv", dtype=str)
+    assert set(listed["image"]) == {table["image"][5], table["image"][6]}
     cache = open_cache(out)
     assert list(cache.index["image"]) == list(part["image"][:5])
     failures = {f["image"]: f["problem"] for f in cache.info["failures"]}
@@ -228,10 +224,30 @@ def test_unreadable_images_are_reported_and_skipped(splits, phantom_dataset, tmp
             "--workers",
             "0",
             "--no-progress",
+            "--allow-missing",
         ]
     )
-    assert code == 1
-    assert "none of the 2 images could be read" in capsys.readouterr().err
+    assert code == 2
+    assert "none of the 2 images could be read, so nothing was cached" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "c2").iterdir()) == ["not_cached.csv"]  # no cache files
+
+
+def test_prepare_with_most_images_missing_prints_a_summary_not_every_name(splits, tmp_path, capsys):
+    table = pd.read_csv(splits["val"], dtype=str)
+    images = tmp_path / "partial"
+    images.mkdir()  # an empty folder: as if the user had not downloaded these archives yet
+    csv = tmp_path / "val.csv"
+    table.to_csv(csv, index=False)
+    out = tmp_path / "c"
+    argv = ["prepare", "--labels", str(csv), "--images", str(images), "--size", "32", "--out", str(out),
+            "--workers", "0", "--no-progress"]  # fmt: skip
+    for extra in ([], ["--allow-missing"]):  # nothing there: an error either way
+        assert cli_main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert f"{len(table)} of the {len(table)} images listed are not in --images" in err
+        assert f"and {len(table) - 5} more" in err and table["image"][len(table) - 1] not in err
+        assert sorted(p.name for p in out.iterdir()) == ["not_cached.csv"]
+        assert len(pd.read_csv(out / "not_cached.csv")) == len(table)
 
 
 def test_open_cache_errors_say_to_run_prepare(tmp_path):

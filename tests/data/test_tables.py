@@ -34,7 +34,8 @@ def test_read_real_nih_table(nih):
     assert stats["positives"]["Hernia"] == 227
     assert stats["positives"]["Infiltration"] == 19_894
     assert stats["resolved"] == 200  # the 200 sample PNGs are found, the rest stay ""
-    assert all(nih[f].dtype == np.uint8 for f in FINDINGS)
+    assert all(nih[f].dtype == np.float32 for f in FINDINGS)  # 1 / 0 / NaN; NIH labels all 14
+    assert nih.attrs["findings"] == list(FINDINGS) and not nih[list(FINDINGS)].isna().any().any()
     first = nih.iloc[0]
     assert first["image"] == "00000001_000.png" and first["patient"] == "1" and first["Cardiomegaly"] == 1
     assert set(nih["view"]) == {"PA", "AP"} and set(nih["sex"]) == {"M", "F"}
@@ -213,27 +214,20 @@ BAD_TABLES = {
         DataError,
         r"missing a patient column.*Columns present: image, Finding Labels",
     ),
-    "no_labels": ("image,patient,site\na.png,1,x\n", DataError, r"Finding Labels.*0/1 column per finding"),
-    "some_binary": (
-        "image,patient,Mass,Nodule\na.png,1,0,1\n",
-        DataError,
-        r"0/1 columns for Atelectasis, Cardiomegaly",
-    ),
+    "no_labels": ("image,patient,site\na.png,1,x\n", DataError, r"unknown label table layout.*--dataset"),
+    "no_labels_forced": ("image,patient,site\na.png,1,x\n", DataError, r"Finding Labels.*finding columns"),
     "duplicate": (
         "image,patient,Finding Labels\na.png,1,Mass\na.png,1,Mass\nb.png,2,Mass\n",
         DataError,
         r"a\.png",
     ),
-    "not_binary": (
-        "image,patient," + ",".join(FINDINGS) + "\na.png,1," + ",".join(["-1"] + ["0"] * 13) + "\n",
+    "not_a_code": (
+        "image,patient," + ",".join(FINDINGS) + "\na.png,1," + ",".join(["2"] + ["0"] * 13) + "\n",
         DataError,
-        r"column 'Atelectasis'.*'-1'",
+        r"t\.csv.*column 'Atelectasis'.*'2'.*line\(s\) 2",
     ),
-    "blank_binary": (
-        "image,patient," + ",".join(FINDINGS) + "\na.png,1," + ",".join(["0"] * 13 + [""]) + "\n",
-        DataError,
-        r"column 'Pneumothorax'.*empty",
-    ),
+    "escaping_path": ("image,patient,Mass\n../../etc/x.png,1,1\n", DataError, r"t\.csv.*escape.*line 2"),
+    "absolute_path": ("image,patient,Mass\n/etc/x.png,1,1\n", DataError, r"escape.*'/etc/x\.png'"),
     "unknown_name": (
         "image,patient,Finding Labels\na.png,1,Mass|Pneumonitis\n",
         LabelError,
@@ -250,9 +244,10 @@ def test_bad_tables(tmp_path, capsys, case):
     text, error, pattern = BAD_TABLES[case]
     p = tmp_path / "t.csv"
     p.write_text(text)
+    forced = ["--dataset", "generic"] if case.endswith("_forced") else []
     with pytest.raises(error, match=pattern):
-        read_labels(p)
-    rc, _, err = run_cli(capsys, ["stats", "--labels", p])
+        read_labels(p, dataset="generic" if forced else None)
+    rc, _, err = run_cli(capsys, ["stats", "--labels", p, *forced])
     assert rc == 2 and "cxrdx stats: error:" in err and "t.csv" in err
 
 

@@ -58,7 +58,13 @@ def test_report_html_references_every_png(tmp_path):
             "ensemble": ["m"],
             "tta": True,
         },
-        "dataset": {"description": "synthetic", "n_images": len(y), "n_patients": 90, "n_unreadable": 0},
+        "dataset": {
+            "description": "synthetic",
+            "n_images": len(y),
+            "n_patients": 90,
+            "n_unreadable": 0,
+            "origin": {"dataset": "NIH ChestX-ray14", "kind": "real"},
+        },  # fmt: skip
         "thresholds": {
             "values": th,
             "method": "youden",

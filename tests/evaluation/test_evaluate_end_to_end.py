@@ -1,4 +1,4 @@
-"""The `cxrdx evaluate` command end to end: caches, label CSVs, thresholds into the checkpoint, ensembles."""
+"""The `cxrdx evaluate` command end to end: caches, label CSVs, thresholds into a new checkpoint, ensembles."""
 
 from __future__ import annotations
 
@@ -66,14 +66,16 @@ def test_evaluate_cli_end_to_end_writes_report_and_thresholds(tmp_path, capsys):
     from cxrdx.inference.predictor import Predictor
     from cxrdx.model.checkpoint import read_checkpoint
 
-    ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    src = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    before = src.read_bytes()
+    ckpt = tmp_path / "with_thresholds.safetensors"
     cache = _tiny_cache(tmp_path / "cache")
     out = tmp_path / "report"
     rc = main(
         [
             "evaluate",
             "--weights",
-            str(ckpt),
+            str(src),
             "--data",
             str(cache),
             "--out",
@@ -81,6 +83,8 @@ def test_evaluate_cli_end_to_end_writes_report_and_thresholds(tmp_path, capsys):
             "--n-boot",
             "40",
             "--tta",
+            "--out-weights",
+            str(ckpt),
             "--no-progress",
         ]
     )
@@ -103,6 +107,10 @@ def test_evaluate_cli_end_to_end_writes_report_and_thresholds(tmp_path, capsys):
     assert meta.thresholds == pytest.approx(sidecar)
     assert meta.threshold_method == "youden"
     assert meta.evaluation["n"] == 20
+    assert src.read_bytes() == before  # the input checkpoint is not rewritten
+    info = meta.threshold_info  # how they were chosen
+    assert info["tta"] is True and info["calibration"] == "none" and "val" in info["split"]
+    assert info["positives"]["Hernia"] > 0 and set(info["positives"]) == set(FINDINGS)
     # the thresholds come from the validation split's predictions
     val = pd.read_csv(out / "val_predictions.csv")
     index = pd.read_csv(cache / "index.csv")
@@ -113,7 +121,7 @@ def test_evaluate_cli_end_to_end_writes_report_and_thresholds(tmp_path, capsys):
     assert meta.thresholds == pytest.approx({k: v for k, v in expected.items() if v is not None}, abs=1e-5)
     # ... and Predictor makes positive/negative calls with them
     square = np.load(cache / "images.npy")[0].astype(np.float32) / 255
-    pred = Predictor.load(ckpt).predict(square)[0]
+    pred = Predictor.load(ckpt).predict(square, tta=True)[0]
     assert pred.ok, pred.error
     assert set(pred.positive) == set(meta.thresholds)
     assert all(pred.positive[n] == (pred.probabilities[n] >= t) for n, t in meta.thresholds.items())

@@ -35,8 +35,23 @@ def test_aliases_map_to_canonical(alias, name):
 
 def test_unknown_names_are_all_reported():
     with pytest.raises(LabelError) as err:
-        canonical_list(["Mass", "Fracture", "Lung Lesion"])
-    assert "'Fracture'" in str(err.value) and "'Lung Lesion'" in str(err.value)
+        canonical_list(["Mass", "Covid", "Broken Heart"])
+    assert "'Covid'" in str(err.value) and "'Broken Heart'" in str(err.value)
+
+
+def test_extended_vocabulary():
+    from cxrdx.labels import ALL_FINDINGS, EXTRA_FINDINGS, in_vocabulary_order, is_nih_finding
+
+    assert ALL_FINDINGS[:14] == FINDINGS and set(EXTRA_FINDINGS).isdisjoint(FINDINGS)
+    assert canonical("Lung Lesion") == "Lung_Lesion" and canonical("support devices") == "Support_Devices"
+    assert canonical("Nodule/Mass") == "Nodule_Mass" and not is_nih_finding("Fracture")
+    assert in_vocabulary_order(["Fracture", "effusion", "Atelectasis"]) == [
+        "Atelectasis",
+        "Effusion",
+        "Fracture",
+    ]
+    with pytest.raises(LabelError, match="NIH's findings"):
+        parse_finding_labels("Effusion|Fracture")  # an NIH cell names NIH's 14 only
 
 
 def test_finding_labels_cell():

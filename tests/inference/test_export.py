@@ -22,7 +22,7 @@ from cxrdx.model.networks import build_model
 
 @pytest.fixture(autouse=True)
 def _onnx_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXRDX_CACHE", str(tmp_path / "cache"))
 
 
 def make_ckpt(path: Path, architecture: str = "densenet-tiny", size: int = 64, seed: int = 0) -> Path:

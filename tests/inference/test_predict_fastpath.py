@@ -23,7 +23,7 @@ SIZE = 64
 
 @pytest.fixture(autouse=True)
 def _onnx_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXRDX_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from cxrdx.metrics.auroc import (
     auroc_with_ci,
     fast_auroc,
     mean_auroc,
+    mean_auroc_ci,
     patient_multiplicities,
     resample_by_patient,
 )
@@ -100,3 +101,24 @@ def test_degenerate_bootstrap_replicates_are_skipped_and_counted():
     probs = np.linspace(0, 1, 40)[:, None]
     res = auroc_with_ci(y, probs, np.arange(40).astype(str), FINDINGS[:1], n_boot=200)["Atelectasis"]
     assert 0 < res.n_boot_valid < 200  # replicates without the positive patient are left out
+
+
+def test_mean_auroc_ci_is_the_bootstrap_of_the_mean_over_defined_findings():
+    rng = np.random.default_rng(3)
+    n = 400
+    patients = np.repeat(np.arange(n // 4), 4)
+    y = np.zeros((n, 3), np.int64)
+    y[:, 0] = rng.random(n) < 0.3
+    y[:, 1] = rng.random(n) < 0.5  # column 2 has no positives: undefined, left out of the mean
+    probs = np.clip(y * 0.3 + rng.random((n, 3)) * 0.7, 0, 1)
+    res = auroc_with_ci(y, probs, patients, ["Atelectasis", "Effusion", "Hernia"], n_boot=300, seed=1)
+    lo, hi = mean_auroc_ci(res)
+    mean = mean_auroc({k: r.auroc for k, r in res.items()})
+    assert lo < mean < hi
+    # the same replicates, averaged by hand
+    by_hand = np.percentile((res["Atelectasis"].replicates + res["Effusion"].replicates) / 2, [2.5, 97.5])
+    np.testing.assert_allclose([lo, hi], by_hand)
+    # the mean's CI lies inside the span of the per-finding CIs
+    assert min(r.ci_low for r in res.values() if r.defined) <= lo
+    assert hi <= max(r.ci_high for r in res.values() if r.defined)
+    assert mean_auroc_ci({}) == (None, None)

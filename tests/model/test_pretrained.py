@@ -52,6 +52,8 @@ class Server:
                 if mode == "stall":
                     time.sleep(3)
                     return
+                if mode == "slow":  # answers, but late: concurrent clients overlap
+                    time.sleep(1.5)
                 body = owner.files[name]
                 rng = self.headers.get("Range")
                 start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
@@ -246,3 +248,26 @@ def test_weights_cli_list_verify_rm(server, tmp_path, capsys):
     assert "DIFFERS" in capsys.readouterr().err
     assert main(["weights", "rm", "chexnet"]) == 0
     assert not raw.exists() and not pretrained.is_cached("chexnet")
+
+
+def test_two_processes_pulling_at_once_download_once(server, tmp_path):
+    """The cache lock: two processes asking for the same name at once share one download."""
+    import os
+    import subprocess
+
+    server.files["model.pth.tar"] = chexnet_file(tmp_path)
+    server.mode["model.pth.tar"] = "slow"
+    code = "from cxrdx.model import pretrained; print(pretrained.resolve_weights('chexnet'))"
+    env = dict(os.environ)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    paths = {o[0].strip().splitlines()[-1] for o in outs}
+    assert paths == {str(pretrained.checkpoint_path("chexnet"))}
+    assert [name for name, _ in server.requests] == ["model.pth.tar"]  # one transfer, not two
+    assert Predictor.load("chexnet", backend="torch").meta.source["kind"] == "chexnet"

@@ -6,8 +6,8 @@ import pytest
 from cxrdx.cli import build_parser, main
 
 COMMANDS = [
-    "synth", "stats", "split", "check-leakage", "prepare", "train", "evaluate",
-    "explain", "predict", "export", "import", "weights", "serve",
+    "synth", "stats", "split", "check-leakage", "prepare", "train", "calibrate", "evaluate", "compare",
+    "explain", "predict", "export", "import", "weights", "serve", "listen",
 ]  # fmt: skip
 
 
@@ -41,10 +41,11 @@ def test_cli_copies_of_library_constants_match():
     """The CLI spells a few library constants itself (so --help loads no torch); they must not drift."""
     from cxrdx.cli import explain, export, predict
     from cxrdx.inference import export as library_export
-    from cxrdx.inference import formats, predictor
+    from cxrdx.inference import formats, predict_job, predictor
     from cxrdx.model import networks
 
     assert explain.GRADCAM_LAYER == networks.GRADCAM_LAYER
     assert export.DEFAULT_OPSET == library_export.DEFAULT_OPSET
     assert predict.BACKENDS == predictor.BACKENDS
     assert predict.HEATMAP_TOP_K == formats.HEATMAP_TOP_K
+    assert predict.DEFAULT_BATCH == predict_job.DEFAULT_BATCH

@@ -233,7 +233,7 @@ def client(checkpoint, tmp_path_factory):
     from cxrdx.inference.predictor import Predictor
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CXRDX_CACHE_DIR", str(tmp_path_factory.mktemp("onnx")))
+        mp.setenv("CXRDX_CACHE", str(tmp_path_factory.mktemp("onnx")))
         predictor = Predictor.load(checkpoint, backend="torch")
     demo = build_app(predictor)
     _, url, _ = launch(demo, port=free_port(), block=False)
@@ -292,11 +292,12 @@ def test_label_tables(tmp_path, capsys):
             assert len(err) == 1 and case.message in err[0], (case.name, err)
         elif case.name == "image_missing_on_disk":
             out = tmp_path / f"cache_{case.name}"
-            code = cli_main(
-                ["prepare", "--labels", str(case.path), "--images", str(case.images), "--size", "32",
-                 "--out", str(out), "--workers", "0", "--no-progress"]
-            )  # fmt: skip
-            assert code == 0
+            argv = ["prepare", "--labels", str(case.path), "--images", str(case.images), "--size", "32",
+                    "--out", str(out), "--workers", "0", "--no-progress"]  # fmt: skip
+            assert cli_main(argv) == 2  # missing images stop prepare unless --allow-missing
+            err = capsys.readouterr().err
+            assert "absent.png" in err and "not in --images" in err and "--allow-missing" in err
+            assert cli_main([*argv, "--allow-missing"]) == 0
             err = capsys.readouterr().err
             assert "absent.png" in err and "not found" in err
             info = json.loads((out / "cache.json").read_text())

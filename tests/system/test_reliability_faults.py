@@ -361,9 +361,13 @@ def test_prepare_killed_at_random_moments_finishes_without_redoing_work(tmp_path
     out = tmp_path / "cache"
     script = textwrap.dedent(
         """
-        import sys
+        import sys, time
+        import tqdm
         import cxrdx.data.prepare as c
         c.SAVE_EVERY_S = 0.2  # durable progress often, so a kill finds some
+        # pace the parent (>= 3 s for the whole table) so a kill lands mid-way even on a fast machine
+        _update = tqdm.tqdm.update
+        tqdm.tqdm.update = lambda self, n=1: (time.sleep(0.02), _update(self, n))[1]
         from cxrdx.cli import main
         sys.exit(main(sys.argv[1:]))
         """

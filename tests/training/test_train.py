@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from testkit import write_cache
 
 from cxrdx.cli import main as cli_main
 from cxrdx.errors import DataError
@@ -35,12 +35,11 @@ def make_toy_cache(out: Path, n_train: int = 96, n_val: int = 32, size: int = 32
     findings never occur. Written directly (not via prepare) so training tests do not
     depend on decoding; test_cache.py checks that prepare writes this same layout.
     """
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n = n_train + n_val
     labels = np.zeros((n, len(FINDINGS)), np.uint8)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+    images = np.zeros((n, size, size), np.uint8)
     for i in range(n):
         img = 0.2 + 0.05 * rng.standard_normal((size, size))
         if rng.random() < 0.4:
@@ -50,27 +49,7 @@ def make_toy_cache(out: Path, n_train: int = 96, n_val: int = 32, size: int = 32
             labels[i, FINDINGS.index("Effusion")] = 1
             img += 0.4 * (yy > 0.75)
         images[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    images.flush()
-    del images
-    index = pd.DataFrame(
-        {"image": [f"img{i:04d}.png" for i in range(n)], "patient": [f"p{i}" for i in range(n)]}
-    )
-    index["view"], index["age"], index["sex"] = "PA", 50, "M"
-    for j, name in enumerate(FINDINGS):
-        index[name] = labels[:, j]
-    index["row"] = np.arange(n)
-    index["split"] = ["train"] * n_train + ["val"] * n_val
-    index["path"] = ""
-    index.to_csv(out / "index.csv", index=False)
-    info = {
-        "format_version": 1,
-        "size": size,
-        "resize": "letterbox",
-        "counts": {"train": n_train, "val": n_val},
-        "failures": [],
-    }
-    (out / "cache.json").write_text(json.dumps(info))
-    return out
+    return write_cache(out, images, labels, ["train"] * n_train + ["val"] * n_val)
 
 
 def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
@@ -327,8 +306,10 @@ def test_training_from_csv_splits_decodes_on_the_fly(phantom_dataset, tmp_path):
     from cxrdx.data.tables import read_labels, write_labels
 
     table = read_labels(phantom_dataset / "Data_Entry.csv")
-    write_labels(table.iloc[:64].reset_index(drop=True), tmp_path / "train.csv")
-    write_labels(table.iloc[64:96].reset_index(drop=True), tmp_path / "val.csv")
+    patients = table["patient"].unique()  # split by patient: a shared patient is refused (leakage)
+    first = table["patient"].isin(patients[: len(patients) * 2 // 3])
+    write_labels(table[first].reset_index(drop=True), tmp_path / "train.csv")
+    write_labels(table[~first].reset_index(drop=True), tmp_path / "val.csv")
     cfg = tiny_config(
         tmp_path, tmp_path / "run", epochs=1, image_size=32, images=str(phantom_dataset / "images")
     )
@@ -351,4 +332,44 @@ def test_init_weights_are_loaded(tiny_run, toy_cache, tmp_path):
     params = [name for name, _ in model.named_parameters() if name.startswith("features.")]
     assert params
     for name in params:  # lr 1e-12: the features are still the init's
+        torch.testing.assert_close(trained[name], source[name], rtol=0, atol=1e-6)
+
+
+def test_init_by_registry_name_is_pulled_once_and_loaded(tiny_run, toy_cache, tmp_path, monkeypatch):
+    """`train --init NAME`: the name is resolved through the weights registry (a loopback mirror here)."""
+    import functools
+    import http.server
+    import threading
+
+    from conftest import free_port
+
+    from cxrdx.model import pretrained
+
+    _, first = tiny_run
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "tiny.safetensors").write_bytes((first / "last.safetensors").read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    entry = {
+        "kind": "cxrdx",
+        "file": "tiny.safetensors",
+        "urls": ["https://example.invalid/tiny.safetensors"],
+    }
+    monkeypatch.setattr(pretrained, "registry", lambda: {"tiny-test": entry})
+    monkeypatch.setenv("CXRDX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXRDX_WEIGHTS_MIRROR", f"http://127.0.0.1:{httpd.server_address[1]}")
+    try:
+        result = train(tiny_config(toy_cache, tmp_path / "r", epochs=1, lr=1e-12, init="tiny-test"))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert (tmp_path / "cache" / "tiny.safetensors").is_file()
+    trained, _ = read_checkpoint(result.last_path)
+    source, _ = read_checkpoint(first / "last.safetensors")
+    names = [k for k in source if k.startswith("features.") and k.endswith("weight")]
+    assert names
+    for name in names:
         torch.testing.assert_close(trained[name], source[name], rtol=0, atol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,34 @@ def user_message(exc: Exception, upload: str) -> str:
     if isinstance(exc, ImageReadError):
         return f"{Path(exc.path).name}: {exc.problem}"
     return str(exc).replace(str(upload), Path(upload).name)
+
+
+def file_kind(path: str) -> str:
+    """PNG, JPEG, DICOM ... from the file's first bytes (never its name: names may identify a patient)."""
+    from cxrdx.imaging.sniff import sniff_image
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return "unreadable"
+    if head[128:132] == b"DICM":
+        return "DICOM"
+    return sniff_image(head) or "other"
+
+
+def request_line(endpoint: str, path: str | None, seconds: float, outcome: str) -> str:
+    """One server-log line per request: endpoint, file type, size, latency, outcome; no patient data.
+
+    The time comes from the log format; the file name, pixels and findings are never logged.
+    """
+    size = "-"
+    kind = "none"
+    if path:
+        kind = file_kind(path)
+        with contextlib.suppress(OSError):
+            size = str(os.path.getsize(path))
+    return f"request endpoint={endpoint} type={kind} bytes={size} latency_ms={seconds * 1000:.0f} outcome={outcome}"
 
 
 class Analyzer:
@@ -54,6 +84,12 @@ class Analyzer:
         """The JSON the API returns: the Prediction plus the thresholds used and the disclaimer."""
         out = pred.to_dict()
         out["thresholds"] = self.predictor.thresholds
+        ood = self.predictor.ood  # the cut-off that "in_distribution" compares "ood_score" with
+        out["ood_threshold"] = None if ood is None else ood.threshold
         out["labels"] = self.predictor.labels
         out["disclaimer"] = DISCLAIMER
+        from cxrdx.model.card import banners, training_card
+
+        out["model_card"] = training_card(self.predictor.meta)  # what the model was trained on
+        out["model_warnings"] = banners(self.predictor.meta)  # e.g. trained on phantoms, no evaluation
         return out

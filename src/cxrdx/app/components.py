@@ -54,6 +54,89 @@ def overlay_image(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -
     return Image.fromarray(np.round(np.clip(blend, 0, 1) * 255).astype(np.uint8), mode="RGB")
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled font: offline, any size
+    except TypeError:  # an old Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+CAPTIONED_MIN_SIDE = 512  # small images are enlarged so the burnt-in caption stays legible
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """Words into lines no wider than ``width`` pixels (a long word gets a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def captioned_overlay(image: np.ndarray, heatmap: np.ndarray, caption: str) -> Image.Image:
+    """The overlay with its caption burnt in above it and a jet colour bar (low..high) on its right.
+
+    Burnt in, so a downloaded or screenshotted overlay still says what it shows.
+    """
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    body = overlay_image(image, heatmap)
+    if max(body.size) < CAPTIONED_MIN_SIDE:
+        k = CAPTIONED_MIN_SIDE / max(body.size)
+        body = body.resize((round(body.width * k), round(body.height * k)), Image.Resampling.BILINEAR)
+    w, h = body.size
+    size = max(14, min(22, w // 28))
+    font = _font(size)
+    bar_w, pad = max(12, w // 40), 5
+    label_w = int(font.getlength("high")) + 2 * pad
+    total_w = w + bar_w + label_w + pad
+    lines = _wrap(caption, font, total_w - 2 * pad)
+    strip = len(lines) * (size + 3) + 2 * pad
+    canvas = Image.new("RGB", (total_w, h + strip), "white")
+    canvas.paste(body, (0, strip))
+    ramp = colormaps["jet"](np.linspace(1.0, 0.0, h))[:, :3]  # top = high attention
+    bar = np.repeat((ramp * 255).astype(np.uint8)[:, None, :], bar_w, axis=1)
+    canvas.paste(Image.fromarray(bar, mode="RGB"), (w + pad, strip))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((pad, pad + k * (size + 3)), line, fill="black", font=font)
+    x = w + pad + bar_w + pad
+    draw.text((x, strip), "high", fill="black", font=font)
+    draw.text((x, strip + h - size - 2), "low", fill="black", font=font)
+    return canvas
+
+
+def overlay_caption(pred: Prediction, finding: str, thresholds: dict[str, float] | None) -> str:
+    """``Effusion POSITIVE: p 0.71 \u2265 threshold 0.640``: call, probability and threshold, as the CLI's."""
+    from cxrdx.model.card import never_reached, threshold_text
+
+    p = pred.probabilities[finding]
+    word = "score" if getattr(pred, "calibration", None) == "none" else "p"
+    t = (thresholds or {}).get(finding)
+    if t is None or pred.positive is None:
+        return f"{finding}: {word} {p:.2f}, no threshold (not called)"
+    positive = bool(pred.positive.get(finding))
+    never = " (never reached)" if never_reached({finding: t}) else ""
+    # the call first: a caption cut short in the gallery still says it
+    call, relation = ("POSITIVE", "\u2265") if positive else ("negative", "<")
+    return f"{finding} {call}: {word} {p:.2f} {relation} threshold {threshold_text(t)}{never}"
+
+
+def banners_html(predictor: Predictor) -> str:
+    """The model card's warnings (phantom-trained, no evaluation, thresholds never reached), prominent."""
+    import html
+
+    from cxrdx.model.card import banners
+
+    items = banners(predictor.meta)
+    return "".join(f'<div class="cxrdx-banner">\u26a0 {html.escape(b)}</div>' for b in items)
+
+
 def probability_chart(pred: Prediction, thresholds: dict[str, float] | None) -> Image.Image:
     """Horizontal bars of every finding's probability, thresholds as black ticks, positives in red."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -78,8 +161,9 @@ def probability_chart(pred: Prediction, thresholds: dict[str, float] | None) -> 
     ax.set_yticks(y, names, fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("probability")
-    handles = [Patch(color="#3b82f6", label="negative" if thresholds else "probability")]
+    word = "score (uncalibrated)" if getattr(pred, "calibration", None) == "none" else "probability"
+    ax.set_xlabel(word)
+    handles = [Patch(color="#3b82f6", label="negative" if thresholds else word)]
     if thresholds:
         handles = [Patch(color="#dc2626", label="positive"), *handles]
         handles.append(Line2D([], [], color="black", linewidth=2, label="threshold"))
@@ -111,6 +195,8 @@ def _fmt_value(v: Any) -> str:
 
 def model_card(predictor: Predictor) -> str:
     """Markdown: what the model is, what it was trained on, its recorded evaluation, the disclaimer."""
+    from cxrdx.model.card import card_lines
+
     meta = predictor.meta
     pre = meta.preprocessing
     lines = [
@@ -121,14 +207,15 @@ def model_card(predictor: Predictor) -> str:
         f"input {pre.size}x{pre.size} px, {pre.channels} channel(s), letterboxed",
         f"- **Inference backend:** {predictor.backend}",
     ]
+    for line in card_lines(meta):  # trained on (dataset, kind), images, patients, split, epochs, evaluated on
+        key, _, value = line.partition(": ")
+        lines.append(f"- **{key.capitalize()}:** {value}")
     prov = meta.provenance or {}
     if prov:
         shown = [f"{k}: {_fmt_value(v)}" for k, v in prov.items() if k not in _CARD_SKIP and _fmt_value(v)]
-        lines.append(
-            f"- **Trained on / provenance:** {', '.join(shown) or 'recorded (see checkpoint metadata)'}"
-        )
+        lines.append(f"- **Provenance:** {', '.join(shown) or 'recorded (see checkpoint metadata)'}")
     else:
-        lines.append("- **Trained on / provenance:** not recorded in this checkpoint")
+        lines.append("- **Provenance:** not recorded in this checkpoint")
     if meta.source:
         shown = [f"{k}: {_fmt_value(v)}" for k, v in meta.source.items() if _fmt_value(v)]
         lines.append(f"- **Imported weights:** {', '.join(shown)}")
@@ -157,21 +244,37 @@ def model_card(predictor: Predictor) -> str:
     return "\n".join(lines)
 
 
-def positives_markdown(pred: Prediction) -> str:
+def ood_markdown(pred: Prediction, threshold: float | None = None) -> str:
+    """A loud warning when the image is out of distribution ("" otherwise, or without a reference)."""
+    from cxrdx.inference.formats import ood_warning
+
+    text = ood_warning(pred, threshold)
+    return "" if text is None else f"**\u26a0 {text}.**\n\n"
+
+
+def positives_markdown(pred: Prediction, ood_threshold: float | None = None) -> str:
+    warning = ood_markdown(pred, ood_threshold)
+    unreliable = " (unreliable: out of distribution)" if warning else ""
     if pred.positive is None:
         top = ", ".join(f"{n} ({p:.2f})" for n, p in pred.ranked()[:TOP_K])
         return (
-            "**Positive findings:** not called: this checkpoint has no thresholds. "
-            f"Highest probabilities: {top}."
+            f"{warning}**Positive findings:** not called: this checkpoint has no thresholds. "
+            f"Highest {'scores (uncalibrated)' if pred.calibration == 'none' else 'probabilities'}{unreliable}: "
+            f"{top}."
         )
     pos = [f"**{n}** ({p:.2f})" for n, p in pred.ranked() if pred.positive.get(n)]
-    return "**Positive findings:** " + (", ".join(pos) if pos else "none above their thresholds")
+    return f"{warning}**Positive findings{unreliable}:** " + (
+        ", ".join(pos) if pos else "none above their thresholds"
+    )
 
 
 def findings_table(pred: Prediction, thresholds: dict[str, float] | None) -> str:
     """Every finding as text (the chart is a picture; screen readers and copy-paste need words)."""
+    from cxrdx.model.card import never_reached, threshold_text
+
     thresholds = thresholds or {}
-    rows = ["| finding | probability | threshold | call |", "|---|---:|---:|---|"]
+    word = "score (uncalibrated)" if getattr(pred, "calibration", None) == "none" else "probability"
+    rows = [f"| finding | {word} | threshold | call |", "|---|---:|---:|---|"]
     for name, p in pred.ranked():
         t = thresholds.get(name)
         call = (
@@ -179,5 +282,8 @@ def findings_table(pred: Prediction, thresholds: dict[str, float] | None) -> str
             if t is None or pred.positive is None
             else ("**positive**" if pred.positive.get(name) else "negative")
         )
-        rows.append(f"| {name} | {p:.3f} | {'-' if t is None else f'{t:.3f}'} | {call} |")
+        if call != "-" and pred.in_distribution is False:
+            call += " (unreliable)"
+        flag = " (never reached)" if t is not None and never_reached({name: t}) else ""
+        rows.append(f"| {name} | {p:.3f} | {threshold_text(t)}{flag} | {call} |")
     return "\n".join(rows)

@@ -15,22 +15,26 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np  # at runtime: Gradio reads the handlers' type hints
 
-from cxrdx.app.analyzer import Analyzer, user_message
+from cxrdx.app.analyzer import Analyzer, request_line, user_message
 from cxrdx.app.components import (
     DISCLAIMER,
     TOP_K,
+    banners_html,
+    captioned_overlay,
     display_image,
     findings_table,
     model_card,
-    overlay_image,
+    overlay_caption,
     positives_markdown,
     probability_chart,
 )
 from cxrdx.errors import CxrdxError
+from cxrdx.inference.formats import ood_warning
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -43,6 +47,8 @@ DEFAULT_MAX_UPLOAD_MB = 50
 CSS = """
 #cxrdx-status .error {color: #b91c1c; font-weight: 600;}
 #cxrdx-disclaimer {font-size: 0.9em; opacity: 0.85;}
+.cxrdx-banner {background: #fde8e8; border-left: 6px solid #b91c1c; color: #7f1d1d; font-weight: 600;
+  padding: 0.6em 1em; margin: 0.3em 0; border-radius: 4px;}
 """
 
 
@@ -58,47 +64,90 @@ def build_app(predictor: Predictor, max_file_size: int | str | None = None) -> g
     analyzer = Analyzer(predictor)
     labels = predictor.labels
 
+    thresholds = predictor.thresholds
+
     def empty(status: str) -> tuple:
-        return (status, None, None, "", "", [], gr.update(choices=labels, value=None), None, None)
+        picked = gr.update(value=None, label="Grad-CAM (picked finding)")
+        return (status, None, None, "", "", [], gr.update(choices=labels, value=None), picked, None, None)
 
     def analyze(path: str | None):
+        started, outcome = time.monotonic(), "ok"
+        try:
+            result = _analyze(path)
+            if not path:
+                outcome = "no-file"
+            elif result[1] is None:
+                outcome = "refused"  # a file the page could not use; it says why
+            return result
+        except BaseException:
+            outcome = "failed"
+            raise
+        finally:
+            log.info(request_line("page", path, time.monotonic() - started, outcome))
+
+    def _analyze(path: str | None):
         if not path:
             return empty("")
         try:
             image, pred = analyzer.predict(path)
             top = [n for n, _ in pred.ranked()[:TOP_K]]
-            overlays = [overlay_image(image, predictor.explain(image, n)) for n in top]
+            captions = [overlay_caption(pred, n, thresholds) for n in top]
+            overlays = [
+                captioned_overlay(image, predictor.explain(image, n), c)
+                for n, c in zip(top, captions, strict=True)
+            ]
         except CxrdxError as exc:
             return empty(f'<p class="error">Could not analyse this file. {user_message(exc, path)}</p>')
         except Exception as exc:  # noqa: BLE001 - the page must say something and keep serving
-            log.exception("unexpected failure on %s", path)
+            log.exception("unexpected failure on an upload")
             return empty(
                 f'<p class="error">Could not analyse this file: unexpected {type(exc).__name__} '
                 f"({user_message(exc, path)}). The server log has details.</p>"
             )
-        gallery = [(im, f"{n}: p={pred.probabilities[n]:.2f}") for n, im in zip(top, overlays, strict=True)]
+        gallery = list(zip(overlays, captions, strict=True))
         notes = "".join(f"<br>warning: {w}" for w in pred.warnings)
+        ood_threshold = predictor.ood.threshold if predictor.ood else None
+        if pred.in_distribution is False:
+            notes = f'<p class="error">{ood_warning(pred, ood_threshold)}.</p>' + notes
         status = f"Analysed <b>{pred.source}</b> ({image.shape[1]}x{image.shape[0]} px).{notes}"
         choices = [n for n, _ in pred.ranked()]
         return (
             status,
             display_image(image),
             probability_chart(pred, predictor.thresholds),
-            positives_markdown(pred),
+            positives_markdown(pred, ood_threshold),
             findings_table(pred, predictor.thresholds),
             gallery,
             gr.update(choices=choices, value=top[0]),
-            overlays[0],
+            gr.update(value=overlays[0], label=f"Grad-CAM: {captions[0]}"),
             image,
+            pred,
         )
 
-    def explain_pick(image: np.ndarray | None, finding: str | None):
+    def explain_pick(image: np.ndarray | None, pred: Any, finding: str | None):
         if image is None or not finding:
-            return None
-        return overlay_image(image, predictor.explain(image, finding))
+            return gr.update(value=None, label="Grad-CAM (picked finding)")
+        caption = overlay_caption(pred, finding, thresholds) if pred is not None else finding
+        return gr.update(
+            value=captioned_overlay(image, predictor.explain(image, finding), caption),
+            label=f"Grad-CAM: {caption}",
+        )
 
     def api_predict(path: str | None) -> dict[str, Any]:
         """Findings for one uploaded chest X-ray (PNG, JPEG or DICOM) as JSON."""
+        started, outcome = time.monotonic(), "ok"
+        try:
+            return _api_predict(path)
+        except gr.Error:
+            outcome = "refused"
+            raise
+        except BaseException:
+            outcome = "failed"
+            raise
+        finally:
+            log.info(request_line("api/predict", path, time.monotonic() - started, outcome))
+
+    def _api_predict(path: str | None) -> dict[str, Any]:
         if not path:
             raise gr.Error("no file uploaded: send a PNG, JPEG or DICOM chest X-ray", print_exception=False)
         try:
@@ -116,6 +165,8 @@ def build_app(predictor: Predictor, max_file_size: int | str | None = None) -> g
             f"{len(labels)} NIH ChestX-ray14 findings and where the network looked (Grad-CAM)."
         )
         gr.Markdown(f"**{DISCLAIMER}**", elem_id="cxrdx-disclaimer")
+        warnings = banners_html(predictor)  # phantom-trained, no evaluation, thresholds never reached
+        gr.HTML(warnings, elem_id="cxrdx-banners", visible=bool(warnings))
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
@@ -174,11 +225,14 @@ def build_app(predictor: Predictor, max_file_size: int | str | None = None) -> g
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card(predictor), elem_id="cxrdx-model-card")
         image_state = gr.State(None)
+        pred_state = gr.State(None)  # the picked finding's caption needs its probability and call
         api_out = gr.JSON(visible=False)
 
-        outputs = [status, shown, chart, positives, table, gallery, pick, picked, image_state]
+        outputs = [status, shown, chart, positives, table, gallery, pick, picked, image_state, pred_state]
         upload.change(analyze, inputs=upload, outputs=outputs, api_visibility="private", concurrency_limit=2)
-        pick.input(explain_pick, inputs=[image_state, pick], outputs=picked, api_visibility="private")
+        pick.input(
+            explain_pick, inputs=[image_state, pred_state, pick], outputs=picked, api_visibility="private"
+        )
         api_trigger = gr.Button(visible=False)
         api_trigger.click(
             api_predict, inputs=upload, outputs=api_out, api_name="predict", concurrency_limit=2
@@ -196,6 +250,16 @@ def _theme():
     )
 
 
+def request_log() -> None:
+    """The server log: one timestamped line per request on stderr (unless logging is set up already)."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def launch(
     demo: gr.Blocks,
     host: str = "127.0.0.1",
@@ -205,6 +269,7 @@ def launch(
     block: bool = True,
 ) -> Any:
     """Start the server (blocking unless ``block=False``), local and offline by default."""
+    request_log()
     size = max_file_size if max_file_size is not None else getattr(demo, "cxrdx_max_file_size", None)
     return demo.launch(
         server_name=host,

@@ -19,12 +19,14 @@ from cxrdx.errors import CxrdxError
 # name -> (module in cxrdx.cli, one-line help). Order is the order in `cxrdx --help`: the path a user walks.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "write a synthetic chest phantom dataset (NIH layout, known labels and boxes)"),
-    "stats": ("stats", "counts of images, patients and positives per finding in a label table"),
+    "stats": ("stats", "images, patients, views and label counts per finding of any supported label table"),
     "split": ("split", "patient-level train/val/test split of a label table"),
     "check-leakage": ("check_leakage", "check that split CSVs share no patient (exit 1 when they do)"),
     "prepare": ("prepare", "decode and resize images once into a memory-mapped cache for training"),
     "train": ("train", "train DenseNet121 on a prepared cache (or CSV splits); resumable; DDP via torchrun"),
+    "calibrate": ("calibrate", "fit calibrated probabilities on validation data into a new checkpoint"),
     "evaluate": ("evaluate", "AUROC with patient-bootstrap CIs, thresholds, calibration, HTML report"),
+    "compare": ("compare", "one model's evaluations on several datasets side by side (internal vs external)"),
     "explain": (
         "explain",
         "Grad-CAM heatmaps per finding (overlay PNG + raw .npy), optional localisation scores",
@@ -37,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "weights": ("weights", "pretrained weights by name: list, pull, verify, rm"),
     "serve": ("serve", "web app: upload a chest X-ray, see findings and Grad-CAM"),
+    "listen": (
+        "listen",
+        "DICOM node: receive chest X-rays by C-STORE, send SR + Grad-CAM results to a PACS",
+    ),
 }
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 GRADCAM_LAYER = "class_layers.relu"  # cxrdx.model.GRADCAM_LAYER, spelled here so --help loads no torch
+MIN_PAIRS = 30  # fewer scored image/box pairs than this: the rates are an example, not a measurement
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--iou-threshold", type=float, default=0.5, help="heatmap threshold for IoU (default 0.5)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no line per overlay written (the table is still printed)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +51,17 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         iou_threshold=args.iou_threshold,
     )
-    results = explain(config, log=print, warn=lambda line: print(line, file=sys.stderr))
+    log = (lambda line: None) if args.quiet else print
+    results = explain(config, log=log, warn=lambda line: print(line, file=sys.stderr))
     if config.boxes:
         if results["scores"]:
             print(format_localisation(results["scores"]))
+            pairs = sum(s.n for s in results["scores"].values())
+            if pairs < MIN_PAIRS:
+                print(
+                    f"note: only {pairs} image/box pair(s) scored: an example, not a measurement; a pointing "
+                    f"game rate needs at least {MIN_PAIRS} pairs: pass more images that have boxes"
+                )
         else:
             print(f"no boxes in {config.boxes} for these images and this model's findings")
     return 0

@@ -91,4 +91,7 @@ def run(args: argparse.Namespace) -> int:
         xrv_weights=args.xrv_weights,
     )
     print(_summary(result))
+    from cxrdx.inference.export import prepare_export_note
+
+    prepare_export_note("import", args.out)  # so the first `cxrdx predict` is fast
     return 0

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 # The same values as cxrdx.inference (predictor.BACKENDS, formats.HEATMAP_TOP_K), spelled here so
-# --help loads no torch.
+# --help loads no torch. The job itself is cxrdx.inference.predict_job.
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 HEATMAP_TOP_K = 3
-MAX_FAILURES_SHOWN = 20  # with --out, failures are also listed on stderr, up to this many
-PROGRESS_MIN_IMAGES = 6  # a progress bar for more than a handful of images
+DEFAULT_BATCH = 8  # = cxrdx.inference.predict_job.DEFAULT_BATCH, for the help text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,9 +21,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
     p.add_argument("--recursive", "-r", action="store_true", help="also search subfolders of folders")
     p.add_argument(
-        "--format", choices=("table", "json", "csv"), default="table", help="output format (table)"
+        "--format",
+        choices=("table", "json", "csv", "jsonl", "dicom", "fhir"),
+        default="table",
+        help="output format (table); jsonl = JSON Lines, one image per line; dicom = a TID 1500 SR and "
+        "Grad-CAM secondary captures in each DICOM input's study; fhir = an R4 DiagnosticReport bundle "
+        "per image (PNG/JPEG too). dicom and fhir need --out DIR",
     )
-    p.add_argument("--out", metavar="FILE", help="write the output here instead of stdout")
+    p.add_argument(
+        "--out", metavar="FILE", help="write the output here instead of stdout (a folder for dicom/fhir)"
+    )
     p.add_argument(
         "--heatmaps", metavar="DIR", help=f"write Grad-CAM overlays of the top {HEATMAP_TOP_K} findings"
     )
@@ -36,102 +41,110 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="auto = onnx on CPU when installed; openvino is optional (bf16 where the CPU has it)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch backend only)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"images per network call (default: measured on this machine, see --no-autotune; else {DEFAULT_BATCH})",
+    )
+    p.add_argument(
+        "--no-autotune",
+        action="store_true",
+        help="do not measure batch size and threads at first use (a few seconds, then cached per "
+        "machine and model); use the defaults",
+    )
     p.add_argument(
         "--workers", type=int, default=None, help="image decoding threads (default: CPUs - 1, at least 1)"
     )
     p.add_argument(
         "--tta", action="store_true", help="average over the image and its mirror; report the spread"
     )
+    archive = p.add_argument_group(
+        "archives",
+        "csv and jsonl stream to --out as they are made (one fsync per batch: a crash loses at most "
+        "that batch). Many processes: each takes a slice of the sorted file list and writes "
+        "OUT.part-I-of-N; the last one to finish merges the parts into OUT.",
+    )
+    archive.add_argument(
+        "--resume", action="store_true", help="skip the images already in --out (csv/jsonl), append the rest"
+    )
+    archive.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="be shard I (0 to N-1) of N, e.g. $SLURM_ARRAY_TASK_ID/N; torchrun's RANK/WORLD_SIZE "
+        "are used when this is not given",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+    # torch and MONAI are not imported here: with an exported checkpoint the ONNX path needs neither
+    from cxrdx.inference.predict_job import FOLDER_FORMATS, PredictJobConfig, predict_job
 
-    from cxrdx.device import available_threads, choose_device
-    from cxrdx.errors import ConfigError, CxrdxError
-    from cxrdx.inference.formats import (
-        NO_THRESHOLDS_NOTE,
-        collect_images,
-        format_csv,
-        format_json,
-        format_table,
-        unique_stems,
-        write_heatmaps,
+    config = PredictJobConfig(
+        weights=args.weights,
+        paths=list(args.paths),
+        recursive=args.recursive,
+        format=args.format,
+        out=args.out,
+        heatmaps=args.heatmaps,
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        autotune=not args.no_autotune,
+        workers=args.workers,
+        tta=args.tta,
+        resume=args.resume,
+        shard=args.shard,
     )
-    from cxrdx.inference.predictor import Prediction, Predictor
+    result_folder = check_inputs = None
+    if args.format in FOLDER_FORMATS:
+        from cxrdx.interop.result_files import ResultFolder, check_dicom_inputs
 
-    if args.workers is not None and args.workers < 0:
-        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
-    if args.out and Path(args.out).is_dir():
-        raise ConfigError(f"--out {args.out}: is a folder; give a file name")
-    if args.out:  # fail before the work, not after it
-        try:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"--out {args.out}: its folder cannot be created ({exc.strerror or exc})"
-            ) from None
-    files, errors = collect_images(args.paths, args.recursive)
-    device = choose_device(args.device)
-    torch.set_num_threads(available_threads())
-    predictor = Predictor.load(args.weights, device=device, backend=args.backend)
-    heat_dir = Path(args.heatmaps) if args.heatmaps else None
-    if heat_dir is not None:
-        heat_dir.mkdir(parents=True, exist_ok=True)
-    stems = unique_stems([str(f) for f in files])
-    results: list[Prediction] = []
-    bar = tqdm(
-        total=len(files),
-        desc="predict",
-        unit="img",
-        file=sys.stderr,
-        disable=len(files) < PROGRESS_MIN_IMAGES,
+        result_folder, check_inputs = ResultFolder, check_dicom_inputs
+    summary = predict_job(
+        config,
+        log=lambda line: print(f"cxrdx predict: {line}", file=sys.stderr),
+        result_folder=result_folder,
+        check_inputs=check_inputs,
     )
-    with bar:
-        it = predictor.iter_predict(files, batch_size=args.batch_size, tta=args.tta, workers=args.workers)
-        for k, pred in enumerate(it):
-            if heat_dir is not None and pred.ok:
-                try:
-                    write_heatmaps(predictor, pred, files[k], heat_dir, stems[k])
-                except CxrdxError as exc:
-                    pred.warnings.append(f"heatmaps not written: {exc}")
-            results.append(pred)
-            bar.update(1)
-    results = errors + results
-    if args.format == "json":
-        text = format_json(results)
-    elif args.format == "csv":
-        text = format_csv(results, predictor.labels, predictor.thresholds)
-    else:
-        text = format_table(results, predictor.thresholds)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-    failed = sum(not p.ok for p in results)
-    where = f" -> {args.out}" if args.out else ""
-    heat = f"; heatmaps in {heat_dir}" if heat_dir else ""
+    if summary.written is not None:
+        sys.stdout.write("".join(f"{p}\n" for p in summary.written))
+    elif summary.text is not None:
+        sys.stdout.write(summary.text)
+    failed = summary.failed
+    where = f" -> {summary.target}" if args.out else ""
+    if summary.n_shards > 1:
+        where += (
+            f"; all {summary.n_shards} parts merged into {args.out}"
+            if summary.merged
+            else (f"; {args.out} is written when the last of the {summary.n_shards} shards finishes")
+        )
+    heat = f"; heatmaps in {summary.heat_dir}" if summary.heat_dir else ""
     print(
-        f"cxrdx predict: {len(results) - failed} image(s) predicted, {failed} failed "
-        f"(backend {predictor.backend}){where}{heat}",
+        f"cxrdx predict: {summary.ok} image(s) predicted, {failed} failed (backend {summary.backend}){where}{heat}",
         file=sys.stderr,
     )
     if args.out and failed:  # the error rows are in FILE; say which images failed and why here too
-        _print_failures([p for p in results if not p.ok], args.out)
-    if args.format != "table" and not predictor.thresholds:
-        print(f"cxrdx predict: note: {NO_THRESHOLDS_NOTE}", file=sys.stderr)
+        _print_failures(summary.failures, failed, str(summary.target))
+    if summary.ood:
+        print(
+            f"cxrdx predict: warning: {summary.ood} image(s) OUT OF DISTRIBUTION (unlike the images the "
+            'model was trained on, "in_distribution": false): their findings and calls are unreliable',
+            file=sys.stderr,
+        )
+    for b in summary.warnings:  # the model card's banners; a table carries them itself
+        print(f"cxrdx predict: WARNING: {b}", file=sys.stderr)
+    for note in summary.notes:
+        print(f"cxrdx predict: note: {note}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _print_failures(failures: list, out: str) -> None:
-    """List the first MAX_FAILURES_SHOWN failed images with their reasons on stderr."""
-    for pred in failures[:MAX_FAILURES_SHOWN]:
+def _print_failures(failures: list, total: int, out: str) -> None:
+    """List the failed images the job kept (its first MAX_FAILURES_SHOWN) with their reasons on stderr."""
+    for pred in failures:
         reason = str(pred.error)
         line = reason if reason.startswith(pred.source) else f"{pred.source}: {reason}"
         print(f"cxrdx predict: failed: {line}", file=sys.stderr)
-    more = len(failures) - MAX_FAILURES_SHOWN
+    more = total - len(failures)
     if more > 0:
         print(f"cxrdx predict: ... and {more} more (see {out})", file=sys.stderr)

@@ -13,8 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Decode every image listed in the label CSV(s) once, letterbox it to SIZE x SIZE "
         "(scale the longer side, pad with black, so no anatomy is cropped), and store uint8 pixels in "
         "OUT/images.npy with OUT/index.csv (labels + row + split = CSV stem) and OUT/cache.json. "
-        "Interrupted? Rerun the same command: finished images are kept. Unreadable images are "
-        "reported, skipped and listed at the end."
+        "Interrupted? Rerun the same command: finished images are kept. Images listed but not found "
+        "stop the job (listed in OUT/not_cached.csv) unless --allow-missing; unreadable images are "
+        "skipped, counted and listed in OUT/not_cached.csv and OUT/cache.json."
     )
     parser.add_argument(
         "--labels",
@@ -30,13 +31,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 8)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in --out")
+    parser.add_argument(
+        "--allow-patient-overlap",
+        action="store_true",
+        help="cache splits that share a patient (refused by default; recorded in cache.json)",
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="cache the images that are there when some listed ones are not (e.g. a partial download)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_mixed_no_finding(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrdx.data.cache import INFO_FILE
-    from cxrdx.data.prepare import prepare_cache
+    from cxrdx.data.prepare import NOT_CACHED_FILE, SHOWN_NAMES, prepare_cache
 
     result = prepare_cache(
         labels=args.labels,
@@ -47,26 +57,31 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overwrite=args.overwrite,
         mixed_no_finding=mixed_no_finding(args),
+        allow_patient_overlap=args.allow_patient_overlap,
+        allow_missing=args.allow_missing,
     )
+    if result.leakage:
+        print(
+            f"WARNING: {result.leakage}; allowed by --allow-patient-overlap (recorded in the cache)",
+            file=sys.stderr,
+        )
     reused = ""
     total = result.cached + len(result.failures)
     if result.decoded < total:
         reused = f" ({total - result.decoded} already done by an earlier run)"
     counts = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
-    if result.failures:
+    if result.failures:  # a count and the first few; all of them are in the file
+        missing = sum(f["path"] == "" for f in result.failures)
+        what = (
+            f"{missing} not found, {len(result.failures) - missing} unreadable" if missing else "unreadable"
+        )
         print(
-            f"{len(result.failures)} image(s) could not be read and were left out (also listed in "
-            f"{result.out / INFO_FILE}):",
+            f"cxrdx prepare: {len(result.failures)} of {total} image(s) left out ({what}); "
+            f"all listed in {result.out / NOT_CACHED_FILE}. The first:",
             file=sys.stderr,
         )
-        for f in result.failures:
-            print(f"  {f['path'] or f['image']}: {f['problem']}", file=sys.stderr)
-    if result.cached == 0:
-        print(
-            f"cxrdx prepare: error: none of the {total} images could be read; nothing was cached",
-            file=sys.stderr,
-        )
-        return 1
+        for f in result.failures[:SHOWN_NAMES]:
+            print(f"  {f['image']}: {f['problem']}", file=sys.stderr)
     print(
         f"cached {result.cached} images ({counts}) at {result.size} px, letterboxed, into {result.out}"
         f"{reused} in {result.seconds:.1f} s"

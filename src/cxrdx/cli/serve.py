@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    from cxrdx.model.card import banners
+
+    for warning in banners(predictor.meta):  # the page shows them too, as banners
+        print(f"cxrdx serve: WARNING: {warning}", file=sys.stderr, flush=True)
     try:
         launch(demo, args.host, args.port, max_file_size=size, share=args.share, block=True)
     except OSError as exc:

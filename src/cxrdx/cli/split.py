@@ -8,7 +8,6 @@ from pathlib import Path
 
 from cxrdx.cli.label_options import add_mixed_no_finding, mixed_no_finding
 from cxrdx.errors import ConfigError
-from cxrdx.labels import FINDINGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxrdx.data.columns import _few
     from cxrdx.data.splits import split_by_patient
-    from cxrdx.data.tables import read_labels, write_labels
+    from cxrdx.data.tables import read_labels, table_findings, write_labels
 
     if args.absolute_paths and args.images is None:
         raise ConfigError("split: --absolute-paths needs --images DIR to find the files")
@@ -53,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'images':<20}" + "".join(f"{len(v):>12,}" for v in splits.values()))
     print(f"{'  fraction':<20}" + "".join(f"{len(v) / n:>12.1%}" for v in splits.values()))
     print(f"{'patients':<20}" + "".join(f"{v['patient'].nunique():>12,}" for v in splits.values()))
-    for f in FINDINGS:
-        print(f"{f:<20}" + "".join(f"{int(v[f].sum()):>12,}" for v in splits.values()))
-    empty = [f"{f} in {k}" for k, v in splits.items() if len(v) for f in FINDINGS if int(v[f].sum()) == 0]
+    findings = table_findings(df)  # the findings this table labels (partial labels)
+    for f in findings:
+        print(f"{f:<20}" + "".join(f"{int((v[f] == 1).sum()):>12,}" for v in splits.values()))
+    empty = [
+        f"{f} in {k}" for k, v in splits.items() if len(v) for f in findings if int((v[f] == 1).sum()) == 0
+    ]
     if empty:
         print(f"warning: no positives for {_few(empty, 8)}; AUROC is undefined there", file=sys.stderr)
     return 0

@@ -19,9 +19,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--data",
+        nargs="+",
         metavar="CACHE_OR_CSV",
-        help="cache folder from `cxrdx prepare`, or a folder with train.csv and val.csv",
+        help="cache folder from `cxrdx prepare`, or a folder with train.csv and val.csv; several datasets "
+        "at once (each with its own label set and patient-disjoint splits): --data A B",
     )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="NAME",
+        help="the model's outputs (default: every finding the data label, NIH's 14 first)",
+    )
+    p.add_argument(
+        "--uncertain",
+        choices=["ignore", "zeros", "ones"],
+        help="uncertain (-1) labels: ignore = masked (default), zeros or ones (the CheXpert paper's policies)",
+    )
+    p.add_argument("--views", help="views to train on: frontal (default), all, or a list like PA,AP")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder to create")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings (flags override it)")
     p.add_argument(
@@ -30,7 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", metavar="DIR", help="CSV data: folder the image names are relative to")
     p.add_argument("--arch", help="densenet121 (default) or densenet-tiny (tests)")
     p.add_argument(
-        "--init", metavar="FILE", help="ImageNet weights (torchvision densenet121-*.pth) to start from"
+        "--init",
+        metavar="FILE|NAME",
+        help="weights to start the features from: a file (torchvision densenet121-*.pth, a cxrdx checkpoint) "
+        "or a registry name (`cxrdx weights list`), e.g. imagenet",
     )
     p.add_argument("--epochs", type=int, help="maximum epochs (default 20)")
     p.add_argument("--batch-size", type=int, help="images per step per process (default 32)")
@@ -78,6 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--freeze-bn",
         action="store_true",
         help="BatchNorm uses the running statistics of --init (required; small batches, exact DDP)",
+    )
+    p.add_argument(
+        "--allow-patient-overlap",
+        action="store_true",
+        help="train although a patient is in both splits (refused by default; recorded in the checkpoint)",
     )
     p.add_argument("--max-minutes", type=float, help="time budget: stop when another epoch would not fit")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (quick runs)")
@@ -129,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         raise
     if is_main:
         print_summary(result, cfg)
+        from cxrdx.inference.export import prepare_export_note
+
+        prepare_export_note("train", result.best_path)  # so the first `cxrdx predict` is fast
     return 0
 
 
@@ -147,12 +172,11 @@ def print_summary(result, cfg) -> None:
         f"best checkpoint: {result.best_path} (epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}{auroc})"
     )
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
+    first = cfg.data if isinstance(cfg.data, str) else cfg.data[0]
     data = (
-        cfg.data
-        if (Path(cfg.data) / "cache.json").is_file()
-        else str(
-            Path(cfg.data).with_name("test.csv") if Path(cfg.data).is_file() else Path(cfg.data) / "test.csv"
-        )
+        first
+        if (Path(first) / "cache.json").is_file()
+        else str(Path(first).with_name("test.csv") if Path(first).is_file() else Path(first) / "test.csv")
     )
     print(
         f"next: cxrdx evaluate --weights {result.best_path} --data {data} --split test --out {result.run_dir / 'evaluation'}"

@@ -1,4 +1,4 @@
-"""Lesion boxes: NIH's ``BBox_List_2017.csv`` or a phantom ``BBox_List.csv``."""
+"""Lesion boxes: NIH's ``BBox_List_2017.csv``, a phantom ``BBox_List.csv``, or VinDr-CXR's ``train.csv``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 
 from cxrdx.data.columns import _few, _pick, _read_csv
 from cxrdx.errors import DataError, LabelError
-from cxrdx.labels import FINDINGS, canonical, is_finding
+from cxrdx.labels import ALL_FINDINGS, canonical, is_finding
 
 BOX_COLUMNS = ("image", "finding", "x", "y", "w", "h")
 _BOX_ALIASES = {
@@ -33,6 +33,10 @@ def read_bboxes(csv_path: str | os.PathLike) -> pd.DataFrame:
     path = Path(csv_path)
     raw = _read_csv(path, "box table")
     columns = [str(c) for c in raw.columns if not str(c).startswith("Unnamed")]
+    from cxrdx.data import vindr
+
+    if all(_pick(columns, (c,)) for c in vindr.SIGNATURE):  # VinDr-CXR: boxes per reader, kept all
+        return vindr.read_boxes(path, raw)
     picked = {key: _pick(columns, names) for key, names in _BOX_ALIASES.items()}
     missing = [key for key, col in picked.items() if col is None]
     if missing:
@@ -46,7 +50,7 @@ def read_bboxes(csv_path: str | os.PathLike) -> pd.DataFrame:
     unknown = sorted({n for n in names.unique() if not is_finding(n)})
     if unknown:
         raise LabelError(
-            f"{path}: unknown finding name(s) in boxes: {_few(unknown, 10)}; known: {', '.join(FINDINGS)}"
+            f"{path}: unknown finding name(s) in boxes: {_few(unknown, 10)}; known: {', '.join(ALL_FINDINGS)}"
         )
     mapping = {n: canonical(n) for n in names.unique()}
     out["finding"] = names.map(mapping)

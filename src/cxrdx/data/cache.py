@@ -6,7 +6,11 @@ Layout (docs/architecture.md), written by ``cxrdx.data.prepare``:
   Resize is *letterbox* (scale the longer side, pad with black): a centre crop would
   cut off apices and costophrenic angles, where effusions and pneumothoraces show.
 - ``CACHE/index.csv``: the label table of the images that were read, plus ``row``
-  (into images.npy) and ``split`` (the stem of the CSV each row came from).
+  (into images.npy) and ``split`` (the stem of the CSV each row came from). Finding
+  cells are 1 / 0 / -1 (uncertain, kept raw) / blank (unlabelled); ``cache.json``
+  ``findings`` lists the findings the cache labels. ``open_cache(uncertain=...)``
+  applies the uncertain policy when the cache is opened, so one cache serves
+  ``--uncertain ignore|zeros|ones``. Caches from before ``findings`` existed label NIH's 14.
 - ``CACHE/cache.json``: size, resize mode, counts per split, and the unreadable
   images with the reason each failed (they are left out of index.csv).
 """
@@ -24,7 +28,7 @@ import pandas as pd
 
 from cxrdx.data.loaders import CacheBatches, _gather
 from cxrdx.errors import DataError
-from cxrdx.labels import FINDINGS
+from cxrdx.labels import ALL_FINDINGS, FINDINGS
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.npy"
@@ -56,6 +60,7 @@ class PreparedCache:
     index: pd.DataFrame
     size: int
     info: dict
+    findings: tuple[str, ...] = FINDINGS  # the findings this cache labels (ALL_FINDINGS order)
 
     @property
     def splits(self) -> dict[str, int]:
@@ -75,12 +80,21 @@ class PreparedCache:
             self.index[self.index["split"] == split].reset_index(drop=True),
             self.size,
             self.info,
+            self.findings,
         )
 
     @property
     def labels(self) -> np.ndarray:
-        """(n, 14) uint8 labels in FINDINGS order."""
-        return self.index[list(FINDINGS)].to_numpy(dtype=np.uint8)
+        """(n, len(findings)) float32 labels in ``findings`` order: 1 / 0 / NaN (unlabelled)."""
+        return self.index[list(self.findings)].to_numpy(dtype=np.float32)
+
+    def labels_for(self, names) -> np.ndarray:
+        """(n, len(names)) float32: this cache's labels for ``names``; NaN for findings it does not label."""
+        out = np.full((len(self.index), len(names)), np.nan, dtype=np.float32)
+        for j, name in enumerate(names):
+            if name in self.findings:
+                out[:, j] = self.index[name].to_numpy(dtype=np.float32)
+        return out
 
     @property
     def rows(self) -> np.ndarray:
@@ -90,11 +104,13 @@ class PreparedCache:
         """uint8 (B, S, S) for the given positions in ``index``."""
         return _gather(self.images, self.rows[np.asarray(positions, dtype=np.int64)])
 
-    def batches(self) -> CacheBatches:
-        return CacheBatches(self.path / IMAGES_FILE, self.rows, self.labels)
+    def batches(self, names=None) -> CacheBatches:
+        """Batches with labels for ``names`` (default: this cache's findings)."""
+        labels = self.labels if names is None else self.labels_for(names)
+        return CacheBatches(self.path / IMAGES_FILE, self.rows, labels)
 
 
-def open_cache(path: str | os.PathLike) -> PreparedCache:
+def open_cache(path: str | os.PathLike, uncertain: str = "ignore") -> PreparedCache:
     """Open a finished cache, or raise DataError saying what is wrong and to run `cxrdx prepare`."""
     path = Path(path)
     hint = f"create it with `cxrdx prepare --labels train.csv val.csv --images DIR --out {path}`"
@@ -117,7 +133,9 @@ def open_cache(path: str | os.PathLike) -> PreparedCache:
         raise DataError(
             f"{path}: the cache is corrupt or incomplete ({exc}); rebuild it: {hint} --overwrite"
         ) from None
-    missing = [c for c in ("row", "split", *FINDINGS) if c not in index.columns]
+    named = info.get("findings")
+    findings = tuple(f for f in ALL_FINDINGS if f in named) if named else FINDINGS
+    missing = [c for c in ("row", "split", *findings) if c not in index.columns]
     if missing:
         raise DataError(
             f"{path}/{INDEX_FILE}: missing columns {missing}; rebuild the cache: {hint} --overwrite"
@@ -131,7 +149,14 @@ def open_cache(path: str | os.PathLike) -> PreparedCache:
         raise DataError(
             f"{path}/{INDEX_FILE}: rows point outside {IMAGES_FILE}; rebuild the cache with --overwrite"
         )
-    for name in FINDINGS:
-        index[name] = index[name].fillna(0).astype(np.uint8)
+    if uncertain not in ("ignore", "zeros", "ones", "keep"):
+        raise DataError(f"uncertain policy {uncertain!r}: choose ignore, zeros or ones")
+    for name in findings:
+        v = pd.to_numeric(index[name], errors="coerce").to_numpy(dtype=np.float32)
+        if not named:
+            v = np.nan_to_num(v, nan=0.0)  # an old cache: NIH's 14, blank meant 0
+        if uncertain != "keep":
+            v[v == -1] = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[uncertain]
+        index[name] = v
     index["split"] = index["split"].astype(str)
-    return PreparedCache(path=path, images=images, index=index, size=size, info=info)
+    return PreparedCache(path=path, images=images, index=index, size=size, info=info, findings=findings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +82,111 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
         raise DataError(f"{what} {path} does not exist; check the path")
     if path.is_dir():
         raise DataError(f"{what} {path} is a folder; give the CSV file inside it")
+    _refuse_non_csv(path, what)
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{what} {path} is empty (no header, no rows)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as exc:
+    except pd.errors.ParserError as exc:  # pandas' text names C internals; say what is wrong instead
+        where = re.search(r"line (\d+)", str(exc))
+        at = f" (line {where.group(1)} has a different number of fields than the header)" if where else ""
+        raise DataError(
+            f"{what} {path} is not a well-formed CSV table{at}; give a comma-separated file with one "
+            "header line"
+        ) from None
+    except (UnicodeDecodeError, OSError, EOFError, ValueError) as exc:
         raise DataError(f"{what} {path} cannot be read as CSV ({type(exc).__name__}: {exc})") from exc
+    if what == "label table":
+        _refuse_box_table(path, [str(c) for c in table.columns])
+    return table
+
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zip", ".xz", ".zst")  # pandas decompresses these itself
+
+
+def _refuse_non_csv(path: Path, what: str) -> None:
+    """JSON, images, PDFs, archives given where a CSV belongs: say what the file is."""
+    if path.name.lower().endswith(COMPRESSED_SUFFIXES):
+        return
+    from cxrdx.imaging.sniff import describe_non_image, sniff_image
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return  # pandas reports it below
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] in (b"{", b"["):
+        raise DataError(
+            f"{what} {path} is JSON, not a CSV table; give a comma-separated file with one header line "
+            "(image, patient and label columns)"
+        )
+    kind = "DICOM image" if head[128:132] == b"DICM" else sniff_image(head)
+    if kind:
+        raise DataError(f"{what} {path} is a {kind}{'' if 'image' in kind else ' image'}, not a CSV table")
+    guess = describe_non_image(head)  # only the kinds it names (PDF, ZIP, gzip, .npy, HTML)
+    if guess.startswith("it looks like") and guess != "it looks like a text file":
+        raise DataError(f"{what} {path} is not a CSV table: {guess}")
+
+
+BOX_COLUMNS = ("bbox [x", "x", "y", "w", "h")
+
+
+def _refuse_box_table(path: Path, columns: list[str]) -> None:
+    """A box table (NIH's BBox_List_2017.csv or cxrdx's image,finding,x,y,w,h) where labels belong."""
+    names = {_norm(c) for c in columns}
+    nih = "bbox [x" in names and "finding label" in names
+    ours = {"x", "y", "w", "h"} <= names and ("finding" in names or "finding label" in names)
+    if nih or ours:
+        raise DataError(
+            f"label table {path}: this looks like BBox_List_2017.csv (a table of boxes: one finding and "
+            "x, y, w, h per row), not labels; pass it as --boxes, and give the labels (Data_Entry_2017.csv "
+            "or a split CSV) as --labels"
+        )
+
+
+@dataclass
+class Parsed:
+    """What one dataset reader hands ``tables.read_labels``: per-row metadata and float label codes.
+
+    ``labels`` maps canonical findings (those this dataset labels) to float32 arrays of
+    1 / 0 / -1 (uncertain) / NaN (unlabelled). ``lines`` are the CSV line numbers each
+    row came from (for error messages); ``extra`` holds dataset-specific columns kept
+    beside the label table (e.g. ``official_split``).
+    """
+
+    fmt: str
+    image: np.ndarray
+    patient: np.ndarray
+    labels: dict[str, np.ndarray]
+    study: np.ndarray | None = None
+    view: np.ndarray | None = None
+    age: np.ndarray | None = None
+    sex: np.ndarray | None = None
+    lines: np.ndarray | None = None
+    given_path: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def require_columns(path: Path, columns: list[str], needed: Iterable[str], layout: str) -> dict[str, str]:
+    """The actual spelling of each needed column; DataError naming every missing one."""
+    found = {n: _pick(columns, (n,)) for n in needed}
+    missing = [n for n, c in found.items() if c is None]
+    if missing:
+        raise DataError(
+            f"{path}: not a {layout} table: missing column(s) {', '.join(missing)}. "
+            f"Columns present: {', '.join(columns)}"
+        )
+    return {n: c for n, c in found.items() if c is not None}
+
+
+def text_column(raw: pd.DataFrame, col: str | None, func=lambda v: v.strip()) -> np.ndarray:
+    """A column mapped per distinct value (empty strings where the column is absent)."""
+    return _map_unique(raw[col] if col else [""] * len(raw), func)
+
+
+def sex_value(text: str) -> str:
+    """M / F from M, F, Male, Female (any case); anything else (Unknown, blank) -> ''."""
+    t = text.strip().upper()
+    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(t, "")

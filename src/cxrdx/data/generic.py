@@ -1,4 +1,10 @@
-"""Generic label format: one 0/1 column per finding (names in any case, aliases allowed)."""
+"""Generic label format: an image column, a patient column and any subset of finding columns.
+
+Each finding column holds 1 (positive), 0 (negative), -1 (uncertain) or blank
+(unlabelled); ``1.0``/``0.0``/``-1.0``, ``yes``/``no`` and ``true``/``false`` are
+accepted too. Column names are any cxrdx finding name or alias (``labels.ALL_FINDINGS``),
+in any case. The codes helpers here are shared by the CheXpert, MIMIC and Google readers.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,28 @@ import pandas as pd
 
 from cxrdx.data.columns import _few, _map_unique
 from cxrdx.errors import DataError
-from cxrdx.labels import FINDINGS, canonical, is_finding
+from cxrdx.labels import ALL_FINDINGS, canonical, is_finding
 
-_BINARY = {"1": 1, "1.0": 1, "true": 1, "yes": 1, "0": 0, "0.0": 0, "false": 0, "no": 0}
+NAN = float("nan")
+_CODES = {
+    "1": 1.0,
+    "1.0": 1.0,
+    "true": 1.0,
+    "yes": 1.0,
+    "0": 0.0,
+    "0.0": 0.0,
+    "false": 0.0,
+    "no": 0.0,
+    "-1": -1.0,
+    "-1.0": -1.0,
+    "": NAN,
+    "nan": NAN,
+}
+_BAD = 9.0  # marker for a value outside the accepted set
 
 
 def finding_columns(path: Path, columns: list[str], skip: str | None = None) -> dict[str, str]:
-    """Canonical finding -> the column that holds it; two columns meaning one finding is an error."""
+    """Canonical finding -> the column that holds it (``ALL_FINDINGS`` order); two columns for one is an error."""
     found: dict[str, str] = {}
     for c in columns:
         if c != skip and is_finding(c):
@@ -23,26 +44,27 @@ def finding_columns(path: Path, columns: list[str], skip: str | None = None) -> 
             if name in found:
                 raise DataError(f"{path}: columns '{found[name]}' and '{c}' both mean {name}; keep one")
             found[name] = c
-    return found
+    return {f: found[f] for f in ALL_FINDINGS if f in found}
 
 
-def label_matrix(path: Path, raw: pd.DataFrame, columns: dict[str, str]) -> np.ndarray:
-    """(n, 14) uint8 in FINDINGS order; anything but 0/1 (uncertain, blank) is an error naming the column."""
-    out = np.zeros((len(raw), len(FINDINGS)), dtype=np.uint8)
+def code_columns(path: Path, raw: pd.DataFrame, columns: dict[str, str]) -> dict[str, np.ndarray]:
+    """Finding -> float32 codes 1 / 0 / -1 / NaN; values outside that set: DataError naming column and lines."""
+    out: dict[str, np.ndarray] = {}
     problems = []
-    for i, finding in enumerate(FINDINGS):
-        col = columns[finding]
-        code = _map_unique(raw[col], lambda v: _BINARY.get(v.strip().lower(), -1)).astype(np.int8)
-        bad = code < 0
+    for finding, col in columns.items():
+        code = _map_unique(raw[col], lambda v: _CODES.get(v.strip().lower(), _BAD)).astype(np.float32)
+        bad = code == _BAD
         if bad.any():
+            rows = np.flatnonzero(bad)
             values = pd.unique(raw[col].to_numpy(dtype=object)[bad])
-            shown = [repr(v) if str(v).strip() else "empty" for v in values]
-            problems.append(f"column '{col}': {int(bad.sum())} value(s) not 0/1, e.g. {_few(shown)}")
-        out[:, i] = code == 1
+            problems.append(
+                f"column '{col}': {len(rows)} value(s) not 1, 0, -1 or blank, e.g. {_few(map(repr, values))} "
+                f"on line(s) {_few((rows + 2).tolist())}"
+            )
+        out[finding] = code
     if problems:
         raise DataError(
-            f"{path}: labels must be 0 or 1; "
-            + "; ".join(problems)
-            + " (map uncertain or missing labels to 0 or 1 before training)"
+            f"{path}: label values must be 1 (positive), 0 (negative), -1 (uncertain) or blank "
+            f"(unlabelled); " + "; ".join(problems)
         )
     return out

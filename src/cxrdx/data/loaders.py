@@ -114,3 +114,39 @@ def pixel_stats(
     mean = total / count
     std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
     return float(mean), max(std, 1e-3)
+
+
+class ConcatBatches:
+    """Several batch sources (one per dataset) as one: positions run through them in order.
+
+    ``labels`` is the stacked (N, C) float32 matrix (NaN where a dataset does not label a
+    finding); a batch may mix datasets. ``cache_only``: every part is a CacheBatches.
+    """
+
+    def __init__(self, parts: Sequence[CacheBatches | FileBatches]) -> None:
+        if not parts:
+            raise DataError("no training data sources to combine")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.labels = np.concatenate([p.labels for p in self.parts]).astype(np.float32)
+        self.cache_only = all(isinstance(p, CacheBatches) for p in self.parts)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def squares(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        part = np.searchsorted(self.offsets, positions, side="right") - 1
+        out: np.ndarray | None = None
+        for k in np.unique(part):
+            sel = np.flatnonzero(part == k)
+            got = self.parts[k].squares(positions[sel] - self.offsets[k])
+            if out is None:
+                out = np.empty((len(positions), *got.shape[1:]), dtype=np.uint8)
+            out[sel] = got
+        assert out is not None
+        return out
+
+    def __getitem__(self, positions: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.asarray(positions, dtype=np.int64)
+        return self.squares(positions), self.labels[positions]

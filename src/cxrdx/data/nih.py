@@ -15,7 +15,7 @@ import pandas as pd
 
 from cxrdx.data.columns import _few, _map_unique
 from cxrdx.errors import DataError, LabelError
-from cxrdx.labels import FINDINGS, NO_FINDING, _key, is_finding, parse_finding_labels
+from cxrdx.labels import FINDINGS, NO_FINDING, _key, is_nih_finding, parse_finding_labels
 
 FINDING_LABELS_COLUMN = "Finding Labels"
 NIH_IMAGE_COLUMN = "Image Index"
@@ -86,7 +86,7 @@ def label_matrix(
         try:
             names = parse_finding_labels(text)
         except LabelError:
-            unknown.update(p.strip() for p in text.split("|") if p.strip() and not is_finding(p.strip()))
+            unknown.update(p.strip() for p in text.split("|") if p.strip() and not is_nih_finding(p.strip()))
             continue
         for name in names:
             table[row, index[name]] = 1

@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 
 from cxrdx.data.cache import DONE_FILE, FORMAT_VERSION, IMAGES_FILE, INDEX_FILE, INFO_FILE, PLAN_FILE
+from cxrdx.data.leakage import check_patient_overlap
 from cxrdx.data.loaders import load_square
+from cxrdx.data.origin import dataset_origin
 from cxrdx.errors import DataError, ImageReadError
 from cxrdx.files import atomic_write, atomic_write_text
 from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE
@@ -34,6 +36,9 @@ from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE
 SAVE_EVERY_S = 5.0  # how often progress is made durable while preparing (tests lower it: module attribute)
 
 TODO, DONE, FAILED = 0, 1, 2
+# every listed image that is not in the cache, and why (not found, unreadable)
+NOT_CACHED_FILE = "not_cached.csv"
+SHOWN_NAMES = 5  # names quoted in a message; the rest are in NOT_CACHED_FILE
 
 
 def _decode_row(task: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str | None]:
@@ -60,6 +65,7 @@ class PrepareResult:
     failures: list[dict] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    leakage: str | None = None  # the patient overlap between splits that --allow-patient-overlap let through
 
 
 def _plan(
@@ -81,11 +87,17 @@ def _plan(
     for csv, stem in zip(labels, stems, strict=True):
         if not Path(csv).is_file():
             raise DataError(f"{csv}: no such label file")
-        table = read_labels(csv, images_dir=images, mixed_no_finding=mixed_no_finding)
+        # uncertain labels stay -1 in the cache; open_cache applies the policy training asks for
+        table = read_labels(csv, images_dir=images, mixed_no_finding=mixed_no_finding, uncertain="keep")
         table = table.copy()
         table["split"] = stem
         tables.append(table)
     plan = pd.concat(tables, ignore_index=True)
+    from cxrdx.data.tables import table_findings
+    from cxrdx.labels import in_vocabulary_order
+
+    plan.attrs["findings"] = in_vocabulary_order({f for t in tables for f in table_findings(t)})
+    plan.attrs["datasets"] = [t.attrs.get("dataset") for t in tables]  # for the model card (data.origin)
     if plan.empty:
         raise DataError(f"the label file(s) {', '.join(map(str, labels))} list no images")
     if "path" not in plan.columns:
@@ -113,7 +125,7 @@ def _save_done(out: Path, done: np.ndarray) -> None:
 
 def _is_ours(path: Path) -> bool:
     """A file prepare writes, or one of its temporary files (left by a kill during a write)."""
-    names = (IMAGES_FILE, DONE_FILE, PLAN_FILE, INDEX_FILE, INFO_FILE)
+    names = (IMAGES_FILE, DONE_FILE, PLAN_FILE, INDEX_FILE, INFO_FILE, NOT_CACHED_FILE)
     return path.name in names or (path.name.startswith(".") and path.name.endswith(".tmp"))
 
 
@@ -163,6 +175,48 @@ def _start_or_resume(
     return np.load(out / IMAGES_FILE, mmap_mode="r+"), done
 
 
+def _write_not_cached(out: Path, rows: list[dict]) -> Path:
+    path = out / NOT_CACHED_FILE
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(rows, columns=["image", "path", "split", "problem"])
+    atomic_write_text(path, table.to_csv(index=False))
+    return path
+
+
+def _check_missing(
+    plan: pd.DataFrame, out: Path, images: str | os.PathLike | None, allow_missing: bool
+) -> None:
+    """Stop before decoding when listed images are not on disk (unless allowed; never when all are)."""
+    missing = plan.index[plan["path"] == ""]
+    if len(missing) == 0 or (allow_missing and len(missing) < len(plan)):
+        return
+    rows = [
+        {
+            "image": str(plan.at[r, "image"]),
+            "path": "",
+            "split": str(plan.at[r, "split"]),
+            "problem": "file not found",
+        }
+        for r in missing
+    ]
+    listed = _write_not_cached(out, rows)
+    names = ", ".join(r["image"] for r in rows[:SHOWN_NAMES])
+    more = f" and {len(rows) - SHOWN_NAMES} more" if len(rows) > SHOWN_NAMES else ""
+    where = f"--images {images}" if images else "the folder of the label CSV"
+    found = len(plan) - len(missing)
+    if found == 0:
+        advice = "nothing was cached; check --images (it must be the folder holding the image files)"
+    else:
+        advice = (
+            f"nothing was cached; download the missing images into it, or pass --allow-missing "
+            f"to cache the {found} that are there"
+        )
+    raise DataError(
+        f"{len(missing)} of the {len(plan)} images listed are not in {where}: {names}{more} "
+        f"(all listed in {listed}); {advice}"
+    )
+
+
 def prepare_cache(
     labels: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -172,10 +226,15 @@ def prepare_cache(
     progress: bool = True,
     overwrite: bool = False,
     mixed_no_finding: str = "error",
+    allow_missing: bool = False,
+    allow_patient_overlap: bool = False,
 ) -> PrepareResult:
     """Decode, letterbox and store every image listed in ``labels`` (resumable; see module doc).
 
     ``mixed_no_finding`` is passed to ``read_labels`` (``"keep"``: accept ``No Finding|Effusion``).
+    Images listed but not found under ``images`` stop the job before any decoding (a DataError with
+    a count, the first names and ``OUT/not_cached.csv`` listing all) unless ``allow_missing``; when
+    no image at all can be cached, no cache files are left behind.
     """
     if size < MIN_IMAGE_SIZE:
         raise DataError(f"--size {size} is too small for DenseNet121; use at least {MIN_IMAGE_SIZE}")
@@ -184,8 +243,14 @@ def prepare_cache(
     start = time.monotonic()
     out = Path(out)
     plan = _plan(labels, images, mixed_no_finding)
+    leakage = check_patient_overlap(
+        {str(s): t for s, t in plan.groupby("split", sort=False)},
+        allow=allow_patient_overlap,
+        source=", ".join(map(str, labels)),
+    )
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a folder")
+    _check_missing(plan, out, images, allow_missing)
     try:  # an unwritable or impossible --out fails here, before any decoding
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}.tmp"
@@ -255,6 +320,16 @@ def prepare_cache(
         {"image": str(plan.at[r, "image"]), "path": paths[r], "split": str(plan.at[r, "split"]), "problem": p}
         for r, p in sorted(failures.items())
     ]
+    if failure_list:
+        _write_not_cached(out, failure_list)
+    if not ok.any():
+        for name in (IMAGES_FILE, DONE_FILE, PLAN_FILE):  # nothing to train on: no cache left behind
+            (out / name).unlink(missing_ok=True)
+        shown = "; ".join(f"{f['image']}: {f['problem']}" for f in failure_list[:SHOWN_NAMES])
+        raise DataError(
+            f"none of the {len(plan)} images could be read, so nothing was cached (e.g. {shown}); "
+            f"all are listed in {out / NOT_CACHED_FILE}"
+        )
     columns = [c for c in index.columns if c != "path"] + ["path"]
     atomic_write_text(out / INDEX_FILE, index[columns].to_csv(index=False))
     info = {
@@ -268,6 +343,9 @@ def prepare_cache(
         "failures": failure_list,
         "sources": [str(Path(p).resolve()) for p in labels],
         "images_dir": str(Path(images).resolve()) if images else None,
+        "findings": list(plan.attrs.get("findings") or []),  # what the cache labels (data/cache.py)
+        "origin": dataset_origin(labels, images, plan.attrs.get("datasets", ())),
+        "patient_overlap": leakage,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2))
@@ -279,4 +357,5 @@ def prepare_cache(
         failures=failure_list,
         counts=counts,
         seconds=time.monotonic() - start,
+        leakage=leakage,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrdx.data.views import is_frontal
 from cxrdx.errors import DataError
 from cxrdx.labels import FINDINGS, NO_FINDING
 
@@ -15,13 +16,43 @@ _COLOURS = ("#4477aa", "#ee7733", "#228833", "#aa3377")
 
 
 def label_stats(df: pd.DataFrame) -> dict:
-    """Counts for a label table: images, patients, positives per finding, normals."""
-    positives = {f: int(df[f].sum()) for f in FINDINGS}
-    normal = int((df[list(FINDINGS)].sum(axis=1) == 0).sum())
+    """Counts for a label table: images, patients, views, and per finding positives / negatives / uncertain / unlabelled.
+
+    Read the table with ``uncertain="keep"`` to count uncertain (-1) labels; with another
+    policy they are already 0, 1 or NaN. ``prevalence`` is positives over *labelled* images
+    (positives + negatives + uncertain). ``no_finding``: images with no positive and no
+    uncertain finding.
+    """
+    import numpy as np
+
+    findings = [f for f in (df.attrs.get("findings") or FINDINGS) if f in df.columns]
+    values = df[findings].to_numpy(dtype=np.float32) if findings else np.zeros((len(df), 0), np.float32)
+    per = {}
+    for i, f in enumerate(findings):
+        v = values[:, i]
+        pos, neg, unc = int((v == 1).sum()), int((v == 0).sum()), int((v == -1).sum())
+        labelled = pos + neg + unc
+        per[f] = {
+            "positives": pos,
+            "negatives": neg,
+            "uncertain": unc,
+            "unlabelled": len(v) - labelled,
+            "prevalence": pos / labelled if labelled else None,
+        }
+    normal = int(((values == 1) | (values == -1)).sum(axis=1).__eq__(0).sum()) if findings else 0
+    views = (
+        df["view"].fillna("").astype(str).replace("", "(none)").value_counts() if "view" in df.columns else {}
+    )
+    frontal = int(df["view"].fillna("").astype(str).map(is_frontal).sum()) if "view" in df.columns else 0
     return {
         "images": len(df),
         "patients": int(df["patient"].nunique()),
-        "positives": positives,
+        "studies": int(df["study"].nunique()) if "study" in df.columns else None,
+        "views": {str(k): int(v) for k, v in dict(views).items()},
+        "frontal": frontal,
+        "findings": findings,
+        "per_finding": per,
+        "positives": {f: c["positives"] for f, c in per.items()},
         "no_finding": normal,
         "resolved": int((df["path"] != "").sum()) if "path" in df.columns else 0,
     }
@@ -29,15 +60,37 @@ def label_stats(df: pd.DataFrame) -> dict:
 
 def format_stats(stats: dict) -> str:
     n = stats["images"]
-    lines = [
-        f"images    {n:,}",
-        f"patients  {stats['patients']:,}",
+    lines = [f"images    {n:,}", f"patients  {stats['patients']:,}"]
+    if stats.get("studies") is not None:
+        lines.append(f"studies   {stats['studies']:,}")
+    if set(stats.get("views") or {}) == {"(none)"}:
+        lines.append("views     not recorded (kept by the default frontal filter)")
+    elif stats.get("views"):
+        shown = ", ".join(f"{k} {v:,}" for k, v in stats["views"].items())
+        lines.append(f"views     {shown} (frontal {stats['frontal']:,})")
+    lines += [
         "",
-        f"{'finding':<20}{'positives':>10}{'prevalence':>12}",
+        f"{'finding':<27}{'positives':>10}{'negatives':>11}{'uncertain':>10}{'unlabelled':>11}{'prevalence':>11}",
     ]
-    for f, c in sorted(stats["positives"].items(), key=lambda kv: (-kv[1], kv[0])):
-        lines.append(f"{f:<20}{c:>10,}{c / n:>12.2%}")
-    lines.append(f"{NO_FINDING:<20}{stats['no_finding']:>10,}{stats['no_finding'] / n:>12.2%}")
+    per = stats.get("per_finding") or {
+        f: {
+            "positives": c,
+            "negatives": n - c,
+            "uncertain": 0,
+            "unlabelled": 0,
+            "prevalence": c / n if n else None,
+        }
+        for f, c in stats["positives"].items()
+    }
+    for f, c in sorted(per.items(), key=lambda kv: (-kv[1]["positives"], kv[0])):
+        prev = f"{c['prevalence']:.2%}" if c["prevalence"] is not None else "-"
+        lines.append(
+            f"{f:<27}{c['positives']:>10,}{c['negatives']:>11,}{c['uncertain']:>10,}{c['unlabelled']:>11,}{prev:>11}"
+        )
+    lines.append(
+        f"{NO_FINDING:<27}{stats['no_finding']:>10,}{'':>32}{stats['no_finding'] / max(n, 1):>11.2%}"
+    )
+    lines.append("prevalence = positives / labelled images (positives + negatives + uncertain)")
     return "\n".join(lines)
 
 

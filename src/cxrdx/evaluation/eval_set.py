@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxrdx.data.cache import INDEX_FILE, is_cache, open_cache
+from cxrdx.data.origin import dataset_origin
 from cxrdx.errors import CxrdxError, DataError
 
 if TYPE_CHECKING:
@@ -28,13 +29,30 @@ class EvalSet:
     cache_images: np.ndarray | None = None  # (N, S, S) uint8 memmap; table["row"] indexes it
     images_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    origin: dict = field(default_factory=dict)  # {"dataset", "kind": phantom|real|unknown} (data.origin)
+    skipped: dict = field(default_factory=dict)  # model outputs this set does not label -> why (external.py)
 
 
-def load_eval_set(path: str, split: str | None, images: str | None, labels: Sequence[str]) -> EvalSet:
-    """A prepared cache directory (rows of ``split``) or a label CSV whose images are read from disk."""
+def load_eval_set(
+    path: str,
+    split: str | None,
+    images: str | None,
+    labels: Sequence[str],
+    *,
+    views: str | None = None,
+    uncertain: str = "ignore",
+    dataset: str | None = None,
+) -> EvalSet:
+    """A prepared cache directory (rows of ``split``) or a label CSV whose images are read from disk.
+
+    ``views`` keeps those views only (``"frontal"``, ``"PA,AP"``; None: all), ``uncertain`` is the
+    policy for -1 labels, ``dataset`` forces a CSV's layout (cxrdx.data.tables.read_labels).
+    """
+    from cxrdx.data.views import filter_views
+
     p = Path(path)
     if is_cache(p):
-        cache = open_cache(p)  # says why an unfinished or damaged cache cannot be used
+        cache = open_cache(p, uncertain=uncertain)  # says why an unfinished or damaged cache cannot be used
         table = cache.index
         if split:
             present = sorted(set(table["split"]))
@@ -42,7 +60,11 @@ def load_eval_set(path: str, split: str | None, images: str | None, labels: Sequ
             if table.empty:
                 raise DataError(f"{p}: no rows with split {split!r}; the cache holds splits {present}")
         desc = f"{p} (split {split})" if split else str(p)
-        return _finish_table(EvalSet(desc, table, cache_images=cache.images), labels)
+        table = filter_views(table, views, desc).reset_index(drop=True)
+        origin = cache.info.get("origin") or dataset_origin(  # caches made before origins were recorded
+            cache.info.get("sources") or [p], cache.info.get("images_dir")
+        )
+        return _finish_table(EvalSet(desc, table, cache_images=cache.images, origin=origin), labels)
     if p.is_dir():
         raise DataError(
             f"{p}: a folder without {INDEX_FILE} and images.npy is not a prepared cache; run `cxrdx prepare`"
@@ -51,17 +73,23 @@ def load_eval_set(path: str, split: str | None, images: str | None, labels: Sequ
         raise DataError(f"{p}: no such label CSV or prepared cache folder")
     from cxrdx.data.tables import read_labels
 
-    table = read_labels(p, images)
+    table = read_labels(p, images, uncertain=uncertain, views=views, dataset=dataset)
     images_dir = Path(images) if images else None
-    return _finish_table(EvalSet(str(p), table, images_dir=images_dir), labels)
+    origin = dataset_origin([p], images, [table.attrs.get("dataset")])
+    return _finish_table(EvalSet(str(p), table, images_dir=images_dir, origin=origin), labels)
 
 
 def _finish_table(es: EvalSet, labels: Sequence[str]) -> EvalSet:
+    from cxrdx.evaluation.external import shared_findings
+
     table = es.table
-    missing = [name for name in labels if name not in table.columns]
-    if missing:
-        raise DataError(
-            f"{es.description}: no label column(s) for {', '.join(missing)}, which the model outputs"
+    # partial labels: outputs the set does not label are skipped (NaN columns), never scored as negatives
+    shared, es.skipped = shared_findings(table, list(labels), es.description)
+    table = table.assign(**{name: np.nan for name in es.skipped if name not in table.columns})
+    if es.skipped:
+        es.notes.append(
+            f"{es.description}: {len(es.skipped)} model output(s) skipped (not labelled here): "
+            f"{', '.join(es.skipped)}"
         )
     if "image" not in table.columns:
         raise DataError(f"{es.description}: no 'image' column")
@@ -124,32 +152,51 @@ def _inputs_for(predictor: Predictor, squares: np.ndarray) -> np.ndarray:
     return predictor.meta.preprocessing.to_input(squares)
 
 
-def run_inference(
+def run_views(
     predictors: Sequence[Predictor], es: EvalSet, tta: bool, batch_size: int = 32, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Probabilities (n_ok, L), spread (n_ok, L) or None, and the table positions they belong to.
-
-    Spread: one checkpoint -> standard deviation over the TTA views (needs ``tta``);
-    an ensemble -> standard deviation across the checkpoints (each TTA-averaged if ``tta``).
-    """
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per predictor the (V, n_ok, L) raw (uncalibrated) outputs of its V views, and the table positions."""
     from tqdm import tqdm
 
     size = predictors[0].meta.preprocessing.size
-    probs_all, spread_all, pos_all = [], [], []
+    views_all: list[list[np.ndarray]] = [[] for _ in predictors]
+    pos_all = []
     bar = tqdm(total=len(es.table), desc="evaluate", unit="img", disable=not progress, file=sys.stderr)
     for pos, squares in _iter_squares(es, size, batch_size):
-        outs = [p.probabilities(_inputs_for(p, squares), tta=tta) for p in predictors]
-        if len(outs) == 1:
-            probs_all.append(outs[0][0])
-            spread_all.append(outs[0][1])
-        else:
-            stack = np.stack([o[0] for o in outs])
-            probs_all.append(stack.mean(0))
-            spread_all.append(stack.std(0))
+        for k, p in enumerate(predictors):
+            views_all[k].append(p.raw_views(_inputs_for(p, squares), tta=tta))
         pos_all.append(pos)
         bar.update(len(pos))
     bar.close()
     if not pos_all:
         raise DataError(f"{es.description}: none of the {len(es.table)} images could be read")
-    spread = None if spread_all[0] is None else np.concatenate(spread_all)
-    return np.concatenate(probs_all), spread, np.concatenate(pos_all)
+    return [np.concatenate(v, axis=1) for v in views_all], np.concatenate(pos_all)
+
+
+def combine(
+    predictors: Sequence[Predictor],
+    views: Sequence[np.ndarray],
+    calibrations: Sequence[dict | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities and spread from raw views, each predictor with its calibration (default: its own).
+
+    Spread: one checkpoint -> standard deviation over the TTA views (None without TTA);
+    an ensemble -> standard deviation across the checkpoints (each TTA-averaged).
+    """
+    from cxrdx.metrics.calibration import combine_views
+
+    cals = list(calibrations) if calibrations is not None else [p.calibration for p in predictors]
+    outs = [combine_views(v, c, p.labels) for p, v, c in zip(predictors, views, cals, strict=True)]
+    if len(outs) == 1:
+        return outs[0]
+    stack = np.stack([o[0] for o in outs])
+    return stack.mean(0), stack.std(0)
+
+
+def run_inference(
+    predictors: Sequence[Predictor], es: EvalSet, tta: bool, batch_size: int = 32, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Calibrated probabilities (n_ok, L), spread (n_ok, L) or None, and the table positions they belong to."""
+    views, pos = run_views(predictors, es, tta, batch_size, progress)
+    probs, spread = combine(predictors, views)
+    return probs, spread, pos

@@ -11,7 +11,14 @@ Decisions (why):
   test set. Without validation data no threshold is chosen, and the report says
   so: choosing them on the test set would make the test metrics optimistic.
   A prediction is positive when ``p >= threshold`` (the rule ``Predictor`` uses).
-- **Calibration**: expected calibration error with 10 equal-width bins per class.
+  They are chosen on the calibrated scale (the checkpoint's calibration, or one fitted
+  here with ``--calibrate``), and recorded with how they were chosen (split, TTA,
+  calibration, positives per finding).
+- **The input checkpoint is not rewritten** unless asked: ``--write-thresholds``
+  (in place) or ``--out-weights NEW`` (a new file, same tensors). Otherwise the
+  thresholds go to ``thresholds.json`` only, so imported operating points (xrv) stay.
+- **Calibration**: ECE (10 equal-width bins per class) and mean predicted probability
+  vs prevalence, before (raw scores) and after calibration (``cxrdx.metrics.calibration``).
 - **CheXNet column**: Rajpurkar et al. 2017 per-class AUROCs, labelled as a
   random-split reference (their split differs from the official patient-wise one).
 """
@@ -28,13 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from cxrdx.data.cache import is_cache
+from cxrdx.data.leakage import check_patient_overlap
 from cxrdx.errors import ConfigError, DataError
+from cxrdx.evaluation.calibrate import calibration_summary, fit_for
 from cxrdx.evaluation.chexnet import CHEXNET_AUROC, CHEXNET_LABEL
-from cxrdx.evaluation.eval_set import EvalSet, load_eval_set, run_inference
+from cxrdx.evaluation.eval_set import EvalSet, combine, load_eval_set, run_views
+from cxrdx.evaluation.external import at_thresholds, labelled_summary, threshold_shift
 from cxrdx.evaluation.report import write_report
-from cxrdx.metrics.auroc import auroc_with_ci, mean_auroc
-from cxrdx.metrics.calibration import ECE_BINS, expected_calibration_error
+from cxrdx.metrics.auroc import auroc_with_ci, mean_auroc, mean_auroc_ci
+from cxrdx.metrics.calibration import expected_calibration_error
 from cxrdx.metrics.thresholds import binary_metrics, choose_thresholds
+from cxrdx.model.card import has_evaluation, training_card
 
 
 def _nz(v: float | None, digits: int = 6) -> float | None:
@@ -59,7 +70,8 @@ def compute_metrics(
     mean = mean_auroc({k: r.auroc for k, r in aucs.items()})
     classes: dict[str, dict] = {}
     for c, name in enumerate(names):
-        y, s, r = y_true[:, c], probs[:, c], aucs[name]
+        labelled = ~np.isnan(np.asarray(y_true[:, c], dtype=np.float64))  # NaN = unlabelled: left out
+        y, s, r = np.asarray(y_true[labelled, c]).astype(np.int64), probs[labelled, c], aucs[name]
         entry = {
             "n": int(len(y)),
             "n_pos": r.n_pos,
@@ -84,6 +96,7 @@ def compute_metrics(
     return {
         "classes": classes,
         "mean_auroc": _nz(mean),
+        "mean_auroc_ci": [_nz(v) for v in mean_auroc_ci(aucs)] if n_boot else None,
         "mean_auroc_classes": used,
         "undefined_classes": left_out,
         "chexnet_mean_same_classes": _nz(float(np.mean(ref))) if ref else None,
@@ -107,7 +120,13 @@ class EvaluateConfig:
     seed: int = 0
     batch_size: int = 32
     device: str = "auto"
-    write_thresholds: bool = True
+    write_thresholds: bool = False  # store thresholds (and a fitted calibration) into --weights itself
+    out_weights: str | None = None  # ... or into this new checkpoint (same tensors), leaving --weights as is
+    calibrate: bool = False  # fit prior+temperature on the validation data before choosing thresholds
+    allow_patient_overlap: bool = False  # validation and test sharing a patient: refused unless set
+    views: str | None = "frontal"  # the views evaluated (a frontal-film model); None or "all": every view
+    uncertain: str = "ignore"  # -1 labels: ignore (unlabelled), zeros or ones
+    dataset: str | None = None  # force a label table's layout (cxrdx.data.tables.DATASETS)
     progress: bool = True
 
 
@@ -128,7 +147,6 @@ def evaluate(config: EvaluateConfig) -> dict:
     """Run the whole evaluation; returns the metrics dict that is also written to ``metrics.json``."""
     from cxrdx.device import choose_device
     from cxrdx.inference.predictor import Predictor
-    from cxrdx.model.checkpoint import update_checkpoint_meta
 
     if config.n_boot < 0:
         raise ConfigError(f"--n-boot must be >= 0, got {config.n_boot}")
@@ -137,6 +155,11 @@ def evaluate(config: EvaluateConfig) -> dict:
     method = "youden" if config.target_sensitivity is None else "sensitivity"
     if method == "sensitivity" and not 0 < config.target_sensitivity <= 1:  # type: ignore[operator]
         raise ConfigError(f"--target-sensitivity must be in (0, 1], got {config.target_sensitivity}")
+    if config.ensemble and (config.calibrate or config.write_thresholds or config.out_weights):
+        raise ConfigError(
+            "--calibrate, --write-thresholds and --out-weights work on one checkpoint, not an --ensemble "
+            "(its thresholds are written to thresholds.json)"
+        )
     device = choose_device(config.device)
     predictors = [Predictor.load(w, device=device) for w in [config.weights, *config.ensemble]]
     names = predictors[0].labels
@@ -146,8 +169,9 @@ def evaluate(config: EvaluateConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    labels_how = {"views": config.views, "uncertain": config.uncertain, "dataset": config.dataset}
     test = load_eval_set(
-        config.data, config.split if is_cache(Path(config.data)) else None, config.images, names
+        config.data, config.split if is_cache(Path(config.data)) else None, config.images, names, **labels_how
     )
     val: EvalSet | None = None
     val_path = config.val or (config.data if is_cache(Path(config.data)) else None)
@@ -167,6 +191,7 @@ def evaluate(config: EvaluateConfig) -> dict:
                 config.val_split if val_is_cache else None,
                 config.val_images or config.images,
                 names,
+                **labels_how,
             )
         except DataError as exc:
             if config.val:  # asked for explicitly: a problem is an error
@@ -175,8 +200,26 @@ def evaluate(config: EvaluateConfig) -> dict:
                 f"cxrdx evaluate: no validation data ({exc}); thresholds will not be chosen", file=sys.stderr
             )
 
-    probs, spread, pos = run_inference(predictors, test, config.tta, config.batch_size, config.progress)
-    y_true = test.table.loc[pos, names].to_numpy().astype(np.int64)
+    leakage = None  # refused before any inference unless allowed
+    if val is not None:
+        leakage = check_patient_overlap(
+            {"validation": val.table, "test": test.table},
+            allow=config.allow_patient_overlap,
+            source=f"{val.description} / {test.description}",
+        )
+    views, pos = run_views(predictors, test, config.tta, config.batch_size, config.progress)
+    v_views = v_pos = None
+    if val is not None:
+        v_views, v_pos = run_views(predictors, val, config.tta, config.batch_size, config.progress)
+    cals, fitted = _calibrations(config, predictors, val, v_views, v_pos, names)
+    probs, spread = combine(predictors, views, cals)
+    raw = combine(predictors, views, [None] * len(predictors))[0]  # before calibration
+    # partial labels: score only the outputs the test set labels (the rest: metrics["skipped"], external.py)
+    keep = [c for c, n in enumerate(names) if n not in test.skipped]
+    probs, raw = probs[:, keep], raw[:, keep]
+    spread = None if spread is None else spread[:, keep]
+    names = [names[c] for c in keep]
+    y_true = test.table.loc[pos, names].to_numpy(dtype=np.float64)  # 1 / 0 / NaN (unlabelled)
     patients = test.table["patient"].astype(str).to_numpy()[pos]
     _predictions_frame(test, pos, probs, spread, names).to_csv(out / "predictions.csv", index=False)
     spread_kind = ""
@@ -188,14 +231,17 @@ def evaluate(config: EvaluateConfig) -> dict:
         )
 
     notes = list(test.notes[:20])
+    dropped = test.table.attrs.get("views", {}).get("dropped")
+    if dropped:
+        shown = ", ".join(f"{n} {v or '(none)'}" for v, n in dropped.items())
+        notes.append(f"views not evaluated (--views {config.views}): {shown}")
     thresholds: dict[str, float | None] | None = None
     val_classes = None
     th_info: dict = {"values": None, "method": None}
     if val is not None:
-        v_probs, v_spread, v_pos = run_inference(
-            predictors, val, config.tta, config.batch_size, config.progress
-        )
-        v_true = val.table.loc[v_pos, names].to_numpy().astype(np.int64)
+        v_probs, v_spread = combine(predictors, v_views, cals)
+        v_probs, v_spread = v_probs[:, keep], (None if v_spread is None else v_spread[:, keep])
+        v_true = val.table.loc[v_pos, names].to_numpy(dtype=np.float64)  # NaN where val does not label
         _predictions_frame(val, v_pos, v_probs, v_spread, names).to_csv(
             out / "val_predictions.csv", index=False
         )
@@ -212,20 +258,24 @@ def evaluate(config: EvaluateConfig) -> dict:
             "chosen_on": val.description,
             "n_val_images": int(len(v_pos)),
             "undefined": [k for k, v in thresholds.items() if v is None],
+            # how they were chosen (stored as the checkpoint's threshold_info; predict checks tta/calibration)
+            "split": val.description,
+            "tta": bool(config.tta),
+            "calibration": cals[0]["method"] if cals[0] else "none",
+            "positives": {n: int((v_true[:, c] == 1).sum()) for c, n in enumerate(names)},
+            "negatives": {n: int((v_true[:, c] == 0).sum()) for c, n in enumerate(names)},
+            "val_at_threshold": at_thresholds(v_true, v_probs, names, thresholds),
+            "chosen_by": "cxrdx evaluate",
         }
         val_classes = {
             n: {
-                "prevalence": float(v_true[:, c].mean()) if len(v_true) else None,
-                "n_pos": int(v_true[:, c].sum()),
+                "prevalence": float(np.nanmean(v_true[:, c])) if (~np.isnan(v_true[:, c])).any() else None,
+                "n_pos": int((v_true[:, c] == 1).sum()),
             }
             for c, n in enumerate(names)
         }
-        shared = set(val.table["patient"].astype(str)) & set(patients)
-        if shared:
-            notes.append(
-                f"{len(shared)} patient(s) appear in both the validation and the test data (patient leakage); "
-                "the thresholds and test metrics are not independent"
-            )
+        if leakage:
+            notes.append(f"WARNING: {leakage}; the thresholds and test metrics are not independent")
         notes += val.notes[:20]
     else:
         th_info["note"] = (
@@ -241,20 +291,46 @@ def evaluate(config: EvaluateConfig) -> dict:
             "ensemble": [str(config.weights), *map(str, config.ensemble)],
             "tta": bool(config.tta),
             "uncertainty": spread_kind or None,
+            "card": training_card(predictors[0].meta),  # what it was trained on (model.card)
+            "evaluated_before": has_evaluation(predictors[0].meta),
         },
         "dataset": {
             "description": test.description,
             "n_images": int(len(pos)),
             "n_patients": int(len(set(patients))),
             "n_unreadable": int(len(test.table) - len(pos)),
+            "origin": test.origin or {"dataset": test.description, "kind": "unknown"},
         },
         **metrics,
+        "skipped": dict(test.skipped),  # model outputs this dataset does not label, and why
+        "labelled": labelled_summary(y_true, names),
         "thresholds": th_info,
         "bootstrap": {"unit": "patient", "n_boot": config.n_boot, "level": 0.95, "seed": config.seed},
-        "calibration": {"bins": ECE_BINS, "binning": "equal-width on [0, 1]"},
+        "calibration": calibration_summary(y_true, raw, probs, names, cals, fitted),
         "chexnet_reference": {"label": CHEXNET_LABEL, "auroc": CHEXNET_AUROC},
         "notes": notes,
     }
+    if thresholds is not None:  # the validation set's thresholds moved to this one: sens/spec shift
+        metrics["threshold_shift"] = threshold_shift(
+            th_info["val_at_threshold"], at_thresholds(y_true, probs, names, thresholds)
+        )
+    elif predictors[0].meta.thresholds:  # no validation here: the checkpoint's (source) thresholds
+        src = predictors[0].meta
+        metrics["source_thresholds"] = {
+            "thresholds": {n: t for n, t in src.thresholds.items() if n in names},
+            "method": src.threshold_method,
+            "chosen_on": (src.threshold_info or {}).get("split"),
+            "shift": threshold_shift(
+                (src.threshold_info or {}).get("val_at_threshold") or {},
+                at_thresholds(y_true, probs, names, src.thresholds),
+            ),
+        }
+    for name, row in metrics["calibration"]["per_finding"].items():
+        metrics["classes"][name].update(
+            ece_uncalibrated=_nz(row["ece_before"]),
+            mean_predicted=_nz(row["mean_predicted_after"]),
+            mean_predicted_uncalibrated=_nz(row["mean_predicted_before"]),
+        )
     if thresholds is not None:
         chosen = {k: v for k, v in thresholds.items() if v is not None}
         sidecar = {
@@ -263,26 +339,67 @@ def evaluate(config: EvaluateConfig) -> dict:
             "chosen_on": th_info["chosen_on"],
         }
         (out / "thresholds.json").write_text(json.dumps(sidecar, indent=2) + "\n")
-        if config.write_thresholds and len(predictors) == 1:
-            evaluation = {
-                "auroc": {k: v["auroc"] for k, v in metrics["classes"].items()},
-                "mean_auroc": metrics["mean_auroc"],
-                "dataset": test.description,
-                "n": int(len(pos)),
-                "tta": bool(config.tta),
-            }
-
-            def change(meta) -> None:
-                meta.thresholds = chosen
-                meta.threshold_method = th_info["method"]
-                meta.evaluation = evaluation
-
-            update_checkpoint_meta(config.weights, change)
-            metrics["thresholds"]["written_to"] = str(config.weights)
+        if config.write_thresholds or config.out_weights:
+            _write_checkpoint(
+                config, predictors[0], metrics, chosen, th_info, cals[0] if fitted else None, test, pos
+            )
         elif len(predictors) > 1:
             metrics["notes"].append(
                 "Ensemble thresholds apply to the ensemble's mean probability; they were written only to "
                 "thresholds.json, not into any single checkpoint."
             )
-    write_report(out, metrics, y_true, probs, names, spread, spread_kind, val_classes)
+        else:
+            metrics["notes"].append(
+                "The thresholds"
+                + (" and the calibration fitted here" if fitted else "")
+                + " were not stored in the checkpoint (thresholds.json only): pass --out-weights NEW.safetensors "
+                "(or --write-thresholds to update --weights in place) to use them in predict."
+            )
+    elif config.write_thresholds or config.out_weights:
+        metrics["notes"].append("Nothing was written into a checkpoint: no thresholds were chosen.")
+    write_report(out, metrics, y_true, probs, names, spread, spread_kind, val_classes, raw=raw)
     return metrics
+
+
+def _calibrations(config, predictors, val, v_views, v_pos, names) -> tuple[list[dict], bool]:
+    """Each predictor's calibration; with ``--calibrate`` the first one's is fitted on validation here."""
+    cals = [p.calibration for p in predictors]
+    if not config.calibrate:
+        return cals, False
+    if val is None:
+        raise ConfigError("--calibrate needs validation data (--val VAL_CSV, or a cache with a val split)")
+    v_true = val.table.loc[v_pos].reindex(columns=names).to_numpy(dtype=np.float64)  # NaN: unlabelled
+    return [fit_for(predictors[0], v_views[0], v_true, val.description, "cxrdx evaluate --calibrate")], True
+
+
+def _write_checkpoint(config, predictor, metrics, chosen, th_info, calibration, test, pos) -> None:
+    """Thresholds (+ provenance, + a calibration fitted here) into --out-weights NEW, or --weights in place."""
+    from cxrdx.model.checkpoint import update_checkpoint_meta
+
+    dest = config.out_weights or config.weights
+    evaluation = {
+        "auroc": {k: v["auroc"] for k, v in metrics["classes"].items()},
+        "mean_auroc": metrics["mean_auroc"],
+        "dataset": test.description,
+        "n": int(len(pos)),
+        "tta": bool(config.tta),
+    }
+    info = {
+        k: th_info[k]
+        for k in ("method", "split", "tta", "calibration", "positives", "negatives", "chosen_by")
+        + ("val_at_threshold",)
+    }
+    replaced = predictor.meta.thresholds and predictor.meta.threshold_method
+
+    def change(meta) -> None:
+        meta.thresholds = chosen
+        meta.threshold_method = th_info["method"]
+        meta.threshold_info = {**info, "n_images": th_info["n_val_images"]}
+        meta.evaluation = evaluation
+        if calibration is not None:
+            meta.calibration = calibration
+
+    update_checkpoint_meta(config.weights, change, out=dest)
+    metrics["thresholds"]["written_to"] = str(dest)
+    if replaced:
+        metrics["notes"].append(f"The checkpoint's previous thresholds ({replaced}) were replaced in {dest}.")

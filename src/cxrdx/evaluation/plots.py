@@ -33,6 +33,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _labelled(y_true: np.ndarray, scores: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Finding c's labels and scores over its labelled images (NaN = unlabelled, left out)."""
+    y = np.asarray(y_true[:, c], dtype=np.float64)
+    m = ~np.isnan(y)
+    return y[m].astype(np.int64), np.asarray(scores[:, c])[m]
+
+
 def plot_roc(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: dict) -> Path:
     from sklearn.metrics import roc_curve
 
@@ -42,7 +49,7 @@ def plot_roc(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[s
         auc = metrics["classes"][name]["auroc"]
         if auc is None:
             continue
-        fpr, tpr, _ = roc_curve(y_true[:, c], probs[:, c])
+        fpr, tpr, _ = roc_curve(*_labelled(y_true, probs, c))
         ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} ({auc:.3f})")
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
     ax.set(
@@ -63,7 +70,7 @@ def plot_pr(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[st
         ap = metrics["classes"][name]["average_precision"]
         if ap is None:
             continue
-        prec, rec, _ = precision_recall_curve(y_true[:, c], probs[:, c])
+        prec, rec, _ = precision_recall_curve(*_labelled(y_true, probs, c))
         prev = metrics["classes"][name]["prevalence"]
         ax.plot(rec, prec, color=color, lw=1.6, label=f"{name} (AP {ap:.3f}, prev {prev:.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
@@ -74,29 +81,48 @@ def plot_pr(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[st
 
 
 def plot_reliability(
-    out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: dict
+    out: Path,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    names: Sequence[str],
+    metrics: dict,
+    raw: np.ndarray | None = None,
 ) -> Path:
+    """Per finding: the reliability diagram after calibration (blue) and, with ``raw``, before it (grey)."""
     plt = _plt()
     cols = 5
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.4), dpi=100, squeeze=False)
+    centers = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
     for c, name in enumerate(names):
         ax = axes[c // cols][c % cols]
-        b = calibration_bins(y_true[:, c], probs[:, c])
+        b = calibration_bins(*_labelled(y_true, probs, c))
         used = b["count"] > 0
-        centers = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
         ax.bar(centers, np.where(used, b["frequency"], 0), width=1 / ECE_BINS, color="#4c78a8", alpha=0.35)
+        if raw is not None:
+            r = calibration_bins(*_labelled(y_true, raw, c))
+            r_used = r["count"] > 0
+            ax.plot(r["confidence"][r_used], r["frequency"][r_used], "s--", color="0.45", ms=2.5, lw=1)
         ax.plot(b["confidence"][used], b["frequency"][used], "o-", color="#4c78a8", ms=3, lw=1.2)
         ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8)
-        ece = metrics["classes"][name]["ece"]
-        ax.set_title(f"{name}\nECE {ece:.3f}" if ece is not None else name, fontsize=9)
+        cls = metrics["classes"][name]
+        ece, before = cls["ece"], cls.get("ece_uncalibrated")
+        title = name
+        if ece is not None:
+            title += (
+                f"\nECE {before:.3f} \u2192 {ece:.3f}"
+                if raw is not None and before is not None
+                else f"\nECE {ece:.3f}"
+            )
+        ax.set_title(title, fontsize=9)
         ax.set(xlim=(0, 1), ylim=(0, 1))
         ax.tick_params(labelsize=7)
     for k in range(len(names), rows * cols):
         axes[k // cols][k % cols].set_axis_off()
     fig.supxlabel("mean predicted probability (10 equal-width bins)", fontsize=9)
     fig.supylabel("observed frequency", fontsize=9)
-    fig.suptitle("Reliability diagrams (diagonal = perfect calibration)", fontsize=11)
+    what = "grey = raw scores, blue = calibrated; " if raw is not None else ""
+    fig.suptitle(f"Reliability diagrams ({what}diagonal = perfect calibration)", fontsize=11)
     return _save(fig, out / "reliability.png")
 
 

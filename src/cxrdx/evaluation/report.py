@@ -25,6 +25,7 @@ from cxrdx.evaluation.plots import (
     plot_test_val_prevalence,
     plot_uncertainty,
 )
+from cxrdx.model.card import PHANTOM_BANNER, never_reached, never_reached_note, threshold_text
 
 PLOT_TITLES = {
     "roc.png": "ROC curves",
@@ -45,7 +46,7 @@ def _template() -> Template:
     return Template(resources.files("cxrdx.evaluation").joinpath("report.html").read_text(encoding="utf-8"))
 
 
-def _class_rows(cls: dict) -> str:
+def _class_rows(cls: dict, reference: bool = True) -> str:
     e, f = html.escape, format_number
     rows = []
     for name, c in cls.items():
@@ -54,7 +55,9 @@ def _class_rows(cls: dict) -> str:
         rows.append(
             f"<tr><td>{e(name)}</td><td>{c['n_pos']}</td><td>{f(c['prevalence'])}</td>"
             f"<td>{f(c['auroc'])}{ci_txt}</td><td>{c['n_boot_valid']}</td><td>{f(c['average_precision'])}</td>"
-            f"<td>{f(c['ece'])}</td><td class='ref'>{f(c['chexnet_auroc'], 4)}</td></tr>"
+            f"<td>{f(c['ece'])}</td>"
+            + (f"<td class='ref'>{f(c['chexnet_auroc'], 4)}</td>" if reference else "")
+            + "</tr>"
         )
     return "\n".join(rows)
 
@@ -65,7 +68,8 @@ def _thresholds(th: dict, cls: dict) -> str:
         return f"<p class='note'>{e(th['note'])}</p>"
     parts = [
         f"<p class='meta'>Chosen on <code>{e(th['chosen_on'])}</code> by {e(th['method_text'])}; "
-        "applied to the test data (positive when p \u2265 threshold).</p>"
+        f"{'with' if th.get('tta') else 'without'} TTA, on {e(str(th.get('calibration', 'none')))}-calibrated "
+        "outputs; applied to the test data (positive when p \u2265 threshold).</p>"
         "<table><thead><tr><th>finding</th><th>threshold</th><th>sensitivity</th><th>specificity</th>"
         "<th>PPV</th><th>NPV</th><th>F1</th><th>TP / FP / FN / TN</th></tr></thead><tbody>"
     ]
@@ -75,17 +79,111 @@ def _thresholds(th: dict, cls: dict) -> str:
             parts.append(f"<tr><td>{e(name)}</td><td>\u2014</td>" + "<td>\u2014</td>" * 6 + "</tr>")
             continue
         parts.append(
-            f"<tr><td>{e(name)}</td><td>{f(c['threshold'], 4)}</td><td>{f(at['sensitivity'])}</td>"
+            f"<tr><td>{e(name)}</td><td>{_threshold_cell(c['threshold'])}</td><td>{f(at['sensitivity'])}</td>"
             f"<td>{f(at['specificity'])}</td><td>{f(at['ppv'])}</td><td>{f(at['npv'])}</td>"
             f"<td>{f(at['f1'])}</td><td>{at['tp']} / {at['fp']} / {at['fn']} / {at['tn']}</td></tr>"
         )
     parts.append("</tbody></table>")
+    never = never_reached({n: c["threshold"] for n, c in cls.items() if c.get("threshold") is not None})
+    if never:
+        values = {n: cls[n]["threshold"] for n in never}
+        parts.append(f"<p class='note'><b>{e(never_reached_note(never, values))}</b></p>")
     if th.get("undefined"):
         parts.append(
             f"<p class='note'>No threshold for {e(', '.join(th['undefined']))}: "
             "no positives or no negatives in the validation data.</p>"
         )
     return "\n".join(parts)
+
+
+def _threshold_cell(t: float) -> str:
+    """Enough digits (0.99999988, not 1.0000), and a flag when it is practically never reached."""
+    text = html.escape(threshold_text(t))
+    return (
+        f"{text} <b title='practically never reached'>(never reached)</b>"
+        if never_reached({"t": t})
+        else text
+    )
+
+
+def is_real_data(metrics: dict) -> bool:
+    """CheXNet's column (real NIH films) is shown only beside results on real data."""
+    return ((metrics.get("dataset") or {}).get("origin") or {}).get("kind") == "real"
+
+
+def _banners(metrics: dict) -> str:
+    """Prominent warnings: a phantom-trained model or phantom test data; no evaluation stored in the model."""
+    e = html.escape
+    model, origin = metrics["model"], metrics["dataset"].get("origin") or {}
+    out = []
+    if (model.get("card") or {}).get("kind") == "phantom":
+        out.append(PHANTOM_BANNER)
+    if origin.get("kind") == "phantom":
+        out.append(
+            "Test data: synthetic phantoms. These AUROCs measure the demo pipeline, not performance on "
+            "real radiographs, so no published real-data reference is shown."
+        )
+    elif origin.get("kind") == "unknown":
+        out.append(
+            "The test data's origin is not recorded (not a known dataset file, no cxrdx dataset.json), "
+            "so CheXNet's real-data reference is not shown."
+        )
+    if model.get("evaluated_before") is False and not (metrics["thresholds"] or {}).get("written_to"):
+        out.append(
+            "The checkpoint itself records no evaluation: wherever it is used it shows 'no evaluation'. "
+            "Store these results in it with --out-weights NEW.safetensors (or --write-thresholds)."
+        )
+    return "\n".join(f"<p class='banner'>{e(b)}</p>" for b in out)
+
+
+def _calibration(cal: dict, cls: dict) -> str:
+    """Calibration-in-the-large and ECE per finding, before (raw scores) and after calibration."""
+    e, f = html.escape, format_number
+    if "per_finding" not in cal:
+        return ""
+    method = cal["method"] if isinstance(cal["method"], str) else ", ".join(cal["method"])
+    where = " (fitted in this evaluation, on the validation data)" if cal.get("fitted_here") else ""
+    word = "probability" if method != "none" else "score (uncalibrated)"
+    parts = [
+        f"<p class='meta'>Calibration applied: <b>{e(method)}</b>{e(where)}. Before = the raw network scores "
+        "(sigmoid of the logits; the class-weighted loss shifts them towards 0.5). Calibration-in-the-large: "
+        f"mean predicted {e(word)} vs observed prevalence on the test data.</p>",
+        "<table><thead><tr><th>finding</th><th>prevalence</th><th>mean score before</th>"
+        f"<th>mean {e(word)} after</th><th>ECE before</th><th>ECE after</th></tr></thead><tbody>",
+    ]
+    for name, r in cal["per_finding"].items():
+        parts.append(
+            f"<tr><td>{e(name)}</td><td>{f(r['prevalence'])}</td><td>{f(r['mean_predicted_before'])}</td>"
+            f"<td>{f(r['mean_predicted_after'])}</td><td>{f(r['ece_before'])}</td><td>{f(r['ece_after'])}</td></tr>"
+        )
+    parts.append(
+        f"</tbody><tfoot><tr><td>mean over findings</td><td></td><td>|gap| {f(cal['mean_abs_gap_before'])}</td>"
+        f"<td>|gap| {f(cal['mean_abs_gap_after'])}</td><td>{f(cal['mean_ece_before'])}</td>"
+        f"<td>{f(cal['mean_ece_after'])}</td></tr></tfoot></table>"
+    )
+    if method == "none":
+        parts.append(
+            "<p class='note'>This checkpoint is not calibrated: its numbers are scores (uncalibrated), not "
+            "probabilities. Fit a calibration on validation data with <code>cxrdx calibrate</code> or "
+            "<code>cxrdx evaluate --calibrate --out-weights NEW.safetensors</code>.</p>"
+        )
+    return "\n".join(parts)
+
+
+def _reference_fields(metrics: dict) -> dict[str, str]:
+    """The CheXNet column's cells: on real data only (a phantom AUROC beside it would mislead)."""
+    if not is_real_data(metrics):
+        return dict.fromkeys(("chexnet_summary", "chexnet_th", "chexnet_td", "chexnet_note"), "")
+    e, f = html.escape, format_number
+    return {
+        "chexnet_summary": f"(CheXNet reference over the same classes: {f(metrics['chexnet_mean_same_classes'])})",
+        "chexnet_th": f"<th class='ref' title='{e(CHEXNET_LABEL)}'>CheXNet AUROC&sup1;</th>",
+        "chexnet_td": f"<td class='ref'>{f(metrics['chexnet_mean_same_classes'], 4)}</td>",
+        "chexnet_note": (
+            f"<p class='meta'>&sup1; {e(CHEXNET_LABEL)}. CheXNet used a random image split of NIH ChestX-ray14; "
+            "its numbers are a point of reference, not a like-for-like comparison.</p>"
+        ),
+    }
 
 
 def render_html(metrics: dict, plots: Sequence[str]) -> str:
@@ -120,8 +218,11 @@ def render_html(metrics: dict, plots: Sequence[str]) -> str:
         n_boot=boot["n_boot"],
         seed=boot["seed"],
         chexnet_label=e(CHEXNET_LABEL),
-        class_rows=_class_rows(metrics["classes"]),
+        banners=_banners(metrics),
+        **_reference_fields(metrics),
+        class_rows=_class_rows(metrics["classes"], is_real_data(metrics)),
         thresholds=_thresholds(metrics["thresholds"], metrics["classes"]),
+        calibration=_calibration(metrics.get("calibration", {}), metrics["classes"]),
         plots="\n".join(plot_html),
     )
 
@@ -135,6 +236,7 @@ def write_report(
     spread: np.ndarray | None = None,
     spread_kind: str = "",
     val_classes: dict | None = None,
+    raw: np.ndarray | None = None,
 ) -> Path:
     """Write the PNG plots, ``metrics.json`` and ``report.html`` (which shows every plot) into ``out``."""
     out = Path(out)
@@ -142,7 +244,7 @@ def write_report(
     plots = [
         plot_roc(out, y_true, probs, names, metrics),
         plot_pr(out, y_true, probs, names, metrics),
-        plot_reliability(out, y_true, probs, names, metrics),
+        plot_reliability(out, y_true, probs, names, metrics, raw),
         plot_test_val_prevalence(out, metrics, names, val_classes),
     ]
     if spread is not None:

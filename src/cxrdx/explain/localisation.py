@@ -88,6 +88,35 @@ def pointing_game(heatmap: np.ndarray, box: Box | Sequence[Box], tolerance: int 
     return False
 
 
+def chance_hit_rate(
+    image_shape: tuple[int, int], input_size: int, box: Box | Sequence[Box], tolerance: int = 0
+) -> float:
+    """The pointing game of a uniformly random peak cell: the fraction of Grad-CAM cells whose centre
+    (in the source frame, letterbox padding excluded) lies in a box widened by ``tolerance``.
+
+    At 4x4 or 8x8 grids a large box is hit by chance most of the time; a hit rate means
+    something only beside this baseline for the same boxes.
+    """
+    h, w = image_shape
+    cells = max(1, input_size // CAM_STRIDE)
+    scale = max(h, w) / input_size  # source pixels per input pixel
+    centres = (np.arange(cells) + 0.5) * (input_size / cells)
+    xs = (centres - (input_size - w / scale) / 2) * scale
+    ys = (centres - (input_size - h / scale) / 2) * scale
+    xs, ys = xs[(xs >= 0) & (xs < w)], ys[(ys >= 0) & (ys < h)]
+    gx, gy = np.meshgrid(xs, ys)
+    inside = np.zeros(gx.shape, dtype=bool)
+    for b in _as_boxes(box):
+        x, y, bw, bh = (float(v) for v in b)
+        inside |= (
+            (gx >= x - tolerance)
+            & (gx < x + bw + tolerance)
+            & (gy >= y - tolerance)
+            & (gy < y + bh + tolerance)
+        )
+    return float(inside.mean()) if inside.size else 0.0
+
+
 def box_mask(shape: tuple[int, int], box: Box | Sequence[Box]) -> np.ndarray:
     """Boolean mask of the union of boxes on a (H, W) grid."""
     mask = np.zeros(shape, dtype=bool)
@@ -124,6 +153,8 @@ class LocalisationScore:
     hits: int = 0  # peak strictly inside a box
     cell_hits: int = 0  # peak within half a Grad-CAM cell of a box
     iou_sum: float = 0.0
+    chance_sum: float = 0.0  # expected strict hits of a uniformly random peak cell (chance_hit_rate)
+    chance_cell_sum: float = 0.0  # the same within half a cell
     pairs: list[dict] = field(default_factory=list)
 
     @property
@@ -138,17 +169,44 @@ class LocalisationScore:
     def mean_iou(self) -> float | None:
         return self.iou_sum / self.n if self.n else None
 
+    @property
+    def chance(self) -> float | None:
+        return self.chance_sum / self.n if self.n else None
+
+    @property
+    def chance_cell(self) -> float | None:
+        return self.chance_cell_sum / self.n if self.n else None
+
     def add(
-        self, image: str, heatmap: np.ndarray, boxes: Sequence[Box], threshold: float, cell_tolerance: int = 0
+        self,
+        image: str,
+        heatmap: np.ndarray,
+        boxes: Sequence[Box],
+        threshold: float,
+        input_size: int,
+        cell_tolerance: int = 0,
     ) -> tuple[bool, float]:
         hit = pointing_game(heatmap, boxes)
         cell_hit = pointing_game(heatmap, boxes, tolerance=cell_tolerance)
         iou = heatmap_iou(heatmap, boxes, threshold)
+        chance = chance_hit_rate(heatmap.shape, input_size, boxes)
+        chance_cell = chance_hit_rate(heatmap.shape, input_size, boxes, cell_tolerance)
         self.n += 1
         self.hits += int(hit)
         self.cell_hits += int(cell_hit)
         self.iou_sum += iou
-        self.pairs.append({"image": image, "hit": hit, "cell_hit": cell_hit, "iou": iou})
+        self.chance_sum += chance
+        self.chance_cell_sum += chance_cell
+        self.pairs.append(
+            {
+                "image": image,
+                "hit": hit,
+                "cell_hit": cell_hit,
+                "iou": iou,
+                "chance": chance,
+                "chance_cell": chance_cell,
+            }
+        )
         return hit, iou
 
     def summary(self) -> dict:
@@ -157,6 +215,8 @@ class LocalisationScore:
             "n": self.n,
             "pointing_game": self.pointing_game,
             "pointing_game_half_cell": self.pointing_game_cell,
+            "chance": self.chance,
+            "chance_half_cell": self.chance_cell,
             "mean_iou": self.mean_iou,
         }
 
@@ -221,9 +281,10 @@ def score_localisation(
                 skipped.append(f"{path}: {exc}")
                 continue
         heatmap = predictor.explain(cache[name], finding)
-        tolerance = half_cell_tolerance(heatmap.shape, predictor.meta.preprocessing.size)
+        size = predictor.meta.preprocessing.size
+        tolerance = half_cell_tolerance(heatmap.shape, size)
         scores.setdefault(finding, LocalisationScore(finding)).add(
-            name, heatmap, groups[name, finding], iou_threshold, tolerance
+            name, heatmap, groups[name, finding], iou_threshold, size, tolerance
         )
     for line in skipped:
         print(f"cxrdx explain: skipped {line}", file=sys.stderr)
@@ -231,17 +292,24 @@ def score_localisation(
 
 
 def format_localisation(scores: dict[str, LocalisationScore]) -> str:
-    header = f"{'finding':<20} {'n':>5} {'pointing (strict)':>18} {'pointing (1/2 cell)':>20} {'mean IoU':>9}"
+    """Each pointing-game figure beside its chance baseline (a uniformly random peak cell, same boxes)."""
+    header = (
+        f"{'finding':<20} {'n':>5} {'pointing (strict)':>18} {'chance':>7} {'pointing (1/2 cell)':>20} "
+        f"{'chance':>7} {'mean IoU':>9}"
+    )
     lines = [header]
     for s in scores.values():
         lines.append(
-            f"{s.finding:<20} {s.n:>5} {s.pointing_game:>18.3f} {s.pointing_game_cell:>20.3f} {s.mean_iou:>9.3f}"
+            f"{s.finding:<20} {s.n:>5} {s.pointing_game:>18.3f} {s.chance:>7.3f} {s.pointing_game_cell:>20.3f} "
+            f"{s.chance_cell:>7.3f} {s.mean_iou:>9.3f}"
         )
     n = sum(s.n for s in scores.values())
     if n:
-        strict, cell = (sum(getattr(s, k) for s in scores.values()) / n for k in ("hits", "cell_hits"))
-        lines.append(f"{'all':<20} {n:>5} {strict:>18.3f} {cell:>20.3f}")
+        keys = ("hits", "chance_sum", "cell_hits", "chance_cell_sum")
+        strict, chance, cell, chance_cell = (sum(getattr(s, k) for s in scores.values()) / n for k in keys)
+        lines.append(f"{'all':<20} {n:>5} {strict:>18.3f} {chance:>7.3f} {cell:>20.3f} {chance_cell:>7.3f}")
     lines.append(
-        "strict: Grad-CAM peak inside the box; 1/2 cell: within half a Grad-CAM cell (16 input pixels)"
+        "strict: Grad-CAM peak inside the box; 1/2 cell: within half a Grad-CAM cell (16 input pixels); "
+        "chance: a uniformly random peak cell for the same boxes"
     )
     return "\n".join(lines)

@@ -53,6 +53,23 @@ def overlay_png(
     return path
 
 
+def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """The heatmap over the gray image as an (H, W, 3) uint8 picture on the image's own grid, no axes.
+
+    The same blend as ``overlay_png`` (the colour map at ``alpha`` over the gray image),
+    for pictures that are stored as pixels (DICOM secondary captures).
+    """
+    from matplotlib import colormaps
+
+    image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    heatmap = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    if image.shape != heatmap.shape:
+        raise ValueError(f"heatmap shape {heatmap.shape} does not match image shape {image.shape}")
+    colours = colormaps[cmap](heatmap)[..., :3].astype(np.float32)
+    out = (1.0 - alpha) * image[..., None] + alpha * colours
+    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def overlay_title(finding: str, prob: float, threshold: float | None) -> str:
     if threshold is None:
         call = "no threshold"

@@ -8,6 +8,7 @@ The PyTorch path itself lives in ``Predictor._forward``.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,12 @@ from cxrdx.errors import CheckpointError
 if TYPE_CHECKING:
     import onnxruntime
 
+    from cxrdx.imaging.preprocessing import Preprocessing
+
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+FEATURES_NAME = "features"  # (N, F) pooled features, for the out-of-distribution score
+GRAY_NAME = "gray"  # the folded graph's input (inference/fold.py): (N, 1, S, S) letterboxed gray in [0, 1]
 
 
 def onnxruntime_available() -> bool:
@@ -103,5 +108,82 @@ class OpenVinoSession:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        result = request.infer({INPUT_NAME: feeds[INPUT_NAME]})
-        return [np.array(result[self.compiled.output(OUTPUT_NAME)], dtype=np.float32)]
+        result = request.infer(dict(feeds))
+        names = list(output_names) if output_names else [OUTPUT_NAME]
+        return [np.array(result[self.compiled.output(name)], dtype=np.float32) for name in names]
+
+
+# --------------------------------------------------------------------------- folded graphs
+
+
+def channel_affine(prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(a, d), one value per channel: the network input is ``a_c * gray + d_c`` (THE normalisation)."""
+    lo, hi = prep.pixel_range
+    mean = np.broadcast_to(np.asarray(prep.mean, dtype=np.float64), (prep.channels,))
+    std = np.broadcast_to(np.asarray(prep.std, dtype=np.float64), (prep.channels,))
+    return (hi - lo) / std, (lo - mean) / std
+
+
+class GrayFeed:
+    """A folded graph (input ``gray``) behind the usual ``run(outputs, {"image": x})``.
+
+    Callers keep feeding the normalised (N, C, S, S) input that ``Preprocessing`` makes and
+    ``Predictor.probabilities`` takes; channel 0 is turned back into the gray image (the exact
+    inverse, ~1e-7). ``{"gray": g}`` is passed through as it is.
+    """
+
+    takes_gray = True
+
+    def __init__(self, session: Any, prep: Preprocessing) -> None:
+        self.session = session
+        a, d = channel_affine(prep)
+        self._a0, self._d0 = np.float32(a[0]), np.float32(d[0])
+
+    def run(self, output_names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if GRAY_NAME in feeds:
+            gray = feeds[GRAY_NAME]
+        else:
+            gray = (np.asarray(feeds[INPUT_NAME], dtype=np.float32)[:, :1] - self._d0) / self._a0
+        return self.session.run(output_names, {GRAY_NAME: np.ascontiguousarray(gray, dtype=np.float32)})
+
+    def __getattr__(self, name: str) -> Any:  # backend_name, precision, get_inputs ... of the session
+        return getattr(self.session, name)
+
+
+def open_session(
+    model_source: str | os.PathLike | bytes,
+    threads: int | None = None,
+    runtime: str = "onnx",
+    prep: Preprocessing | None = None,
+) -> Any:
+    """An ORT (or OpenVINO) session on an exported file; a folded graph comes wrapped in ``GrayFeed``.
+
+    ``prep``: the checkpoint's preprocessing; read from the file's metadata when not given.
+    """
+    session = (
+        make_session(model_source, threads) if runtime == "onnx" else OpenVinoSession(model_source, threads)
+    )
+    if runtime == "onnx":
+        input_name = session.get_inputs()[0].name
+    else:
+        input_name = session.compiled.inputs[0].get_any_name()
+    if input_name != GRAY_NAME:
+        return session
+    if prep is None:
+        from cxrdx.imaging.preprocessing import Preprocessing
+
+        prep = Preprocessing.from_dict(json.loads(_metadata(session, model_source)["preprocessing"]))
+    return GrayFeed(session, prep)
+
+
+def _metadata(session: Any, model_source: str | os.PathLike | bytes) -> dict[str, str]:
+    """The file's metadata_props: from ONNX Runtime when it is the session, else read with ``onnx``."""
+    if hasattr(session, "get_modelmeta"):
+        return dict(session.get_modelmeta().custom_metadata_map)
+    import onnx
+
+    if isinstance(model_source, bytes):
+        proto = onnx.load_from_string(model_source)
+    else:
+        proto = onnx.load(str(model_source), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}

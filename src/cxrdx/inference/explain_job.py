@@ -104,8 +104,9 @@ def explain(
             if boxes:
                 score = scores.setdefault(finding, LocalisationScore(finding))
                 # The "within half a cell" column needs the half-cell tolerance for this model's input size.
-                tolerance = half_cell_tolerance(heatmap.shape, predictor.meta.preprocessing.size)
-                hit, iou = score.add(name, heatmap, boxes, config.iou_threshold, tolerance)
+                size = predictor.meta.preprocessing.size
+                tolerance = half_cell_tolerance(heatmap.shape, size)
+                hit, iou = score.add(name, heatmap, boxes, config.iou_threshold, size, tolerance)
                 record |= {"pointing_game": hit, "iou": iou}
             entry["findings"].append(record)
             log(f"{item}: {finding} p={by_name[finding]:.3f} -> {out / (stem + '.png')}")

@@ -1,11 +1,15 @@
 """A checkpoint as a self-describing ONNX file, the check against PyTorch, and the export cache.
 
-The exported graph outputs *probabilities* (sigmoid applied inside), has a dynamic
+The exported graph outputs *probabilities* (sigmoid applied inside) and, second, the
+pooled ``features`` the classifier reads (for the out-of-distribution score), has a dynamic
 batch axis and a fixed square input of the checkpoint's size, and carries in its
 ``metadata_props`` everything needed to use it without cxrdx: label order, size, the
 preprocessing (normalisation) record, thresholds and the sha256 of the checkpoint it
 came from. ``cached_session`` exports a checkpoint once and keeps the file, so
-``Predictor.load`` pays the export only the first time.
+``Predictor.load`` pays the export only the first time; ``prepare_export`` makes it when a
+checkpoint is written (train, import, calibrate), so even the first ``cxrdx predict`` is fast.
+The cached graph is *folded* (inference/fold.py): it takes the letterboxed gray image, the
+normalisation and the gray-to-3-channel copy folded into the first convolution.
 """
 
 from __future__ import annotations
@@ -21,16 +25,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cxrdx.errors import CheckpointError, ConfigError
-from cxrdx.files import atomic_write, file_sha256
+from cxrdx.errors import CheckpointError, ConfigError, CxrdxError
+from cxrdx.files import atomic_write, cache_root, file_sha256
 from cxrdx.imaging.letterbox import resize_float
 from cxrdx.inference.backends import (
+    FEATURES_NAME,
+    GRAY_NAME,
     INPUT_NAME,
     OUTPUT_NAME,
+    GrayFeed,
     OpenVinoSession,
     make_session,
     onnxruntime_available,
+    open_session,
 )
+from cxrdx.metrics.calibration import resolve_calibration
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -41,6 +50,9 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 17
 EXPORT_TOLERANCE = 1e-4
 CACHE_KEEP = 8  # ONNX exports kept in the cache folder
+# Part of the cache key: bump it when the exported graph changes (2: second output "features";
+# 3: the normalisation and the gray channels folded into the first convolution, input "gray").
+EXPORT_REVISION = 3
 
 
 @dataclass
@@ -53,10 +65,19 @@ class ExportReport:
     max_abs_diff: float | None  # over the probe inputs; None when the check was skipped
 
 
-def onnx_metadata(meta: CheckpointMeta, source_sha256: str) -> dict[str, str]:
+def onnx_metadata(meta: CheckpointMeta, source_sha256: str, fold: bool = False) -> dict[str, str]:
     """The key/value strings embedded in the ONNX file (all JSON or plain text)."""
     from cxrdx import __version__
 
+    normalised = (
+        "float32 (N, C, size, size) named 'image': the [0, 1] gray image letterboxed to size, then "
+        "(pixel_lo + x * (pixel_hi - pixel_lo) - mean) / std per 'preprocessing'"
+    )
+    folded = (
+        f"float32 (N, 1, size, size) named '{GRAY_NAME}': the [0, 1] gray image letterboxed to size; "
+        "the normalisation in 'preprocessing' and the gray-to-C-channel copy are folded into the "
+        "first convolution"
+    )
     return {
         "cxrdx_version": __version__,
         "architecture": meta.architecture,
@@ -64,11 +85,17 @@ def onnx_metadata(meta: CheckpointMeta, source_sha256: str) -> dict[str, str]:
         "size": str(meta.preprocessing.size),
         "preprocessing": json.dumps(meta.preprocessing.to_dict(), sort_keys=True),
         "thresholds": json.dumps(meta.thresholds),
-        "output": "sigmoid probabilities, one column per entry of 'labels'",
-        "input": (
-            "float32 (N, C, size, size): the [0, 1] gray image letterboxed to size, then "
-            "(pixel_lo + x * (pixel_hi - pixel_lo) - mean) / std per 'preprocessing'"
+        "output": (
+            "sigmoid scores, one column per entry of 'labels', BEFORE calibration: probabilities are "
+            "sigmoid(logit(score) / temperature - log_prior_shift) per 'calibration' (method 'none': none); "
+            "the thresholds apply to those"
         ),
+        "calibration": json.dumps(
+            resolve_calibration(meta.calibration, meta.provenance, meta.labels), sort_keys=True
+        ),
+        FEATURES_NAME: "second output: the pooled features the classifier reads (out-of-distribution score)",
+        "input": folded if fold else normalised,
+        "folded_input": json.dumps(fold),
         "source_sha256": source_sha256,
         "checkpoint_meta": meta.to_json(),
     }
@@ -82,20 +109,36 @@ def _with_sigmoid(model: torch.nn.Module) -> torch.nn.Module:
             super().__init__()
             self.net = net
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.net(x))
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            from cxrdx.model.networks import features_and_logits
+
+            features, logits = features_and_logits(self.net, x)  # the same pass as self.net(x)
+            return torch.sigmoid(logits), features
 
     return _Probabilities(model).eval()
 
 
 def onnx_bytes(
-    model: torch.nn.Module, meta: CheckpointMeta, source_sha256: str, opset: int = DEFAULT_OPSET
+    model: torch.nn.Module,
+    meta: CheckpointMeta,
+    source_sha256: str,
+    opset: int = DEFAULT_OPSET,
+    fold: bool = False,
 ) -> bytes:
-    """Serialise the network (probabilities out, dynamic batch) with metadata, in memory."""
+    """Serialise the network (probabilities out, dynamic batch) with metadata, in memory.
+
+    ``fold``: the graph takes (N, 1, S, S) gray in [0, 1] as ``gray``, the normalisation and the
+    channel copies folded into the first convolution (inference/fold.py, exact).
+    """
     import onnx
     import torch
 
     size, channels = meta.preprocessing.size, meta.preprocessing.channels
+    input_name = INPUT_NAME
+    if fold:
+        from cxrdx.inference.fold import fold_input
+
+        model, channels, input_name = fold_input(model, meta.preprocessing), 1, GRAY_NAME
     wrapped = _with_sigmoid(model)
     was_training = model.training
     buf = io.BytesIO()
@@ -113,9 +156,13 @@ def onnx_bytes(
                 ),
                 buf,
                 dynamo=False,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                input_names=[input_name],
+                output_names=[OUTPUT_NAME, FEATURES_NAME],
+                dynamic_axes={
+                    input_name: {0: "batch"},
+                    OUTPUT_NAME: {0: "batch"},
+                    FEATURES_NAME: {0: "batch"},
+                },
                 opset_version=opset,
                 do_constant_folding=True,
             )
@@ -127,7 +174,7 @@ def onnx_bytes(
     finally:
         model.train(was_training)  # the exporter restores the *wrapper's* mode onto the network
     proto = onnx.load_from_string(buf.getvalue())
-    for key, value in onnx_metadata(meta, source_sha256).items():
+    for key, value in onnx_metadata(meta, source_sha256, fold).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = "cxrdx chest X-ray findings model; see metadata_props"
@@ -145,12 +192,20 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 def compare_backends(
     model: torch.nn.Module, session: onnxruntime.InferenceSession, inputs: np.ndarray
 ) -> float:
-    """Largest |ONNX - PyTorch| probability difference on (N, C, S, S) inputs."""
+    """Largest |ONNX - PyTorch| probability difference on (N, C, S, S) inputs.
+
+    A folded graph (input ``gray``) gets the same inputs through ``GrayFeed``.
+    """
     import torch
 
     x = np.ascontiguousarray(inputs, dtype=np.float32)
     with torch.inference_mode():
         ref = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+    if not isinstance(session, GrayFeed) and session.get_inputs()[0].name == GRAY_NAME:
+        from cxrdx.imaging.preprocessing import Preprocessing
+
+        meta_map = session.get_modelmeta().custom_metadata_map
+        session = GrayFeed(session, Preprocessing.from_dict(json.loads(meta_map["preprocessing"])))
     got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     return float(np.abs(ref - got).max())
 
@@ -165,9 +220,16 @@ def _probe_inputs(meta: CheckpointMeta, n: int = 2, seed: int = 0) -> np.ndarray
 
 
 def export_onnx(
-    ckpt: str | os.PathLike, out: str | os.PathLike, opset: int = DEFAULT_OPSET, check: bool = True
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    fold: bool = False,
 ) -> ExportReport:
-    """Write ``out`` (.onnx) from a cxrdx checkpoint and, when ``check``, verify it against PyTorch."""
+    """Write ``out`` (.onnx) from a cxrdx checkpoint and, when ``check``, verify it against PyTorch.
+
+    ``fold``: input (N, 1, S, S) gray in [0, 1], normalisation folded in (what Predictor's cache holds).
+    """
     from cxrdx.model.checkpoint import load_checkpoint
 
     out = Path(out)
@@ -177,7 +239,7 @@ def export_onnx(
         raise ConfigError(f"--onnx {out}: is a folder; give a file name such as {out / 'model.onnx'}")
     model, meta = load_checkpoint(ckpt)
     sha = file_sha256(ckpt)
-    data = onnx_bytes(model, meta, sha, opset)
+    data = onnx_bytes(model, meta, sha, opset, fold=fold)
     diff = None
     if check and onnxruntime_available():
         diff = compare_backends(model, make_session(data), _probe_inputs(meta))
@@ -198,12 +260,8 @@ def export_onnx(
 
 
 def cache_dir() -> Path:
-    """Where Predictor keeps ONNX exports of checkpoints: $CXRDX_CACHE_DIR or ~/.cache/cxrdx."""
-    root = (
-        os.environ.get("CXRDX_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrdx"
-    )
-    return Path(root) / "onnx"
+    """Where Predictor keeps ONNX exports of checkpoints: ``onnx/`` in the cxrdx cache folder."""
+    return cache_root() / "onnx"
 
 
 def _prune(folder: Path, keep: int) -> None:
@@ -211,6 +269,33 @@ def _prune(folder: Path, keep: int) -> None:
     entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[keep:]:
         old.unlink(missing_ok=True)
+
+
+def cached_export_path(sha: str) -> Path:
+    """The cache file of a checkpoint's export (by its sha256), without importing torch."""
+    from importlib.metadata import version
+
+    torch_version = version("torch").split("+")[0]
+    return cache_dir() / f"{sha[:24]}-r{EXPORT_REVISION}-opset{DEFAULT_OPSET}-torch{torch_version}.onnx"
+
+
+def exported_session(
+    ckpt: str | os.PathLike, threads: int | None = None, runtime: str = "onnx", sha: str | None = None
+) -> onnxruntime.InferenceSession | OpenVinoSession | None:
+    """A session on the checkpoint's cached export, or None when it was not exported yet (or is damaged).
+
+    Needs neither torch nor MONAI: ``cxrdx predict`` of one image starts in about a second.
+    """
+    path = cached_export_path(sha or file_sha256(ckpt))
+    if not path.is_file():
+        return None
+    try:
+        session = open_session(path, threads, runtime)
+    except (CheckpointError, KeyError, ValueError):
+        return None  # a damaged cache entry: the caller exports again
+    with contextlib.suppress(OSError):
+        os.utime(path)  # most recently used: pruned last
+    return session
 
 
 def cached_session(
@@ -226,22 +311,99 @@ def cached_session(
     When the cache folder is not writable the export is kept in memory only.
     ``runtime="openvino"`` runs the same file with OpenVINO instead of ONNX Runtime.
     """
-    make = make_session if runtime == "onnx" else OpenVinoSession
-    import torch
-
     sha = file_sha256(ckpt)
-    name = f"{sha[:24]}-opset{DEFAULT_OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
-    path = cache_dir() / name
-    if path.is_file():
-        try:
-            session = make(path, threads)
-            with contextlib.suppress(OSError):
-                os.utime(path)  # most recently used: pruned last
-            return session
-        except CheckpointError:
-            pass  # a damaged cache entry: export again below
-    data = onnx_bytes(model, meta, sha)
-    with contextlib.suppress(OSError):  # read-only cache folder: keep the export in memory only
+    session = exported_session(ckpt, threads, runtime, sha=sha)
+    if session is not None:
+        return session
+    data = _export_to_cache(sha, model, meta)
+    return open_session(data, threads, runtime, prep=meta.preprocessing)
+
+
+def _export_to_cache(sha: str, model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
+    """The folded export, written to the cache (kept in memory only when the folder is read-only)."""
+    path = cached_export_path(sha)
+    data = onnx_bytes(model, meta, sha, fold=True)
+    with contextlib.suppress(OSError, CxrdxError):  # read-only cache folder: atomic_write says CxrdxError
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
         _prune(path.parent, keep=CACHE_KEEP)
-    return make(data, threads)
+    return data
+
+
+# --------------------------------------------------------------------------- a fast first call
+
+
+def is_exported(ckpt: str | os.PathLike) -> bool:
+    """Whether ``cxrdx predict`` will find this checkpoint's export in the cache (no torch needed)."""
+    return cached_export_path(file_sha256(ckpt)).is_file()
+
+
+def prepare_export(ckpt: str | os.PathLike) -> bool:
+    """Export a checkpoint into the cache now, so its first ``cxrdx predict`` needs no export.
+
+    ``cxrdx train``, ``import`` and ``calibrate`` call this on the checkpoint they wrote. True
+    when it exported; False when it was there already, ONNX Runtime is not installed or the
+    export failed (predict then says why, and can run on PyTorch).
+    """
+    from cxrdx.model.checkpoint import load_checkpoint
+
+    if not onnxruntime_available():
+        return False
+    sha = file_sha256(ckpt)
+    if cached_export_path(sha).is_file():
+        return False
+    try:
+        model, meta = load_checkpoint(ckpt)
+        _export_to_cache(sha, model, meta)
+    except CxrdxError:
+        return False
+    return cached_export_path(sha).is_file()
+
+
+def prepare_export_note(command: str, ckpt: str | os.PathLike) -> None:
+    """``prepare_export`` for a command that just wrote ``ckpt``, with one line on stderr when it exported.
+
+    ``CXRDX_EXPORT_ON_WRITE=0`` turns it off (the first predict then runs on PyTorch and exports).
+    """
+    import sys
+    import time
+
+    if os.environ.get("CXRDX_EXPORT_ON_WRITE", "1") == "0":
+        return
+    start = time.perf_counter()
+    if prepare_export(ckpt):
+        print(
+            f"cxrdx {command}: ONNX export of {Path(ckpt).name} cached in {time.perf_counter() - start:.1f} s "
+            "(the first `cxrdx predict` with it needs no export)",
+            file=sys.stderr,
+        )
+
+
+def export_in_background(ckpt: str | os.PathLike) -> None:
+    """Start ``prepare_export(ckpt)`` in a detached, low-priority process (it outlives the caller).
+
+    ``cxrdx predict`` of a few images with a checkpoint not yet exported runs them on PyTorch
+    at once and leaves the export to this process, so the next call finds it.
+    """
+    import subprocess
+    import sys
+
+    def lower_priority() -> None:
+        with contextlib.suppress(OSError):
+            os.nice(10)
+
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [sys.executable, "-m", "cxrdx.inference.export", str(Path(ckpt).resolve())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=lower_priority if os.name == "posix" else None,  # noqa: PLW1509
+        )
+
+
+if __name__ == "__main__":  # export_in_background's process
+    import sys
+
+    with contextlib.suppress(Exception):  # nobody is there to read an error; predict exports again
+        prepare_export(sys.argv[1])

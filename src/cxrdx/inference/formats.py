@@ -9,28 +9,64 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxrdx.errors import ImageReadError
+from cxrdx.errors import CxrdxError, ImageReadError
 from cxrdx.inference.predictor import ImageLike, Prediction, Predictor
 
 NO_THRESHOLDS_NOTE = (
     "this checkpoint has no decision thresholds, so no finding is called positive or negative; "
     "choose them on labelled validation images with `cxrdx evaluate --weights CKPT --val VAL.csv ...`"
 )
+UNCALIBRATED_NOTE = (
+    "score (uncalibrated): this checkpoint is not calibrated, so its numbers rank images but are not "
+    "probabilities; calibrate it on labelled validation images with "
+    "`cxrdx calibrate --weights CKPT --data VAL --out NEW.safetensors`"
+)
 HEATMAP_TOP_K = 3
 
 
-def format_table(predictions: Sequence[Prediction], thresholds: dict[str, float] | None) -> str:
-    """What a person reads: per image, findings by falling probability, positives marked."""
-    lines: list[str] = []
+def ood_warning(pred: Prediction, threshold: float | None = None) -> str | None:
+    """The warning for an out-of-distribution image (None when it is in distribution or unknown)."""
+    if pred.in_distribution is not False:
+        return None
+    limit = "" if threshold is None else f" > threshold {threshold:.2f}"
+    return (
+        "OUT OF DISTRIBUTION: this image is unlike the images the model was trained on "
+        f"(OOD score {pred.ood_score:.2f}{limit}); its findings and calls are unreliable"
+    )
+
+
+def banner_lines(banners: Sequence[str]) -> list[str]:
+    """The model card's warnings (cxrdx.model.card.banners), framed so nobody scrolls past them."""
+    if not banners:
+        return []
+    rule = "!" * 78
+    return [rule, *(f"!! {b}" for b in banners), rule, ""]
+
+
+def format_table(
+    predictions: Sequence[Prediction],
+    thresholds: dict[str, float] | None,
+    ood_threshold: float | None = None,
+    banners: Sequence[str] = (),
+) -> str:
+    """What a person reads: the model's warnings, then per image findings by falling probability."""
+    from cxrdx.model.card import never_reached, threshold_text
+
+    lines: list[str] = banner_lines(banners)
+    never = set(never_reached(thresholds))
+    width = max([7, *(len(threshold_text(t)) for t in (thresholds or {}).values())])
     for pred in predictions:
         lines.append(f"== {pred.source}")
         if not pred.ok:
             lines.append(f"   ERROR: {pred.error}")
             lines.append("")
             continue
-        header = f"   {'finding':<20} {'prob':>6}"
+        unreliable = ood_warning(pred, ood_threshold)
+        if unreliable:
+            lines.append(f"   !! {unreliable}")
+        header = f"   {'finding':<20} {'prob' if pred.calibration != 'none' else 'score':>6}"
         if thresholds:
-            header += f" {'thresh':>7}  call"
+            header += f" {'thresh':>{width}}  call"
         if pred.uncertainty is not None:
             header += "  \u00b1tta"
         lines.append(header)
@@ -39,20 +75,26 @@ def format_table(predictions: Sequence[Prediction], thresholds: dict[str, float]
             if thresholds:
                 t = thresholds.get(name)
                 if t is None:
-                    row += f" {'-':>7}  -"
+                    row += f" {'-':>{width}}  -"
                 else:
-                    row += f" {t:7.3f}  " + ("POS *" if pred.positive and pred.positive.get(name) else "neg")
+                    call = "POS *" if pred.positive and pred.positive.get(name) else "neg"
+                    row += f" {threshold_text(t):>{width}}  {call}" + (
+                        " (never reached)" if name in never else ""
+                    )
             if pred.uncertainty is not None:
                 row += f"  {pred.uncertainty[name]:.3f}"
             lines.append(row.rstrip())
         if pred.positive is not None:
             pos = [n for n, _ in pred.ranked() if pred.positive.get(n)]
-            lines.append(f"   positive: {', '.join(pos) if pos else 'none'}")
+            mark = " (UNRELIABLE: out of distribution)" if unreliable else ""
+            lines.append(f"   positive{mark}: {', '.join(pos) if pos else 'none'}")
         for w in pred.warnings:
             lines.append(f"   warning: {w}")
         lines.append("")
     if not thresholds and any(p.ok for p in predictions):
         lines.append(f"note: {NO_THRESHOLDS_NOTE}")
+    if any(p.ok and p.calibration == "none" for p in predictions):
+        lines.append(f"note: {UNCALIBRATED_NOTE}")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -64,23 +106,44 @@ def format_csv(
     predictions: Sequence[Prediction], labels: Sequence[str], thresholds: dict[str, float] | None
 ) -> str:
     """One row per image, one column per finding (+ ``<Finding>_positive`` when thresholds exist)."""
-    positive_cols = [n for n in labels if thresholds and n in thresholds]
     tta = any(p.uncertainty is not None for p in predictions)
-    header = ["image", "error", *labels, *(f"{n}_positive" for n in positive_cols)]
-    header += [f"{n}_uncertainty" for n in labels] if tta else []
-    header += ["warnings"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow(csv_columns(labels, thresholds, tta))
     for p in predictions:
-        row: list[Any] = [p.source, p.error or ""]
-        row += [f"{p.probabilities[n]:.6f}" if p.ok else "" for n in labels]
-        row += [("1" if p.positive[n] else "0") if p.ok and p.positive else "" for n in positive_cols]
-        if tta:
-            row += [f"{p.uncertainty[n]:.6f}" if p.ok and p.uncertainty else "" for n in labels]
-        row.append(" | ".join(p.warnings))
-        writer.writerow(row)
+        writer.writerow(csv_row(p, labels, thresholds, tta))
     return buf.getvalue()
+
+
+def csv_columns(labels: Sequence[str], thresholds: dict[str, float] | None, tta: bool) -> list[str]:
+    """The CSV header: image, error, the findings, their calls, the TTA spread (with ``tta``), warnings."""
+    positive_cols = [n for n in labels if thresholds and n in thresholds]
+    header = ["image", "error", *labels, *(f"{n}_positive" for n in positive_cols)]
+    header += [f"{n}_uncertainty" for n in labels] if tta else []
+    return [*header, "calibration", "ood_score", "in_distribution", "warnings"]
+
+
+def csv_row(
+    p: Prediction, labels: Sequence[str], thresholds: dict[str, float] | None, tta: bool
+) -> list[Any]:
+    """One image's CSV row, in the order of ``csv_columns``."""
+    positive_cols = [n for n in labels if thresholds and n in thresholds]
+    row: list[Any] = [p.source, p.error or ""]
+    row += [f"{p.probabilities[n]:.6f}" if p.ok else "" for n in labels]
+    row += [("1" if p.positive[n] else "0") if p.ok and p.positive else "" for n in positive_cols]
+    if tta:
+        row += [f"{p.uncertainty[n]:.6f}" if p.ok and p.uncertainty else "" for n in labels]
+    # the finding columns are probabilities, or with "none" uncalibrated scores
+    row.append((p.calibration if p.calibration != "none" else "none: score (uncalibrated)") if p.ok else "")
+    row.append("" if p.ood_score is None else f"{p.ood_score:.4f}")
+    row.append("" if p.in_distribution is None else ("1" if p.in_distribution else "0"))
+    row.append(" | ".join(p.warnings))
+    return row
+
+
+def format_jsonl(predictions: Sequence[Prediction]) -> str:
+    """JSON Lines: one ``Prediction.to_dict()`` per line (what archives stream)."""
+    return "".join(json.dumps(p.to_dict()) + "\n" for p in predictions)
 
 
 # --------------------------------------------------------------------------- heatmaps
@@ -99,8 +162,11 @@ def write_heatmaps(
         heatmap = predictor.explain(image, finding)
         t = thresholds.get(finding)
         call = "no threshold" if t is None else f"{'positive' if p >= t else 'negative'} at {t:.3f}"
+        what = "p" if pred.calibration != "none" else "score (uncalibrated)"
         written.append(
-            overlay_png(image, heatmap, out_dir / f"{stem}_{finding}.png", f"{finding}: p={p:.2f} ({call})")
+            overlay_png(
+                image, heatmap, out_dir / f"{stem}_{finding}.png", f"{finding}: {what}={p:.2f} ({call})"
+            )
         )
     return written
 
@@ -132,7 +198,7 @@ def collect_images(paths: Sequence[str], recursive: bool) -> tuple[list[Path], l
             errors.append(Prediction(str(raw), error=no_images_message([raw], recursive)))
         files.extend(found)
     unique = list(dict.fromkeys(files))
-    if not unique:
+    if not unique:  # each error already names its path: say each once
         details = "; ".join(e.error or "" for e in errors)
-        raise ImageReadError(", ".join(paths), f"nothing to predict: {details}")
+        raise CxrdxError(f"nothing to predict: {details}")
     return unique, errors

@@ -29,16 +29,19 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from cxrdx.device import available_threads
 from cxrdx.errors import CheckpointError, ConfigError, CxrdxError
 from cxrdx.imaging.letterbox import Letterbox
 from cxrdx.labels import canonical
-from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint
+from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta
+from cxrdx.model.ood import OodStats
+
+if TYPE_CHECKING:  # the ONNX path runs without torch and MONAI (they load with the network, on demand)
+    import torch
 
 ImageLike = str | os.PathLike | np.ndarray
 BACKENDS = ("auto", "torch", "onnx", "openvino")
@@ -54,6 +57,13 @@ class Prediction:
     uncertainty: dict[str, float] | None = None  # spread over test-time-augmentation views
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # the calibration applied: "prior+temperature", "prior", or "none" (then the numbers are uncalibrated
+    # scores, not probabilities; cxrdx.metrics.calibration)
+    calibration: str = "none"
+    # Mahalanobis distance of the image's pooled features to the training images' (cxrdx.model.ood), and
+    # whether it is within the checkpoint's threshold; both None when the checkpoint has no reference
+    ood_score: float | None = None
+    in_distribution: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,6 +81,9 @@ class Prediction:
             "uncertainty": None if self.uncertainty is None else dict(self.uncertainty),
             "warnings": list(self.warnings),
             "error": self.error,
+            "calibration": self.calibration,
+            "ood_score": self.ood_score,
+            "in_distribution": self.in_distribution,
         }
 
 
@@ -87,23 +100,53 @@ def default_workers() -> int:
 class Predictor:
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | None,
         meta: CheckpointMeta,
         device: str | torch.device = "cpu",
         session: Any = None,
         channels_last: bool = True,
+        checkpoint: str | os.PathLike | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        """``model=None`` with an ONNX ``session``: the network is loaded from ``checkpoint`` on first use
+        (Grad-CAM, features), so predicting needs neither torch nor MONAI."""
+        if model is None and (session is None or checkpoint is None):
+            raise ConfigError("Predictor needs a model, or an ONNX session and the checkpoint path")
+        self._device = device
         self.channels_last = channels_last
-        model = model.to(self.device).eval()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self._checkpoint = checkpoint
+        self._model = None
+        self._model_lock = threading.Lock()
+        if model is not None:
+            self.model = model
         self.meta = meta
         self.session = session  # an onnxruntime.InferenceSession, or None for the torch backend
         self._explain_lock = threading.Lock()
         self._gradcam = None
         self._cams: tuple[bytes, np.ndarray] | None = None  # (input digest, every finding's square map)
+
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self._device)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The PyTorch network (loaded from the checkpoint on first use when running on ONNX)."""
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    self.model = load_checkpoint(self._checkpoint, device=self._device)[0]
+        return self._model
+
+    @model.setter
+    def model(self, model: torch.nn.Module) -> None:
+        import torch
+
+        model = model.to(self.device).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self._model = model
 
     @property
     def backend(self) -> str:
@@ -129,13 +172,13 @@ class Predictor:
         path = resolve_weights(path)
         if backend not in BACKENDS:
             raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        model, meta = load_checkpoint(path, device=device)
+        meta = read_checkpoint_meta(path)
         if meta.provenance.get("init_only"):
             raise CheckpointError(
                 f"{path}: this is an ImageNet initialisation for training, not a chest X-ray model; "
                 "train one with `cxrdx train --init` or import a chest X-ray checkpoint"
             )
-        on_cpu = torch.device(device).type == "cpu"
+        on_cpu = str(device).split(":")[0] == "cpu"
         if backend in ("onnx", "openvino"):
             if not on_cpu:
                 raise ConfigError(
@@ -149,6 +192,14 @@ class Predictor:
                 raise ConfigError(
                     "--backend onnx needs onnxruntime: `pip install onnxruntime`, or use --backend torch"
                 )
+        runtime = "openvino" if backend == "openvino" else "onnx"
+        if backend == runtime or (backend == "auto" and on_cpu and backends.onnxruntime_available()):
+            # already exported (the cache is keyed by the file's sha256, and the export was made from
+            # a checkpoint load_checkpoint accepted): no torch, no MONAI
+            session = export.exported_session(path, threads, runtime)
+            if session is not None:
+                return cls(None, meta, device, session=session, checkpoint=path)
+        model, meta = load_checkpoint(path, device=device)
         session = None
         if backend == "openvino":
             session = export.cached_session(path, model, meta, threads, runtime="openvino")
@@ -174,7 +225,49 @@ class Predictor:
 
     @property
     def thresholds(self) -> dict[str, float] | None:
-        return self.meta.thresholds
+        """The thresholds on the scale of the outputs: thresholds stored before calibration existed (no
+        ``threshold_info["calibration"]``) were chosen on raw scores and are moved, so calls stay the same."""
+        stored = self.meta.thresholds
+        if not stored or "calibration" in (self.meta.threshold_info or {}):
+            return stored
+        cal = self.calibration
+        if cal["method"] == "none":
+            return stored
+        from cxrdx.metrics.calibration import map_thresholds
+
+        return map_thresholds(stored, None, cal, self.labels)
+
+    @property
+    def calibration(self) -> dict:
+        """The calibration applied to every output (stored, else from the training prevalence, else none)."""
+        from cxrdx.metrics.calibration import resolve_calibration
+
+        return resolve_calibration(self.meta.calibration, self.meta.provenance, self.labels)
+
+    @property
+    def calibrated(self) -> bool:
+        """True when outputs are probabilities; False: "score (uncalibrated)" (e.g. an imported checkpoint)."""
+        return self.calibration["method"] != "none"
+
+    def threshold_notes(self, tta: bool) -> list[str]:
+        """Warnings when the thresholds are applied differently from how they were chosen."""
+        info = self.meta.threshold_info or {}
+        if not self.thresholds or not info:
+            return []
+        notes = []
+        if info.get("tta") is not None and bool(info["tta"]) != bool(tta):
+            chosen, now = ("with", "without") if info["tta"] else ("without", "with")
+            notes.append(
+                f"the thresholds were chosen {chosen} test-time augmentation but are applied {now} it"
+                f" ({'add' if info['tta'] else 'drop'} --tta to match); calls near a threshold may differ"
+            )
+        method = self.calibration["method"]
+        if info.get("calibration") is not None and info["calibration"] != method:
+            notes.append(
+                f"the thresholds were chosen on {info['calibration']!r}-calibrated outputs but the checkpoint now "
+                f"applies {method!r}; choose them again with `cxrdx evaluate --write-thresholds`"
+            )
+        return notes
 
     def read(self, item: ImageLike, uint8_ok: bool = False) -> tuple[np.ndarray, list[str]]:
         """A [0, 1] gray image and reader warnings, from a path or an array.
@@ -191,26 +284,79 @@ class Predictor:
         """[0, 1] gray image (or uint8) -> (C, S, S) network input exactly as the checkpoint expects."""
         return self.meta.preprocessing(image)
 
-    def probabilities(self, batch: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, C, S, S) inputs -> (N, L) probabilities, and (N, L) TTA spread when ``tta``."""
+    def probabilities(
+        self, batch: np.ndarray, tta: bool = False, calibrated: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, C, S, S) inputs -> (N, L) probabilities, and (N, L) TTA spread when ``tta``.
+
+        THE place calibration is applied (both backends output raw sigmoid scores): each
+        view is calibrated, then averaged. ``calibrated=False``: the raw scores.
+        """
+        from cxrdx.metrics.calibration import combine_views
+
+        views = self.raw_views(batch, tta)
+        return combine_views(views, self.calibration if calibrated else None, self.labels)
+
+    def _scored(
+        self, batch: np.ndarray, tta: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Calibrated probabilities, TTA spread and OOD scores (None without a reference), one pass."""
+        from cxrdx.metrics.calibration import combine_views
+
+        ood = self.ood
+        views, feats = self._views(batch, tta, with_features=ood is not None)
+        probs, spread = combine_views(views, self.calibration, self.labels)
+        return probs, spread, None if ood is None else ood.score(feats)
+
+    def raw_views(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
+        """(V, N, L) uncalibrated sigmoid outputs: V = 1, or 2 with ``tta`` (the image and its mirror)."""
+        return self._views(batch, tta)[0]
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, S, S) inputs -> (N, F) pooled features (what the out-of-distribution score reads)."""
+        return self._forward(np.ascontiguousarray(batch, dtype=np.float32), with_features=True)[1]
+
+    @property
+    def ood(self) -> OodStats | None:
+        """The checkpoint's out-of-distribution reference (cxrdx.model.ood), or None when it has none."""
+        cached = self.__dict__.get("_ood_cache")
+        if cached is None or cached[0] is not self.meta.ood:
+            cached = self._ood_cache = (self.meta.ood, OodStats.from_meta(self.meta.ood))
+        return cached[1]
+
+    def _views(self, batch: np.ndarray, tta: bool, with_features: bool = False) -> tuple[np.ndarray, Any]:
+        """(V, N, L) raw outputs and, when asked, the (N, F) features of the unflipped view: one pass."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if tta:
             # One pass over the image and its mirror (horizontal flip: a plausible film).
-            both = self._forward(np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
-            views = np.stack([both[: len(x)], both[len(x) :]])
-            return views.mean(0), views.std(0)
-        return self._forward(x), None
+            both, feats = self._forward(
+                np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]), with_features
+            )
+            return np.stack([both[: len(x)], both[len(x) :]]), None if feats is None else feats[: len(x)]
+        probs, feats = self._forward(x, with_features)
+        return probs[None], feats
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def _forward(self, x: np.ndarray, with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N, L), pooled features (N, F) or None), from one forward pass."""
         if self.session is not None:
-            from cxrdx.inference.backends import INPUT_NAME, OUTPUT_NAME
+            from cxrdx.inference.backends import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 
-            return np.asarray(self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], dtype=np.float32)
+            names = [OUTPUT_NAME, FEATURES_NAME] if with_features else [OUTPUT_NAME]
+            out = self.session.run(names, {INPUT_NAME: x})
+            feats = np.asarray(out[1], dtype=np.float32) if with_features else None
+            return np.asarray(out[0], dtype=np.float32), feats
+        import torch
+
+        from cxrdx.model.networks import features_and_logits
+
         with torch.inference_mode():
             t = torch.from_numpy(x).to(self.device)
             if self.channels_last:
                 t = t.contiguous(memory_format=torch.channels_last)
-            return torch.sigmoid(self.model(t)).float().cpu().numpy()
+            if not with_features:
+                return torch.sigmoid(self.model(t)).float().cpu().numpy(), None
+            feats, logits = features_and_logits(self.model, t)
+            return torch.sigmoid(logits).float().cpu().numpy(), feats.float().cpu().numpy()
 
     def _result(
         self, source: str, probs: np.ndarray, spread: np.ndarray | None, warnings: list[str]
@@ -222,7 +368,8 @@ class Predictor:
         uncertainty = (
             None if spread is None else {n: float(s) for n, s in zip(self.labels, spread, strict=True)}
         )
-        return Prediction(source, by_name, positive, uncertainty, warnings)
+        method = self.calibration["method"]
+        return Prediction(source, by_name, positive, uncertainty, warnings, calibration=method)
 
     def _load_one(self, item: ImageLike, source: str) -> tuple[np.ndarray | None, list[str], str | None]:
         """Decode + preprocess one item (runs in a worker thread); errors become a message."""
@@ -256,11 +403,13 @@ class Predictor:
             good = [k for k, (x, _, _) in enumerate(loaded) if x is not None]
             out = [Prediction(sources[i], error=err) for i, (_, _, err) in zip(idx, loaded, strict=True)]
             if good:
-                probs, spread = self.probabilities(np.stack([loaded[k][0] for k in good]), tta=tta)
+                probs, spread, scores = self._scored(np.stack([loaded[k][0] for k in good]), tta)
                 for row, k in enumerate(good):
                     out[k] = self._result(
                         sources[idx[k]], probs[row], None if spread is None else spread[row], loaded[k][1]
                     )
+                    if scores is not None:  # the OOD gate (cxrdx.model.ood)
+                        out[k].ood_score, out[k].in_distribution = self.ood.verdict(scores[row])
             return out
 
         if workers <= 0:
@@ -302,6 +451,8 @@ class Predictor:
             raise CxrdxError(f"this model does not output {finding}; it outputs {', '.join(self.labels)}")
         if not isinstance(image, np.ndarray) or image.dtype != np.float32 or image.ndim != 2:
             image, _ = self.read(image)
+        import torch
+
         x, box = self.prepare(image)
         with self._explain_lock:
             if self._gradcam is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -92,6 +92,7 @@ class AurocResult:
     n_boot_valid: int
     n_pos: int
     n_neg: int
+    replicates: np.ndarray | None = field(default=None, repr=False)  # (n_boot,), NaN where undefined
 
     @property
     def defined(self) -> bool:
@@ -122,39 +123,81 @@ def auroc_with_ci(
         raise ConfigError(f"confidence level must be in (0, 1), got {level}")
     rng = np.random.default_rng(seed)
     reps: list[list[np.ndarray]] = [[] for _ in names]
+    # NaN labels are unlabelled: each finding uses only its labelled images (patients are drawn once
+    # for all findings, and a finding's replicate keeps its labelled images of the drawn patients)
+    labelled = ~np.isnan(np.asarray(y_true, dtype=np.float64))
+    y_true = np.where(labelled, y_true, 0)
     done = 0
     while done < n_boot:
         chunk = min(BOOT_CHUNK, n_boot - done)
         weights = patient_multiplicities(patients, chunk, rng)
         for c in range(len(names)):
-            if 0 < y_true[:, c].sum() < len(y_true):
-                reps[c].append(_weighted_aurocs(y_true[:, c], probs[:, c], weights))
+            m = labelled[:, c]
+            if 0 < y_true[m, c].sum() < m.sum():
+                reps[c].append(_weighted_aurocs(y_true[m, c], probs[m, c], weights[:, m]))
         done += chunk
     out: dict[str, AurocResult] = {}
     for c, name in enumerate(names):
-        n_pos = int(y_true[:, c].sum())
-        n_neg = len(y_true) - n_pos
+        m = labelled[:, c]
+        n_pos = int(y_true[m, c].sum())
+        n_neg = int(m.sum()) - n_pos
         if n_pos == 0 or n_neg == 0:
             out[name] = AurocResult(None, None, None, 0, n_pos, n_neg)
             continue
-        point = float(roc_auc_score(y_true[:, c], probs[:, c]))
-        values = np.concatenate(reps[c]) if reps[c] else np.array([])
-        values = values[~np.isnan(values)]
+        point = float(roc_auc_score(y_true[m, c], probs[m, c]))
+        replicates = np.concatenate(reps[c]) if reps[c] else np.array([])
+        values = replicates[~np.isnan(replicates)]
         lo = hi = None
         if len(values):
             tail = (1 - level) / 2 * 100
             lo, hi = (float(v) for v in np.percentile(values, [tail, 100 - tail]))
-        out[name] = AurocResult(point, lo, hi, int(len(values)), n_pos, n_neg)
+        out[name] = AurocResult(point, lo, hi, int(len(values)), n_pos, n_neg, replicates)
     return out
+
+
+def mean_auroc_ci(
+    results: Mapping[str, AurocResult], findings: Sequence[str] | None = None, level: float = 0.95
+) -> tuple[float | None, float | None]:
+    """Patient-bootstrap CI of the mean AUROC over the defined findings (restricted to ``findings``).
+
+    Every finding's replicates come from the same patient draws (``auroc_with_ci`` draws once per
+    replicate for all findings), so the mean is taken within each replicate, then its percentiles.
+    """
+    rows = [
+        r.replicates
+        for k, r in results.items()
+        if r.defined
+        and r.replicates is not None
+        and len(r.replicates)
+        and (findings is None or k in findings)
+    ]
+    if not rows:
+        return None, None
+    stacked = np.stack(rows)
+    defined = ~np.isnan(stacked)
+    counts = defined.sum(axis=0)
+    means = np.where(defined, stacked, 0.0).sum(axis=0)[counts > 0] / counts[counts > 0]
+    if not len(means):
+        return None, None
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
 
 
 def per_finding_auroc(
     y_true: np.ndarray, scores: np.ndarray, names: Sequence[str] = FINDINGS
 ) -> dict[str, float | None]:
-    """AUROC per finding (columns of ``y_true``/``scores`` in ``names`` order); None where undefined."""
-    y_true = np.asarray(y_true)
+    """AUROC per finding (columns of ``y_true``/``scores`` in ``names`` order); None where undefined.
+
+    NaN labels are unlabelled: each finding is scored on its labelled images only.
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    return {name: fast_auroc(y_true[:, c], scores[:, c]) for c, name in enumerate(names)}
+    out = {}
+    for c, name in enumerate(names):
+        m = ~np.isnan(y_true[:, c])
+        out[name] = fast_auroc(y_true[m, c], scores[m, c]) if m.any() else None
+    return out
 
 
 def mean_auroc(aurocs: Mapping[str, float | None], findings: Sequence[str] | None = None) -> float | None:

@@ -63,7 +63,8 @@ def choose_thresholds(
         raise ConfigError(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
     out: dict[str, float | None] = {}
     for c, name in enumerate(names):
-        y, s = np.asarray(y_true)[:, c], np.asarray(probs)[:, c]
+        y, s = np.asarray(y_true, dtype=np.float64)[:, c], np.asarray(probs)[:, c]
+        y, s = y[~np.isnan(y)], s[~np.isnan(y)]  # NaN = unlabelled: thresholds use labelled images only
         out[name] = (
             youden_threshold(y, s) if method == "youden" else sensitivity_threshold(y, s, target_sensitivity)
         )

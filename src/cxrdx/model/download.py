@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from cxrdx.errors import CheckpointError
-from cxrdx.files import file_sha256, head_bytes, is_torch_pickle
+from cxrdx.files import cache_root, file_sha256, head_bytes, is_safetensors, is_torch_pickle
 
 RETRIES = 3  # further tries after the first, on network errors and 5xx answers
 BACKOFF_S = 1.0  # wait before try k: BACKOFF_S * 2 ** (k - 1)
@@ -32,12 +32,8 @@ class DownloadError(CheckpointError):
 
 
 def cache_dir() -> Path:
-    """$CXRDX_CACHE, else $XDG_CACHE_HOME/cxrdx, else ~/.cache/cxrdx."""
-    if os.environ.get("CXRDX_CACHE"):
-        return Path(os.environ["CXRDX_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cxrdx"
-    return Path.home() / ".cache" / "cxrdx"
+    """Where downloaded weights live: the cxrdx cache folder itself (``cxrdx.files.cache_root``)."""
+    return cache_root()
 
 
 def default_timeout() -> float:
@@ -118,9 +114,9 @@ def manual_hint(url: str, dest: Path) -> str:
 
 
 def check_weights_file(path: Path, url: str) -> None:
-    """Refuse (and remove) a file that is not PyTorch weights, e.g. an HTML error page saved under the name."""
+    """Refuse (and remove) a file that is not weights (PyTorch or safetensors), e.g. an HTML error page."""
     head = head_bytes(path, 64)
-    if is_torch_pickle(head):
+    if is_torch_pickle(head) or is_safetensors(head):
         return
     path.unlink(missing_ok=True)
     looks = head.lstrip()[:15].lower()

@@ -28,7 +28,7 @@ from torch import nn
 from cxrdx.errors import CheckpointError, ConfigError
 from cxrdx.files import file_sha256
 from cxrdx.imaging.preprocessing import Preprocessing
-from cxrdx.labels import FINDINGS, canonical, is_finding
+from cxrdx.labels import FINDINGS, canonical, is_nih_finding
 from cxrdx.model.checkpoint import CheckpointMeta, check_state_dict, load_checkpoint, save_checkpoint
 from cxrdx.model.importers.chexnet import CHEXNET_LABELS
 from cxrdx.model.importers.cxrdx import revalidate
@@ -80,7 +80,7 @@ def _select_head(
     dropped: list[str] = []
     output_names = list(output_names)
     for i, name in enumerate(source_labels):
-        if name and is_finding(name):
+        if name and is_nih_finding(name):
             ours = canonical(name)
             if ours in index:
                 raise CheckpointError(f"{source}: source labels name {ours} twice: {source_labels}")
@@ -258,6 +258,12 @@ def import_weights(
         preprocessing=preprocessing,
         thresholds=thresholds,
         threshold_method=threshold_method,
+        # imported operating points: on the source's own (uncalibrated) scale, chosen without TTA;
+        # kept until the user replaces them (`cxrdx evaluate --out-weights`); `cxrdx calibrate` moves them
+        threshold_info=(
+            {"chosen_by": threshold_method, "calibration": "none", "tta": False} if thresholds else {}
+        ),
+        calibration={"method": "none", "log_prior_shift": {}, "temperature": {}, "fitted_on": {}},
         provenance=provenance,
         source={
             "kind": kind,

@@ -17,6 +17,7 @@ from cxrdx.errors import CheckpointError
 from cxrdx.labels import FINDINGS
 
 GRADCAM_LAYER = "class_layers.relu"
+FEATURES_LAYER = "class_layers.flatten"  # the pooled features the classifier reads (1024 for DenseNet121)
 
 
 def _densenet121(in_channels: int, num_classes: int) -> nn.Module:
@@ -64,3 +65,14 @@ def build_model(
         if isinstance(module, nn.BatchNorm2d):
             module.eps = bn_eps
     return model
+
+
+def features_and_logits(model: nn.Module, x):
+    """One forward pass -> (pooled features (N, F), logits (N, L)); the logits equal ``model(x)``.
+
+    The features are ``FEATURES_LAYER``: ReLU(norm5(...)) globally average-pooled, the
+    vector the final Linear reads (the out-of-distribution score works on it).
+    """
+    head = model.class_layers
+    features = head.flatten(head.pool(head.relu(model.features(x))))
+    return features, head.out(features)

@@ -6,6 +6,7 @@ Each image has its own seed (``[seed, kind, index]``), so the bytes do not depen
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import struct
 import sys
@@ -227,4 +228,8 @@ def write_dataset(
         for name, x, y, w, h in boxes
     ]
     pd.DataFrame(box_rows, columns=list(BBOX_COLUMNS)).to_csv(out / "BBox_List.csv", index=False)
+    # the marker cxrdx.data.origin reads (MARKER_FILE): models trained on these images say "phantom"
+    marker = {"dataset": "cxrdx synthetic phantoms", "kind": "phantom", "n": int(n), "size": int(size),
+              "seed": int(seed)}  # fmt: skip
+    (out / "dataset.json").write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return out

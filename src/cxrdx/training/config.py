@@ -30,8 +30,8 @@ HISTORY_FILE = "history.json"
 class TrainConfig:
     """Every training option. CLI flags override a --config file, which overrides these defaults."""
 
-    data: str = (
-        ""  # a `cxrdx prepare` cache folder, or a folder with train.csv + val.csv (or one of those CSVs)
+    data: str | list[str] = (
+        ""  # a `cxrdx prepare` cache folder, or a folder with train.csv + val.csv (or one of those CSVs); or several
     )
     out: str = ""  # run folder: checkpoints, TensorBoard events, config.json
     images: str | None = None  # CSV data only: folder the image names are relative to
@@ -54,6 +54,9 @@ class TrainConfig:
     findings: list[str] | None = (
         None  # findings the reported mean AUROC averages over (default: all scorable)
     )
+    labels: list[str] | None = None  # model outputs; None: the union of the findings the data label
+    uncertain: str = "ignore"  # uncertain (-1) labels: ignore (masked) | zeros | ones (CheXpert paper)
+    views: str = "frontal"  # views to train on: frontal | all | a list like PA,AP
     train_split: str = "train"
     val_split: str = "val"
     workers: int | None = None  # loader processes; None: 0 on CPU with a cache, else min(8, CPUs)
@@ -65,6 +68,7 @@ class TrainConfig:
     channels_last: bool = True
     sync_bn: bool = False
     freeze_bn: bool = False
+    allow_patient_overlap: bool = False  # splits sharing a patient: refused unless set (recorded)
     max_minutes: float | None = None  # time budget: stop when another epoch would not fit
     max_steps_per_epoch: int | None = None
     norm_images: int = 2000  # training images sampled for the normalisation mean/std
@@ -118,6 +122,14 @@ class TrainConfig:
             )
         if self.train_split == self.val_split:
             raise ConfigError(f"train and validation split are both {self.train_split!r}")
+        if self.uncertain not in ("ignore", "zeros", "ones"):
+            raise ConfigError(f"--uncertain {self.uncertain!r}: choose ignore, zeros or ones")
+        if isinstance(self.data, list) and (not self.data or len(set(self.data)) != len(self.data)):
+            raise ConfigError(f"--data {self.data}: give each dataset once")
+        if self.labels is not None:
+            self.labels = canonical_list(self.labels)
+            if not self.labels or len(set(self.labels)) != len(self.labels):
+                raise ConfigError(f"--labels {self.labels}: give each finding once")
         if self.findings is not None:
             self.findings = canonical_list(self.findings)  # LabelError names any unknown finding
             if not self.findings:
@@ -133,6 +145,7 @@ BOOL_FLAGS = {
     "channels_last",
     "sync_bn",
     "freeze_bn",
+    "allow_patient_overlap",
     "progress",
 }
 # Settings a resumed run may change: they decide how long, where and how visibly it runs, not what it learns.
@@ -187,8 +200,10 @@ def make_config(base: dict | None = None, **overrides) -> TrainConfig:
         value = values[f.name]
         default = getattr(cfg, f.name)
         try:
-            if value is None or f.name == "findings":
+            if value is None or f.name in ("findings", "labels"):
                 pass
+            elif f.name == "data" and isinstance(value, (list, tuple)):
+                value = [str(v) for v in value] if len(value) != 1 else str(value[0])
             elif f.name in BOOL_FLAGS:
                 if not isinstance(value, bool):
                     raise TypeError
@@ -209,7 +224,7 @@ def make_config(base: dict | None = None, **overrides) -> TrainConfig:
             raise ConfigError(
                 f"setting {f.name} = {value!r} has the wrong type (expected like {default!r})"
             ) from None
-        if f.name == "findings" and value is not None:
+        if f.name in ("findings", "labels") and value is not None:
             value = [value] if isinstance(value, str) else list(value)
         setattr(cfg, f.name, value)
     return cfg

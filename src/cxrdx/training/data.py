@@ -16,42 +16,128 @@ import torch
 
 from cxrdx.errors import ConfigError, DataError
 from cxrdx.imaging.preprocessing import Preprocessing
-from cxrdx.labels import FINDINGS
 from cxrdx.training.augment import random_affine, random_flip
 from cxrdx.training.config import TrainConfig
 
 
 def load_data(cfg: TrainConfig) -> dict:
-    """Training and validation batch sources from a cache (fast) or CSVs (decoded on the fly)."""
-    from cxrdx.data.cache import is_cache, open_cache
-    from cxrdx.data.loaders import FileBatches
+    """Training and validation batch sources from one or several datasets (``--data A B``).
 
-    path = Path(cfg.data)
+    Each dataset is a cache (fast) or a folder of split CSVs (decoded on the fly) with its
+    own patient-disjoint train/val splits (checked per dataset) and its own label set.
+    The model's outputs are ``cfg.labels`` or the union of the datasets' findings (in
+    ``ALL_FINDINGS`` order); a finding a dataset does not label is NaN there (masked in
+    the loss). Uncertain labels follow ``cfg.uncertain``; only ``cfg.views`` are kept
+    (frontal by default).
+    """
+    from cxrdx.data.loaders import ConcatBatches
+    from cxrdx.labels import canonical_list, in_vocabulary_order
+
+    paths = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
+    parts = [_load_one(Path(p), cfg) for p in paths]
+    union = in_vocabulary_order({f for part in parts for f in part["findings"]})
+    names = canonical_list(cfg.labels) if cfg.labels else union
+    unlabelled = [n for n in names if n not in union]
+    if unlabelled:
+        raise ConfigError(
+            f"--labels {', '.join(unlabelled)}: no training dataset labels them (the data label "
+            f"{', '.join(union)}); a model cannot learn a finding it never sees labelled"
+        )
+    sizes = {part["size"] for part in parts}
+    if len(sizes) > 1:
+        raise ConfigError(
+            f"--data: the datasets have different image sizes ({', '.join(f'{p}: {q}' for p, q in zip(paths, [x['size'] for x in parts], strict=True))}); "
+            "prepare them at one --size"
+        )
+    sources = {role: [part[role](names) for part in parts] for role in ("train", "val")}
+    if len(parts) == 1:
+        out = dict(parts[0])
+        out["train"], out["val"] = sources["train"][0], sources["val"][0]
+    else:
+        out = {
+            "train": ConcatBatches(sources["train"]),
+            "val": ConcatBatches(sources["val"]),
+            "size": parts[0]["size"],
+            "kind": "+".join(sorted({p["kind"] for p in parts})),
+            "path": " + ".join(p["path"] for p in parts),
+            "desc": " + ".join(p["desc"] for p in parts),
+            "origin": {
+                "dataset": " + ".join(
+                    str((p.get("origin") or {}).get("dataset") or p["path"]) for p in parts
+                ),
+                "kind": "+".join(
+                    sorted({str((p.get("origin") or {}).get("kind", "unknown")) for p in parts})
+                ),
+            },
+            "patients": sum(p.get("patients") or 0 for p in parts),
+            "leakage": "; ".join(p["leakage"] for p in parts if p.get("leakage")) or None,
+        }
+    out["labels"] = names
+    out["datasets"] = [
+        {
+            "path": p["path"],
+            "findings": p["findings"],
+            "train": len(s),
+            "val": len(v),
+            "views_dropped": p.get("views_dropped", {}),
+        }
+        for p, s, v in zip(parts, sources["train"], sources["val"], strict=True)
+    ]
+    return out
+
+
+def _labels_for(table, findings, names) -> np.ndarray:
+    out = np.full((len(table), len(names)), np.nan, dtype=np.float32)
+    for j, name in enumerate(names):
+        if name in findings:
+            out[:, j] = table[name].to_numpy(dtype=np.float32)
+    return out
+
+
+def _load_one(path: Path, cfg: TrainConfig) -> dict:
+    """One dataset: train/val source factories (``names -> source``), its findings and description."""
+    from cxrdx.data.cache import PreparedCache, is_cache, open_cache
+    from cxrdx.data.leakage import check_patient_overlap
+    from cxrdx.data.loaders import FileBatches
+    from cxrdx.data.origin import dataset_origin
+    from cxrdx.data.views import filter_views
+
     if not path.exists():
         raise DataError(
             f"--data {path}: no such file or folder; pass a cache made by `cxrdx prepare` "
             "or a folder with train.csv and val.csv"
         )
+    dropped: dict[str, int] = {}
     if is_cache(path):
-        cache = open_cache(path)
+        cache = open_cache(path, uncertain=cfg.uncertain)
         if cfg.image_size is not None and cfg.image_size != cache.size:
             raise ConfigError(
                 f"--image-size {cfg.image_size} differs from the cache's {cache.size} px ({path}); "
                 f"omit --image-size or prepare a cache with --size {cfg.image_size}"
             )
-        parts = {}
+        subs, tables = {}, {}
         for role, split in (("train", cfg.train_split), ("val", cfg.val_split)):
             sub = cache.subset(split)  # DataError when the split is absent
+            index = filter_views(sub.index, cfg.views, f"{path} ({split})")
+            for k, v in index.attrs.get("views", {}).get("dropped", {}).items():
+                dropped[k] = dropped.get(k, 0) + int(v)
+            sub = PreparedCache(sub.path, sub.images, index, sub.size, sub.info, sub.findings)
             if len(sub.index) == 0:
                 raise DataError(f"{path}: the {split!r} split is empty")
-            parts[role] = sub.batches()
+            subs[role], tables[split] = sub, sub.index
         return {
-            "train": parts["train"],
-            "val": parts["val"],
+            "train": subs["train"].batches,
+            "val": subs["val"].batches,
+            "findings": list(cache.findings),
             "size": cache.size,
             "kind": "cache",
             "path": str(path.resolve()),
             "desc": f"cache {path}",
+            "origin": cache.info.get("origin")  # caches made before origins were recorded: look again
+            or dataset_origin(cache.info.get("sources") or [path], cache.info.get("images_dir")),
+            "patients": _patients(tables),
+            "leakage": check_patient_overlap(tables, allow=cfg.allow_patient_overlap, source=str(path)),
+            "views_dropped": dropped,
         }
     # CSV tables: a folder holding TRAIN.csv and VAL.csv, or one of those files.
     folder = path if path.is_dir() else path.parent
@@ -63,12 +149,16 @@ def load_data(cfg: TrainConfig) -> dict:
                 f"--data {path}: {csv} not found; pass a cache made by `cxrdx prepare`, or a folder with "
                 f"{cfg.train_split}.csv and {cfg.val_split}.csv (from `cxrdx split`)"
             )
-    from cxrdx.data.tables import read_labels
+    from cxrdx.data.tables import read_labels, table_findings
 
     size = cfg.image_size or 320
-    parts = {}
+    factories, tables, findings = {}, {}, set()
     for role, csv in (("train", train_csv), ("val", val_csv)):
-        table = read_labels(csv, images_dir=cfg.images)
+        table = tables[csv.name] = read_labels(
+            csv, images_dir=cfg.images, uncertain=cfg.uncertain, views=cfg.views
+        )
+        for k, v in table.attrs.get("views", {}).get("dropped", {}).items():
+            dropped[k] = dropped.get(k, 0) + int(v)
         if len(table) == 0:
             raise DataError(f"{csv}: the {role} split is empty")
         paths = (
@@ -82,15 +172,34 @@ def load_data(cfg: TrainConfig) -> dict:
                 f"{csv}: {len(missing)} image file(s) not found (e.g. {missing[0]}); pass --images DIR with the "
                 "folder they are in"
             )
-        parts[role] = FileBatches(paths, table[list(FINDINGS)].to_numpy(dtype=np.uint8), size)
+        own = table_findings(table)
+        findings |= set(own)
+        factories[role] = lambda names, t=table, p=paths, f=own: FileBatches(
+            p, _labels_for(t, f, names), size
+        )
+    from cxrdx.labels import in_vocabulary_order
+
     return {
-        "train": parts["train"],
-        "val": parts["val"],
+        "train": factories["train"],
+        "val": factories["val"],
+        "findings": in_vocabulary_order(findings),
         "size": size,
         "kind": "csv",
         "path": str(folder.resolve()),
         "desc": f"CSV tables in {folder} (decoded on the fly; `cxrdx prepare` is faster)",
+        "origin": dataset_origin(
+            [train_csv, val_csv], cfg.images, [t.attrs.get("dataset") for t in tables.values()]
+        ),
+        "patients": _patients(tables),
+        "leakage": check_patient_overlap(tables, allow=cfg.allow_patient_overlap, source=str(folder)),
+        "views_dropped": dropped,
     }
+
+
+def _patients(tables: dict) -> int | None:
+    """Distinct patients over the training and validation tables (for the model card)."""
+    ids = [t["patient"].astype(str) for t in tables.values() if "patient" in t.columns]
+    return len(set().union(*map(set, ids))) if ids else None
 
 
 def pixel_stats(source, max_images: int) -> tuple[float, float]:
@@ -105,7 +214,7 @@ def loader_workers(cfg: TrainConfig, device: torch.device, source) -> int:
         return cfg.workers
     from cxrdx.data.loaders import CacheBatches
 
-    if device.type == "cpu" and isinstance(source, CacheBatches):
+    if device.type == "cpu" and (isinstance(source, CacheBatches) or getattr(source, "cache_only", False)):
         return 0  # gathering from the memmap is negligible next to CPU training; workers would only compete
     return min(8, os.cpu_count() or 1)
 

@@ -5,7 +5,7 @@ CSVs, training-split normalisation and class weights) -> model -> optimizer and
 schedule -> resume -> epoch loop (train, validate, schedule, checkpoint, early stop)
 -> result. The helpers it calls live beside this file: config.py (the options),
 data.py (sources, loaders, batch -> input), loss.py, augment.py, distributed.py,
-state.py (resume state), provenance.py.
+validate.py (the validation pass), state.py (resume state), provenance.py.
 
 Decisions (why):
 
@@ -40,16 +40,17 @@ from torch import nn
 from cxrdx.errors import ConfigError
 from cxrdx.files import atomic_write, atomic_write_json
 from cxrdx.imaging.preprocessing import Preprocessing
-from cxrdx.labels import FINDINGS, NUM_FINDINGS
 from cxrdx.metrics.auroc import mean_auroc, per_finding_auroc
+from cxrdx.training.calibration import fit_temperature_into, prior_from_weights
 from cxrdx.training.config import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, STATE_FILE, TrainConfig
 from cxrdx.training.data import load_data, pixel_stats, to_input, train_loader, val_loader
 from cxrdx.training.distributed import agree, all_mean, init_distributed
 from cxrdx.training.loss import WeightedBCEWithLogits, class_weights
 from cxrdx.training.progress import progress_bar, say
-from cxrdx.training.provenance import provenance
+from cxrdx.training.provenance import model_card, provenance
 from cxrdx.training.runtime import choose_amp_dtype, pick_device, restores_torch_globals
 from cxrdx.training.state import check_run_dir, load_state, reconcile_checkpoints, restore_rng, rng_state
+from cxrdx.training.validate import validate
 
 
 @dataclass
@@ -99,6 +100,8 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     # ---- data: sources, normalisation and class weights from the training split --------
     data = load_data(cfg)
     train_src, val_src, size = data["train"], data["val"], data["size"]
+    if is_main and data.get("leakage"):
+        say(f"WARNING: {data['leakage']}; allowed by --allow-patient-overlap (recorded in the checkpoint)")
     state = load_state(run_dir) if resume else None
     if state is not None:
         mean, std = float(state["norm_mean"]), float(state["norm_std"])
@@ -109,7 +112,8 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     preprocessing = Preprocessing(size=size, channels=3, pixel_range=(0.0, 1.0), mean=(mean,), std=(std,))
     criterion = WeightedBCEWithLogits(w_pos, w_neg).to(device)
     val_criterion = WeightedBCEWithLogits(w_pos, w_neg, reduction="none").to(device)
-    untrainable = [n for n, f in zip(FINDINGS, w_neg, strict=True) if f == 0]
+    names = data["labels"]  # model outputs: the findings the data label (or --labels); NaN targets are masked
+    untrainable = [n for n, f in zip(names, w_neg, strict=True) if f == 0]
     if is_main and untrainable:
         say(f"note: no positive training images for {', '.join(untrainable)}; these outputs will not learn")
     train_batches, train_sampler = train_loader(train_src, cfg, device, rank, world)
@@ -119,13 +123,14 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
     from cxrdx.model.networks import build_model
 
-    model = build_model(cfg.arch, NUM_FINDINGS, 3)
+    model = build_model(cfg.arch, len(names), 3)
     if cfg.init and state is None:
         from cxrdx.model.init_weights import (
             load_init_features,  # imports torchvision-layout weights by name, strictly
         )
+        from cxrdx.model.pretrained import resolve_weights  # a file, or a registry name pulled once
 
-        load_init_features(cfg.init, model)
+        load_init_features(resolve_weights(cfg.init), model)
     if cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -149,6 +154,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     start_epoch, global_step, elapsed_before = 0, 0, 0.0
     best = {"val_loss": math.inf, "epoch": 0, "auroc": {}, "auroc_mean": None}
     bad_epochs, history = 0, []
+    best_val = last_val = None  # (validation outputs, labels, epoch) of the best and the last epoch
 
     # ---- resume ------------------------------------------------------------------------------
     if state is not None:
@@ -173,9 +179,12 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     def meta_for(epoch: int, val_loss: float, auroc: dict) -> CheckpointMeta:
         return CheckpointMeta(
             architecture=cfg.arch,
+            labels=list(names),
             in_channels=3,
             preprocessing=preprocessing,
             provenance=provenance(cfg, data, epoch, val_loss, auroc, best, world),
+            model_card=model_card(cfg, data, epoch),
+            calibration=prior_from_weights(w_pos, w_neg, names),
         )
 
     writer = None
@@ -247,7 +256,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         train_loss = all_mean(loss_sum, seen, device, world)
 
         # validate: sharded over processes, loss all-reduced, predictions gathered for AUROC
-        val_loss, probs, labels = _validate(
+        val_loss, probs, labels = validate(
             net,
             model,
             val_batches,
@@ -260,14 +269,16 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
             world,
         )
         # findings without both positives and negatives in validation have no AUROC: left out
-        auroc = {k: v for k, v in per_finding_auroc(labels, probs, FINDINGS).items() if v is not None}
+        auroc = {k: v for k, v in per_finding_auroc(labels, probs, names).items() if v is not None}
         auroc_mean = mean_auroc(auroc, cfg.findings)
         lr_now = optimizer.param_groups[0]["lr"]
         scheduler.step(val_loss)
 
         # early stopping bookkeeping (identical in every process: val_loss is all-reduced)
         improved = val_loss < best["val_loss"] - cfg.min_delta
+        last_val = (probs, labels, epoch + 1)  # raw outputs: the temperature is fitted on them at the end
         if improved:
+            best_val = last_val
             best = {"val_loss": val_loss, "epoch": epoch + 1, "auroc": auroc, "auroc_mean": auroc_mean}
             bad_epochs = 0
         else:
@@ -325,7 +336,16 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
                 f"{epoch_seconds[-1]:.0f} s{'  (best)' if improved else ''}"
             )
 
-    # ---- result -------------------------------------------------------------------------------
+    # ---- result: temperature fitted on validation into best/last (calibration.py) ---------------
+    for file, held in ((BEST_FILE, best_val), (LAST_FILE, last_val)):
+        if is_main and held is not None and len(held[1]):
+            where = {"by": "cxrdx train", "dataset": data["path"], "split": cfg.val_split, "epoch": held[2]}
+            fit_temperature_into(run_dir / file, held[0], held[1], where)
+    if is_main and (run_dir / BEST_FILE).is_file():  # OOD reference: train features, val threshold (ood.py)
+        from cxrdx.model.ood import fit_ood_into_checkpoint
+
+        where = {"by": "cxrdx train", "dataset": data["path"], "splits": [cfg.train_split, cfg.val_split]}
+        fit_ood_into_checkpoint(run_dir / BEST_FILE, train_src, val_src, device=device, fitted_on=where)
     if debug_dump_weights:  # every process writes its own weights (tests compare them across ranks)
         from safetensors.torch import save_file
 
@@ -359,29 +379,3 @@ def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-
-
-@torch.no_grad()
-def _validate(net, model, loader, criterion, pre, device, memory_format, amp_dtype, cfg, world):
-    """(val loss over all processes, probabilities, labels): the loss is the exact mean over the split."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    count = 0
-    probs, labels = [], []
-    for squares, targets in loader:
-        x = to_input(squares, pre, device, memory_format, None, cfg, train=False)
-        y = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = net(x)
-        loss_sum += criterion(logits, y).double().sum()
-        count += len(y)
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        labels.append(targets.numpy())
-    probs_np = np.concatenate(probs) if probs else np.zeros((0, NUM_FINDINGS), np.float32)
-    labels_np = np.concatenate(labels) if labels else np.zeros((0, NUM_FINDINGS), np.float32)
-    if world > 1:
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, (probs_np, labels_np))
-        probs_np = np.concatenate([g[0] for g in gathered])
-        labels_np = np.concatenate([g[1] for g in gathered])
-    return all_mean(loss_sum, count, device, world), probs_np, labels_np

@@ -33,6 +33,13 @@ def provenance(
     return {
         "dataset": data["path"],
         "data_kind": data["kind"],
+        "patient_overlap": data.get("leakage"),  # None: the splits are patient-disjoint
+        "labels": {  # what the outputs were trained on (partial labels, data/tables.py)
+            "outputs": list(data.get("labels") or []),
+            "uncertain": cfg.uncertain,
+            "views": cfg.views,
+            "datasets": data.get("datasets", []),
+        },
         "splits": {cfg.train_split: len(data["train"]), cfg.val_split: len(data["val"])},
         "epoch": epoch,
         "val_loss": float(val_loss),
@@ -44,4 +51,19 @@ def provenance(
         "torch": torch.__version__,
         "processes": world,
         "config": asdict(cfg),
+    }
+
+
+def model_card(cfg: TrainConfig, data: dict, epoch: int) -> dict:
+    """What the model was trained on, in words (CheckpointMeta.model_card; shown by cxrdx.model.card)."""
+    origin = data.get("origin") or {}
+    split = {cfg.train_split: len(data["train"]), cfg.val_split: len(data["val"])}
+    return {
+        "dataset": origin.get("dataset") or data["path"],
+        "kind": origin.get("kind", "unknown"),
+        "images": sum(split.values()),
+        "patients": data.get("patients"),
+        "split": split,
+        "epochs": int(epoch),
+        "path": data["path"],
     }

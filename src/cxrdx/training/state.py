@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cxrdx.errors import ConfigError, DataError
-from cxrdx.labels import NUM_FINDINGS
+from cxrdx.labels import FINDINGS
 from cxrdx.training.config import BEST_FILE, LAST_FILE, STATE_FILE, TrainConfig
 from cxrdx.training.progress import say
 from cxrdx.training.provenance import provenance
@@ -100,6 +100,7 @@ def reconcile_checkpoints(run_dir: Path, state: dict, cfg: TrainConfig, preproce
     from cxrdx.errors import CheckpointError
     from cxrdx.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
     from cxrdx.model.networks import build_model
+    from cxrdx.training.calibration import prior_from_weights
 
     epoch, best = int(state["epoch"]), state["best"]
     wanted = [(LAST_FILE, epoch)]
@@ -112,15 +113,18 @@ def reconcile_checkpoints(run_dir: Path, state: dict, cfg: TrainConfig, preproce
         except CheckpointError:
             have = -1
         if have != want:
-            model = build_model(cfg.arch, NUM_FINDINGS, 3)
+            names = data.get("labels") or list(FINDINGS)
+            model = build_model(cfg.arch, len(names), 3)
             model.load_state_dict(state["model"], strict=True)
             auroc = best["auroc"] if name == BEST_FILE else {}
             val_loss = state["history"][-1]["val_loss"] if state["history"] else math.nan
             meta = CheckpointMeta(
+                labels=list(names),
                 architecture=cfg.arch,
                 in_channels=3,
                 preprocessing=preprocessing,
                 provenance=provenance(cfg, data, epoch, val_loss, auroc, best, 1),
+                calibration=prior_from_weights(state["w_pos"].numpy(), state["w_neg"].numpy(), names),
             )
             save_checkpoint(run_dir / name, model, meta)
             say(f"note: {run_dir / name} was behind the resume state (epoch {have} vs {want}); rewrote it")

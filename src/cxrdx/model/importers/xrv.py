@@ -14,7 +14,7 @@ import torch
 
 from cxrdx.errors import CheckpointError, ConfigError
 from cxrdx.imaging.preprocessing import Preprocessing
-from cxrdx.labels import canonical, is_finding
+from cxrdx.labels import canonical, is_nih_finding
 
 # torchxrayvision's DenseNet outputs (xrv.datasets.default_pathologies / DenseNet.targets).
 XRV_PATHOLOGIES = (
@@ -136,6 +136,6 @@ def xrv_thresholds(src_labels: list[str], op: list[float]) -> dict[str, float]:
     """Our findings' operating thresholds (untrained or NaN entries left out)."""
     thresholds: dict[str, float] = {}
     for i, name in enumerate(src_labels):
-        if name and is_finding(name) and not math.isnan(op[i]):
+        if name and is_nih_finding(name) and not math.isnan(op[i]):
             thresholds[canonical(name)] = float(op[i])
     return thresholds

@@ -1,0 +1,89 @@
+"""CheXpert (Stanford) ``train.csv`` / ``valid.csv``: one row per image, ``Path`` holding patient/study/view.
+
+``Path`` is ``CheXpert-v1.0[-small]/train/patientNNNNN/studyN/viewN_frontal.jpg``,
+relative to the folder that holds the ``CheXpert-v1.0*`` folder. Patient and study come
+from it. The 14 observations are 1 / 0 / -1 (uncertain) / blank (not mentioned, i.e.
+unlabelled); names map through ``label_map.csv`` (``Pleural Effusion`` -> Effusion).
+View: ``AP``/``PA`` for frontal films (``FRONTAL`` when ``AP/PA`` is blank or odd; 17 frontal
+films say LL/RL there), ``LL``/``RL`` or ``LATERAL`` for lateral ones (``Frontal/Lateral`` decides).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrdx.data import label_map
+from cxrdx.data.columns import (
+    AGE_COLUMNS,
+    Parsed,
+    _age,
+    _few,
+    _map_unique,
+    _pick,
+    require_columns,
+    sex_value,
+    text_column,
+)
+from cxrdx.data.generic import code_columns
+from cxrdx.errors import DataError
+
+_PATIENT_STUDY = re.compile(r"(?:^|/)(patient\d+)/(study\d+)/")
+SIGNATURE = ("Path", "Frontal/Lateral")
+
+
+def observation_columns(path: Path, columns: list[str], dataset: str) -> dict[str, str]:
+    """Canonical finding -> column, for every column the label map knows for ``dataset``."""
+    table = label_map.name_map(dataset)
+    from cxrdx.labels import _key
+
+    out: dict[str, str] = {}
+    for c in columns:
+        target = table.get(_key(c))
+        if target:
+            out[target] = c
+    if not out:
+        raise DataError(
+            f"{path}: no {dataset} observation columns found (expected e.g. 'Pleural Effusion', "
+            f"'Cardiomegaly'); columns present: {', '.join(columns)}"
+        )
+    return out
+
+
+def read(path: Path, raw: pd.DataFrame) -> Parsed:
+    columns = [str(c) for c in raw.columns]
+    cols = require_columns(path, columns, ("Path",), "CheXpert")
+    images = text_column(raw, cols["Path"], lambda v: v.strip().replace("\\", "/"))
+    parts = _map_unique(images, lambda v: _PATIENT_STUDY.search(v))
+    bad = np.array([m is None for m in parts])
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(
+            f"{path}: 'Path' must hold .../patientNNNNN/studyN/viewN_*.jpg; line(s) "
+            f"{_few((rows + 2).tolist())} do not (e.g. {images[rows[0]]!r})"
+        )
+    patient = np.array([m.group(1) for m in parts], dtype=object)
+    study = np.array([f"{m.group(1)}/{m.group(2)}" for m in parts], dtype=object)
+    fl_col, appa_col = _pick(columns, ("Frontal/Lateral",)), _pick(columns, ("AP/PA",))
+    fl = text_column(raw, fl_col, lambda v: v.strip().lower())
+    appa = text_column(raw, appa_col, lambda v: v.strip().upper())
+    view = np.where(
+        fl == "lateral",
+        np.where(np.isin(appa, ["LL", "RL"]), appa, "LATERAL"),
+        np.where(np.isin(appa, ["AP", "PA"]), appa, np.where(fl == "frontal", "FRONTAL", appa)),
+    ).astype(object)
+    age_col = _pick(columns, AGE_COLUMNS)
+    labels = code_columns(path, raw, observation_columns(path, columns, "chexpert"))
+    return Parsed(
+        fmt="chexpert",
+        image=images,
+        patient=patient,
+        study=study,
+        view=view,
+        age=text_column(raw, age_col, _age) if age_col else None,
+        sex=text_column(raw, _pick(columns, ("Sex",)), sex_value),
+        labels=labels,
+    )

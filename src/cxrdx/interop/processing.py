@@ -1,0 +1,193 @@
+"""What the DICOM node does with received images: inference, Grad-CAM, the result objects as bytes.
+
+:class:`Processing` turns a list of spooled DICOM files into, for each file, either the
+encoded result objects (SR + secondary captures, from ``cxrdx.interop.sr.results_for``)
+or the reason it could not be processed. Images are decoded ahead in threads and run
+through the network in batches exactly as ``cxrdx predict`` does (``Predictor.iter_predict``),
+so the node keeps ``predict``'s throughput. Grad-CAM maps are computed only for the findings
+the secondary captures show (``secondary_capture.pictured_findings``: the positive ones, or
+the top three for a checkpoint without thresholds).
+
+Building the objects (highdicom's SR, the pictures, encoding) is pure Python and costs
+about as much as a small network's inference. With ``result_workers`` > 0 it runs in
+that many worker processes (spawned, so they share nothing with the network's threads),
+while this process goes on with the next images: inference and result building overlap.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("cxrdx.node")
+
+# (source dataset, prediction, *, overlays, algorithm, image) -> result datasets
+ResultsFn = Callable[..., list]
+
+
+def encode(ds: Any) -> bytes:
+    """A pydicom Dataset -> DICOM Part 10 bytes (preamble, file meta, data set)."""
+    from pydicom.filewriter import dcmwrite
+
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def make_results(
+    results_fn: ResultsFn, path: str, prediction: Any, overlays: dict, image: Any, algorithm: dict
+) -> list[bytes]:
+    """Read the source, build its result objects, encode them (here or in a worker process)."""
+    import pydicom
+
+    # the pixels are only needed to draw on when the caller did not pass the decoded image
+    source = pydicom.dcmread(path, stop_before_pixels=bool(image is not None or not overlays))
+    datasets = results_fn(source, prediction, overlays=overlays, algorithm=algorithm, image=image)
+    return [encode(ds) for ds in datasets]
+
+
+def portable(prediction: Any) -> Any:
+    """The prediction's fields as a plain namespace: a worker process unpickles it without loading torch."""
+    import dataclasses
+    import types
+
+    if dataclasses.is_dataclass(prediction):
+        return types.SimpleNamespace(**dataclasses.asdict(prediction))
+    return prediction
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker when the node is gone (killed with SIGKILL, nobody shuts the pool down)."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _worker_init(parent: int | None = None) -> None:
+    import threading
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    import cxrdx.interop.sr  # noqa: F401 - load highdicom once, before the first image
+
+
+def _warm() -> None:
+    pass
+
+
+class Processing:
+    """Spooled files -> results, with a Predictor and a results function."""
+
+    def __init__(
+        self,
+        predictor: Any,
+        results_fn: ResultsFn,
+        algorithm: dict[str, Any],
+        *,
+        batch_size: int = 8,
+        workers: int | None = None,
+        heatmaps: bool = True,
+        result_workers: int = 0,
+    ) -> None:
+        self.predictor = predictor
+        self.results_fn = results_fn
+        self.algorithm = algorithm
+        self.batch_size = batch_size
+        self.workers = workers
+        self.heatmaps = heatmaps
+        self.result_workers = result_workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor | None:
+        if self.result_workers > 0 and self._pool is None:
+            import multiprocessing
+
+            self._pool = ProcessPoolExecutor(
+                self.result_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
+            )
+        return self._pool
+
+    def warm(self) -> None:
+        """Start the result workers now (they load highdicom), not on the first image."""
+        pool = self._executor()
+        if pool is not None:
+            for f in [pool.submit(_warm) for _ in range(self.result_workers)]:
+                f.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def overlays(self, path: Path, prediction: Any) -> tuple[dict[str, Any], Any]:
+        """Grad-CAM maps ([0, 1], source pixel grid) of the pictured findings, and the image read."""
+        from cxrdx.interop.secondary_capture import pictured_findings
+
+        names = pictured_findings(prediction) if self.heatmaps else []
+        if not names:
+            return {}, None
+        image, _ = self.predictor.read(str(path))
+        return {name: self.predictor.explain(image, name) for name in names}, image
+
+    def _start(self, path: Path, prediction: Any) -> Future | list[bytes] | str:
+        """Begin one predicted file's results: a Future (in a worker), the results, or why there are none."""
+        if not prediction.ok:
+            return str(prediction.error)
+        try:
+            overlays, image = self.overlays(path, prediction)
+            pool = self._executor()
+            if pool is None:
+                return make_results(self.results_fn, str(path), prediction, overlays, image, self.algorithm)
+            args = (self.results_fn, str(path), portable(prediction), overlays, image, self.algorithm)
+            return pool.submit(make_results, *args)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one odd instance must not stop the node
+            log.exception("%s: results could not be made", path.name)
+            return f"results could not be made ({type(exc).__name__}: {exc})"
+
+    def _finish(self, path: Path, pending: Future | list[bytes] | str) -> list[bytes] | str:
+        if not isinstance(pending, Future):
+            return pending
+        try:
+            return pending.result()
+        except BrokenProcessPool:
+            self.close()  # a worker died: a new pool next time; the spool still holds the image
+            raise
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.error("%s: results could not be made (%s: %s)", path.name, type(exc).__name__, exc)
+            return f"results could not be made ({type(exc).__name__}: {exc})"
+
+    def one(self, path: Path, prediction: Any) -> list[bytes] | str:
+        """The encoded results for one predicted file, or why there are none."""
+        return self._finish(path, self._start(path, prediction))
+
+    def __call__(self, paths: Sequence[Path]) -> Iterator[tuple[Path, list[bytes] | str]]:
+        predictions = self.predictor.iter_predict(
+            [str(p) for p in paths], batch_size=self.batch_size, workers=self.workers
+        )
+        ahead: deque[tuple[Path, Future | list[bytes] | str]] = deque()
+        limit = 2 * max(1, self.result_workers)  # results in flight while the network goes on
+        for path, prediction in zip(paths, predictions, strict=True):
+            ahead.append((path, self._start(path, prediction)))
+            while ahead and (len(ahead) > limit or not isinstance(ahead[0][1], Future) or ahead[0][1].done()):
+                done_path, pending = ahead.popleft()
+                yield done_path, self._finish(done_path, pending)
+        while ahead:
+            done_path, pending = ahead.popleft()
+            yield done_path, self._finish(done_path, pending)

@@ -1,0 +1,179 @@
+"""Grad-CAM pictures as DICOM Secondary Capture images, in the source's study.
+
+One SC image per pictured finding (``pictured_findings``: every positive finding, or,
+for a checkpoint without thresholds, the top three): the Grad-CAM overlay
+(``cxrdx.explain.overlay.overlay_rgb``) on the source image, RGB 8-bit, with a black
+band above saying "NOT FOR DIAGNOSTIC USE" and one below naming the finding, its
+probability and the call, burned into the pixels. So the words travel with the picture
+into any viewer, and Burned In Annotation is YES. Pictures are ``MIN_SIDE`` to
+``MAX_SIDE`` pixels on their long side (Pixel Spacing scaled to match); each references
+its source image (Source Image Sequence) and copies its patient and study modules.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from cxrdx.errors import DataError
+from cxrdx.interop.study import MANUFACTURER, SC_SERIES_NUMBER, copy_patient_study, is_calibrated, result_uid
+
+MAX_SIDE = 1024
+MIN_SIDE = 512
+TOP_WITHOUT_THRESHOLDS = 3
+BANNER = "NOT FOR DIAGNOSTIC USE"
+SC_SERIES_DESCRIPTION = "cxrdx Grad-CAM (NOT FOR DIAGNOSTIC USE)"
+
+
+def pictured_findings(prediction: Any, top_k: int = TOP_WITHOUT_THRESHOLDS) -> list[str]:
+    """The findings that get a picture: the positive ones (most probable first), or the top k without thresholds."""
+    ranked = [name for name, _ in sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])]
+    if prediction.positive is None:
+        return ranked[:top_k]
+    return [name for name in ranked if prediction.positive.get(name)]
+
+
+def caption(finding: str, prediction: Any, calibrated: bool) -> str:
+    p = prediction.probabilities[finding]
+    call = (prediction.positive or {}).get(finding)
+    word = "probability" if calibrated else "score (uncalibrated)"
+    said = "no threshold" if call is None else ("positive" if call else "negative")
+    return f"cxrdx Grad-CAM: {finding}, {word} {p:.2f} ({said}). Research use only."
+
+
+def burn_in(picture: np.ndarray, top: str, bottom: str) -> np.ndarray:
+    """``picture`` (H, W, 3) uint8 with a black band of text above and below (the text in the pixels)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = picture.shape[:2]
+    size = max(9, w // 28)
+    band = int(size * 1.8)
+    canvas = Image.new("RGB", (w, h + 2 * band), (0, 0, 0))
+    canvas.paste(Image.fromarray(picture), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for text, y, font_size, colour in (
+        (top, 0, size, (255, 255, 0)),
+        (bottom, h + band, max(8, int(size * 0.62)), (255, 255, 255)),
+    ):
+        font = ImageFont.load_default(size=font_size)
+        while draw.textlength(text, font=font) > w - 4 and font_size > 6:
+            font_size -= 1
+            font = ImageFont.load_default(size=font_size)
+        x = max(2, int((w - draw.textlength(text, font=font)) / 2))
+        draw.text((x, y + (band - font_size) // 2), text, fill=colour, font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def secondary_captures(
+    source: Dataset,
+    header: Dataset,
+    prediction: Any,
+    *,
+    overlays: Mapping[str, np.ndarray],
+    algorithm: Mapping,
+    image: np.ndarray | None = None,
+) -> list[Dataset]:
+    """One SC image per overlay (finding -> heatmap on the source grid, or a composed RGB picture)."""
+    import highdicom as hd
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from cxrdx.explain.overlay import overlay_rgb
+
+    sha = str(algorithm.get("checkpoint_sha256", ""))
+    src_uid = str(header.SOPInstanceUID)
+    calibrated = is_calibrated(prediction, algorithm)
+    out = []
+    for number, (finding, overlay) in enumerate(overlays.items(), start=1):
+        overlay = np.asarray(overlay)
+        if overlay.ndim == 3:
+            picture = overlay.astype(np.uint8)
+        else:
+            if image is None:
+                image = _gray_from(source)
+            picture = overlay_rgb(image, overlay)
+        picture, scale = _fit(picture)
+        pixels = burn_in(picture, BANNER, caption(finding, prediction, calibrated))
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=header,
+            pixel_array=pixels,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=result_uid(src_uid, "sc-series", sha),
+            series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=result_uid(src_uid, f"sc:{finding}", sha),
+            instance_number=number,
+            manufacturer=MANUFACTURER,
+            patient_orientation=("L", "F"),  # replaced below by the source's own (or empty)
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description=SC_SERIES_DESCRIPTION,
+            content_qualification="RESEARCH",
+            manufacturer_model_name="cxrdx",
+            software_versions=str(algorithm.get("version", "")),
+        )
+        copy_patient_study(header, sc)
+        _describe(sc, header, finding, scale)
+        out.append(sc)
+    return out
+
+
+def _describe(sc: Dataset, header: Dataset, finding: str, scale: float) -> None:
+    orientation = header.get("PatientOrientation")
+    sc.PatientOrientation = orientation if orientation and len(orientation) == 2 else ""
+    body = str(header.get("BodyPartExamined", "") or "").strip()
+    if body:
+        sc.BodyPartExamined = body  # a chest: an unpaired part, so Laterality stays absent
+    if header.get("Laterality"):
+        sc.Laterality = header.Laterality
+    sc.BurnedInAnnotation = "YES"
+    sc.ConversionType = "WSD"  # made on a workstation, not scanned
+    sc.ImageComments = f"Grad-CAM heatmap for {finding}. {BANNER}: research use only."
+    sc.DerivationDescription = f"Grad-CAM overlay for {finding} on the source image (cxrdx)"
+    spacing = header.get("PixelSpacing")
+    if spacing and len(spacing) == 2:
+        sc.PixelSpacing = [round(float(v) / scale, 6) for v in spacing]
+    if str(header.get("LossyImageCompression", "")) == "01":
+        sc.LossyImageCompression = "01"  # drawn from a lossy source: say so (PS3.3 C.7.6.1.1.5)
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = header.SOPClassUID
+    ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    ref.PurposeOfReferenceCodeSequence = [purpose]
+    sc.SourceImageSequence = [ref]
+
+
+def _fit(picture: np.ndarray) -> tuple[np.ndarray, float]:
+    """MIN_SIDE to MAX_SIDE on the long side (small films are enlarged so the words stay legible)."""
+    from PIL import Image
+
+    h, w = picture.shape[:2]
+    scale = min(1.0, MAX_SIDE / max(h, w)) if max(h, w) >= MIN_SIDE else MIN_SIDE / max(h, w)
+    if scale == 1.0:
+        return picture, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.LANCZOS)), scale
+
+
+def _gray_from(source: Dataset) -> np.ndarray:
+    """The source's pixels as THE reader sees them ([0, 1], bright = dense)."""
+    from cxrdx.imaging.read import read_image
+
+    if "PixelData" not in source:
+        raise DataError(
+            "the source DICOM has no pixel data here; pass image= (the image the prediction was made from)"
+        )
+    fd, path = tempfile.mkstemp(suffix=".dcm")
+    os.close(fd)
+    try:
+        source.save_as(path, enforce_file_format=False)
+        image, _ = read_image(path)
+    finally:
+        os.unlink(path)
+    return image

@@ -1,0 +1,267 @@
+"""Results as DICOM: a Comprehensive SR following TID 1500 (highdicom's measurement report).
+
+``results_for(source, prediction, overlays=..., algorithm=...)`` gives the objects a
+PACS stores beside the source image, in its study: the SR first, then one secondary
+capture per overlay (``cxrdx.interop.secondary_capture``). The SR holds, per finding,
+one TID 1501 measurement group (finding type = the finding's code, tracking
+identifier, algorithm identification, the source image) with
+
+- a qualitative evaluation: the finding's code = Present / Absent by the checkpoint's
+  threshold, or Undetermined when the checkpoint has none for it;
+- the probability as a numeric measurement (DCM 122157 "Probability", unit "1"), or,
+  for an uncalibrated checkpoint, a private "Model score (uncalibrated)" so nobody
+  reads a score as a probability; the test-time-augmentation spread when there is one;
+
+plus an out-of-distribution group when the prediction has an OOD result, and a
+research-use disclaimer (TEXT "Comment") in the root container. Algorithm
+identification (TID 4019) names ``cxrdx``, its version and, as parameters, the
+checkpoint's SHA-256 and file name. Content Qualification is RESEARCH, the document
+PARTIAL/UNVERIFIED/PRELIMINARY: a machine's output that no one has signed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from cxrdx.interop import codes
+from cxrdx.interop.study import (
+    MANUFACTURER,
+    RESEARCH_USE,
+    SR_SERIES_NUMBER,
+    copy_patient_study,
+    is_calibrated,
+    quiet_person_names,
+    result_uid,
+    source_header,
+)
+
+SR_SERIES_DESCRIPTION = "cxrdx AI findings (research use only)"
+
+
+def algorithm_for(weights: str | os.PathLike, meta: Any = None, calibrated: bool | None = None) -> dict:
+    """The ``algorithm`` dict results_for expects, for a checkpoint file and its CheckpointMeta."""
+    from cxrdx import __version__
+    from cxrdx.files import file_sha256
+
+    out: dict[str, Any] = {
+        "name": "cxrdx",
+        "version": __version__,
+        "checkpoint": os.path.basename(os.fspath(weights)),
+        "checkpoint_sha256": file_sha256(weights),
+    }
+    if meta is not None:
+        out["architecture"] = meta.architecture
+        out["threshold_method"] = meta.threshold_method
+        calibration = getattr(meta, "calibration", None) or {}
+        out["calibration"] = calibration.get("method", "none") if isinstance(calibration, dict) else "none"
+        ood = getattr(meta, "ood", None)
+        if isinstance(ood, dict) and ood.get("threshold") is not None:
+            out["ood_threshold"] = float(ood["threshold"])
+    if calibrated is not None:
+        out["calibrated"] = bool(calibrated)
+    return out
+
+
+def results_for(
+    source: Dataset,
+    prediction: Any,
+    *,
+    overlays: Mapping[str, np.ndarray],
+    algorithm: Mapping,
+    image: np.ndarray | None = None,
+) -> list[Dataset]:
+    """The SR and one secondary capture per overlay, for one source image and its Prediction.
+
+    ``overlays``: finding -> Grad-CAM heatmap in [0, 1] on the source's pixel grid
+    (``Predictor.explain``), or an (H, W, 3) uint8 picture already composed. ``image``:
+    the [0, 1] gray image the prediction was made from (decoded from ``source`` when
+    omitted and needed). ``algorithm``: see ``algorithm_for``.
+    """
+    from cxrdx.interop.secondary_capture import secondary_captures
+
+    header = source_header(source)
+    objects: list[Dataset] = [structured_report(header, prediction, algorithm=algorithm)]
+    if overlays:
+        with quiet_person_names():
+            objects += secondary_captures(
+                source, header, prediction, overlays=overlays, algorithm=algorithm, image=image
+            )
+    return objects
+
+
+def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -> Dataset:
+    """The TID 1500 Comprehensive SR for one prediction (``source``: its image's header)."""
+    import highdicom as hd
+
+    header = source_header(source)
+    sha = str(algorithm.get("checkpoint_sha256", ""))
+    src_uid = str(header.SOPInstanceUID)
+    algo = _algorithm_id(algorithm)
+    calibrated = is_calibrated(prediction, algorithm)
+    value_name = codes.PROBABILITY if calibrated else codes.UNCALIBRATED_SCORE
+    positive = prediction.positive or {}
+    spread = getattr(prediction, "uncertainty", None) or {}
+
+    def image_ref() -> list:
+        return [hd.sr.SourceImageForMeasurementGroup.from_source_image(header)]
+
+    groups = []
+    used = [value_name, codes.CHEST_XRAY]
+    for name, p in prediction.probabilities.items():
+        concept = codes.finding_concept(name)
+        used.append(concept)
+        call = positive.get(name)
+        value = codes.UNDETERMINED if call is None else (codes.PRESENT if call else codes.ABSENT)
+        measurements = [hd.sr.Measurement(name=_cc(value_name), value=float(p), unit=_cc(codes.NO_UNITS))]
+        if name in spread:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=_cc(codes.TTA_SPREAD), value=float(spread[name]), unit=_cc(codes.NO_UNITS)
+                )
+            )
+            used.append(codes.TTA_SPREAD)
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=result_uid(src_uid, f"track:{name}", sha), identifier=f"cxrdx {name}"
+                ),
+                finding_type=_cc(concept),
+                algorithm_id=algo,
+                measurements=measurements,
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=_cc(concept), value=_cc(value))],
+                source_images=image_ref(),
+            )
+        )
+    ood = _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref)
+    if ood is not None:
+        groups.append(ood)
+        used += [codes.OOD_FINDING, codes.IN_DISTRIBUTION, codes.OOD_SCORE]
+    observer = hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=result_uid("device", str(algorithm.get("version", "")), sha),
+            name=str(algorithm.get("name", "cxrdx")),
+            manufacturer_name=MANUFACTURER,
+            model_name=str(algorithm.get("architecture", "") or "cxrdx model")[:64],
+        ),
+    )
+    with quiet_person_names():
+        return _document(header, observer, groups, algorithm, used, src_uid, sha)
+
+
+def _document(header, observer, groups, algorithm, used, src_uid, sha):
+    import highdicom as hd
+
+    report = _measurement_report(observer, groups, header)
+    report[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=hd.sr.CodedConcept("121106", "DCM", "Comment"),
+            value=RESEARCH_USE,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[header],
+        content=report[0],
+        series_instance_uid=result_uid(src_uid, "sr-series", sha),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=result_uid(src_uid, "sr", sha),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name="cxrdx",
+        software_versions=str(algorithm.get("version", "")),
+        content_qualification="RESEARCH",
+        coding_schemes=_private_scheme() if codes.uses_private(used) else None,
+    )
+    copy_patient_study(header, sr)
+    return sr
+
+
+def _measurement_report(observer, groups: list, header: Dataset):
+    """TID 1500 with the source in its image library, or without one (TID 1600 is optional there)
+    when highdicom cannot describe the image (a radiograph without Patient Orientation or Imager
+    Pixel Spacing, as many CR files are)."""
+    import highdicom as hd
+
+    def build(images):
+        return hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=_cc(codes.CHEST_XRAY),
+            imaging_measurements=groups,
+            referenced_images=images,
+        )
+
+    try:
+        return build([header])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return build(None)
+
+
+def _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref):
+    import highdicom as hd
+
+    score = getattr(prediction, "ood_score", None)
+    inside = getattr(prediction, "in_distribution", None)
+    if score is None and inside is None:
+        return None
+    evaluations = []
+    if inside is not None:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=_cc(codes.IN_DISTRIBUTION), value=_cc(codes.YES if inside else codes.NO)
+            )
+        )
+    measurements = []
+    if score is not None:
+        measurements.append(
+            hd.sr.Measurement(name=_cc(codes.OOD_SCORE), value=float(score), unit=_cc(codes.NO_UNITS))
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=result_uid(src_uid, "track:ood", sha), identifier="cxrdx out-of-distribution check"
+        ),
+        finding_type=_cc(codes.OOD_FINDING),
+        algorithm_id=algo,
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations or None,
+        source_images=image_ref(),
+    )
+
+
+def _algorithm_id(algorithm: Mapping):
+    import highdicom as hd
+
+    params = [f"checkpoint-sha256={algorithm.get('checkpoint_sha256', 'unknown')}"]
+    for key in ("checkpoint", "architecture", "calibration", "threshold_method"):
+        if algorithm.get(key):
+            params.append(f"{key}={algorithm[key]}")
+    return hd.sr.AlgorithmIdentification(
+        name=str(algorithm.get("name", "cxrdx")),
+        version=str(algorithm.get("version", "unknown")),
+        parameters=params,
+        manufacturer=MANUFACTURER,
+    )
+
+
+def _private_scheme() -> list:
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+    return [
+        CodingSchemeIdentificationItem(
+            designator=codes.PRIVATE_SCHEME,
+            name=codes.PRIVATE_SCHEME_NAME,
+            responsible_organization="cxrdx",
+        )
+    ]
+
+
+def _cc(concept: codes.Concept):
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(concept.code, concept.scheme, concept.meaning)

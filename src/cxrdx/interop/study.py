@@ -1,0 +1,143 @@
+"""Where results go: the source image's study, and THE result UIDs derived from the source instance.
+
+Every result object (SR, secondary captures) lands in the source's study (its Study
+Instance UID), carries its patient and study modules copied, and gets new series and
+instance UIDs that are a pure function of the source SOP Instance UID, the checkpoint
+(SHA-256) and the object's role. Sending the same image through the same model twice
+therefore gives the very same UIDs, so a PACS replaces the first copy instead of
+showing two; another model gives other UIDs, as DICOM requires for different content.
+The UIDs are ``2.25.<UUID as an integer>`` (PS3.5 B.2), the UUID a name-based
+(version 5) one, so no organisation root is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from cxrdx.errors import DataError
+
+MANUFACTURER = "cxrdx"
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
+RESEARCH_USE = (
+    "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE. Produced by the cxrdx research software, "
+    "not a medical device: it has not been cleared or approved by any regulator, and its "
+    "output must not be used to diagnose or treat patients."
+)
+
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxrdx:results")
+
+# Patient, Patient Study and General Study module attributes copied into every result object.
+PATIENT_STUDY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "PatientComments",
+    "EthnicGroup",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+)
+TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime")
+TYPE2 += ("ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def result_uid(source_uid: str, role: str, checkpoint_sha256: str = "") -> str:
+    """A UID for one result object (or series), the same every time for the same inputs."""
+    name = f"{source_uid}|{checkpoint_sha256}|{role}"
+    return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"
+
+
+def source_header(source: Dataset, where: str = "") -> Dataset:
+    """A copy of the source's header (no pixels) with what results need, or a DataError saying what is missing.
+
+    Type 2 patient/study attributes that the source lacks are added empty (they are
+    allowed to be empty, not absent, in the result objects).
+    """
+    label = where or str(getattr(source, "filename", "") or "the source image")
+    for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if not str(source.get(keyword, "") or "").strip():
+            raise DataError(
+                f"{label}: has no {keyword}, so its results cannot be placed in its DICOM study; "
+                "use --format fhir for it, or fix the file's header"
+            )
+    header = Dataset()
+    for elem in source:
+        if elem.tag.group != 0x7FE0:  # leave the pixel data behind
+            header.add(elem)
+    for keyword in TYPE2:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    if not getattr(header, "Modality", None):
+        header.Modality = "OT"
+    return header
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Copy the patient and study modules (what the source has of them) into a result object.
+
+    Patient's Age is the one value repaired on the way: real files (the SIIM set among
+    them) write "62" where DICOM's AS needs "062Y"; a bare number is taken as years, and
+    anything else that is not a valid age is left out rather than copied invalid.
+    """
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            value = source[keyword].value
+            if keyword == "PatientAge":
+                value = dicom_age(value)
+                if value is None:
+                    continue
+            if value not in (None, "") or keyword in TYPE2:
+                setattr(target, keyword, value)
+    if "SpecificCharacterSet" in source:
+        target.SpecificCharacterSet = source.SpecificCharacterSet
+
+
+def dicom_age(value: Any) -> str | None:
+    """A valid Age String (nnnD/W/M/Y) for ``value``, or None."""
+    text = str(value or "").strip().upper()
+    if re.fullmatch(r"\d{3}[DWMY]", text):
+        return text
+    if re.fullmatch(r"\d{1,3}", text):
+        return f"{int(text):03d}Y"
+    if re.fullmatch(r"\d{1,3}[DWMY]", text):
+        return f"{int(text[:-1]):03d}{text[-1]}"
+    return None
+
+
+def is_calibrated(prediction: Any, algorithm: Mapping) -> bool:
+    """Probability (calibrated) or score (uncalibrated)? The prediction's own word first, then the algorithm's."""
+    method = getattr(prediction, "calibration", None)
+    if method:
+        return method != "none"
+    if "calibrated" in algorithm:
+        return bool(algorithm["calibrated"])
+    return algorithm.get("calibration") not in (None, "", "none")
+
+
+@contextlib.contextmanager
+def quiet_person_names() -> Iterator[None]:
+    """highdicom warns about one-component patient names; anonymised files all have them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name")
+        yield

@@ -1,0 +1,127 @@
+"""The model card in words: what a checkpoint was trained on, whether it was evaluated, and the warnings.
+
+One place decides the banners every surface shows (``cxrdx predict``'s table, the app,
+the evaluation report): a model trained on synthetic phantoms, a checkpoint without a
+recorded evaluation, and thresholds so close to 1 that the finding is practically never
+called. Pure functions of ``CheckpointMeta`` (no torch).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cxrdx.model.checkpoint import CheckpointMeta
+
+PHANTOM_BANNER = (
+    "Trained on synthetic phantoms: a demo, meaningless on real radiographs. Its probabilities and "
+    "calls say nothing about a real patient's film."
+)
+NO_EVALUATION_BANNER = (
+    "No evaluation is recorded in this checkpoint: how well it performs is unknown. "
+    "Measure it on labelled images with `cxrdx evaluate`."
+)
+UNKNOWN_DATA_BANNER = "What this model was trained on is not recorded in the checkpoint."
+NEVER_REACHED = 0.9999  # a threshold at or above this is (practically) never reached
+IMPORTED = {  # `cxrdx import --from KIND`: what the publisher trained on
+    "chexnet": ("NIH ChestX-ray14 (CheXNet weights, imported)", "real"),
+    "xrv": ("public chest X-ray datasets (torchxrayvision weights, imported)", "real"),
+    "keras": ("not recorded (Keras weights, imported)", "unknown"),
+}
+
+
+def training_card(meta: CheckpointMeta) -> dict:
+    """``model_card`` with what older checkpoints only hold in ``provenance`` / ``source`` filled in."""
+    card = dict(meta.model_card or {})
+    prov = meta.provenance or {}
+    source_kind = (meta.source or {}).get("kind")
+    if source_kind in IMPORTED and "kind" not in card:  # public weights: trained by their publisher
+        name, kind = IMPORTED[source_kind]
+        card.setdefault("dataset", meta.source.get("description") or name)
+        card["kind"] = kind
+    if prov and "dataset" not in card and prov.get("dataset"):
+        card["dataset"] = str(prov["dataset"])
+    if "phantom" in str(card.get("dataset", "")).lower() and card.get("kind") in (None, "unknown"):
+        card["kind"] = "phantom"
+    if "epochs" not in card and isinstance(prov.get("epoch"), int):
+        card["epochs"] = prov["epoch"]
+    if "split" not in card and isinstance(prov.get("splits"), dict):
+        card["split"] = dict(prov["splits"])
+    card.setdefault("kind", "unknown")
+    return card
+
+
+def is_phantom(meta: CheckpointMeta) -> bool:
+    return training_card(meta)["kind"] == "phantom"
+
+
+def has_evaluation(meta: CheckpointMeta) -> bool:
+    evaluation = meta.evaluation or {}
+    return bool(evaluation.get("auroc") or evaluation.get("mean_auroc") is not None)
+
+
+def banners(meta: CheckpointMeta) -> list[str]:
+    """The warnings to show prominently wherever this model's output is shown (most serious first)."""
+    out = []
+    card = training_card(meta)
+    if card["kind"] == "phantom":
+        out.append(PHANTOM_BANNER)
+    elif card["kind"] == "unknown" and not card.get("dataset"):
+        out.append(UNKNOWN_DATA_BANNER)
+    if not has_evaluation(meta):
+        out.append(NO_EVALUATION_BANNER)
+    never = never_reached(meta.thresholds)
+    if never:
+        out.append(never_reached_note(never, meta.thresholds or {}))
+    return out
+
+
+def never_reached(thresholds: dict[str, float] | None) -> list[str]:
+    """Findings whose threshold is so close to 1 that they are practically never called positive."""
+    return [n for n, t in (thresholds or {}).items() if t is not None and t >= NEVER_REACHED]
+
+
+def never_reached_note(names: list[str], thresholds: dict[str, float]) -> str:
+    shown = ", ".join(f"{n} {threshold_text(thresholds[n])}" for n in names)
+    return (
+        f"Threshold effectively never reached: {shown}. These findings are (practically) never called "
+        "positive, even at a displayed probability of 1.000; the validation set gave no usable cut-off "
+        "(too few positives?)."
+    )
+
+
+def threshold_text(t: float | None) -> str:
+    """A threshold with enough digits: 0.412, but 0.99999988 (not 1.000) when it sits just below 1."""
+    if t is None:
+        return "-"
+    if t < 0.999 or t >= 1:
+        return f"{t:.3f}"
+    n = next((n for n in range(4, 16) if float(f"{t:.{n}f}") < 1), 15)
+    return f"{t:.{n + 1}f}".rstrip("0")
+
+
+def card_lines(meta: CheckpointMeta) -> list[str]:
+    """Plain-text lines: dataset (kind), images, patients, split, epochs, evaluation."""
+    card = training_card(meta)
+    lines = [f"trained on: {card.get('dataset') or 'not recorded'} ({card['kind']} data)"]
+    counts = []
+    if card.get("images") is not None:
+        counts.append(f"{card['images']} images")
+    if card.get("patients") is not None:
+        counts.append(f"{card['patients']} patients")
+    if isinstance(card.get("split"), dict) and card["split"]:
+        counts.append("split " + ", ".join(f"{k} {v}" for k, v in card["split"].items()))
+    if card.get("epochs") is not None:
+        counts.append(f"{card['epochs']} epoch(s)")
+    if counts:
+        lines.append("training data: " + ", ".join(counts))
+    evaluation = meta.evaluation or {}
+    if has_evaluation(meta):
+        where = evaluation.get("dataset") or evaluation.get("split") or "a recorded evaluation set"
+        mean = evaluation.get("mean_auroc")
+        lines.append(
+            f"evaluated on: {where}" + (f", mean AUROC {mean:.3f}" if isinstance(mean, int | float) else "")
+        )
+    else:
+        lines.append("evaluated on: nothing recorded")
+    return lines

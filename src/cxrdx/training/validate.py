@@ -1,0 +1,36 @@
+"""One validation pass: sharded over processes, the loss all-reduced, the outputs gathered for AUROC."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cxrdx.training.data import to_input
+from cxrdx.training.distributed import all_mean
+
+
+@torch.no_grad()
+def validate(net, model, loader, criterion, pre, device, memory_format, amp_dtype, cfg, world):
+    """(val loss over all processes, probabilities, labels): the loss is the exact mean over the split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    count = 0
+    probs, labels = [], []
+    for squares, targets in loader:
+        x = to_input(squares, pre, device, memory_format, None, cfg, train=False)
+        y = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = net(x)
+        loss_sum += criterion(logits, y).double().sum()
+        count += len(y)
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        labels.append(targets.numpy())
+    n_out = model.class_layers.out.out_features if hasattr(model, "class_layers") else 0
+    probs_np = np.concatenate(probs) if probs else np.zeros((0, n_out), np.float32)
+    labels_np = np.concatenate(labels) if labels else np.zeros((0, n_out), np.float32)
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, (probs_np, labels_np))
+        probs_np = np.concatenate([g[0] for g in gathered])
+        labels_np = np.concatenate([g[1] for g in gathered])
+    return all_mean(loss_sum, count, device, world), probs_np, labels_np

@@ -1,0 +1,106 @@
+"""`cxrdx calibrate` fits the out-of-distribution reference of a checkpoint that has none (an import)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxrdx.labels import FINDINGS
+from cxrdx.model.checkpoint import read_checkpoint_meta
+
+
+@pytest.fixture(autouse=True)
+def _onnx_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDX_CACHE", str(tmp_path / "onnx"))
+
+
+def _checkpoint(path: Path) -> Path:
+    import torch
+
+    from cxrdx.imaging.preprocessing import Preprocessing
+    from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
+    from cxrdx.model.networks import build_model
+
+    torch.manual_seed(0)
+    meta = CheckpointMeta(architecture="densenet-tiny", preprocessing=Preprocessing(size=32))
+    save_checkpoint(path, build_model("densenet-tiny"), meta)
+    return path
+
+
+def _table(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {"image": [f"{i:05d}.png" for i in range(n)], "patient": [f"p{i}" for i in range(n)]}
+    )
+    for name in FINDINGS:
+        table[name] = (rng.random(n) < 0.3).astype(np.uint8)
+    return table
+
+
+def _images(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    level = rng.integers(60, 200, n)
+    noise = rng.integers(-20, 20, (n, size, size))
+    return np.clip(level[:, None, None] + noise, 0, 255).astype(np.uint8)
+
+
+def _cache(path: Path, n: int = 60, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    path.mkdir(parents=True)
+    np.save(path / "images.npy", _images(n, size, rng))
+    table = _table(n, rng)
+    table["row"] = np.arange(n)
+    table["split"] = np.array(["train", "train", "val"])[np.arange(n) % 3]
+    table.to_csv(path / "index.csv", index=False)
+    (path / "cache.json").write_text(json.dumps({"size": size}))
+    return path
+
+
+def test_calibrate_fits_the_reference_from_the_train_split(tmp_path, capsys):
+    from testkit import run_cli
+
+    cache, plain = _cache(tmp_path / "cache"), _checkpoint(tmp_path / "plain.safetensors")
+    out = tmp_path / "cal.safetensors"
+    rc, stdout, _ = run_cli(
+        capsys, ["calibrate", "--weights", plain, "--data", cache, "--out", out, "--no-progress"]
+    )
+    assert rc == 0 and "out-of-distribution reference fitted (40 reference, 20 threshold images)" in stdout
+    assert read_checkpoint_meta(plain).ood is None  # the input is not rewritten
+    ood = read_checkpoint_meta(out).ood
+    assert ood["fitted_on"]["reference"].endswith("(split train)") and ood["precision"].shape == (32, 32)
+
+    from cxrdx.inference.predictor import Predictor
+
+    pred = Predictor.load(out, backend="torch").predict(
+        [np.random.default_rng(1).random((32, 32))], workers=0
+    )[0]
+    assert pred.in_distribution is False and pred.ood_score > ood["threshold"]
+
+    # a checkpoint that already has a reference (e.g. from `cxrdx train`) keeps it
+    again = tmp_path / "again.safetensors"
+    rc, stdout, _ = run_cli(
+        capsys, ["calibrate", "--weights", out, "--data", cache, "--out", again, "--no-progress"]
+    )
+    assert rc == 0 and "out-of-distribution reference fitted" not in stdout
+    np.testing.assert_array_equal(read_checkpoint_meta(again).ood["precision"], ood["precision"])
+
+
+def test_calibrate_from_a_csv_splits_its_images_for_reference_and_threshold(tmp_path, capsys):
+    from testkit import run_cli
+
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    table = _table(30, rng)
+    for name, im in zip(table["image"], _images(30, 48, rng), strict=True):
+        Image.fromarray(im).save(folder / name)
+    table.to_csv(tmp_path / "val.csv", index=False)
+    plain, out = _checkpoint(tmp_path / "plain.safetensors"), tmp_path / "cal.safetensors"
+    argv = ["calibrate", "--weights", plain, "--data", tmp_path / "val.csv", "--images", folder, "--out", out]
+    rc, stdout, _ = run_cli(capsys, [*argv, "--no-progress"])
+    assert rc == 0 and "(20 reference, 10 threshold images)" in stdout
+    ood = read_checkpoint_meta(out).ood
+    assert "2 of every 3" in ood["fitted_on"]["reference"] and ood["threshold"] > 0
