@@ -47,8 +47,8 @@ def looks_like_chest(img: np.ndarray) -> bool:
     return max(left, right) < centre
 
 
-def tiny_checkpoint(path, size: int = 32, thresholds: dict | None = None, **meta_fields):
-    """A densenet-tiny checkpoint (1 channel, ``size`` px, seed 0) at ``path``; ``meta_fields`` go to CheckpointMeta."""
+def tiny_checkpoint(path, size: int = 32, thresholds: dict | None = None, channels: int = 1, **meta_fields):
+    """A densenet-tiny checkpoint (``channels``, ``size`` px, seed 0) at ``path``; ``meta_fields`` go to CheckpointMeta."""
     import torch
 
     from cxrdx.imaging.preprocessing import Preprocessing
@@ -58,12 +58,12 @@ def tiny_checkpoint(path, size: int = 32, thresholds: dict | None = None, **meta
     torch.manual_seed(0)
     meta = CheckpointMeta(
         architecture="densenet-tiny",
-        in_channels=1,
-        preprocessing=Preprocessing(size=size, channels=1),
+        in_channels=channels,
+        preprocessing=Preprocessing(size=size, channels=channels),
         thresholds=thresholds,
         **meta_fields,
     )
-    save_checkpoint(path, build_model("densenet-tiny", in_channels=1), meta)
+    save_checkpoint(path, build_model("densenet-tiny", in_channels=channels), meta)
     return path
 
 

@@ -11,15 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from testkit import run_cli
+from testkit import run_cli, tiny_checkpoint
 
-from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.inference import shards
 from cxrdx.inference.stream import read_done
-from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
-from cxrdx.model.networks import build_model
 
 SIZE = 32
 N_IMAGES = 11
@@ -34,11 +30,7 @@ def _onnx_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    meta = CheckpointMeta(architecture="densenet-tiny", preprocessing=Preprocessing(size=SIZE))
-    save_checkpoint(path, build_model("densenet-tiny"), meta)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", SIZE, channels=3)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from testkit import tiny_checkpoint
 
 from cxrdx.explain.gradcam import GradCam
 from cxrdx.imaging.letterbox import letterbox
-from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.imaging.read import read_image
 from cxrdx.inference.predictor import Predictor
 from cxrdx.labels import FINDINGS
-from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
 from cxrdx.model.networks import build_model
 
 SIZE = 64
@@ -28,11 +27,7 @@ def _onnx_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    meta = CheckpointMeta(architecture="densenet-tiny", preprocessing=Preprocessing(size=SIZE))
-    save_checkpoint(path, build_model("densenet-tiny"), meta)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", SIZE, channels=3)
 
 
 @pytest.fixture(scope="module")

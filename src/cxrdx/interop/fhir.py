@@ -190,8 +190,8 @@ def _observation(oid: str, concept: codes.Concept, context: dict, device_id: str
 
 
 def _ood_observation(prediction, oid, context, device_id, study_ref) -> dict | None:
-    score = getattr(prediction, "ood_score", None)
-    inside = getattr(prediction, "in_distribution", None)
+    score = prediction.ood_score
+    inside = prediction.in_distribution
     if score is None and inside is None:
         return None
     obs = _observation(oid, codes.OOD_SCORE, context, device_id, study_ref)
@@ -215,7 +215,7 @@ def _conclusion(prediction, calibrated: bool) -> str:
         pos = [n for n, v in prediction.positive.items() if v]
         found = "positive: " + (", ".join(pos) if pos else "none")
     extra = ""
-    if getattr(prediction, "in_distribution", None) is False:
+    if prediction.in_distribution is False:
         extra = " The image is unlike the model's training images: do not rely on these numbers."
     return f"{found} (values are the model's {word}).{extra} {RESEARCH_USE}"
 

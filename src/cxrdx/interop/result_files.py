@@ -73,7 +73,7 @@ class ResultFolder:
         self.predictor = predictor
         from cxrdx.model.pretrained import resolve_weights
 
-        calibrated = getattr(predictor, "calibrated", None)  # False: "score (uncalibrated)" wording
+        calibrated = predictor.calibrated  # False: "score (uncalibrated)" wording
         self.algorithm = algorithm_for(resolve_weights(weights), predictor.meta, calibrated)
         self.written: list[Path] = []
         self._stems: dict[str, int] = {}

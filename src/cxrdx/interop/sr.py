@@ -57,9 +57,9 @@ def algorithm_for(weights: str | os.PathLike, meta: Any = None, calibrated: bool
     if meta is not None:
         out["architecture"] = meta.architecture
         out["threshold_method"] = meta.threshold_method
-        calibration = getattr(meta, "calibration", None) or {}
+        calibration = meta.calibration or {}
         out["calibration"] = calibration.get("method", "none") if isinstance(calibration, dict) else "none"
-        ood = getattr(meta, "ood", None)
+        ood = meta.ood
         if isinstance(ood, dict) and ood.get("threshold") is not None:
             out["ood_threshold"] = float(ood["threshold"])
     if calibrated is not None:
@@ -105,7 +105,7 @@ def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -
     calibrated = is_calibrated(prediction, algorithm)
     value_name = codes.PROBABILITY if calibrated else codes.UNCALIBRATED_SCORE
     positive = prediction.positive or {}
-    spread = getattr(prediction, "uncertainty", None) or {}
+    spread = prediction.uncertainty or {}
 
     def image_ref() -> list:
         return [hd.sr.SourceImageForMeasurementGroup.from_source_image(header)]
@@ -206,8 +206,8 @@ def _measurement_report(observer, groups: list, header: Dataset):
 def _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref):
     import highdicom as hd
 
-    score = getattr(prediction, "ood_score", None)
-    inside = getattr(prediction, "in_distribution", None)
+    score = prediction.ood_score
+    inside = prediction.in_distribution
     if score is None and inside is None:
         return None
     evaluations = []

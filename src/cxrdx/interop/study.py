@@ -127,7 +127,7 @@ def dicom_age(value: Any) -> str | None:
 
 def is_calibrated(prediction: Any, algorithm: Mapping) -> bool:
     """Probability (calibrated) or score (uncalibrated)? The prediction's own word first, then the algorithm's."""
-    method = getattr(prediction, "calibration", None)
+    method = prediction.calibration
     if method:
         return method != "none"
     if "calibrated" in algorithm:
