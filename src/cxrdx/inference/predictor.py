@@ -227,22 +227,41 @@ class Predictor:
     def thresholds(self) -> dict[str, float] | None:
         """The thresholds on the scale of the outputs: thresholds stored before calibration existed (no
         ``threshold_info["calibration"]``) were chosen on raw scores and are moved, so calls stay the same."""
-        stored = self.meta.thresholds
-        if not stored or "calibration" in (self.meta.threshold_info or {}):
-            return stored
-        cal = self.calibration
-        if cal["method"] == "none":
-            return stored
-        from cxrdx.metrics.calibration import map_thresholds
+        meta = self.meta
 
-        return map_thresholds(stored, None, cal, self.labels)
+        def make() -> dict[str, float] | None:
+            stored = meta.thresholds
+            if not stored or "calibration" in (meta.threshold_info or {}):
+                return stored
+            cal = self.calibration
+            if cal["method"] == "none":
+                return stored
+            from cxrdx.metrics.calibration import map_thresholds
+
+            return map_thresholds(stored, None, cal, self.labels)
+
+        return self._derived("thresholds", (meta.thresholds, meta.threshold_info, meta.calibration), make)
 
     @property
     def calibration(self) -> dict:
         """The calibration applied to every output (stored, else from the training prevalence, else none)."""
         from cxrdx.metrics.calibration import resolve_calibration
 
-        return resolve_calibration(self.meta.calibration, self.meta.provenance, self.labels)
+        meta = self.meta
+        return self._derived(
+            "calibration",
+            (meta.calibration, meta.provenance),
+            lambda: resolve_calibration(meta.calibration, meta.provenance, self.labels),
+        )
+
+    def _derived(self, name: str, sources: tuple, make: Any) -> Any:
+        """``make()``, computed once per set of metadata objects it reads (they are replaced, not mutated,
+        when a checkpoint's metadata changes): these are read for every image."""
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        hit = cache.get(name)
+        if hit is None or any(a is not b for a, b in zip(hit[0], sources, strict=True)):
+            hit = cache[name] = (sources, make())
+        return hit[1]
 
     @property
     def calibrated(self) -> bool:
@@ -319,10 +338,8 @@ class Predictor:
     @property
     def ood(self) -> OodStats | None:
         """The checkpoint's out-of-distribution reference (cxrdx.model.ood), or None when it has none."""
-        cached = self.__dict__.get("_ood_cache")
-        if cached is None or cached[0] is not self.meta.ood:
-            cached = self._ood_cache = (self.meta.ood, OodStats.from_meta(self.meta.ood))
-        return cached[1]
+        meta = self.meta
+        return self._derived("ood", (meta.ood,), lambda: OodStats.from_meta(meta.ood))
 
     def _views(self, batch: np.ndarray, tta: bool, with_features: bool = False) -> tuple[np.ndarray, Any]:
         """(V, N, L) raw outputs and, when asked, the (N, F) features of the unflipped view: one pass."""
@@ -363,8 +380,9 @@ class Predictor:
     ) -> Prediction:
         by_name = {name: float(p) for name, p in zip(self.labels, probs, strict=True)}
         positive = None
-        if self.thresholds:
-            positive = {n: by_name[n] >= t for n, t in self.thresholds.items()}
+        thresholds = self.thresholds
+        if thresholds:
+            positive = {n: by_name[n] >= t for n, t in thresholds.items()}
         uncertainty = (
             None if spread is None else {n: float(s) for n, s in zip(self.labels, spread, strict=True)}
         )
