@@ -165,7 +165,7 @@ def print_model_table(results: list[dict]) -> None:
             rows.append([label, r["size"], r["batch"], "", "", "", "", r["error"]])
             continue
         base = eager.get(r["size"])
-        ratio = r["img_s"] / base["img_s"] if base else float("nan")
+        ratio = r["img_s"] / base["img_s"] if base else None
         note = (
             f"compile (first step) {r['first_step_s']:.0f} s"
             if r["variant"] == "compile"
@@ -179,7 +179,7 @@ def print_model_table(results: list[dict]) -> None:
                 f"{r['median_step_s']:.2f}",
                 r["img_s"],
                 r["best_img_s"],
-                f"{ratio:.2f}x",
+                "n/a (no eager NCHW row)" if ratio is None else f"{ratio:.2f}x",
                 note,
             ]
         )

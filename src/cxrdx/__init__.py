@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from cxrdx.data.tables import read_labels
     from cxrdx.evaluation.evaluate import EvaluateConfig, evaluate
     from cxrdx.imaging.read import read_image
-    from cxrdx.inference.predictor import Prediction, Predictor
+    from cxrdx.inference.prediction import Prediction
+    from cxrdx.inference.predictor import Predictor
     from cxrdx.labels import FINDINGS
     from cxrdx.model.import_weights import import_weights
     from cxrdx.training.config import TrainConfig

@@ -99,6 +99,14 @@ def test_predictor_runs_the_folded_cache_and_agrees_with_torch(tmp_path):
     a = np.array([[r.probabilities[n] for n in FINDINGS] for r in torch_p.predict(images)])
     b = np.array([[r.probabilities[n] for n in FINDINGS] for r in onnx_p.predict(images)])
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+    # predict feeds the folded graph the letterboxed gray squares: no host normalisation to undo
+    # (poisoning the undo would change nothing), uint8 files and float arrays, with and without TTA
+    onnx_p.session._a0 = np.float32("nan")
+    arrays = [rng.random((40, 56), dtype=np.float32)]
+    for tta in (False, True):
+        want = [torch_p.predict(images + arrays, tta=tta), onnx_p.predict(images + arrays, tta=tta)]
+        a2, b2 = (np.array([[r.probabilities[n] for n in FINDINGS] for r in w]) for w in want)
+        np.testing.assert_allclose(b2, a2, rtol=0, atol=1e-5)
     cached = list(Path(tmp_path / "cache").rglob("*.onnx"))
     assert len(cached) == 1 and read_onnx_metadata(cached[0])["folded_input"] == "true"
     # a second load opens the cached folded file (no export) and still agrees

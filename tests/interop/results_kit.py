@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrdx.inference.predictor import Prediction
+from cxrdx.inference.prediction import Prediction
 
 SHA = "ab" * 32
 ALGORITHM = {

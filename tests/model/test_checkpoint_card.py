@@ -112,7 +112,7 @@ def test_older_checkpoints_get_their_card_from_provenance():
 
 def test_predict_table_shows_banners_and_flags_a_threshold_never_reached():
     from cxrdx.inference.formats import format_table
-    from cxrdx.inference.predictor import Prediction
+    from cxrdx.inference.prediction import Prediction
 
     pred = Prediction("x.png", {"Emphysema": 0.9999, "Mass": 0.5}, {"Emphysema": False, "Mass": True})
     text = format_table([pred], {"Emphysema": 0.99999988, "Mass": 0.4}, banners=[PHANTOM_BANNER])

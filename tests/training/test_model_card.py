@@ -6,7 +6,7 @@ import pandas as pd
 
 from cxrdx.data.prepare import prepare_cache
 from cxrdx.inference.formats import format_table
-from cxrdx.inference.predictor import Prediction
+from cxrdx.inference.prediction import Prediction
 from cxrdx.model.card import NO_EVALUATION_BANNER, PHANTOM_BANNER, banners, card_lines
 from cxrdx.model.checkpoint import read_checkpoint_meta
 from cxrdx.phantom.dataset import write_dataset

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrdx.errors import CxrdxError, ImageReadError
-from cxrdx.inference.predictor import ImageLike, Prediction, Predictor
+from cxrdx.inference.prediction import Prediction
+from cxrdx.inference.predictor import ImageLike, Predictor
 
 NO_THRESHOLDS_NOTE = (
     "this checkpoint has no decision thresholds, so no finding is called positive or negative; "

@@ -33,7 +33,8 @@ from cxrdx.inference.formats import (
     unique_stems,
     write_heatmaps,
 )
-from cxrdx.inference.predictor import Prediction, Predictor
+from cxrdx.inference.prediction import Prediction
+from cxrdx.inference.predictor import Predictor
 from cxrdx.inference.stream import STREAM_FORMATS, ResultStream, read_done
 from cxrdx.model.card import banners
 

@@ -28,14 +28,14 @@ import warnings as _warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxrdx.device import available_threads
 from cxrdx.errors import CheckpointError, ConfigError, CxrdxError
-from cxrdx.imaging.letterbox import Letterbox
+from cxrdx.imaging.letterbox import Letterbox, letterbox
+from cxrdx.inference.prediction import Prediction
 from cxrdx.labels import canonical
 from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta
 from cxrdx.model.ood import OodStats
@@ -45,46 +45,6 @@ if TYPE_CHECKING:  # the ONNX path runs without torch and MONAI (they load with 
 
 ImageLike = str | os.PathLike | np.ndarray
 BACKENDS = ("auto", "torch", "onnx", "openvino")
-
-
-@dataclass
-class Prediction:
-    """One image's result; ``error`` is set (and the rest empty) when it could not be read."""
-
-    source: str
-    probabilities: dict[str, float] = field(default_factory=dict)
-    positive: dict[str, bool] | None = None  # None when the checkpoint has no thresholds
-    uncertainty: dict[str, float] | None = None  # spread over test-time-augmentation views
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-    # the calibration applied: "prior+temperature", "prior", or "none" (then the numbers are uncalibrated
-    # scores, not probabilities; cxrdx.metrics.calibration)
-    calibration: str = "none"
-    # Mahalanobis distance of the image's pooled features to the training images' (cxrdx.model.ood), and
-    # whether it is within the checkpoint's threshold; both None when the checkpoint has no reference
-    ood_score: float | None = None
-    in_distribution: bool | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def ranked(self) -> list[tuple[str, float]]:
-        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able record with every finding by name (what ``--format json`` writes)."""
-        return {
-            "image": self.source,
-            "probabilities": dict(self.probabilities) if self.ok else None,
-            "positive": None if self.positive is None else dict(self.positive),
-            "uncertainty": None if self.uncertainty is None else dict(self.uncertainty),
-            "warnings": list(self.warnings),
-            "error": self.error,
-            "calibration": self.calibration,
-            "ood_score": self.ood_score,
-            "in_distribution": self.in_distribution,
-        }
 
 
 def default_workers() -> int:
@@ -316,14 +276,20 @@ class Predictor:
         views = self.raw_views(batch, tta)
         return combine_views(views, self.calibration if calibrated else None, self.labels)
 
+    @property
+    def _feeds_gray(self) -> bool:
+        """A folded graph (``GrayFeed``): predict feeds it gray squares, not a normalisation it undoes."""
+        return bool(getattr(self.session, "takes_gray", False))
+
     def _scored(
-        self, batch: np.ndarray, tta: bool
+        self, batch: np.ndarray, tta: bool, gray: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Calibrated probabilities, TTA spread and OOD scores (None without a reference), one pass."""
+        """Calibrated probabilities, TTA spread and OOD scores (None without a reference), one pass.
+        ``gray``: ``batch`` is (N, 1, S, S) letterboxed gray in [0, 1] for a folded graph."""
         from cxrdx.metrics.calibration import combine_views
 
         ood = self.ood
-        views, feats = self._views(batch, tta, with_features=ood is not None)
+        views, feats = self._views(batch, tta, with_features=ood is not None, gray=gray)
         probs, spread = combine_views(views, self.calibration, self.labels)
         return probs, spread, None if ood is None else ood.score(feats)
 
@@ -341,25 +307,27 @@ class Predictor:
         meta = self.meta
         return self._derived("ood", (meta.ood,), lambda: OodStats.from_meta(meta.ood))
 
-    def _views(self, batch: np.ndarray, tta: bool, with_features: bool = False) -> tuple[np.ndarray, Any]:
+    def _views(self, batch: np.ndarray, tta: bool, with_features: bool = False, gray: bool = False) -> Any:
         """(V, N, L) raw outputs and, when asked, the (N, F) features of the unflipped view: one pass."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if tta:
             # One pass over the image and its mirror (horizontal flip: a plausible film).
             both, feats = self._forward(
-                np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]), with_features
+                np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]), with_features, gray
             )
             return np.stack([both[: len(x)], both[len(x) :]]), None if feats is None else feats[: len(x)]
-        probs, feats = self._forward(x, with_features)
+        probs, feats = self._forward(x, with_features, gray)
         return probs[None], feats
 
-    def _forward(self, x: np.ndarray, with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def _forward(
+        self, x: np.ndarray, with_features: bool = False, gray: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N, L), pooled features (N, F) or None), from one forward pass."""
         if self.session is not None:
-            from cxrdx.inference.backends import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
+            from cxrdx.inference.backends import FEATURES_NAME, GRAY_NAME, INPUT_NAME, OUTPUT_NAME
 
             names = [OUTPUT_NAME, FEATURES_NAME] if with_features else [OUTPUT_NAME]
-            out = self.session.run(names, {INPUT_NAME: x})
+            out = self.session.run(names, {GRAY_NAME if gray else INPUT_NAME: x})
             feats = np.asarray(out[1], dtype=np.float32) if with_features else None
             return np.asarray(out[0], dtype=np.float32), feats
         import torch
@@ -389,10 +357,17 @@ class Predictor:
         method = self.calibration["method"]
         return Prediction(source, by_name, positive, uncertainty, warnings, calibration=method)
 
-    def _load_one(self, item: ImageLike, source: str) -> tuple[np.ndarray | None, list[str], str | None]:
-        """Decode + preprocess one item (runs in a worker thread); errors become a message."""
+    def _load_one(
+        self, item: ImageLike, source: str, gray: bool = False
+    ) -> tuple[np.ndarray | None, list[str], str | None]:
+        """Decode + preprocess one item (in a worker thread); errors become a message.
+        ``gray``: letterbox only, for a folded graph."""
         try:
             image, warnings = self.read(item, uint8_ok=True)
+            if gray:  # (1, S, S) in [0, 1], read as Preprocessing reads uint8
+                square = letterbox(image, self.meta.preprocessing.size)[0]
+                square = square.astype(np.float32) / 255.0 if square.dtype == np.uint8 else square
+                return square.astype(np.float32, copy=False)[None], warnings, None
             return self.prepare(image)[0], warnings, None
         except CxrdxError as exc:
             return None, [], str(exc)
@@ -413,6 +388,7 @@ class Predictor:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         workers = default_workers() if workers is None else workers
         sources = [f"array[{i}]" if isinstance(it, np.ndarray) else str(it) for i, it in enumerate(items)]
+        gray = self._feeds_gray
         groups = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
 
         def run_group(
@@ -421,7 +397,7 @@ class Predictor:
             good = [k for k, (x, _, _) in enumerate(loaded) if x is not None]
             out = [Prediction(sources[i], error=err) for i, (_, _, err) in zip(idx, loaded, strict=True)]
             if good:
-                probs, spread, scores = self._scored(np.stack([loaded[k][0] for k in good]), tta)
+                probs, spread, scores = self._scored(np.stack([loaded[k][0] for k in good]), tta, gray)
                 for row, k in enumerate(good):
                     out[k] = self._result(
                         sources[idx[k]], probs[row], None if spread is None else spread[row], loaded[k][1]
@@ -432,7 +408,7 @@ class Predictor:
 
         if workers <= 0:
             for idx in groups:
-                yield from run_group([self._load_one(items[i], sources[i]) for i in idx], idx)
+                yield from run_group([self._load_one(items[i], sources[i], gray) for i in idx], idx)
             return
         with ThreadPoolExecutor(workers, thread_name_prefix="cxrdx-decode") as pool:
             ahead: deque[tuple[list[int], list[Future]]] = deque()
@@ -441,7 +417,9 @@ class Predictor:
             def submit_next() -> None:
                 idx = next(pending, None)
                 if idx is not None:
-                    ahead.append((idx, [pool.submit(self._load_one, items[i], sources[i]) for i in idx]))
+                    ahead.append(
+                        (idx, [pool.submit(self._load_one, items[i], sources[i], gray) for i in idx])
+                    )
 
             for _ in range(2):  # the batch in the network and the next one decoding
                 submit_next()

@@ -22,7 +22,7 @@ from typing import IO
 
 from cxrdx.errors import ConfigError, CxrdxError
 from cxrdx.inference.formats import csv_columns, csv_row
-from cxrdx.inference.predictor import Prediction
+from cxrdx.inference.prediction import Prediction
 
 STREAM_FORMATS = ("csv", "jsonl")
 
