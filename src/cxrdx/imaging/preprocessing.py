@@ -63,8 +63,7 @@ class Preprocessing:
         """
         if type(gray).__module__.startswith("torch"):
             return self._to_input_torch(gray)
-        x = np.asarray(gray)
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+        x = _unit_gray(np.asarray(gray))
         x = _as_n1hw(x, x.ndim)
         lo, hi = self.pixel_range
         x = lo + x * (hi - lo)
@@ -87,6 +86,12 @@ class Preprocessing:
         square, box = letterbox(image, self.size)
         return self.to_input(square[None])[0], box
 
+    def gray_square(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """One image -> ((1, S, S) float32 gray in [0, 1], its letterbox): the input of a graph with the
+        normalisation folded into its first convolution (cxrdx.inference.fold), no mean/std applied."""
+        square, box = letterbox(image, self.size)
+        return _unit_gray(square)[None], box
+
     def to_dict(self) -> dict:
         return {
             "size": self.size,
@@ -108,6 +113,11 @@ class Preprocessing:
             raise ConfigError(f"unknown resize mode {resize!r}; only 'letterbox' is supported")
         known = {k: data[k] for k in ("size", "channels", "pixel_range", "mean", "std") if k in data}
         return cls(**known)
+
+
+def _unit_gray(x: np.ndarray) -> np.ndarray:
+    """float32 gray in [0, 1]: uint8 v means v / 255."""
+    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
 
 def _as_n1hw(x: Any, ndim: int) -> Any:

@@ -34,7 +34,7 @@ import numpy as np
 
 from cxrdx.device import available_threads
 from cxrdx.errors import CheckpointError, ConfigError, CxrdxError
-from cxrdx.imaging.letterbox import Letterbox, letterbox
+from cxrdx.imaging.letterbox import Letterbox
 from cxrdx.inference.prediction import Prediction
 from cxrdx.labels import canonical
 from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta
@@ -276,11 +276,6 @@ class Predictor:
         views = self.raw_views(batch, tta)
         return combine_views(views, self.calibration if calibrated else None, self.labels)
 
-    @property
-    def _feeds_gray(self) -> bool:
-        """A folded graph (``GrayFeed``): predict feeds it gray squares, not a normalisation it undoes."""
-        return bool(getattr(self.session, "takes_gray", False))
-
     def _scored(
         self, batch: np.ndarray, tta: bool, gray: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -364,11 +359,8 @@ class Predictor:
         ``gray``: letterbox only, for a folded graph."""
         try:
             image, warnings = self.read(item, uint8_ok=True)
-            if gray:  # (1, S, S) in [0, 1], read as Preprocessing reads uint8
-                square = letterbox(image, self.meta.preprocessing.size)[0]
-                square = square.astype(np.float32) / 255.0 if square.dtype == np.uint8 else square
-                return square.astype(np.float32, copy=False)[None], warnings, None
-            return self.prepare(image)[0], warnings, None
+            prep = self.meta.preprocessing
+            return (prep.gray_square(image) if gray else prep(image))[0], warnings, None
         except CxrdxError as exc:
             return None, [], str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
@@ -388,7 +380,8 @@ class Predictor:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         workers = default_workers() if workers is None else workers
         sources = [f"array[{i}]" if isinstance(it, np.ndarray) else str(it) for i, it in enumerate(items)]
-        gray = self._feeds_gray
+        # a folded graph (GrayFeed) is fed gray squares, not a normalisation it would only undo
+        gray = bool(getattr(self.session, "takes_gray", False))
         groups = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
 
         def run_group(
