@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--commands", nargs="+", default=["predict", "train", "evaluate", "serve"])
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     say(machine_line())
     rows = []
     for argv in [["--help"], *([c, "--help"] for c in args.commands)]:

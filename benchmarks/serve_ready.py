@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     from predict_throughput import make_checkpoint
 
     from cxrdx.phantom.dataset import write_dataset
