@@ -37,19 +37,13 @@ def load_average() -> str:
 
 
 def machine_line() -> str:
-    """One line: CPUs, CPU model, load average, Python and torch versions (torch only if imported)."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """One line: CPUs, CPU model and its ISA flags, load average, Python and torch versions (torch only if imported)."""
+    from cxrdx.device import isa_line
+
     torch = sys.modules.get("torch")
     torch_part = f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ""
     return (
-        f"{os.cpu_count()} CPUs ({model}), load average {load_average()}, "
+        f"{os.cpu_count()} CPUs ({isa_line()}), load average {load_average()}, "
         f"Python {platform.python_version()}{torch_part}"
     )
 

@@ -12,26 +12,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from cxrdx.device import isa_line
 from cxrdx.phantom.config import PhantomConfig
 from cxrdx.phantom.dataset import plan_dataset, png_bytes
 from cxrdx.phantom.render import make_phantom
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _pillow(image: np.ndarray, level: int) -> bytes:
@@ -45,7 +34,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
-    print(f"CPU: {_cpu()}; {args.n} phantoms at {args.size} px, one core (process time)")
+    print(f"CPU: {isa_line()}; {args.n} phantoms at {args.size} px, one core (process time)")
 
     rng = np.random.default_rng(0)
     specs = plan_dataset(args.n, 0, PhantomConfig())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
+from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrdx.errors import ConfigError
@@ -17,6 +20,34 @@ def available_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+# the instruction sets that decide CPU inference speed and int8 behaviour, as /proc/cpuinfo names them
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimd")
+
+
+@cache
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(CPU model name, its feature flags) from /proc/cpuinfo; the platform's name and no flags elsewhere."""
+    model, flags = "", frozenset()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = frozenset(value.split())
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
+def isa_line() -> str:
+    """The CPU's model and its ``ISA_FLAGS`` (what every recorded speed figure names)."""
+    model, flags = cpu_info()
+    have = [f for f in ISA_FLAGS if f in flags]
+    return f"{model} [{' '.join(have) or 'no AVX2/AVX-512/NEON flags'}]"
 
 
 def choose_device(name: str = "auto", local_rank: int = 0) -> torch.device:

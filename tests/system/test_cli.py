@@ -7,7 +7,7 @@ from cxrdx.cli import build_parser, main
 
 COMMANDS = [
     "synth", "stats", "split", "check-leakage", "prepare", "train", "calibrate", "evaluate", "compare",
-    "explain", "predict", "export", "import", "weights", "serve", "listen",
+    "explain", "predict", "export", "quantize", "import", "weights", "serve", "listen",
 ]  # fmt: skip
 
 

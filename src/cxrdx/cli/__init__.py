@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "predict": ("predict", "findings for chest X-ray images (PNG, JPEG, DICOM; files or folders)"),
     "export": ("export", "export a checkpoint to ONNX for fast CPU inference"),
+    "quantize": (
+        "quantize",
+        "an int8 model for predict --precision int8, kept only if validation AUROC holds",
+    ),
     "import": (
         "import_weights",
         "convert public DenseNet121 weights (torchvision, CheXNet, torchxrayvision, Keras)",

@@ -8,6 +8,7 @@ import sys
 # The same values as cxrdx.inference (predictor.BACKENDS, formats.HEATMAP_TOP_K), spelled here so
 # --help loads no torch. The job itself is cxrdx.inference.predict_job.
 BACKENDS = ("auto", "torch", "onnx", "openvino")
+PRECISIONS = ("fp32", "int8")  # = cxrdx.inference.quantize.PRECISIONS
 HEATMAP_TOP_K = 3
 DEFAULT_BATCH = 8  # = cxrdx.inference.predict_job.DEFAULT_BATCH, for the help text
 
@@ -39,6 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=BACKENDS,
         default="auto",
         help="auto = onnx on CPU when installed; openvino is optional (bf16 where the CPU has it)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="int8: the model `cxrdx quantize` made and checked on validation for this checkpoint "
+        "(ONNX Runtime, CPU; heatmaps stay fp32; see docs/performance.md for its speed here)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch backend only)")
     p.add_argument(
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         heatmaps=args.heatmaps,
         backend=args.backend,
+        precision=args.precision,
         device=args.device,
         batch_size=args.batch_size,
         autotune=not args.no_autotune,

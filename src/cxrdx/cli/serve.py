@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also open a public gradio.live tunnel (uploads pass through Gradio's servers; off by default)",
     )
     parser.add_argument("--backend", choices=("auto", "torch", "onnx", "openvino"), default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="int8: the model `cxrdx quantize` made for this checkpoint (heatmaps stay fp32)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from cxrdx.inference.predictor import Predictor
 
     torch.set_num_threads(available_threads())
-    predictor = Predictor.load(args.weights, backend=args.backend)
+    predictor = Predictor.load(args.weights, backend=args.backend, precision=args.precision)
     demo = build_app(predictor)
     size = int(args.max_upload_mb * 1024 * 1024)
     print(

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrdx.device import available_threads
+from cxrdx.device import available_threads, cpu_info
 from cxrdx.files import atomic_write_json, cache_root
 
 BATCH_SIZES = (1, 2, 4, 8)
@@ -59,15 +58,8 @@ def cache_file() -> Path:
 
 def machine_key() -> str:
     """CPU model + flags + usable CPUs: the same key on the same kind of machine."""
-    model, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    model, flag_set = cpu_info()
+    flags = " ".join(sorted(flag_set))
     digest = hashlib.sha256(f"{model}|{flags}|{available_threads()}".encode()).hexdigest()[:16]
     return f"{model} x{available_threads()} {digest}"
 

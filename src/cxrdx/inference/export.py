@@ -271,22 +271,30 @@ def _prune(folder: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def cached_export_path(sha: str) -> Path:
-    """The cache file of a checkpoint's export (by its sha256), without importing torch."""
+def cached_export_path(sha: str, precision: str = "fp32") -> Path:
+    """The cache file of a checkpoint's export (by its sha256), without importing torch.
+
+    ``precision``: ``fp32``, or an int8 variant of inference/quantize.py (``int8`` / ``int8r7``).
+    """
     from importlib.metadata import version
 
     torch_version = version("torch").split("+")[0]
-    return cache_dir() / f"{sha[:24]}-r{EXPORT_REVISION}-opset{DEFAULT_OPSET}-torch{torch_version}.onnx"
+    tail = "" if precision == "fp32" else f"-{precision}"
+    return cache_dir() / f"{sha[:24]}-r{EXPORT_REVISION}-opset{DEFAULT_OPSET}-torch{torch_version}{tail}.onnx"
 
 
 def exported_session(
-    ckpt: str | os.PathLike, threads: int | None = None, runtime: str = "onnx", sha: str | None = None
+    ckpt: str | os.PathLike,
+    threads: int | None = None,
+    runtime: str = "onnx",
+    sha: str | None = None,
+    precision: str = "fp32",
 ) -> onnxruntime.InferenceSession | OpenVinoSession | None:
     """A session on the checkpoint's cached export, or None when it was not exported yet (or is damaged).
 
     Needs neither torch nor MONAI: ``cxrdx predict`` of one image starts in about a second.
     """
-    path = cached_export_path(sha or file_sha256(ckpt))
+    path = cached_export_path(sha or file_sha256(ckpt), precision)
     if not path.is_file():
         return None
     try:
@@ -315,11 +323,11 @@ def cached_session(
     session = exported_session(ckpt, threads, runtime, sha=sha)
     if session is not None:
         return session
-    data = _export_to_cache(sha, model, meta)
+    data = export_to_cache(sha, model, meta)
     return open_session(data, threads, runtime, prep=meta.preprocessing)
 
 
-def _export_to_cache(sha: str, model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
+def export_to_cache(sha: str, model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
     """The folded export, written to the cache (kept in memory only when the folder is read-only)."""
     path = cached_export_path(sha)
     data = onnx_bytes(model, meta, sha, fold=True)
@@ -353,7 +361,7 @@ def prepare_export(ckpt: str | os.PathLike) -> bool:
         return False
     try:
         model, meta = load_checkpoint(ckpt)
-        _export_to_cache(sha, model, meta)
+        export_to_cache(sha, model, meta)
     except CxrdxError:
         return False
     return cached_export_path(sha).is_file()

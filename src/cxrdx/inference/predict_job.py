@@ -59,6 +59,7 @@ class PredictJobConfig:
     out: str | None = None
     heatmaps: str | None = None
     backend: str = "auto"
+    precision: str = "fp32"  # or int8 (the model cxrdx quantize made)
     device: str = "cpu"
     batch_size: int | None = None  # None: measured (autotune), else DEFAULT_BATCH
     autotune: bool = True
@@ -145,14 +146,19 @@ def predict_job(
     workers = config.workers if config.workers is not None or local == 1 else max(1, threads - 1)
     device = "cpu" if config.device == "cpu" else choose_device(config.device)
     backend = config.backend
-    if backend == "auto" and str(device) == "cpu" and len(files) <= FIRST_CALL_TORCH_MAX:
+    fp32 = config.precision == "fp32"
+    if fp32 and backend == "auto" and str(device) == "cpu" and len(files) <= FIRST_CALL_TORCH_MAX:
         from cxrdx.inference import export
 
         if Path(config.weights).is_file() and not export.is_exported(config.weights):
             # a new checkpoint and a few images: PyTorch now, the ONNX export in the background
             backend = "torch"
             export.export_in_background(config.weights)
-    predictor = Predictor.load(config.weights, device=device, backend=backend, threads=threads)
+    predictor = Predictor.load(
+        config.weights, device=device, backend=backend, threads=threads, precision=config.precision
+    )
+    if predictor.precision != "fp32":
+        log(_int8_line(predictor, config.weights))
     for note in predictor.threshold_notes(config.tta):  # e.g. thresholds chosen with TTA, applied without
         log(f"warning: {note}")
     if predictor.session is None or wants_torch(config):
@@ -263,6 +269,22 @@ def predict_job(
     return summary
 
 
+def _int8_line(predictor: Predictor, weights: str) -> str:
+    """What the int8 model was checked on (its record from cxrdx quantize), for the log."""
+    from cxrdx.files import file_sha256
+    from cxrdx.inference.export import cached_export_path
+    from cxrdx.inference.quantize import int8_record
+
+    r = int8_record(cached_export_path(file_sha256(weights), predictor.precision)) or {}
+    if "drop" not in r:
+        return f"{predictor.precision} model (no record of its check)"
+    calls = "" if r.get("calls_changed") is None else f", calls changed {r['calls_changed']:.2%}"
+    return (
+        f"{predictor.precision} model: checked on {r['n_check']} validation images, mean AUROC "
+        f"{r['mean_fp32']:.4f} (fp32) -> {r['mean_int8']:.4f}, largest |p - p fp32| {r['max_abs_diff']:.4f}{calls}"
+    )
+
+
 def _autotune(predictor: Predictor, weights: str, files: list, cores: int, log: Callable[[str], None]):
     """Settings measured for this machine and model (cxrdx.inference.autotune); None to keep the defaults.
 
@@ -274,7 +296,7 @@ def _autotune(predictor: Predictor, weights: str, files: list, cores: int, log: 
 
     if not Path(weights).is_file():
         return None
-    path = export.cached_export_path(file_sha256(weights))
+    path = export.cached_export_path(file_sha256(weights), predictor.precision)
     if not path.is_file() or not files:
         return None  # an export kept in memory only (read-only cache)
     runtime = "openvino" if predictor.backend == "openvino" else "onnx"

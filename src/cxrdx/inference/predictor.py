@@ -80,6 +80,7 @@ class Predictor:
             self.model = model
         self.meta = meta
         self.session = session  # an onnxruntime.InferenceSession, or None for the torch backend
+        self.precision = "fp32"  # or the int8 variant of the session's file (Predictor.load(precision=...))
         self._explain_lock = threading.Lock()
         self._gradcam = None
         self._cams: tuple[bytes, np.ndarray] | None = None  # (input digest, every finding's square map)
@@ -112,7 +113,8 @@ class Predictor:
     def backend(self) -> str:
         if self.session is None:
             return "torch"
-        return getattr(self.session, "backend_name", "onnx")
+        name = getattr(self.session, "backend_name", "onnx")
+        return name if self.precision == "fp32" else f"{name} {self.precision}"
 
     @classmethod
     def load(
@@ -121,10 +123,13 @@ class Predictor:
         device: str | torch.device = "cpu",
         backend: str = "auto",
         threads: int | None = None,
+        precision: str = "fp32",
     ) -> Predictor:
         """Load a checkpoint (a path, or a pretrained name such as ``xrv-nih``) once.
 
-        ``backend`` is torch, onnx or auto (onnx on CPU when installed).
+        ``backend`` is torch, onnx or auto (onnx on CPU when installed). ``precision="int8"``
+        runs the int8 model ``cxrdx quantize`` made and checked for this checkpoint (ONNX
+        Runtime on CPU; Grad-CAM stays fp32 on PyTorch).
         """
         from cxrdx.inference import backends, export
         from cxrdx.model.pretrained import resolve_weights
@@ -139,6 +144,13 @@ class Predictor:
                 "train one with `cxrdx train --init` or import a chest X-ray checkpoint"
             )
         on_cpu = str(device).split(":")[0] == "cpu"
+        if precision != "fp32":
+            from cxrdx.inference.quantize import int8_session
+
+            session, variant = int8_session(path, precision, backend, device, threads)
+            predictor = cls(None, meta, device, session=session, checkpoint=path)
+            predictor.precision = variant
+            return predictor
         if backend in ("onnx", "openvino"):
             if not on_cpu:
                 raise ConfigError(

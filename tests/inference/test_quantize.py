@@ -1,0 +1,161 @@
+"""int8: `cxrdx quantize` calibrates on train, checks on val, writes only what passed; predict --precision int8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from testkit import run_cli, tiny_checkpoint, write_cache
+
+from cxrdx.errors import CheckpointError, ConfigError
+from cxrdx.inference import export
+from cxrdx.inference.backends import onnxruntime_available
+from cxrdx.inference.predictor import Predictor
+from cxrdx.inference.quantize import (
+    QuantizationRefused,
+    QuantizeConfig,
+    int8_record,
+    int8_variant,
+    quantize,
+)
+from cxrdx.labels import FINDINGS
+
+pytestmark = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _onnx_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDX_CACHE", str(tmp_path / "cxrdx-cache"))
+
+
+@pytest.fixture
+def model_and_cache(tmp_path):
+    """A tiny 32 px checkpoint and a 48 px cache (resized on the way in) with train/val/test splits."""
+    rng = np.random.default_rng(0)
+    n = 60
+    images = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
+    labels = rng.integers(0, 2, (n, len(FINDINGS))).astype(float)
+    splits = ["train"] * 30 + ["val"] * 20 + ["test"] * 10
+    cache = write_cache(tmp_path / "cache", images, labels, splits)
+    return tiny_checkpoint(tmp_path / "m.safetensors", size=32), cache
+
+
+def test_quantize_writes_a_checked_int8_model_that_predict_runs(model_and_cache, tmp_path):
+    ckpt, cache = model_and_cache
+    report = quantize(QuantizeConfig(str(ckpt), str(cache), n_calib=16, max_auroc_drop=1.0))
+    assert report.path.is_file() and report.path == export.cached_export_path(
+        export.file_sha256(ckpt), int8_variant()
+    )
+    assert report.n_calib == 16 and report.n_check == 20
+    assert set(report.auroc_fp32) == set(FINDINGS)  # random 0/1 labels: every finding has both classes
+    record = int8_record(report.path)
+    assert record["n_check"] == 20 and record["variant"] == report.variant
+    assert record["drop"] == pytest.approx(report.drop)
+    assert report.calls_changed is None  # the checkpoint has no thresholds
+
+    image = np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    fp32 = Predictor.load(ckpt, backend="onnx").predict([tmp_path / "x.png"])[0]
+    predictor = Predictor.load(ckpt, precision="int8")
+    assert predictor.backend == f"onnx {report.variant}" and predictor.precision == report.variant
+    int8 = predictor.predict([tmp_path / "x.png"])[0]
+    assert int8.ok and list(int8.probabilities) == list(fp32.probabilities)  # by name, same order
+    diff = max(abs(int8.probabilities[n] - fp32.probabilities[n]) for n in FINDINGS)
+    assert 0 < diff < 0.05  # quantized (not the fp32 file), and close to it
+
+
+def test_norms_as_affine_is_the_same_function(model_and_cache):
+    """The pre-activation norms rewritten as Mul + Add (so they quantize): equal outputs, no norm left."""
+    import onnx
+
+    from cxrdx.inference.backends import GRAY_NAME, make_session
+    from cxrdx.inference.quantize import norms_as_affine
+    from cxrdx.model.checkpoint import load_checkpoint
+
+    ckpt, _cache = model_and_cache
+    model, meta = load_checkpoint(ckpt)
+    fp32 = export.onnx_bytes(model, meta, "test", fold=True)
+    affine = norms_as_affine(fp32)
+    ops = [n.op_type for n in onnx.load_from_string(affine).graph.node]
+    before = [n.op_type for n in onnx.load_from_string(fp32).graph.node].count("BatchNormalization")
+    assert before > 0 and "BatchNormalization" not in ops and ops.count("Mul") >= before
+    g = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
+    for a, b in zip(
+        make_session(fp32).run(None, {GRAY_NAME: g}),
+        make_session(affine).run(None, {GRAY_NAME: g}),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_quantize_refuses_a_model_that_loses_auroc_and_writes_nothing(model_and_cache):
+    ckpt, cache = model_and_cache
+    with pytest.raises(QuantizationRefused, match=r"loses .* mean validation AUROC.*nothing was written"):
+        quantize(QuantizeConfig(str(ckpt), str(cache), n_calib=8, max_auroc_drop=-1.0))
+    assert not export.cached_export_path(export.file_sha256(ckpt), int8_variant()).exists()
+    with pytest.raises(CheckpointError, match=r"no int8 model .*`cxrdx quantize --weights"):
+        Predictor.load(ckpt, precision="int8")
+
+
+def test_quantize_never_touches_the_test_split(model_and_cache):
+    ckpt, cache = model_and_cache
+    for kw in ({"calib_split": "test"}, {"check_split": "test"}):
+        with pytest.raises(ConfigError, match="test split is refused"):
+            quantize(QuantizeConfig(str(ckpt), str(cache), **kw))
+
+
+def test_int8_needs_onnx_runtime_on_the_cpu(model_and_cache):
+    ckpt, _cache = model_and_cache
+    with pytest.raises(ConfigError, match="--precision int8 runs on ONNX Runtime"):
+        Predictor.load(ckpt, backend="torch", precision="int8")
+
+
+def test_int8_variant_follows_the_cpu(monkeypatch):
+    from cxrdx.inference import quantize as q
+
+    for flags, want in (
+        ({"sse2", "avx2"}, "int8r7"),  # AVX2 without VNNI: 7-bit weights against u8 x s8 saturation
+        ({"sse2", "avx2", "avx512f", "avx512_vnni"}, "int8"),
+        ({"asimd"}, "int8"),  # ARM
+    ):
+        monkeypatch.setattr(q, "cpu_info", lambda flags=flags: ("cpu", frozenset(flags)))
+        assert q.int8_variant() == want
+
+
+def test_cli_quantize_then_predict_int8(model_and_cache, tmp_path, capsys):
+    ckpt, cache = model_and_cache
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "y.png")
+    code, _out, err = run_cli(
+        capsys, ["predict", "--weights", str(ckpt), "--precision", "int8", str(tmp_path / "y.png")]
+    )
+    assert code != 0 and "cxrdx quantize --weights" in err and "Traceback" not in err
+    refused = [
+        "quantize",
+        "--weights",
+        str(ckpt),
+        "--data",
+        str(cache),
+        "--calib",
+        "8",
+        "--max-auroc-drop",
+        "-1",
+    ]
+    code, _out, err = run_cli(capsys, refused)
+    assert code == 1 and "refused" in err and "nothing was written" in err
+    code, out, err = run_cli(capsys, refused[:-1] + ["1"])
+    assert code == 0 and "mean AUROC" in out and "wrote" in out
+    code, out, err = run_cli(
+        capsys,
+        [
+            "predict",
+            "--weights",
+            str(ckpt),
+            "--precision",
+            "int8",
+            "--format",
+            "csv",
+            str(tmp_path / "y.png"),
+        ],
+    )
+    assert code == 0 and f"backend onnx {int8_variant()}" in err and "y.png" in out
+    assert "checked on 20 validation images, mean AUROC" in err
