@@ -96,9 +96,7 @@ class QuantizeReport:
     n_check: int
     auroc_fp32: dict[str, float]  # per finding checked (validation split)
     auroc_int8: dict[str, float]
-    max_abs_diff: (
-        float  # largest |p_int8 - p_fp32| over the check images and findings (calibrated, as predicted)
-    )
+    max_abs_diff: float  # largest |p_int8 - p_fp32| (calibrated, as predicted) over images and findings
     mean_abs_diff: float
     calls_changed: float | None  # share of (image, finding) calls that differ at the stored thresholds
     seconds: float
