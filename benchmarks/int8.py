@@ -68,13 +68,12 @@ def quantized(ckpt: Path, cache: str, n_calib: int, gate: bool = True):
 
 def tuned(predictor, ckpt: Path, files: list[Path], cores: int):
     """``predictor`` with the batch size and threads ``cxrdx predict`` would measure for it (autotune)."""
-    from cxrdx.files import file_sha256
-    from cxrdx.inference import autotune, export
+    from cxrdx.inference import autotune
     from cxrdx.inference.backends import INPUT_NAME, OUTPUT_NAME, open_session
     from cxrdx.inference.predictor import Predictor
 
     prep = predictor.meta.preprocessing
-    path = export.cached_export_path(file_sha256(ckpt), predictor.precision)
+    path = _file(ckpt, predictor.precision)
     t = autotune.measure(
         lambda threads: open_session(path, threads, prep=prep),
         lambda session, x: session.run([OUTPUT_NAME], {INPUT_NAME: x}),

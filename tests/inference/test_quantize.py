@@ -9,7 +9,7 @@ from testkit import run_cli, tiny_checkpoint, write_cache
 
 from cxrdx.errors import CheckpointError, ConfigError
 from cxrdx.inference import export
-from cxrdx.inference.backends import onnxruntime_available
+from cxrdx.inference.backends import make_session, onnxruntime_available
 from cxrdx.inference.predictor import Predictor
 from cxrdx.inference.quantize import (
     QuantizationRefused,
@@ -48,7 +48,7 @@ def test_quantize_writes_a_checked_int8_model_that_predict_runs(model_and_cache,
     )
     assert report.n_calib == 16 and report.n_check == 20
     assert set(report.auroc_fp32) == set(FINDINGS)  # random 0/1 labels: every finding has both classes
-    record = int8_record(report.path)
+    record = int8_record(make_session(report.path))
     assert record["n_check"] == 20 and record["variant"] == report.variant
     assert record["drop"] == pytest.approx(report.drop)
     assert report.calls_changed is None  # the checkpoint has no thresholds
@@ -68,7 +68,7 @@ def test_norms_as_affine_is_the_same_function(model_and_cache):
     """The pre-activation norms rewritten as Mul + Add (so they quantize): equal outputs, no norm left."""
     import onnx
 
-    from cxrdx.inference.backends import GRAY_NAME, make_session
+    from cxrdx.inference.backends import GRAY_NAME
     from cxrdx.inference.quantize import norms_as_affine
     from cxrdx.model.checkpoint import load_checkpoint
 

@@ -158,7 +158,7 @@ def predict_job(
         config.weights, device=device, backend=backend, threads=threads, precision=config.precision
     )
     if predictor.precision != "fp32":
-        log(_int8_line(predictor, config.weights))
+        log(_int8_line(predictor))
     for note in predictor.threshold_notes(config.tta):  # e.g. thresholds chosen with TTA, applied without
         log(f"warning: {note}")
     if predictor.session is None or wants_torch(config):
@@ -269,13 +269,11 @@ def predict_job(
     return summary
 
 
-def _int8_line(predictor: Predictor, weights: str) -> str:
+def _int8_line(predictor: Predictor) -> str:
     """What the int8 model was checked on (its record from cxrdx quantize), for the log."""
-    from cxrdx.files import file_sha256
-    from cxrdx.inference.export import cached_export_path
     from cxrdx.inference.quantize import int8_record
 
-    r = int8_record(cached_export_path(file_sha256(weights), predictor.precision)) or {}
+    r = int8_record(predictor.session) or {}
     if "drop" not in r:
         return f"{predictor.precision} model (no record of its check)"
     calls = "" if r.get("calls_changed") is None else f", calls changed {r['calls_changed']:.2%}"

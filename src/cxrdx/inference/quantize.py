@@ -133,7 +133,7 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] | None = None) -
     for split in (config.calib_split, config.check_split):
         if split == "test":
             raise ConfigError(
-                "cxrdx quantize: the test split is refused for calibration and for the check "
+                "the test split is refused for calibration and for the check "
                 "(it is what the report measures); use train and val"
             )
     if config.n_calib < 1:
@@ -359,12 +359,9 @@ def _with_record(int8: bytes, fp32: bytes, report: QuantizeReport) -> bytes:
     return proto.SerializeToString()
 
 
-def int8_record(path: str | os.PathLike) -> dict | None:
-    """How a cached int8 file was calibrated and checked (its ``cxrdx_quantization`` metadata)."""
-    import onnx
-
+def int8_record(session) -> dict | None:
+    """How the int8 file an ONNX Runtime session runs was calibrated and checked (its metadata), if recorded."""
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-        return next(json.loads(p.value) for p in proto.metadata_props if p.key == "cxrdx_quantization")
-    except Exception:  # noqa: BLE001 - unreadable, or not made by cxrdx quantize
+        return json.loads(session.get_modelmeta().custom_metadata_map["cxrdx_quantization"])
+    except (AttributeError, KeyError, ValueError):  # not an ORT session, or not made by cxrdx quantize
         return None
