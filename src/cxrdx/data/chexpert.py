@@ -2,10 +2,18 @@
 
 ``Path`` is ``CheXpert-v1.0[-small]/train/patientNNNNN/studyN/viewN_frontal.jpg``,
 relative to the folder that holds the ``CheXpert-v1.0*`` folder. Patient and study come
-from it. The 14 observations are 1 / 0 / -1 (uncertain) / blank (not mentioned, i.e.
-unlabelled); names map through ``label_map.csv`` (``Pleural Effusion`` -> Effusion).
-View: ``AP``/``PA`` for frontal films (``FRONTAL`` when ``AP/PA`` is blank or odd; 17 frontal
-films say LL/RL there), ``LL``/``RL`` or ``LATERAL`` for lateral ones (``Frontal/Lateral`` decides).
+from it. The 14 observations are 1 / 0 / -1 (uncertain) / blank (not mentioned); names map
+through ``label_map.csv`` (``Pleural Effusion`` -> Effusion).
+
+Blanks, by the labeler's rule (Irvin et al. 2019): ``No Finding`` is 1 only when no pathology
+is positive or uncertain, so on a ``No Finding = 1`` row every blank finding is *negative*
+(torchxrayvision's rule too). The other blanks are "not mentioned" (``NOT_MENTIONED``), read
+as the ``--blank`` policy asks (``tables.read_labels``: negative, as in the CheXpert paper's
+baselines, or unlabelled). ``No Finding`` itself is kept as the ``no_finding`` column (1 / 0),
+the publisher's own count, not a finding.
+View: ``AP``/``PA`` for frontal films (``FRONTAL`` when ``AP/PA`` is blank or odd), ``LL``/``RL``
+or ``LATERAL`` for lateral ones (``Frontal/Lateral`` decides); the 17 films marked Frontal whose
+``AP/PA`` says LL or RL are lateral films (their ``AP/PA`` code is kept), so the frontal filter drops them.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from cxrdx.data.columns import (
     sex_value,
     text_column,
 )
-from cxrdx.data.generic import code_columns
+from cxrdx.data.generic import NOT_MENTIONED, code_columns
 from cxrdx.errors import DataError
 
 _PATIENT_STUDY = re.compile(r"(?:^|/)(patient\d+)/(study\d+)/")
@@ -53,6 +61,27 @@ def observation_columns(path: Path, columns: list[str], dataset: str) -> dict[st
     return out
 
 
+def no_finding_rule(
+    path: Path, raw: pd.DataFrame, columns: list[str], labels: dict[str, np.ndarray]
+) -> np.ndarray | None:
+    """Apply the labeler's No Finding rule in place; the publisher's flag (1.0 / 0.0), or None without the column.
+
+    A blank on a ``No Finding = 1`` row becomes 0 (negative); every other blank becomes
+    ``NOT_MENTIONED`` for the ``--blank`` policy to decide.
+    """
+    col = _pick(columns, ("No Finding",))
+    flag = None
+    if col is not None:
+        flag = (code_columns(path, raw, {"No Finding": col})["No Finding"] == 1).astype(np.float32)
+    for v in labels.values():
+        blank = np.isnan(v)
+        if flag is not None:
+            v[blank & (flag == 1)] = 0.0
+            blank &= flag != 1
+        v[blank] = NOT_MENTIONED
+    return flag
+
+
 def read(path: Path, raw: pd.DataFrame) -> Parsed:
     columns = [str(c) for c in raw.columns]
     cols = require_columns(path, columns, ("Path",), "CheXpert")
@@ -73,10 +102,11 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
     view = np.where(
         fl == "lateral",
         np.where(np.isin(appa, ["LL", "RL"]), appa, "LATERAL"),
-        np.where(np.isin(appa, ["AP", "PA"]), appa, np.where(fl == "frontal", "FRONTAL", appa)),
+        np.where(np.isin(appa, ["AP", "PA", "LL", "RL"]), appa, np.where(fl == "frontal", "FRONTAL", appa)),
     ).astype(object)
     age_col = _pick(columns, AGE_COLUMNS)
     labels = code_columns(path, raw, observation_columns(path, columns, "chexpert"))
+    flag = no_finding_rule(path, raw, columns, labels)
     return Parsed(
         fmt="chexpert",
         image=images,
@@ -86,4 +116,5 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
         age=text_column(raw, age_col, _age) if age_col else None,
         sex=text_column(raw, _pick(columns, ("Sex",)), sex_value),
         labels=labels,
+        extra={"no_finding": flag} if flag is not None else {},
     )

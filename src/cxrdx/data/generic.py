@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdx.data.columns import _few, _map_unique
-from cxrdx.errors import DataError
+from cxrdx.errors import ConfigError, DataError
 from cxrdx.labels import ALL_FINDINGS, canonical, is_finding
 
 NAN = float("nan")
@@ -33,6 +33,25 @@ _CODES = {
     "nan": NAN,
 }
 _BAD = 9.0  # marker for a value outside the accepted set
+# A CheXpert / MIMIC-CXR cell the labeler left blank ("not mentioned in the report") on a row
+# that is not the publisher's No Finding: its meaning is the --blank policy (tables.BLANK_POLICIES),
+# applied by ``tables.read_labels`` and ``cache.open_cache``; kept raw in a prepared cache.
+NOT_MENTIONED = -2.0
+BLANK_POLICIES = ("negative", "unlabelled", "keep")  # keep: leave NOT_MENTIONED (counting, caching)
+DEFAULT_BLANK = "negative"  # why: README "Blank labels"
+
+
+def check_blank(blank: str) -> None:
+    if blank not in BLANK_POLICIES:
+        raise ConfigError(f"--blank {blank!r}: choose one of {', '.join(BLANK_POLICIES[:2])}")
+
+
+def apply_blank(v: np.ndarray, blank: str) -> int:
+    """Read the "not mentioned" cells of one finding column as ``blank`` says (in place); how many there were."""
+    nm = v == NOT_MENTIONED
+    if blank != "keep":
+        v[nm] = 0.0 if blank == "negative" else np.nan
+    return int(nm.sum())
 
 
 def finding_columns(path: Path, columns: list[str], skip: str | None = None) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """MIMIC-CXR-JPG: per-study labels (``mimic-cxr-2.0.0-chexpert.csv`` or ``-negbio.csv``) joined to images.
 
 Labels are per study (``subject_id``, ``study_id``; the 14 CheXpert observations,
-1 / 0 / -1 / blank). Images and views come from ``mimic-cxr-2.0.0-metadata.csv[.gz]``
+1 / 0 / -1 / blank; blanks read as in ``chexpert.py``: negative on a
+``No Finding = 1`` study, else "not mentioned" for the ``--blank`` policy). Images and views come from ``mimic-cxr-2.0.0-metadata.csv[.gz]``
 beside the label file (``dicom_id``, ``subject_id``, ``study_id``, ``ViewPosition``);
 the official split from ``mimic-cxr-2.0.0-split.csv[.gz]`` when present (column
 ``official_split``). Every image of a study gets the study's labels. Image paths are
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdx.data.chexpert import observation_columns
+from cxrdx.data.chexpert import no_finding_rule, observation_columns
 from cxrdx.data.columns import Parsed, _read_csv, require_columns
 from cxrdx.data.generic import code_columns
 from cxrdx.errors import DataError
@@ -42,6 +43,7 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
     columns = [str(c) for c in raw.columns]
     cols = require_columns(path, columns, SIGNATURE, "MIMIC-CXR")
     labels = code_columns(path, raw, observation_columns(path, columns, "mimic"))
+    flag = no_finding_rule(path, raw, columns, labels)  # the CheXpert and NegBio labelers share the rule
     meta_path = _beside(path, METADATA)
     if meta_path is None:
         raise DataError(
@@ -74,7 +76,7 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
         if vcol
         else np.full(len(image), "", dtype=object)
     )
-    extra: dict[str, np.ndarray] = {}
+    extra: dict[str, np.ndarray] = {} if flag is None else {"no_finding": flag[src]}
     split_path = _beside(path, SPLIT)
     if split_path is not None:
         sp = _read_csv(split_path, "MIMIC-CXR split")

@@ -7,8 +7,11 @@ re-labels, a hospital's own CSV, our split files) is read by ``read_labels`` int
 where the dataset records studies) and one float32 column per finding the dataset labels (``attrs["findings"]``, in
 ``labels.ALL_FINDINGS`` order): 1 positive, 0 negative, NaN unlabelled. Uncertain
 labels (-1) follow the ``uncertain`` policy of the CheXpert paper (``ignore`` -> NaN,
-``zeros``, ``ones``; ``keep`` leaves -1 for counting and caching). NIH tables label all
-14. One module per source decodes the cells (``nih``, ``generic``, ``chexpert``,
+``zeros``, ``ones``; ``keep`` leaves -1 for counting and caching). CheXpert and MIMIC-CXR
+cells the labeler left blank on a row that is not the publisher's No Finding ("not mentioned")
+follow the ``blank`` policy (``negative``, the default and the CheXpert paper's baselines, or
+``unlabelled``; ``keep`` leaves ``generic.NOT_MENTIONED`` for counting and caching); the
+README says what each does to the numbers. NIH tables label all 14. One module per source decodes the cells (``nih``, ``generic``, ``chexpert``,
 ``mimic``, ``padchest``, ``vindr``, ``google``); this module detects which (or takes
 ``dataset=``) and does what every source shares.
 """
@@ -37,6 +40,7 @@ from cxrdx.data.columns import (
     _read_csv,
     normalize_patient,
 )
+from cxrdx.data.generic import BLANK_POLICIES, DEFAULT_BLANK, apply_blank, check_blank  # noqa: F401 (re-exported)
 from cxrdx.data.nih import FINDING_LABELS_COLUMN
 from cxrdx.data.views import filter_views
 from cxrdx.errors import ConfigError, DataError
@@ -158,6 +162,7 @@ def read_labels(
     uncertain: str = "ignore",
     views: str | list[str] | None = None,
     vindr_rule: str = "any",
+    blank: str = DEFAULT_BLANK,
 ) -> pd.DataFrame:
     """Read any supported label table into the project's label table (module doc).
 
@@ -167,11 +172,13 @@ def read_labels(
     ``require_images=True`` makes a missing file an error. ``views`` filters rows
     (``"frontal"``, ``"all"``/None, or ``"PA,AP"``; see ``views.py``). ``vindr_rule``:
     ``any`` or ``majority`` reader. A ``Finding Labels`` cell mixing ``No Finding``
-    with findings is a ``LabelError`` unless ``mixed_no_finding="keep"``.
+    with findings is a ``LabelError`` unless ``mixed_no_finding="keep"``. ``blank``: what a
+    CheXpert / MIMIC-CXR "not mentioned" cell means (``BLANK_POLICIES``; module doc).
     """
     path = Path(csv_path)
     if uncertain not in UNCERTAIN_POLICIES:
         raise ConfigError(f"--uncertain {uncertain!r}: choose one of {', '.join(UNCERTAIN_POLICIES[:3])}")
+    check_blank(blank)
     if dataset is not None and dataset not in DATASETS:
         raise ConfigError(f"--dataset {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
     raw = _read_csv(path, "label table")
@@ -187,10 +194,11 @@ def read_labels(
         parsed = {"chexpert": chexpert, "mimic": mimic, "padchest": padchest, "google": google}[layout].read(
             path, raw
         )
-    return _finish(path, parsed, images_dir, require_images, uncertain, views, layout)
+    return _finish(path, parsed, images_dir, require_images, (uncertain, blank), views, layout)
 
 
-def _finish(path, parsed: Parsed, images_dir, require_images, uncertain, views, layout) -> pd.DataFrame:
+def _finish(path, parsed: Parsed, images_dir, require_images, policies, views, layout) -> pd.DataFrame:
+    uncertain, blank = policies
     n = len(parsed.image)
     lines = parsed.lines if parsed.lines is not None else np.arange(n) + 2
     images = pd.Series(parsed.image, dtype=object)
@@ -226,9 +234,10 @@ def _finish(path, parsed: Parsed, images_dir, require_images, uncertain, views, 
     if parsed.study is not None:
         df.insert(3, "study", col(parsed.study))
     findings = [f for f in ALL_FINDINGS if f in parsed.labels]
-    uncertain_count = 0
+    uncertain_count = blank_count = 0
     for f in findings:
         v = np.asarray(parsed.labels[f], dtype=np.float32).copy()
+        blank_count += apply_blank(v, blank)
         unc = v == -1
         uncertain_count += int(unc.sum())
         if uncertain != "keep":
@@ -244,6 +253,8 @@ def _finish(path, parsed: Parsed, images_dir, require_images, uncertain, views, 
         findings=findings,
         uncertain=uncertain,
         uncertain_labels=uncertain_count,
+        blank=blank,
+        blank_labels=blank_count,
         notes=list(parsed.notes),
     )
     return filter_views(df, views, str(path))
