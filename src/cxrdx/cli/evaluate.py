@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cxrdx.cli.label_options import add_blank
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -66,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="ignore",
         help="uncertain (-1) labels: ignore = unlabelled (default), zeros or ones",
     )
+    add_blank(p)
     p.add_argument(
         "--dataset", help="the label table's layout, when it is not detected (see `cxrdx stats --help`)"
     )
@@ -159,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         allow_patient_overlap=args.allow_patient_overlap,
         views=None if args.views == "all" else args.views,
         uncertain=args.uncertain,
+        blank=args.blank,
         dataset=args.dataset,
     )
     metrics = evaluate(config)

@@ -17,3 +17,14 @@ def add_mixed_no_finding(parser: argparse.ArgumentParser) -> None:
 def mixed_no_finding(args: argparse.Namespace) -> str:
     """The ``read_labels(mixed_no_finding=...)`` value the flag asks for."""
     return "keep" if args.keep_mixed_no_finding else "error"
+
+
+def add_blank(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--blank",
+        choices=("negative", "unlabelled"),
+        default="negative",
+        help="CheXpert / MIMIC-CXR cells the labeler left blank ('not mentioned') on a row that is not "
+        "No Finding: negative (default; the CheXpert paper's baselines) or unlabelled (masked). Blanks "
+        "on a No Finding row are always negative",
+    )

@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["ignore", "zeros", "ones"],
         help="uncertain (-1) labels: ignore = masked (default), zeros or ones (the CheXpert paper's policies)",
     )
+    p.add_argument(
+        "--blank",
+        choices=["negative", "unlabelled"],
+        help="CheXpert / MIMIC-CXR 'not mentioned' cells: negative (default) or unlabelled (masked)",
+    )
     p.add_argument("--views", help="views to train on: frontal (default), all, or a list like PA,AP")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder to create")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings (flags override it)")

@@ -7,10 +7,11 @@ Layout (docs/architecture.md), written by ``cxrdx.data.prepare``:
   cut off apices and costophrenic angles, where effusions and pneumothoraces show.
 - ``CACHE/index.csv``: the label table of the images that were read, plus ``row``
   (into images.npy) and ``split`` (the stem of the CSV each row came from). Finding
-  cells are 1 / 0 / -1 (uncertain, kept raw) / blank (unlabelled); ``cache.json``
-  ``findings`` lists the findings the cache labels. ``open_cache(uncertain=...)``
-  applies the uncertain policy when the cache is opened, so one cache serves
-  ``--uncertain ignore|zeros|ones``. Caches from before ``findings`` existed label NIH's 14.
+  cells are 1 / 0 / -1 (uncertain, kept raw) / -2 (CheXpert / MIMIC-CXR "not mentioned",
+  ``generic.NOT_MENTIONED``, kept raw) / blank (unlabelled); ``cache.json`` ``findings``
+  lists the findings the cache labels. ``open_cache(uncertain=..., blank=...)`` applies
+  both policies when the cache is opened, so one cache serves ``--uncertain ignore|zeros|ones``
+  and ``--blank negative|unlabelled``. Caches from before ``findings`` existed label NIH's 14.
 - ``CACHE/cache.json``: size, resize mode, counts per split, and the unreadable
   images with the reason each failed (they are left out of index.csv).
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrdx.data.generic import DEFAULT_BLANK, apply_blank, check_blank
 from cxrdx.data.loaders import CacheBatches, _gather
 from cxrdx.errors import DataError
 from cxrdx.labels import ALL_FINDINGS, FINDINGS
@@ -110,8 +112,13 @@ class PreparedCache:
         return CacheBatches(self.path / IMAGES_FILE, self.rows, labels)
 
 
-def open_cache(path: str | os.PathLike, uncertain: str = "ignore") -> PreparedCache:
-    """Open a finished cache, or raise DataError saying what is wrong and to run `cxrdx prepare`."""
+def open_cache(
+    path: str | os.PathLike, uncertain: str = "ignore", blank: str = DEFAULT_BLANK
+) -> PreparedCache:
+    """Open a finished cache, or raise DataError saying what is wrong and to run `cxrdx prepare`.
+
+    ``uncertain`` and ``blank`` are the label policies (``tables.read_labels``) applied to the raw cells.
+    """
     path = Path(path)
     hint = f"create it with `cxrdx prepare --labels train.csv val.csv --images DIR --out {path}`"
     if not path.is_dir():
@@ -151,10 +158,12 @@ def open_cache(path: str | os.PathLike, uncertain: str = "ignore") -> PreparedCa
         )
     if uncertain not in ("ignore", "zeros", "ones", "keep"):
         raise DataError(f"uncertain policy {uncertain!r}: choose ignore, zeros or ones")
+    check_blank(blank)
     for name in findings:
         v = pd.to_numeric(index[name], errors="coerce").to_numpy(dtype=np.float32)
         if not named:
             v = np.nan_to_num(v, nan=0.0)  # an old cache: NIH's 14, blank meant 0
+        apply_blank(v, blank)
         if uncertain != "keep":
             v[v == -1] = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[uncertain]
         index[name] = v

@@ -87,8 +87,10 @@ def _plan(
     for csv, stem in zip(labels, stems, strict=True):
         if not Path(csv).is_file():
             raise DataError(f"{csv}: no such label file")
-        # uncertain labels stay -1 in the cache; open_cache applies the policy training asks for
-        table = read_labels(csv, images_dir=images, mixed_no_finding=mixed_no_finding, uncertain="keep")
+        # uncertain (-1) and "not mentioned" (-2) cells stay raw; open_cache applies the policies asked for
+        table = read_labels(
+            csv, images_dir=images, mixed_no_finding=mixed_no_finding, uncertain="keep", blank="keep"
+        )
         table = table.copy()
         table["split"] = stem
         tables.append(table)

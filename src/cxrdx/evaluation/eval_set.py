@@ -41,18 +41,21 @@ def load_eval_set(
     *,
     views: str | None = None,
     uncertain: str = "ignore",
+    blank: str = "negative",
     dataset: str | None = None,
 ) -> EvalSet:
     """A prepared cache directory (rows of ``split``) or a label CSV whose images are read from disk.
 
     ``views`` keeps those views only (``"frontal"``, ``"PA,AP"``; None: all), ``uncertain`` is the
-    policy for -1 labels, ``dataset`` forces a CSV's layout (cxrdx.data.tables.read_labels).
+    policy for -1 labels, ``blank`` for CheXpert / MIMIC-CXR "not mentioned" cells, ``dataset`` forces a CSV's layout (cxrdx.data.tables.read_labels).
     """
     from cxrdx.data.views import filter_views
 
     p = Path(path)
     if is_cache(p):
-        cache = open_cache(p, uncertain=uncertain)  # says why an unfinished or damaged cache cannot be used
+        cache = open_cache(
+            p, uncertain=uncertain, blank=blank
+        )  # says why an unfinished or damaged cache cannot be used
         table = cache.index
         if split:
             present = sorted(set(table["split"]))
@@ -73,7 +76,7 @@ def load_eval_set(
         raise DataError(f"{p}: no such label CSV or prepared cache folder")
     from cxrdx.data.tables import read_labels
 
-    table = read_labels(p, images, uncertain=uncertain, views=views, dataset=dataset)
+    table = read_labels(p, images, uncertain=uncertain, views=views, dataset=dataset, blank=blank)
     images_dir = Path(images) if images else None
     origin = dataset_origin([p], images, [table.attrs.get("dataset")])
     return _finish_table(EvalSet(str(p), table, images_dir=images_dir, origin=origin), labels)

@@ -126,6 +126,7 @@ class EvaluateConfig:
     allow_patient_overlap: bool = False  # validation and test sharing a patient: refused unless set
     views: str | None = "frontal"  # the views evaluated (a frontal-film model); None or "all": every view
     uncertain: str = "ignore"  # -1 labels: ignore (unlabelled), zeros or ones
+    blank: str = "negative"  # CheXpert/MIMIC "not mentioned" cells: negative or unlabelled
     dataset: str | None = None  # force a label table's layout (cxrdx.data.tables.DATASETS)
     progress: bool = True
 
@@ -169,7 +170,12 @@ def evaluate(config: EvaluateConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    labels_how = {"views": config.views, "uncertain": config.uncertain, "dataset": config.dataset}
+    labels_how = {
+        "views": config.views,
+        "uncertain": config.uncertain,
+        "blank": config.blank,
+        "dataset": config.dataset,
+    }
     test = load_eval_set(
         config.data, config.split if is_cache(Path(config.data)) else None, config.images, names, **labels_how
     )
@@ -300,6 +306,7 @@ def evaluate(config: EvaluateConfig) -> dict:
             "n_patients": int(len(set(patients))),
             "n_unreadable": int(len(test.table) - len(pos)),
             "origin": test.origin or {"dataset": test.description, "kind": "unknown"},
+            "label_policy": dict(labels_how),  # views, uncertain, blank, dataset: how labels were read
         },
         **metrics,
         "skipped": dict(test.skipped),  # model outputs this dataset does not label, and why

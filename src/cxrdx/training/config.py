@@ -56,6 +56,7 @@ class TrainConfig:
     )
     labels: list[str] | None = None  # model outputs; None: the union of the findings the data label
     uncertain: str = "ignore"  # uncertain (-1) labels: ignore (masked) | zeros | ones (CheXpert paper)
+    blank: str = "negative"  # CheXpert/MIMIC "not mentioned" cells: negative | unlabelled (data/generic.py)
     views: str = "frontal"  # views to train on: frontal | all | a list like PA,AP
     train_split: str = "train"
     val_split: str = "val"
@@ -124,6 +125,8 @@ class TrainConfig:
             raise ConfigError(f"train and validation split are both {self.train_split!r}")
         if self.uncertain not in ("ignore", "zeros", "ones"):
             raise ConfigError(f"--uncertain {self.uncertain!r}: choose ignore, zeros or ones")
+        if self.blank not in ("negative", "unlabelled"):
+            raise ConfigError(f"--blank {self.blank!r}: choose negative or unlabelled")
         if isinstance(self.data, list) and (not self.data or len(set(self.data)) != len(self.data)):
             raise ConfigError(f"--data {self.data}: give each dataset once")
         if self.labels is not None:

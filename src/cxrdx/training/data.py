@@ -109,7 +109,7 @@ def _load_one(path: Path, cfg: TrainConfig) -> dict:
         )
     dropped: dict[str, int] = {}
     if is_cache(path):
-        cache = open_cache(path, uncertain=cfg.uncertain)
+        cache = open_cache(path, uncertain=cfg.uncertain, blank=cfg.blank)
         if cfg.image_size is not None and cfg.image_size != cache.size:
             raise ConfigError(
                 f"--image-size {cfg.image_size} differs from the cache's {cache.size} px ({path}); "
@@ -155,7 +155,7 @@ def _load_one(path: Path, cfg: TrainConfig) -> dict:
     factories, tables, findings = {}, {}, set()
     for role, csv in (("train", train_csv), ("val", val_csv)):
         table = tables[csv.name] = read_labels(
-            csv, images_dir=cfg.images, uncertain=cfg.uncertain, views=cfg.views
+            csv, images_dir=cfg.images, uncertain=cfg.uncertain, views=cfg.views, blank=cfg.blank
         )
         for k, v in table.attrs.get("views", {}).get("dropped", {}).items():
             dropped[k] = dropped.get(k, 0) + int(v)

@@ -37,6 +37,7 @@ def provenance(
         "labels": {  # what the outputs were trained on (partial labels, data/tables.py)
             "outputs": list(data.get("labels") or []),
             "uncertain": cfg.uncertain,
+            "blank": cfg.blank,
             "views": cfg.views,
             "datasets": data.get("datasets", []),
         },
