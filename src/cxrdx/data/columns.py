@@ -167,6 +167,7 @@ class Parsed:
     given_path: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    unmapped: dict[str, int] = field(default_factory=dict)  # source terms with no finding -> images
 
 
 def require_columns(path: Path, columns: list[str], needed: Iterable[str], layout: str) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """THE harmonised label map: each dataset's own finding names -> cxrdx's canonical names (``label_map.csv``).
 
 The map is data (``cxrdx/data/label_map.csv``: ``dataset``, ``name``, ``cxrdx``,
-``note``, ``source``), documented in the README. An empty ``cxrdx`` cell marks a
-name that is deliberately not a finding (CheXpert's ``No Finding``). A dataset's
+``code``, ``note``, ``source``), documented in the README. An empty ``cxrdx`` cell marks a
+name that is deliberately not a finding (CheXpert's ``No Finding``). ``code`` is what the
+name says about its finding: empty or ``1`` positive, ``-1`` uncertain (PadChest's
+``costophrenic angle blunting`` for Effusion; ``--uncertain`` decides). A dataset's
 readers ask this module, never a private dict, so one edit here changes every
 reader. Findings a dataset does not label are *missing* (NaN), never negative.
 """
@@ -41,6 +43,11 @@ def name_map(dataset: str) -> dict[str, str | None]:
     return out
 
 
+def codes(dataset: str) -> dict[str, float]:
+    """The dataset's names (normalised key) -> the label code they give their finding (1.0 or -1.0)."""
+    return {_key(r["name"]): float(r.get("code") or 1) for r in _rows() if r["dataset"] == dataset}
+
+
 def map_name(dataset: str, name: str, where: str = "") -> str | None:
     """One dataset name -> canonical finding (None: deliberately not a finding); unknown -> LabelError."""
     table = name_map(dataset)
@@ -73,6 +80,8 @@ def check_map() -> list[str]:
         if key in seen:
             problems.append(f"{r['dataset']}/{r['name']}: listed twice")
         seen.add(key)
+        if (r.get("code") or "") not in ("", "1", "-1"):
+            problems.append(f"{r['dataset']}/{r['name']}: code {r['code']!r} is not 1 or -1")
         if not r["source"]:
             problems.append(f"{r['dataset']}/{r['name']}: no source")
     return problems

@@ -8,10 +8,16 @@ Python list literal of English terms (``['pleural effusion', 'cardiomegaly']``);
 
 Rule (stated): the labels come from the whole report, so a mapped finding absent
 from a labelled row is *negative*; a row whose list is empty or blank is
-*unlabelled* (NaN). ``normal`` means all mapped findings are negative. Terms the
-label map does not list (PadChest has ~190, most with no cxrdx finding) are left
-out and counted in ``attrs['notes']``; the mapped terms and their documented
-choices (``costophrenic angle blunting`` -> Effusion, ...) are in ``label_map.csv``.
+*unlabelled* (NaN). ``normal`` means all mapped findings are negative (kept as the
+``no_finding`` column: PadChest's own No Finding). A term counts for the finding of
+its label-map entry and of every ancestor's entry in PadChest's published tree
+(``padchest_tree.py``): ``pulmonary mass`` is a ``mass``, ``callus rib fracture`` a
+``fracture``; names match exactly, never as substrings. Positive beats uncertain beats
+negative when a row's terms disagree. Terms with no finding of their own or through an
+ancestor (PadChest has ~190 terms, most with no cxrdx finding) are left out, counted
+in ``attrs['unmapped_terms']`` (term -> images) and summarised in ``attrs['notes']``.
+The documented choices (``costophrenic angle blunting`` -> *uncertain* Effusion, ...)
+are in ``label_map.csv``.
 Image: ``ImageDir/ImageID`` under the images folder.
 """
 
@@ -26,6 +32,7 @@ import pandas as pd
 
 from cxrdx.data import label_map
 from cxrdx.data.columns import Parsed, _few, _pick, normalize_patient, require_columns, sex_value, text_column
+from cxrdx.data.padchest_tree import lineage
 from cxrdx.errors import DataError
 from cxrdx.labels import _key
 
@@ -58,6 +65,7 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
     columns = [str(c) for c in raw.columns]
     cols = require_columns(path, columns, ("ImageID", "ImageDir", "PatientID", "Labels"), "PadChest")
     table = label_map.name_map("padchest")
+    code_of = label_map.codes("padchest")
     findings = label_map.findings_of("padchest")
     codes, uniques = pd.factorize(
         raw[cols["Labels"]].astype(str).to_numpy(dtype=object), use_na_sentinel=False
@@ -66,6 +74,8 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
     col_of = {f: i for i, f in enumerate(findings)}
     unmapped: Counter[str] = Counter()
     bad: list[int] = []
+    normal = np.zeros(len(uniques), dtype=np.float32)
+    images_of = np.bincount(codes, minlength=len(uniques))  # rows per distinct label list
     for u, text in enumerate(uniques):
         terms = _terms(text)
         if terms is None:
@@ -75,12 +85,16 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
             continue  # unlabelled row
         values[u] = 0.0
         for term in terms:
-            key = _key(term)
-            if key in table:
-                if table[key]:
-                    values[u, col_of[table[key]]] = 1.0
-            else:
-                unmapped[term] += int((codes == u).sum())
+            keys = [k for k in lineage(term) if k in table]  # the term's own entry, then its ancestors'
+            if not keys:
+                unmapped[term] += int(images_of[u])
+                continue
+            if _key(term) == "normal":
+                normal[u] = 1.0
+            for k in keys:
+                if table[k]:
+                    c = col_of[table[k]]
+                    values[u, c] = max(values[u, c], code_of[k]) if values[u, c] else code_of[k]
     if bad:
         rows = np.flatnonzero(np.isin(codes, bad))
         raise DataError(
@@ -104,7 +118,10 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
     notes = []
     if unmapped:
         top = ", ".join(f"{t} ({n})" for t, n in unmapped.most_common(8))
-        notes.append(f"{len(unmapped)} PadChest term(s) have no cxrdx finding and were left out: {top}")
+        notes.append(
+            f"{len(unmapped)} PadChest term(s) have no cxrdx finding, of their own or through the PadChest "
+            f"tree, and were left out (`cxrdx stats` writes all of them): {top}, ..."
+        )
     return Parsed(
         fmt="padchest",
         image=image,
@@ -114,6 +131,7 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
         age=age,
         sex=text_column(raw, _pick(columns, ("PatientSex_DICOM",)), sex_value),
         labels={f: matrix[:, i].copy() for f, i in col_of.items()},
-        extra={"label_method": text_column(raw, method)} if method else {},
+        extra={"no_finding": normal[codes], **({"label_method": text_column(raw, method)} if method else {})},
         notes=notes,
+        unmapped=dict(unmapped.most_common()),
     )

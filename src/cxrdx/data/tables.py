@@ -256,6 +256,7 @@ def _finish(path, parsed: Parsed, images_dir, require_images, policies, views, l
         blank=blank,
         blank_labels=blank_count,
         notes=list(parsed.notes),
+        unmapped_terms=dict(parsed.unmapped),
     )
     return filter_views(df, views, str(path))
 
