@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxrdx.cli.label_options import add_mixed_no_finding, mixed_no_finding
+from cxrdx.cli.label_options import add_blank, add_mixed_no_finding, mixed_no_finding
 
 DATASETS = ("nih", "google", "chexpert", "mimic", "padchest", "vindr", "generic")  # = data.tables.DATASETS
 
@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="VinDr-CXR: a finding is positive when any (default) or most readers marked it",
     )
     parser.add_argument("--plot", type=Path, help="write a bar plot PNG here")
+    parser.add_argument(
+        "--unmapped",
+        type=Path,
+        help="where to write every source term that has no cxrdx finding, with its image count "
+        "(PadChest; default: LABELS-NAME.unmapped_terms.csv in the current folder)",
+    )
+    add_blank(parser)
     add_mixed_no_finding(parser)
 
 
@@ -42,12 +49,26 @@ def run(args: argparse.Namespace) -> int:
         uncertain="keep",
         views=args.views,
         vindr_rule=args.vindr_rule,
+        blank=args.blank,
     )
     stats = label_stats(df)
     print(f"{args.labels} ({df.attrs.get('format')} format; {len(stats['findings'])} findings labelled)")
     print(format_stats(stats))
+    if df.attrs.get("blank_labels"):
+        print(
+            f"blank cells ('not mentioned' on a row that is not No Finding): {df.attrs['blank_labels']:,}, "
+            f"read as {args.blank} (--blank)"
+        )
     for note in df.attrs.get("notes", []):
         print(f"note: {note}")
+    if df.attrs.get("unmapped_terms"):
+        from cxrdx.data.stats import write_unmapped
+
+        where = args.unmapped or Path(f"{args.labels.name.split('.')[0]}.unmapped_terms.csv")
+        terms = df.attrs["unmapped_terms"]
+        print(
+            f"{len(terms)} source terms with no cxrdx finding (term, images) written to {write_unmapped(terms, where)}"
+        )
     if df.attrs.get("views"):
         dropped = ", ".join(f"{k or '(none)'} {v:,}" for k, v in df.attrs["views"]["dropped"].items())
         print(f"views left out: {dropped or 'none'}")
@@ -59,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         out = plot_prevalence(
             {args.labels.name: {f: c["prevalence"] for f, c in ordered}},
             args.plot,
-            title=f"{args.labels.name}: {stats['images']:,} images, {stats['patients']:,} patients, "
-            f"{stats['no_finding']:,} No Finding",
+            title=f"{args.labels.name}: {stats['images']:,} images, {stats['patients']:,} patients"
+            + ("" if stats["no_finding"] is None else f", {stats['no_finding']:,} No Finding"),
             counts=stats["positives"],
         )
         print(f"plot written to {out}")

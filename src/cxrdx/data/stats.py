@@ -20,8 +20,12 @@ def label_stats(df: pd.DataFrame) -> dict:
 
     Read the table with ``uncertain="keep"`` to count uncertain (-1) labels; with another
     policy they are already 0, 1 or NaN. ``prevalence`` is positives over *labelled* images
-    (positives + negatives + uncertain). ``no_finding``: images with no positive and no
-    uncertain finding.
+    (positives + negatives + uncertain), ``prevalence_all`` positives over *all* images.
+    ``no_finding``: the publisher's own No Finding count where the table carries it (the
+    ``no_finding`` column: CheXpert / MIMIC-CXR ``No Finding = 1``, PadChest ``normal``),
+    None where the dataset has no such label (the Google re-labels: 4 findings), else the
+    images with no positive and no uncertain finding (NIH: its ``No Finding``).
+    ``views`` counts every view in the table, ``frontal`` those the frontal filter keeps.
     """
     import numpy as np
 
@@ -38,24 +42,43 @@ def label_stats(df: pd.DataFrame) -> dict:
             "uncertain": unc,
             "unlabelled": len(v) - labelled,
             "prevalence": pos / labelled if labelled else None,
+            "prevalence_all": pos / len(v) if len(v) else None,
         }
-    normal = int(((values == 1) | (values == -1)).sum(axis=1).__eq__(0).sum()) if findings else 0
+    if "no_finding" in df.columns:
+        normal: int | None = int((pd.to_numeric(df["no_finding"], errors="coerce") == 1).sum())
+        normal_source = "publisher"
+    elif df.attrs.get("dataset") == "google":
+        normal, normal_source = None, "not labelled"
+    else:
+        normal = int(((values == 1) | (values == -1)).sum(axis=1).__eq__(0).sum()) if findings else 0
+        normal_source = "no positive or uncertain finding"
     views = (
         df["view"].fillna("").astype(str).replace("", "(none)").value_counts() if "view" in df.columns else {}
     )
     frontal = int(df["view"].fillna("").astype(str).map(is_frontal).sum()) if "view" in df.columns else 0
+    splits = (
+        {str(k): int(v) for k, v in df["official_split"].astype(str).value_counts().items()}
+        if "official_split" in df.columns
+        else {}
+    )
     return {
         "images": len(df),
         "patients": int(df["patient"].nunique()),
         "studies": int(df["study"].nunique()) if "study" in df.columns else None,
         "views": {str(k): int(v) for k, v in dict(views).items()},
         "frontal": frontal,
+        "splits": splits,
         "findings": findings,
         "per_finding": per,
         "positives": {f: c["positives"] for f, c in per.items()},
         "no_finding": normal,
+        "no_finding_source": normal_source,
         "resolved": int((df["path"] != "").sum()) if "path" in df.columns else 0,
     }
+
+
+def _pct(x: float | None) -> str:
+    return f"{x:.2%}" if x is not None else "-"
 
 
 def format_stats(stats: dict) -> str:
@@ -66,11 +89,14 @@ def format_stats(stats: dict) -> str:
     if set(stats.get("views") or {}) == {"(none)"}:
         lines.append("views     not recorded (kept by the default frontal filter)")
     elif stats.get("views"):
-        shown = ", ".join(f"{k} {v:,}" for k, v in stats["views"].items())
-        lines.append(f"views     {shown} (frontal {stats['frontal']:,})")
+        shown = ", ".join(f"{k}{'*' if is_frontal(k) else ''} {v:,}" for k, v in stats["views"].items())
+        lines.append(f"views     {shown} (* frontal: {stats['frontal']:,} kept by the frontal filter)")
+    if stats.get("splits"):
+        lines.append("split     " + ", ".join(f"{k} {v:,}" for k, v in stats["splits"].items()))
     lines += [
         "",
-        f"{'finding':<27}{'positives':>10}{'negatives':>11}{'uncertain':>10}{'unlabelled':>11}{'prevalence':>11}",
+        f"{'finding':<27}{'positives':>10}{'negatives':>11}{'uncertain':>10}{'unlabelled':>11}"
+        f"{'prev. labelled':>16}{'prev. all':>11}",
     ]
     per = stats.get("per_finding") or {
         f: {
@@ -79,19 +105,38 @@ def format_stats(stats: dict) -> str:
             "uncertain": 0,
             "unlabelled": 0,
             "prevalence": c / n if n else None,
+            "prevalence_all": c / n if n else None,
         }
         for f, c in stats["positives"].items()
     }
     for f, c in sorted(per.items(), key=lambda kv: (-kv[1]["positives"], kv[0])):
-        prev = f"{c['prevalence']:.2%}" if c["prevalence"] is not None else "-"
         lines.append(
-            f"{f:<27}{c['positives']:>10,}{c['negatives']:>11,}{c['uncertain']:>10,}{c['unlabelled']:>11,}{prev:>11}"
+            f"{f:<27}{c['positives']:>10,}{c['negatives']:>11,}{c['uncertain']:>10,}{c['unlabelled']:>11,}"
+            f"{_pct(c['prevalence']):>16}{_pct(c.get('prevalence_all')):>11}"
         )
+    normal = stats.get("no_finding")
+    if normal is None:
+        lines.append(f"{NO_FINDING:<27}{'not a label of this dataset':>42}")
+    else:
+        how = {"publisher": "the publisher's own label"}.get(stats.get("no_finding_source", ""), "")
+        lines.append(f"{NO_FINDING:<27}{normal:>10,}{how:>32}{'':>16}{normal / max(n, 1):>11.2%}")
     lines.append(
-        f"{NO_FINDING:<27}{stats['no_finding']:>10,}{'':>32}{stats['no_finding'] / max(n, 1):>11.2%}"
+        "prev. labelled = positives / labelled images (positives + negatives + uncertain); "
+        "prev. all = positives / all images"
     )
-    lines.append("prevalence = positives / labelled images (positives + negatives + uncertain)")
     return "\n".join(lines)
+
+
+def write_unmapped(terms: Mapping[str, int], out: str | os.PathLike) -> Path:
+    """Every source term that has no cxrdx finding, with its image count (CSV: term, images)."""
+    out = Path(out)
+    frame = pd.DataFrame({"term": list(terms), "images": [int(v) for v in terms.values()]})
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.sort_values(["images", "term"], ascending=[False, True]).to_csv(out, index=False)
+    except OSError as exc:
+        raise DataError(f"cannot write the unmapped terms to {out}: {exc}") from exc
+    return out
 
 
 def plot_prevalence(
