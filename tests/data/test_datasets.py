@@ -67,9 +67,16 @@ def test_chexpert_layout_paths_policies_and_views(tmp_path, pixels):
     assert df["view"].tolist() == ["AP", "PA", "LATERAL", "FRONTAL"]
     assert df["sex"].tolist() == ["F", "M", "M", ""] and df["age"].tolist()[:2] == [68, 87]
     assert all(df[f].dtype == np.float32 for f in df.attrs["findings"])
-    assert (
-        np.isnan(df.loc[0, "Cardiomegaly"]) and df.loc[0, "Effusion"] == 0 and np.isnan(df.loc[1, "Effusion"])
-    )
+    # row 0 is No Finding = 1: its blank Cardiomegaly is negative whatever --blank says
+    assert df.loc[0, "Cardiomegaly"] == 0 and df.loc[0, "Effusion"] == 0 and np.isnan(df.loc[1, "Effusion"])
+    assert read_labels(csv, blank="unlabelled").loc[0, "Cardiomegaly"] == 0
+    # row 1 is not No Finding: its blank Support Devices is "not mentioned", read as --blank says
+    assert df.loc[1, "Support_Devices"] == 0 and df.attrs["blank"] == "negative"
+    assert np.isnan(read_labels(csv, blank="unlabelled").loc[1, "Support_Devices"])
+    assert read_labels(csv, blank="keep").loc[1, "Support_Devices"] == -2
+    assert df["no_finding"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="--blank"):
+        read_labels(csv, blank="maybe")
     assert "Atelectasis" not in df.columns  # not labelled: missing, never negative
     assert read_labels(csv, uncertain="ones").loc[1, "Effusion"] == 1
     assert read_labels(csv, uncertain="zeros").loc[1, "Effusion"] == 0
@@ -82,8 +89,9 @@ def test_chexpert_layout_paths_policies_and_views(tmp_path, pixels):
     inside = read_labels(csv, images_dir=csv.parent)
     assert (inside["path"] != "").all()
     # round trip through the generic format keeps NaN and findings
-    back = read_labels(write_labels(df, tmp_path / "again.csv"))
-    assert back.attrs["findings"] == df.attrs["findings"] and np.isnan(back.loc[0, "Cardiomegaly"])
+    masked = read_labels(csv, blank="unlabelled")
+    back = read_labels(write_labels(masked, tmp_path / "again.csv"))
+    assert back.attrs["findings"] == df.attrs["findings"] and np.isnan(back.loc[1, "Support_Devices"])
 
 
 def test_mimic_layout_joins_metadata_and_split(tmp_path, pixels):
@@ -136,7 +144,9 @@ def test_padchest_layout(tmp_path, pixels):
     assert df["image"].tolist()[0] == "0/a.png" and df["path"].tolist()[0].endswith("a.png")
     assert df.loc[0, "Effusion"] == 1 and df.loc[0, "Cardiomegaly"] == 1 and df.loc[0, "Atelectasis"] == 0
     assert df.loc[1, df.attrs["findings"]].sum() == 0  # normal: every mapped finding negative
-    assert df.loc[2, "Effusion"] == 1  # the documented blunting -> Effusion choice
+    assert np.isnan(df.loc[2, "Effusion"])  # the documented choice: blunting is an uncertain Effusion
+    assert read_labels(csv, uncertain="keep").loc[2, "Effusion"] == -1
+    assert df["no_finding"].tolist() == [0.0, 1.0, 0.0, 0.0] and df.attrs["unmapped_terms"] == {"scoliosis": 1}
     assert df.loc[3, df.attrs["findings"]].isna().all()  # empty list: unlabelled, not negative
     assert df["age"].tolist()[:3] == [64, 64, 55] and df["label_method"].tolist()[2] == "RNN_model"
     assert any("scoliosis" in n for n in df.attrs["notes"])
@@ -222,6 +232,7 @@ def test_stats_counts_each_label_state(tmp_path, capsys):
         "uncertain": 1,
         "unlabelled": 0,
         "prevalence": 1 / 3,
+        "prevalence_all": 1 / 3,
     }
     assert stats["per_finding"]["Pneumothorax"]["unlabelled"] == 1 and stats["frontal"] == 2
     rc, out, _ = run_cli(capsys, ["stats", "--labels", csv, "--views", "frontal"])
@@ -231,7 +242,7 @@ def test_stats_counts_each_label_state(tmp_path, capsys):
 @pytest.mark.realdata
 def test_stats_real_chexpert_and_vindr(shared_data, capsys):
     rc, out, _ = run_cli(capsys, ["stats", "--labels", shared_data / "chexpert" / "chexpert_train.csv.gz"])
-    assert rc == 0 and "images    223,414" in out and "patients  64,540" in out and "frontal 191,027" in out
+    assert rc == 0 and "images    223,414" in out and "patients  64,540" in out and "frontal: 191,010 kept" in out
     assert any(line.split()[:1] == ["Effusion"] for line in out.splitlines())
     rc, out, _ = run_cli(capsys, ["stats", "--labels", shared_data / "vindr" / "vinbigdata-train.csv.gz"])
     assert rc == 0 and "images    15,000" in out
@@ -245,7 +256,7 @@ def test_stats_real_chexpert_and_vindr(shared_data, capsys):
 @pytest.mark.realdata
 def test_real_chexpert_frontal_filter(shared_data):
     df = read_labels(shared_data / "chexpert" / "chexpert_train.csv.gz", views="frontal")
-    assert len(df) == 191_027 and df["patient"].nunique() <= 64_540
+    assert len(df) == 191_010 and df["patient"].nunique() <= 64_540  # 191,027 marked Frontal, 17 say LL/RL
     assert set(FINDINGS) - set(df.attrs["findings"]) == {
         "Emphysema",
         "Fibrosis",
@@ -272,8 +283,11 @@ def test_prepare_keeps_partial_and_uncertain_labels(tmp_path, pixels):
     cache = open_cache(tmp_path / "cache")
     assert cache.findings == ("Cardiomegaly", "Effusion", "Lung_Opacity", "Support_Devices")
     assert cache.info["findings"] == list(cache.findings)
-    assert np.isnan(cache.labels[1, 1]) and np.isnan(
-        cache.labels[0, 0]
-    )  # uncertain ignored, blank unlabelled
+    assert np.isnan(cache.labels[1, 1]) and cache.labels[0, 0] == 0  # uncertain ignored, No Finding row
+    assert cache.labels[1, 3] == 0  # "not mentioned": negative by default
+    assert cache.index["Support_Devices"].tolist()[1] == 0
+    raw = __import__("pandas").read_csv(tmp_path / "cache" / "index.csv")
+    assert raw["Support_Devices"].tolist()[1] == -2  # the cache keeps it raw
+    assert np.isnan(open_cache(tmp_path / "cache", blank="unlabelled").labels[1, 3])
     assert open_cache(tmp_path / "cache", uncertain="ones").labels[1, 1] == 1
     assert cache.index["view"].tolist() == ["AP", "PA", "LATERAL", "FRONTAL"]
