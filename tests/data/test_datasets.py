@@ -121,6 +121,16 @@ def test_mimic_layout_joins_metadata_and_split(tmp_path, pixels):
     assert df["official_split"].tolist() == ["train", "train", "test"]
     assert df["Cardiomegaly"].tolist()[:2] == [1.0, 1.0] and np.isnan(df.loc[0, "Effusion"])
     assert any("have no labels" in n for n in df.attrs["notes"])
+    # the CheXpert labeler's No Finding rule, and --blank for the other blanks (both label files)
+    assert df.loc[2, "Cardiomegaly"] == 0 and df.loc[2, "Effusion"] == 0  # study 2: No Finding = 1
+    assert df.loc[0, "Atelectasis"] == 0 and df["no_finding"].tolist() == [0.0, 0.0, 1.0]
+    import shutil
+
+    shutil.copy(root / "mimic-cxr-2.0.0-chexpert.csv", root / "mimic-cxr-2.0.0-negbio.csv")
+    for name in ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-negbio.csv"):
+        masked = read_labels(root / name, blank="unlabelled")
+        assert np.isnan(masked.loc[0, "Atelectasis"]) and masked.loc[2, "Cardiomegaly"] == 0
+    assert masked.attrs["format"] == "mimic-negbio"
     assert len(read_labels(root / "mimic-cxr-2.0.0-chexpert.csv", views="frontal")) == 2
     (root / "mimic-cxr-2.0.0-metadata.csv.gz").unlink()
     with pytest.raises(DataError, match="mimic-cxr-2.0.0-metadata.csv"):
@@ -146,7 +156,9 @@ def test_padchest_layout(tmp_path, pixels):
     assert df.loc[1, df.attrs["findings"]].sum() == 0  # normal: every mapped finding negative
     assert np.isnan(df.loc[2, "Effusion"])  # the documented choice: blunting is an uncertain Effusion
     assert read_labels(csv, uncertain="keep").loc[2, "Effusion"] == -1
-    assert df["no_finding"].tolist() == [0.0, 1.0, 0.0, 0.0] and df.attrs["unmapped_terms"] == {"scoliosis": 1}
+    assert df["no_finding"].tolist() == [0.0, 1.0, 0.0, 0.0] and df.attrs["unmapped_terms"] == {
+        "scoliosis": 1
+    }
     assert df.loc[3, df.attrs["findings"]].isna().all()  # empty list: unlabelled, not negative
     assert df["age"].tolist()[:3] == [64, 64, 55] and df["label_method"].tolist()[2] == "RNN_model"
     assert any("scoliosis" in n for n in df.attrs["notes"])
@@ -242,7 +254,12 @@ def test_stats_counts_each_label_state(tmp_path, capsys):
 @pytest.mark.realdata
 def test_stats_real_chexpert_and_vindr(shared_data, capsys):
     rc, out, _ = run_cli(capsys, ["stats", "--labels", shared_data / "chexpert" / "chexpert_train.csv.gz"])
-    assert rc == 0 and "images    223,414" in out and "patients  64,540" in out and "frontal: 191,010 kept" in out
+    assert (
+        rc == 0
+        and "images    223,414" in out
+        and "patients  64,540" in out
+        and "frontal: 191,010 kept" in out
+    )
     assert any(line.split()[:1] == ["Effusion"] for line in out.splitlines())
     rc, out, _ = run_cli(capsys, ["stats", "--labels", shared_data / "vindr" / "vinbigdata-train.csv.gz"])
     assert rc == 0 and "images    15,000" in out

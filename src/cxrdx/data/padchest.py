@@ -84,7 +84,7 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
         if not terms:
             continue  # unlabelled row
         values[u] = 0.0
-        for term in terms:
+        for term in dict.fromkeys(terms):  # a term listed twice counts once
             keys = [k for k in lineage(term) if k in table]  # the term's own entry, then its ancestors'
             if not keys:
                 unmapped[term] += int(images_of[u])
