@@ -12,8 +12,10 @@ Layout (docs/architecture.md), written by ``cxrdx.data.prepare``:
   lists the findings the cache labels. ``open_cache(uncertain=..., blank=...)`` applies
   both policies when the cache is opened, so one cache serves ``--uncertain ignore|zeros|ones``
   and ``--blank negative|unlabelled``. Caches from before ``findings`` existed label NIH's 14.
-- ``CACHE/cache.json``: size, resize mode, counts per split, and the unreadable
-  images with the reason each failed (they are left out of index.csv).
+- ``CACHE/cache.json``: size, resize mode, counts per split, how many listed images
+  were not cached (each, with its reason, in ``CACHE/not_cached.csv``; left out of
+  index.csv and images.npy), and ``paths``: index.csv's ``path`` is relative to
+  ``images_dir`` (``open_cache`` joins them) or absolute.
 """
 
 from __future__ import annotations
@@ -168,4 +170,12 @@ def open_cache(
             v[v == -1] = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[uncertain]
         index[name] = v
     index["split"] = index["split"].astype(str)
+    root = info.get("images_dir")
+    if info.get("paths") == "relative to images_dir" and root and "path" in index.columns:
+        index["path"] = [
+            os.path.join(root, p)
+            if isinstance(p, str) and p and not os.path.isabs(p)
+            else ("" if p != p else p)
+            for p in index["path"]
+        ]
     return PreparedCache(path=path, images=images, index=index, size=size, info=info, findings=findings)

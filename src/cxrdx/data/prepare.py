@@ -4,6 +4,13 @@ Decoding a 1024 px PNG costs ~10-20 ms of CPU; training reads each image every
 epoch. Doing it once turns the loader into a memcpy out of the page cache, so a
 couple of CPU cores keep a GPU busy.
 
+With ``--allow-missing`` the images not found are left out of the plan before the
+memmap is made, so ``images.npy`` holds only images that can be cached (no sparse
+rows for a table of which a few files are present); every image left out, missing or
+unreadable, is listed with its reason in ``not_cached.csv`` (``cache.json`` keeps the
+count). ``index.csv``'s ``path`` is relative to the ``--images`` root (absolute without
+``--images``, or for a file outside it); ``open_cache`` joins it back.
+
 Resumable: progress (which rows are done) is saved every few seconds to
 ``CACHE/done.npy``, *after* the images written so far are flushed, so a killed run
 never marks an unwritten row as done; rerunning the same command continues where
@@ -219,6 +226,34 @@ def _check_missing(
     )
 
 
+def _drop_missing(plan: pd.DataFrame) -> list[dict]:
+    """The rows whose file was not found (allowed by --allow-missing), as not_cached.csv rows."""
+    absent = plan.index[plan["path"] == ""]
+    return [
+        {
+            "image": str(plan.at[r, "image"]),
+            "path": "",
+            "split": str(plan.at[r, "split"]),
+            "problem": "file not found",
+        }
+        for r in absent
+    ]
+
+
+def _relative_paths(paths: pd.Series, images: str | os.PathLike | None) -> tuple[pd.Series, str]:
+    """index.csv's ``path``: relative to the --images root (posix), else absolute; and which it is."""
+    if images is None:
+        return paths.map(lambda p: str(Path(p).resolve()) if p else ""), "absolute"
+
+    def rel(p: str) -> str:
+        if not p:
+            return ""
+        r = os.path.relpath(p, images)
+        return str(Path(p).resolve()) if r == ".." or r.startswith(".." + os.sep) else Path(r).as_posix()
+
+    return paths.map(rel), "relative to images_dir"
+
+
 def prepare_cache(
     labels: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -253,6 +288,12 @@ def prepare_cache(
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a folder")
     _check_missing(plan, out, images, allow_missing)
+    missing = _drop_missing(plan)  # with --allow-missing: the cache holds only what it can cache
+    if missing:
+        attrs = dict(plan.attrs)
+        plan = plan.loc[plan["path"] != ""].reset_index(drop=True)
+        plan.attrs = attrs
+        plan["row"] = np.arange(len(plan), dtype=np.int64)
     try:  # an unwritable or impossible --out fails here, before any decoding
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}.tmp"
@@ -318,20 +359,23 @@ def prepare_cache(
     ok = done == DONE
     index = plan.loc[ok].reset_index(drop=True)
     counts = {str(k): int(v) for k, v in index["split"].value_counts(sort=False).items()}
-    failure_list = [
+    failure_list = missing + [
         {"image": str(plan.at[r, "image"]), "path": paths[r], "split": str(plan.at[r, "split"]), "problem": p}
         for r, p in sorted(failures.items())
     ]
     if failure_list:
         _write_not_cached(out, failure_list)
+    else:
+        (out / NOT_CACHED_FILE).unlink(missing_ok=True)  # a list left by an earlier, refused run
     if not ok.any():
         for name in (IMAGES_FILE, DONE_FILE, PLAN_FILE):  # nothing to train on: no cache left behind
             (out / name).unlink(missing_ok=True)
         shown = "; ".join(f"{f['image']}: {f['problem']}" for f in failure_list[:SHOWN_NAMES])
         raise DataError(
-            f"none of the {len(plan)} images could be read, so nothing was cached (e.g. {shown}); "
+            f"none of the {len(plan) + len(missing)} images could be read, so nothing was cached (e.g. {shown}); "
             f"all are listed in {out / NOT_CACHED_FILE}"
         )
+    index["path"], path_base = _relative_paths(index["path"], images)
     columns = [c for c in index.columns if c != "path"] + ["path"]
     atomic_write_text(out / INDEX_FILE, index[columns].to_csv(index=False))
     info = {
@@ -339,10 +383,12 @@ def prepare_cache(
         "size": size,
         "resize": "letterbox",
         "pixels": "uint8 = round(255 * letterboxed read_image in [0, 1]), padding 0",
-        "rows": len(plan),
+        "rows": len(plan) + len(missing),  # listed in the label tables
         "cached": int(ok.sum()),
         "counts": counts,
-        "failures": failure_list,
+        "not_cached": len(failure_list),  # each with its reason in not_cached.csv
+        "not_cached_file": NOT_CACHED_FILE if failure_list else None,
+        "paths": path_base,  # index.csv's path column
         "sources": [str(Path(p).resolve()) for p in labels],
         "images_dir": str(Path(images).resolve()) if images else None,
         "findings": list(plan.attrs.get("findings") or []),  # what the cache labels (data/cache.py)
@@ -355,7 +401,7 @@ def prepare_cache(
         out=out,
         size=size,
         cached=int(ok.sum()),
-        decoded=len(tasks),
+        decoded=len(tasks) + len(missing),  # the missing ones were looked for by this run
         failures=failure_list,
         counts=counts,
         seconds=time.monotonic() - start,

@@ -262,10 +262,22 @@ def _finish(path, parsed: Parsed, images_dir, require_images, policies, views, l
 
 
 def index_images(images_dir: Path) -> tuple[dict[str, str], set[str]]:
-    """One recursive scan: file name -> path, and the names found more than once."""
+    """One recursive scan: file name -> path, and the names found more than once.
+
+    Symlinked folders are followed wherever they point (a folder of links to NIH's 12
+    archive folders is the usual way to gather them: the user made those links), each
+    real folder once, so a link loop or two links to one folder end the walk.
+    """
     found: dict[str, str] = {}
     dups: set[str] = set()
-    for root, _dirs, files in os.walk(images_dir):
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(images_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
         for name in files:
             if name.startswith("."):
                 continue
