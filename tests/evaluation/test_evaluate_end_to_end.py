@@ -234,10 +234,11 @@ def test_evaluate_label_csvs_with_an_image_folder(tmp_path, capsys):
     out = tmp_path / "r"
     args = ["evaluate", "--weights", str(ckpt), "--data", str(tmp_path / "test.csv"), "--out", str(out)]
     args += ["--val", str(tmp_path / "val.csv"), "--images", str(data / "images"), "--n-boot", "20"]
-    rc = main([*args, "--target-sensitivity", "0.9", "--no-progress"])
+    rc = main([*args, "--target-sensitivity", "0.9", "--no-progress", "--blank", "unlabelled"])
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"]["n_images"] == len(test)
+    assert metrics["dataset"]["label_policy"]["blank"] == "unlabelled"  # how the labels were read
     assert metrics["thresholds"]["method"] == "sensitivity>=0.9"
     assert metrics["mean_auroc"] is None or 0 <= metrics["mean_auroc"] <= 1
     assert len(pd.read_csv(out / "predictions.csv")) == len(test)

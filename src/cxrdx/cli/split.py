@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cxrdx.cli.label_options import add_mixed_no_finding, mixed_no_finding
+from cxrdx.cli.label_options import add_blank, add_mixed_no_finding, mixed_no_finding
 from cxrdx.errors import ConfigError
 
 
@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-train-val", type=Path, help="NIH train_val_list.txt")
     parser.add_argument("--images", type=Path, help="images folder (needed only with --absolute-paths)")
     parser.add_argument("--absolute-paths", action="store_true", help="also write each image's absolute path")
+    add_blank(parser)  # applied when the files are written: they hold 0 or blank, not "not mentioned"
     add_mixed_no_finding(parser)
 
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         args.images,
         require_images=args.absolute_paths,
         mixed_no_finding=mixed_no_finding(args),
+        blank=args.blank,
     )
     splits = split_by_patient(df, args.val, args.test, args.seed, args.official_test, args.official_train_val)
     for name, part in splits.items():

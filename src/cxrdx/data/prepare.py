@@ -389,6 +389,8 @@ def prepare_cache(
         "not_cached": len(failure_list),  # each with its reason in not_cached.csv
         "not_cached_file": NOT_CACHED_FILE if failure_list else None,
         "paths": path_base,  # index.csv's path column
+        "label_cells": "1 positive, 0 negative, -1 uncertain, -2 not mentioned (CheXpert/MIMIC blank), "
+        "blank unlabelled; open_cache applies --uncertain and --blank",
         "sources": [str(Path(p).resolve()) for p in labels],
         "images_dir": str(Path(images).resolve()) if images else None,
         "findings": list(plan.attrs.get("findings") or []),  # what the cache labels (data/cache.py)
