@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if df.attrs.get("unmapped_terms"):
         from cxrdx.data.stats import write_unmapped
 
-        where = args.unmapped or Path(f"{args.labels.name.split('.')[0]}.unmapped_terms.csv")
+        stem = args.labels.name.removesuffix(".gz").removesuffix(".csv")
+        where = args.unmapped or Path(f"{stem}.unmapped_terms.csv")
         terms = df.attrs["unmapped_terms"]
         print(
             f"{len(terms)} source terms with no cxrdx finding (term, images) written to {write_unmapped(terms, where)}"
