@@ -40,6 +40,17 @@ def test_label_map_is_valid_and_documented():
     assert set(label_map.findings_of("chexpert")) <= set(ALL_FINDINGS)
     with pytest.raises(LabelError, match="Pleural Gloom.*not in the label map"):
         label_map.map_name("vindr", "Pleural Gloom")
+    assert label_map.codes("padchest")["costophrenic angle blunting"] == -1  # uncertain Effusion
+
+
+def test_padchest_tree_lineage_is_exact():
+    from cxrdx.data.padchest_tree import lineage
+
+    assert lineage("callus rib fracture") == ("callus rib fracture", "rib fracture", "fracture")
+    assert {"pneumothorax", "pleural effusion"} <= set(lineage("Hydropneumothorax"))
+    assert "nodule" not in lineage("pseudonodule") and "emphysema" not in lineage("subcutaneous emphysema")
+    assert lineage("no such term") == ("no such term",)
+    assert "radiological finding" not in lineage("nodule")  # the section roots are not findings
 
 
 CHEXPERT = (

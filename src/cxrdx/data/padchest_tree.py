@@ -35,13 +35,6 @@ def parents() -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def edges() -> list[tuple[str, str]]:
-    """(term, parent) as written in the file, roots left out (for tests and the README)."""
-    with open(TREE_FILE, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
-    return [(r["term"], r["parent"]) for r in rows if r["parent"] and r["parent"] not in ROOTS]
-
-
 @cache
 def lineage(term: str) -> tuple[str, ...]:
     """The term's key, then every ancestor's key (breadth first, each once); unknown terms: just the key."""
@@ -54,7 +47,3 @@ def lineage(term: str) -> tuple[str, ...]:
                 seen.append(p)
         i += 1
     return tuple(seen)
-
-
-def known(term: str) -> bool:
-    return _key(term) in parents()
