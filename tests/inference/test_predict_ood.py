@@ -19,7 +19,7 @@ from cxrdx.inference.formats import format_csv, format_json, format_table
 from cxrdx.inference.predictor import Prediction, Predictor
 from cxrdx.model.checkpoint import CheckpointMeta, read_checkpoint_meta, save_checkpoint
 from cxrdx.model.networks import build_model
-from cxrdx.model.ood import OodStats, fit_ood_into_checkpoint
+from cxrdx.model.ood import fit_ood_into_checkpoint, reference
 
 SIZE = 64
 BACKENDS = ["torch", *(["onnx"] if onnxruntime_available() else [])]
@@ -99,7 +99,11 @@ def test_onnx_export_has_the_features_output_and_agrees_with_torch(gated):
     assert names == [OUTPUT_NAME, FEATURES_NAME]
     x = np.stack([onnx_p.prepare(im)[0] for im in _phantoms(3, 3)])
     feats = onnx_p.features(x)
-    assert feats.shape == (3, torch_p.model.class_layers.out.in_features)
+    assert feats.shape == (
+        3,
+        onnx_p.ood.dim,
+    )  # several depths (cxrdx.model.networks.depth_features_and_logits)
+    assert feats.shape[1] > torch_p.model.class_layers.out.in_features
     np.testing.assert_allclose(feats, torch_p.features(x), rtol=1e-4, atol=1e-5)
     a = onnx_p.predict(_noise(2), workers=0)
     b = torch_p.predict(_noise(2), workers=0)
@@ -189,10 +193,9 @@ def test_train_stores_the_reference_in_the_best_checkpoint(tmp_path):
     )
     result = train(cfg)
     meta = read_checkpoint_meta(result.best_path)
-    stats = OodStats.from_meta(meta.ood)
-    assert (
-        stats is not None and stats.threshold is not None and stats.precision.shape == (stats.dim, stats.dim)
-    )
+    stats = reference(meta.ood)
+    assert stats is not None and stats.threshold is not None and meta.ood["method"] == "mahalanobis-depths"
+    assert all(p.precision.shape == (p.dim, p.dim) for p in stats.parts)
     assert meta.ood["fitted_on"]["train_images"] == 48 and meta.ood["fitted_on"]["val_images"] == 16
     assert meta.ood["fitted_on"]["by"] == "cxrdx train"
     preds = Predictor.load(result.best_path, backend="torch").predict(
