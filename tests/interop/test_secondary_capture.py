@@ -70,7 +70,9 @@ def test_pixels_are_the_overlay_between_two_bands_of_burned_in_text(tmp_path):
     yellow = (top[..., 0] > 200) & (top[..., 1] > 200) & (top[..., 2] < 80)
     assert yellow.sum() > 50 and (top.reshape(-1, 3).max(1) == 0).mean() > 0.5
     assert (bottom.reshape(-1, 3).min(1) > 200).sum() > 20  # white caption text
-    assert caption("Cardiomegaly", pred, ALGORITHM).startswith("cxrdx Grad-CAM: Cardiomegaly, probability 0.81")
+    assert caption("Cardiomegaly", pred, ALGORITHM).startswith(
+        "cxrdx Grad-CAM: Cardiomegaly, probability 0.81"
+    )
     assert "score (uncalibrated)" in caption("Cardiomegaly", prediction(calibration="none"), ALGORITHM)
 
 
