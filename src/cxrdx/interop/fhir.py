@@ -12,13 +12,17 @@ What is written, for one image:
 - ``Device``: cxrdx, its version, the checkpoint's SHA-256 as an identifier;
 - one ``Observation`` per finding: code = the finding's coded concept (SNOMED CT, DICOM
   or ``urn:cxrdx:code``; cxrdx.interop.codes), ``valueQuantity`` = the probability
-  (unit "probability", or "score (uncalibrated)" for an uncalibrated checkpoint; UCUM "1"),
-  interpretation POS / NEG by the checkpoint's threshold, IND without one; ``derivedFrom``
-  the ImagingStudy; plus one for the out-of-distribution check when there is one;
+  (unit "probability", or "score (uncalibrated)" for a finding that is not calibrated; UCUM "1"),
+  interpretation POS / NEG by the checkpoint's threshold, IND without one; components and a
+  note with the finding's calibration state and threshold; ``derivedFrom`` the ImagingStudy;
+  for an out-of-distribution image no value (``dataAbsentReason`` "not-performed", IND) unless
+  its findings are sent on request; plus one for the out-of-distribution check (score,
+  in distribution, threshold) when there is one;
 - ``DiagnosticReport`` (status preliminary): those Observations as ``result``, the study as
   ``imagingStudy`` (a logical reference: identifier ``urn:dicom:uid`` = ``urn:oid:<Study UID>``),
   the patient as ``subject`` (a logical reference by Patient ID) for a DICOM source, the
-  research-use disclaimer in ``conclusion``.
+  demo stamp, the OOD verdict, the model card's banners and training-data line and the
+  research-use disclaimer in ``conclusion`` (the Device's notes repeat the model's).
 
 A PNG/JPEG source has no study or patient, so those references are left out. Resource ids
 are name-based UUIDs of the source (SOP Instance UID, or the file's SHA-256) and the

@@ -3,8 +3,10 @@
 One SC image per pictured finding (``pictured_findings``: every positive finding, or,
 for a checkpoint without thresholds, the top three): the Grad-CAM overlay
 (``cxrdx.explain.overlay.overlay_rgb``) on the source image, RGB 8-bit, with a black
-band above saying "NOT FOR DIAGNOSTIC USE" and one below naming the finding, its
-probability and the call, burned into the pixels. So the words travel with the picture
+band above saying "NOT FOR DIAGNOSTIC USE" (plus DEMO MODEL / OUT OF DISTRIBUTION when
+they apply) and bands below naming the finding, its probability, the call and its threshold,
+then a demo model's stamp and the OOD verdict, burned into the pixels. An out-of-distribution
+image gets no picture unless its findings are sent on request (``pictured_findings``). So the words travel with the picture
 into any viewer, and Burned In Annotation is YES. Pictures are ``MIN_SIDE`` to
 ``MAX_SIDE`` pixels on their long side (Pixel Spacing scaled to match); each references
 its source image (Source Image Sequence) and copies its patient and study modules.

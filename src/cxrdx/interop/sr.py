@@ -9,11 +9,17 @@ identifier, algorithm identification, the source image) with
 - a qualitative evaluation: the finding's code = Present / Absent by the checkpoint's
   threshold, or Undetermined when the checkpoint has none for it;
 - the probability as a numeric measurement (DCM 122157 "Probability", unit "1"), or,
-  for an uncalibrated checkpoint, a private "Model score (uncalibrated)" so nobody
-  reads a score as a probability; the test-time-augmentation spread when there is one;
+  for a finding that is not calibrated, a private "Model score (uncalibrated)" so nobody
+  reads a score as a probability, with the finding's calibration state as its Measurement
+  Method; the threshold behind the call ("Decision threshold"); the test-time-augmentation
+  spread when there is one;
 
-plus an out-of-distribution group when the prediction has an OOD result, and a
-research-use disclaimer (TEXT "Comment") in the root container. Algorithm
+plus an out-of-distribution group (score, in distribution yes/no, threshold) when the
+prediction has an OOD result, and TEXT "Comment"s in the root container: a demo model's
+stamp, the OOD verdict, the model card's banners and training-data line
+(``study.result_notes``) and the research-use disclaimer. An out-of-distribution image is
+not evaluated (``study.withheld``): every finding is Undetermined and has no number, unless
+the algorithm record says to send its findings (``--send-ood-findings``), and then marked. Algorithm
 identification (TID 4019) names ``cxrdx``, its version and, as parameters, the
 checkpoint's SHA-256 and file name. Content Qualification is RESEARCH, the document
 PARTIAL/UNVERIFIED/PRELIMINARY: a machine's output that no one has signed.
