@@ -202,3 +202,31 @@ def test_train_stores_the_reference_in_the_best_checkpoint(tmp_path):
         [np.full((32, 32), 0.25, np.float32)], workers=0
     )
     assert isinstance(preds[0].ood_score, float) and preds[0].in_distribution is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_with_a_first_format_reference_still_predicts_its_score(tmp_path, backend):
+    """Written before issue 26: method "mahalanobis" on the final pooled features only. It loads, and its
+    score is the distance of the final features, now read from the trailing columns of the wider output."""
+    from cxrdx.model.checkpoint import load_checkpoint, update_checkpoint_meta
+    from cxrdx.model.networks import features_and_logits
+    from cxrdx.model.ood import OodStats, fit
+
+    path = _ckpt(tmp_path / "old.safetensors")
+    model, meta = load_checkpoint(path)
+    x = torch.from_numpy(np.stack([meta.preprocessing(im)[0] for im in _phantoms(30, 5)]))
+    with torch.no_grad():
+        final = features_and_logits(model.eval(), x)[0].numpy()
+    old = fit(final[:20])
+    old = OodStats(old.mean, old.precision, old.shrinkage, float(np.percentile(old.score(final[20:]), 99)))
+    update_checkpoint_meta(path, lambda m: setattr(m, "ood", old.to_meta(fitted_on={"by": "cxrdx 0.x"})))
+    assert read_checkpoint_meta(path).ood["method"] == "mahalanobis"
+    probe = _phantoms(2, 6)
+    preds = Predictor.load(path, backend=backend).predict(probe, workers=0)
+    with torch.no_grad():
+        feats = features_and_logits(
+            model, torch.from_numpy(np.stack([meta.preprocessing(im)[0] for im in probe]))
+        )[0]
+    expect = old.score(feats.numpy())
+    np.testing.assert_allclose([p.ood_score for p in preds], expect, rtol=1e-3)
+    assert all(p.in_distribution is not None for p in preds)
