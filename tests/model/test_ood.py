@@ -273,3 +273,30 @@ def test_the_gate_flags_foreign_inputs_with_an_untrained_network():
     assert flagged(held) <= 0.1
     assert flagged([1.0 - im for im in held]) >= 0.8
     assert flagged([rng.random((64, 64)).astype(np.float32) for _ in range(20)]) >= 0.8
+
+
+def test_early_depths_flag_what_collapsed_final_features_cannot():
+    """A network whose final features carry nothing (norm5 zeroed: every image gives the same pooled
+    vector, the extreme of a weak model's collapsed features): the first-format gate, on those
+    features alone, flags nothing; the depth gate still flags noise and inverted films."""
+    torch.manual_seed(0)
+    model = build_model("densenet-tiny")
+    with torch.no_grad():
+        model.features.norm5.weight.zero_()
+        model.features.norm5.bias.fill_(0.5)
+    pre = Preprocessing(size=64)
+    train, val, held = _phantoms(60, 20), _phantoms(30, 21), _phantoms(30, 22)
+    rng = np.random.default_rng(4)
+    foreign = [1.0 - im for im in held[:15]] + [rng.random((64, 64)).astype(np.float32) for _ in range(15)]
+
+    def features(images):
+        return ood.image_features(model, images, pre, cap=1000)[0]
+
+    width = model.class_layers.out.in_features
+    final = ood.fit(features(train)[:, -width:])
+    final = final.with_threshold(final.score(features(val)[:, -width:]))
+    assert final.in_distribution(final.score(features(foreign)[:, -width:])).all()  # flags nothing
+
+    ref = ood.reference(ood.fit_ood_for(model, train, val, preprocessing=pre))
+    assert (~ref.in_distribution(ref.score(features(foreign)))).mean() >= 0.8
+    assert (~ref.in_distribution(ref.score(features(held)))).mean() <= 0.1

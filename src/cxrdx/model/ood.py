@@ -72,6 +72,7 @@ QUANTILE = 99.0  # percentile of validation scores above which an image is out o
 MAX_TRAIN = 2000  # training images whose features make the reference (evenly spaced sample)
 MAX_VAL = 2000  # validation images whose scores set the threshold
 RIDGE = 1e-6  # x mean variance added to the diagonal, in case the shrinkage intensity comes out 0
+MIN_SCALE = 1e-3  # floor of a depth's mean validation distance (the divisor of its distances)
 
 
 def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
@@ -290,7 +291,8 @@ def fit_depths(
     per_depth = unscaled.depth_scores(val)
     if len(per_depth) == 0:
         raise DataError("cannot set the out-of-distribution threshold without validation images")
-    scales = tuple(float(max(v, 1e-12)) for v in per_depth.mean(axis=0))
+    # a depth whose features never vary (distances ~0) carries nothing: a floor keeps its float noise small
+    scales = tuple(float(max(v, MIN_SCALE)) for v in per_depth.mean(axis=0))
     scaled = DepthOod(tuple(names), tuple(parts), scales)
     return DepthOod(scaled.names, scaled.parts, scales, float(np.percentile(scaled.score(val), quantile)))
 
