@@ -111,7 +111,7 @@ def test_sr_of_an_ood_image_reports_no_finding_and_says_why(demo_algorithm, tmp_
     assert any(t.startswith("OUT OF DISTRIBUTION") and "--send-ood-findings" in t for t in _texts(sent))
 
 
-def test_sr_carries_each_findings_threshold_and_calibration_state():
+def test_sr_carries_each_findings_threshold_and_calibration_state(tmp_path):
     algo = {
         **ALGORITHM,
         "thresholds": {"Cardiomegaly": 0.4, "Effusion": 0.5},
@@ -121,7 +121,10 @@ def test_sr_carries_each_findings_threshold_and_calibration_state():
             "Atelectasis": "prior",
         },
     }
-    by = _finding_groups(structured_report(phantom_dicom(4), prediction(), algorithm=algo))
+    sr = structured_report(phantom_dicom(4), prediction(), algorithm=algo)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert dciodvfy(tmp_path / "sr.dcm") == [] and dsr2xml(tmp_path / "sr.dcm").returncode == 0
+    by = _finding_groups(sr)
     cardio, effusion, atel = (
         _nums(by[codes.finding_concept(n).code]) for n in ("Cardiomegaly", "Effusion", "Atelectasis")
     )
