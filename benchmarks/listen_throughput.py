@@ -124,7 +124,9 @@ def run_predict(predictor, files: list[Path], args, dicom_out: Path | None) -> t
     if dicom_out is not None:
         from cxrdx.interop.result_files import ResultFolder
 
-        folder = ResultFolder(dicom_out, "dicom", predictor, str(args.weights))
+        folder = ResultFolder(
+            dicom_out, "dicom", predictor, str(args.weights), allow_demo=True
+        )  # random weights
     t0, c0 = time.perf_counter(), cpu_self()
     for pred in predictor.iter_predict(files, batch_size=args.batch_size, workers=args.workers):
         if folder is not None:
@@ -214,6 +216,7 @@ def compare(mode: str, predictor, files: list[Path], work: Path, args) -> str:
         "listen", "--weights", str(args.weights), "--port", str(node_port),
         "--send-to", f"BENCH@127.0.0.1:{pacs_port}", "--spool", str(work / f"spool-{mode}"),
         "--backend", args.backend, "--batch-size", str(args.batch_size),
+        "--allow-demo-model",  # random or phantom weights: never evaluated
     )  # fmt: skip
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]

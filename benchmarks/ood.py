@@ -6,12 +6,15 @@
 then scores, with ``Predictor`` (the path ``cxrdx predict`` uses), the held-out test
 phantoms against each kind of foreign input and prints, per kind, the AUROC of the OOD
 score (held-out phantoms = 0, the kind = 1) and the fraction flagged (in_distribution
-false), plus the fraction of held-out phantoms flagged. Targets (issue 12): AUROC >= 0.95
-for every kind, at most 5 % of held-out phantoms flagged.
+false), plus the fraction of held-out phantoms flagged. Targets (issue 26): AUROC >= 0.95
+and at least 80 % flagged for every kind, at most 5 % of held-out phantoms flagged, already
+for a 1-epoch model (``--epochs 1``).
 
 Kinds: real NIH films (``../shared/data/nih/images``, skipped when absent), inverted
 phantoms, phantoms rotated 90 degrees, noise (uniform, Gaussian, smooth), non-chest
-images (synthetic scenes, text pages, gradients). A benchmark, not a test.
+images (synthetic scenes, text pages, gradients), crude synthetic lateral films, and
+other modalities (synthetic CT, MR, ultrasound, mammography) written and read as DICOM
+files. A benchmark, not a test.
 
 Run:  python benchmarks/ood.py [--work DIR] [--n 1500] [--size 64] [--arch densenet-tiny]
 (about 4 min on 2 busy cores; ``--arch densenet121 --max-minutes 8``: about 9 min, 1024 features)
@@ -120,6 +123,141 @@ def non_chest_images(rng: np.random.Generator, n: int, size: int) -> list[tuple[
     return [(names[i % 3], makers[names[i % 3]](rng, size).astype(np.float32)) for i in range(n)]
 
 
+# --------------------------------------------------------------------------- lateral films, other modalities
+
+
+def _blur(im: np.ndarray, k: int = 2) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    u = Image.fromarray((np.clip(im, 0, 1) * 255).astype(np.uint8))
+    return np.asarray(u.filter(ImageFilter.GaussianBlur(k)), dtype=np.float32) / 255
+
+
+def lateral_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A crude lateral chest film: one lung field, the spine behind it, the heart in front, a diaphragm."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    im = np.full((size, size), rng.uniform(0.0, 0.08))
+    cx, cy = rng.uniform(0.45, 0.55), rng.uniform(0.5, 0.58)
+    body = ((xx - cx) / rng.uniform(0.3, 0.38)) ** 2 + ((yy - cy) / 0.55) ** 2 < 1
+    im = np.where(body, rng.uniform(0.5, 0.65), im)
+    lung = ((xx - cx + 0.02) / rng.uniform(0.22, 0.28)) ** 2 + (
+        (yy - cy + 0.1) / rng.uniform(0.33, 0.4)
+    ) ** 2 < 1
+    im = np.where(lung & body, rng.uniform(0.18, 0.3) + 0.15 * yy, im)
+    sx = cx + rng.uniform(0.17, 0.22)
+    spine = (abs(xx - sx) < 0.045) & body & (np.sin(yy * rng.uniform(60, 80)) > -0.6)
+    im = np.where(spine, rng.uniform(0.75, 0.9), im)
+    heart = ((xx - cx + 0.1) / 0.14) ** 2 + ((yy - cy - 0.12) / 0.16) ** 2 < 1
+    im = np.where(heart & body, rng.uniform(0.5, 0.62), im)
+    dia = (yy > cy + 0.25 + 0.08 * (xx - cx)) & body
+    im = np.where(dia, rng.uniform(0.55, 0.7), im)
+    im = _blur(im, max(1, size // 64)) + rng.normal(0, 0.02, im.shape)
+    return np.clip(im, 0, 1).astype(np.float32)
+
+
+def ct_slice(rng: np.random.Generator, n: int = 256) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    hu = np.full((n, n), -1000.0)
+    body = ((xx - 0.5) / 0.42) ** 2 + ((yy - 0.52) / 0.3) ** 2 < 1
+    hu[body] = 40
+    for sx in (0.32, 0.68):
+        lung = ((xx - sx) / 0.14) ** 2 + ((yy - 0.48) / 0.2) ** 2 < 1
+        hu[lung] = -850
+    hu[((xx - 0.5) / 0.05) ** 2 + ((yy - 0.72) / 0.05) ** 2 < 1] = 700
+    hu[((xx - 0.48) / 0.1) ** 2 + ((yy - 0.52) / 0.1) ** 2 < 1] = 45
+    hu += rng.normal(0, 15, hu.shape)
+    return hu
+
+
+def mr_head(rng: np.random.Generator, n: int = 256) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    im = np.zeros((n, n))
+    head = ((xx - 0.5) / 0.36) ** 2 + ((yy - 0.5) / 0.44) ** 2 < 1
+    brain = ((xx - 0.5) / 0.32) ** 2 + ((yy - 0.5) / 0.4) ** 2 < 1
+    im[head] = 900
+    im[brain] = 500 + 150 * np.sin(xx[brain] * 40) * np.cos(yy[brain] * 30)
+    im[((xx - 0.5) / 0.05) ** 2 + ((yy - 0.5) / 0.15) ** 2 < 1] = 1500
+    im += rng.normal(0, 30, im.shape)
+    return np.clip(im, 0, 4000)
+
+
+def us_fan(rng: np.random.Generator, n: int = 256) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    r, a = np.hypot(xx - 0.5, yy), np.arctan2(xx - 0.5, yy)
+    fan = (r < 0.95) & (abs(a) < 0.6) & (r > 0.05)
+    im = np.zeros((n, n))
+    speck = rng.rayleigh(1.0, (n, n)) * 60
+    im[fan] = speck[fan] * (1 - 0.6 * r[fan])
+    blob = ((xx - 0.5) / 0.12) ** 2 + ((yy - 0.5) / 0.08) ** 2 < 1
+    im[blob & fan] *= 0.2
+    return np.clip(im, 0, 255)
+
+
+def mammo(rng: np.random.Generator, n: int = 256) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    im = np.zeros((n, n))
+    breast = ((xx) / 0.55) ** 2 + ((yy - 0.5) / 0.45) ** 2 < 1
+    im[breast] = 1800 + 900 * _blur(rng.random((n, n)), 3)[breast] - 800 * xx[breast]
+    return np.clip(im, 0, 4095)
+
+
+MODALITIES = {  # modality -> (maker, bits stored)
+    "CT": (ct_slice, 16),
+    "MR": (mr_head, 16),
+    "US": (us_fan, 8),
+    "MG": (mammo, 16),
+}
+
+
+def write_dicom(path: Path, modality: str, arr: np.ndarray, bits: int) -> Path:
+    """A minimal single-frame DICOM of ``modality`` (CT with HU and a lung window, others unsigned)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = modality
+    ds.PatientID = "OOD"
+    ds.PatientName = "OOD^Bench"
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    if modality == "CT":
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = 0
+        ds.RescaleSlope = 1
+        ds.WindowCenter, ds.WindowWidth = -600, 1500
+        ds.PixelData = np.round(arr).astype(np.int16).tobytes()
+    else:
+        ds.PixelRepresentation = 0
+        ds.PixelData = np.round(arr).astype(np.uint8 if bits == 8 else np.uint16).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def modality_dicoms(rng: np.random.Generator, n: int, folder: Path) -> list[tuple[str, Path]]:
+    """``n`` DICOM files of other modalities (CT, MR, US, MG in turn), read through the DICOM path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        modality = list(MODALITIES)[i % len(MODALITIES)]
+        make, bits = MODALITIES[modality]
+        out.append((modality, write_dicom(folder / f"{modality}_{i}.dcm", modality, make(rng), bits)))
+    return out
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -200,8 +338,10 @@ def main() -> int:
         kinds["phantoms rotated 90"] = [("rot90", np.ascontiguousarray(np.rot90(im, 1 + 2 * (i % 2)))) for i, im in enumerate(pick)]  # fmt: skip
         kinds["noise images"] = noise_images(rng, k, args.size)
         kinds["non-chest images"] = non_chest_images(rng, k, args.size)
+        kinds["lateral films"] = [("lateral", lateral_image(rng, 256)) for _ in range(k)]
+        kinds["other modalities"] = modality_dicoms(rng, k, work / "modalities")  # paths: read as DICOM
 
-        def scores(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        def scores(images: list) -> tuple[np.ndarray, np.ndarray]:
             preds = predictor.predict(images, batch_size=32, workers=0)
             assert all(p.ok for p in preds)
             return np.array([p.ood_score for p in preds]), np.array(
@@ -209,26 +349,27 @@ def main() -> int:
             )
 
         held_scores, held_flag = scores(held)
+        depths = ", ".join(f"{d['name']} {d['features']}" for d in ood.get("layers", []))
         print(f"\n{machine_line()}")
         print(
             f"model: {args.arch} trained on {args.n} phantoms at {args.size} px (seed {args.seed}, lr {args.lr}), "
             f"best epoch {prov.get('epoch')} (mean val AUROC {_mean_auroc(prov)}), backend {predictor.backend}; "
-            "OOD reference: Mahalanobis on "
-            f"{ood['features']} pooled features, Ledoit-Wolf shrinkage {ood['shrinkage']:.3f}, fitted on "
-            f"{ood['fitted_on']['train_images']} train images, threshold {ood['threshold']:.3f} = 99th percentile "
-            f"of {ood['fitted_on']['val_images']} val images"
+            f"OOD reference: {ood['method']} on {ood['features']} features "
+            f"({depths or 'final pooled'}), "
+            f"fitted on {ood['fitted_on']['train_images']} train images, threshold {ood['threshold']:.3f} = "
+            f"99th percentile of {ood['fitted_on']['val_images']} val images"
         )
         if not NIH.is_dir():
             print(f"real NIH films: skipped ({NIH} is absent)")
         print(f"\nheld-out phantoms (test split, n={len(held)}): flagged {held_flag.mean():.1%} (target <= 5%), "
               f"median score {np.median(held_scores):.2f}")  # fmt: skip
         print(f"\n{'kind':<22} {'n':>4} {'AUROC':>7} {'flagged':>8}  median  detail")
-        worst = 1.0
+        worst, least = 1.0, 1.0
         for name, items in kinds.items():
             s, flagged = scores([im for _, im in items])
             y = np.r_[np.zeros(len(held_scores)), np.ones(len(s))]
             auc = fast_auroc(y, np.r_[held_scores, s])
-            worst = min(worst, auc)
+            worst, least = min(worst, auc), min(least, float(flagged.mean()))
             subs = sorted({tag for tag, _ in items})
             detail = ""
             if len(subs) > 1:
@@ -240,8 +381,11 @@ def main() -> int:
                 detail = ", ".join(parts)
             print(f"{name:<22} {len(s):>4} {auc:7.3f} {flagged.mean():8.1%}  {np.median(s):6.2f}  {detail}")
         times["score"] = time.perf_counter() - start
-        ok = worst >= 0.95 and held_flag.mean() <= 0.05
-        print(f"\ntargets (AUROC >= 0.95 every kind, <= 5% held-out flagged): {'met' if ok else 'NOT met'}")
+        ok = worst >= 0.95 and least >= 0.80 and held_flag.mean() <= 0.05
+        print(
+            "\ntargets (AUROC >= 0.95 and >= 80% flagged every kind, <= 5% held-out flagged): "
+            f"{'met' if ok else 'NOT met'}"
+        )
         print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
         return 0 if ok else 1
     finally:

@@ -38,7 +38,8 @@ def dicoms(tmp_path):
 def _sr_values(sr) -> dict[str, float]:
     """finding code -> the numeric value of its measurement group."""
     out = {}
-    for group in sr.ContentSequence[-2].ContentSequence:  # Imaging Measurements -> groups
+    measurements = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    for group in measurements.ContentSequence:  # Imaging Measurements -> groups
         kids = group.ContentSequence
         finding = next(k for k in kids if k.ConceptNameCodeSequence[0].CodeValue == "121071")
         code = finding.ConceptCodeSequence[0]
@@ -52,7 +53,8 @@ def _sr_values(sr) -> dict[str, float]:
 def test_dicom_format_writes_sr_and_secondary_capture_per_input(capsys, ckpt, dicoms, tmp_path):
     out = tmp_path / "results"
     rc, stdout, err = run_cli(
-        capsys, ["predict", "--weights", ckpt, *dicoms, "--format", "dicom", "--out", out]
+        capsys,
+        ["predict", "--weights", ckpt, *dicoms, "--format", "dicom", "--allow-demo-model", "--out", out],
     )
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
@@ -80,7 +82,10 @@ def test_dicom_format_writes_sr_and_secondary_capture_per_input(capsys, ckpt, di
     assert f"checkpoint-sha256={file_sha256(ckpt)}" in params
     # a second run gives the very same UIDs: a PACS replaces instead of duplicating
     uids = {p.name: pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()}
-    rc, _, _ = run_cli(capsys, ["predict", "--weights", ckpt, *dicoms, "--format", "dicom", "--out", out])
+    rc, _, _ = run_cli(
+        capsys,
+        ["predict", "--weights", ckpt, *dicoms, "--format", "dicom", "--allow-demo-model", "--out", out],
+    )
     assert rc == 0 and {p.name: pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()} == uids
 
 
@@ -94,12 +99,26 @@ def test_dicom_format_refuses_pictures_and_says_why(capsys, ckpt, dicoms, tmp_pa
     png = tmp_path / "film.png"
     png.write_bytes(png_bytes(np.full((64, 64), 128, np.uint8)))
     rc, _, err = run_cli(
-        capsys, ["predict", "--weights", ckpt, dicoms[0], png, "--format", "dicom", "--out", tmp_path / "o"]
+        capsys,
+        [
+            "predict",
+            "--weights",
+            ckpt,
+            dicoms[0],
+            png,
+            "--format",
+            "dicom",
+            "--allow-demo-model",
+            "--out",
+            tmp_path / "o",
+        ],
     )
     assert rc == 2
     assert "error: --format dicom needs DICOM inputs" in err and "film.png" in err
     assert "Study Instance UID" in err and "--format fhir" in err
-    rc, _, err = run_cli(capsys, ["predict", "--weights", ckpt, dicoms[0], "--format", "dicom"])
+    rc, _, err = run_cli(
+        capsys, ["predict", "--weights", ckpt, dicoms[0], "--format", "dicom", "--allow-demo-model"]
+    )
     assert rc == 2 and "--out DIR" in err
 
 
@@ -108,7 +127,19 @@ def test_fhir_format_for_dicom_and_picture_inputs(capsys, ckpt, dicoms, tmp_path
     png.write_bytes(png_bytes(np.full((64, 64), 90, np.uint8)))
     out = tmp_path / "fhir"
     rc, stdout, err = run_cli(
-        capsys, ["predict", "--weights", ckpt, dicoms[0], png, "--format", "fhir", "--out", out]
+        capsys,
+        [
+            "predict",
+            "--weights",
+            ckpt,
+            dicoms[0],
+            png,
+            "--format",
+            "fhir",
+            "--allow-demo-model",
+            "--out",
+            out,
+        ],
     )
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["film0.fhir.json", "photo.fhir.json"]
@@ -134,7 +165,19 @@ def test_dicom_without_a_study_uid_fails_its_row_only(capsys, ckpt, dicoms, tmp_
     phantom_dicom(30, 64, StudyInstanceUID=None).save_as(bad, enforce_file_format=True)
     out = tmp_path / "o"
     rc, _, err = run_cli(
-        capsys, ["predict", "--weights", ckpt, dicoms[0], bad, "--format", "dicom", "--out", out]
+        capsys,
+        [
+            "predict",
+            "--weights",
+            ckpt,
+            dicoms[0],
+            bad,
+            "--format",
+            "dicom",
+            "--allow-demo-model",
+            "--out",
+            out,
+        ],
     )
     assert rc == 1
     assert "nostudy.dcm: has no StudyInstanceUID" in err and "1 image(s) predicted, 1 failed" in err
@@ -145,7 +188,9 @@ def test_dicom_without_a_study_uid_fails_its_row_only(capsys, ckpt, dicoms, tmp_
 def test_real_siim_dicom_round_trip(capsys, ckpt, shared_data, tmp_path):
     src = shared_data / "dicom" / "siim_pneumothorax_sample.dcm"
     out = tmp_path / "siim"
-    rc, _, err = run_cli(capsys, ["predict", "--weights", ckpt, src, "--format", "dicom", "--out", out])
+    rc, _, err = run_cli(
+        capsys, ["predict", "--weights", ckpt, src, "--format", "dicom", "--allow-demo-model", "--out", out]
+    )
     assert rc == 0, err
     source = pydicom.dcmread(src, stop_before_pixels=True)
     for path in out.iterdir():

@@ -70,7 +70,8 @@ def test_calibrate_fits_the_reference_from_the_train_split(tmp_path, capsys):
     assert rc == 0 and "out-of-distribution reference fitted (40 reference, 20 threshold images)" in stdout
     assert read_checkpoint_meta(plain).ood is None  # the input is not rewritten
     ood = read_checkpoint_meta(out).ood
-    assert ood["fitted_on"]["reference"].endswith("(split train)") and ood["precision"].shape == (32, 32)
+    assert ood["fitted_on"]["reference"].endswith("(split train)") and ood["method"] == "mahalanobis-depths"
+    assert ood["precision_4"].shape == (32, 32)  # the final depth of densenet-tiny
 
     from cxrdx.inference.predictor import Predictor
 
@@ -85,7 +86,23 @@ def test_calibrate_fits_the_reference_from_the_train_split(tmp_path, capsys):
         capsys, ["calibrate", "--weights", out, "--data", cache, "--out", again, "--no-progress"]
     )
     assert rc == 0 and "out-of-distribution reference fitted" not in stdout
-    np.testing.assert_array_equal(read_checkpoint_meta(again).ood["precision"], ood["precision"])
+    np.testing.assert_array_equal(read_checkpoint_meta(again).ood["precision_4"], ood["precision_4"])
+
+    # a first-format reference (final features only, before issue 26) is refitted on several depths
+    from cxrdx.model.checkpoint import update_checkpoint_meta
+    from cxrdx.model.ood import OodStats, fit
+
+    old = fit(np.random.default_rng(0).standard_normal((50, 32)))
+    update_checkpoint_meta(
+        again, lambda m: setattr(m, "ood", OodStats(old.mean, old.precision, 0.1, 9.0).to_meta())
+    )
+    assert read_checkpoint_meta(again).ood["method"] == "mahalanobis"
+    refit = tmp_path / "refit.safetensors"
+    rc, stdout, _ = run_cli(
+        capsys, ["calibrate", "--weights", again, "--data", cache, "--out", refit, "--no-progress"]
+    )
+    assert rc == 0 and "out-of-distribution reference fitted" in stdout
+    assert read_checkpoint_meta(refit).ood["method"] == "mahalanobis-depths"
 
 
 def test_calibrate_from_a_csv_splits_its_images_for_reference_and_threshold(tmp_path, capsys):

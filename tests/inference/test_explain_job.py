@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
 
 import cxrdx.inference.explain_job as job
 from cxrdx.explain.localisation import format_localisation, half_cell_tolerance
+from cxrdx.imaging.preprocessing import Preprocessing
+from cxrdx.inference.prediction import Prediction
+from cxrdx.model.checkpoint import CheckpointMeta
 
 SIZE = 128  # model input: a Grad-CAM cell is 32 input px, so half a cell is 16 px on a 128 px image
 PEAK = (60, 60)  # (row, col) of the fake heatmap's maximum
@@ -17,7 +18,8 @@ PEAK = (60, 60)  # (row, col) of the fake heatmap's maximum
 class _FakePredictor:
     labels = ["Nodule", "Mass"]
     thresholds = None
-    meta = SimpleNamespace(preprocessing=SimpleNamespace(size=SIZE))
+    ood = None
+    meta = CheckpointMeta(architecture="densenet-tiny", preprocessing=Preprocessing(size=SIZE))
 
     @classmethod
     def load(cls, *_args, **_kwargs):
@@ -31,6 +33,9 @@ class _FakePredictor:
 
     def probabilities(self, x):
         return np.array([[0.9, 0.1]], np.float32), None
+
+    def predict(self, images, batch_size=1, workers=0):
+        return [Prediction("a.png", {"Nodule": 0.9, "Mass": 0.1})]
 
     def explain(self, image, finding):
         heatmap = np.zeros(image.shape, np.float32)

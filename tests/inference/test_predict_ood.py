@@ -19,7 +19,7 @@ from cxrdx.inference.formats import format_csv, format_json, format_table
 from cxrdx.inference.predictor import Prediction, Predictor
 from cxrdx.model.checkpoint import CheckpointMeta, read_checkpoint_meta, save_checkpoint
 from cxrdx.model.networks import build_model
-from cxrdx.model.ood import OodStats, fit_ood_into_checkpoint
+from cxrdx.model.ood import fit_ood_into_checkpoint, reference
 
 SIZE = 64
 BACKENDS = ["torch", *(["onnx"] if onnxruntime_available() else [])]
@@ -99,7 +99,11 @@ def test_onnx_export_has_the_features_output_and_agrees_with_torch(gated):
     assert names == [OUTPUT_NAME, FEATURES_NAME]
     x = np.stack([onnx_p.prepare(im)[0] for im in _phantoms(3, 3)])
     feats = onnx_p.features(x)
-    assert feats.shape == (3, torch_p.model.class_layers.out.in_features)
+    assert feats.shape == (
+        3,
+        onnx_p.ood.dim,
+    )  # several depths (cxrdx.model.networks.depth_features_and_logits)
+    assert feats.shape[1] > torch_p.model.class_layers.out.in_features
     np.testing.assert_allclose(feats, torch_p.features(x), rtol=1e-4, atol=1e-5)
     a = onnx_p.predict(_noise(2), workers=0)
     b = torch_p.predict(_noise(2), workers=0)
@@ -189,13 +193,40 @@ def test_train_stores_the_reference_in_the_best_checkpoint(tmp_path):
     )
     result = train(cfg)
     meta = read_checkpoint_meta(result.best_path)
-    stats = OodStats.from_meta(meta.ood)
-    assert (
-        stats is not None and stats.threshold is not None and stats.precision.shape == (stats.dim, stats.dim)
-    )
+    stats = reference(meta.ood)
+    assert stats is not None and stats.threshold is not None and meta.ood["method"] == "mahalanobis-depths"
+    assert all(p.precision.shape == (p.dim, p.dim) for p in stats.parts)
     assert meta.ood["fitted_on"]["train_images"] == 48 and meta.ood["fitted_on"]["val_images"] == 16
     assert meta.ood["fitted_on"]["by"] == "cxrdx train"
     preds = Predictor.load(result.best_path, backend="torch").predict(
         [np.full((32, 32), 0.25, np.float32)], workers=0
     )
     assert isinstance(preds[0].ood_score, float) and preds[0].in_distribution is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_with_a_first_format_reference_still_predicts_its_score(tmp_path, backend):
+    """Written before issue 26: method "mahalanobis" on the final pooled features only. It loads, and its
+    score is the distance of the final features, now read from the trailing columns of the wider output."""
+    from cxrdx.model.checkpoint import load_checkpoint, update_checkpoint_meta
+    from cxrdx.model.networks import features_and_logits
+    from cxrdx.model.ood import OodStats, fit
+
+    path = _ckpt(tmp_path / "old.safetensors")
+    model, meta = load_checkpoint(path)
+    x = torch.from_numpy(np.stack([meta.preprocessing(im)[0] for im in _phantoms(30, 5)]))
+    with torch.no_grad():
+        final = features_and_logits(model.eval(), x)[0].numpy()
+    old = fit(final[:20])
+    old = OodStats(old.mean, old.precision, old.shrinkage, float(np.percentile(old.score(final[20:]), 99)))
+    update_checkpoint_meta(path, lambda m: setattr(m, "ood", old.to_meta(fitted_on={"by": "cxrdx 0.x"})))
+    assert read_checkpoint_meta(path).ood["method"] == "mahalanobis"
+    probe = _phantoms(2, 6)
+    preds = Predictor.load(path, backend=backend).predict(probe, workers=0)
+    with torch.no_grad():
+        feats = features_and_logits(
+            model, torch.from_numpy(np.stack([meta.preprocessing(im)[0] for im in probe]))
+        )[0]
+    expect = old.score(feats.numpy())
+    np.testing.assert_allclose([p.ood_score for p in preds], expect, rtol=1e-3)
+    assert all(p.in_distribution is not None for p in preds)

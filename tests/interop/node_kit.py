@@ -29,7 +29,11 @@ def tiny_checkpoint(path: Path, size: int = 32) -> Path:
     from cxrdx.labels import FINDINGS
 
     thresholds = {name: (0.0 if name == TINY_POSITIVE else 1.01) for name in FINDINGS}
-    return testkit.tiny_checkpoint(path, size, thresholds=thresholds, threshold_method="test")
+    # an evaluation on record, so `cxrdx listen` serves it without --allow-demo-model (cxrdx.model.card)
+    evaluation = {"mean_auroc": 0.5, "dataset": "node test fixture (not a real evaluation)"}
+    return testkit.tiny_checkpoint(
+        path, size, thresholds=thresholds, threshold_method="test", evaluation=evaluation
+    )
 
 
 def phantom_dicom(

@@ -119,7 +119,10 @@ def test_ood_observation():
     assert obs["valueQuantity"]["value"] == 9.5
     assert obs["component"][0]["valueBoolean"] is False
     assert obs["interpretation"][0]["coding"][0]["code"] == "A"
-    assert "unlike the model's training images" in _resources(bundle)["DiagnosticReport"][0]["conclusion"]
+    assert (
+        "unlike the images the model was trained on"
+        in _resources(bundle)["DiagnosticReport"][0]["conclusion"]
+    )
 
 
 def test_validate_rejects_a_broken_resource():

@@ -65,13 +65,15 @@ def test_pixels_are_the_overlay_between_two_bands_of_burned_in_text(tmp_path):
     assert np.array_equal(pixels[band : band + 512], overlay_rgb(image, heat))  # the Grad-CAM overlay itself
     top, bottom = pixels[:band], pixels[band + 512 :]
     # the banner: yellow text on black, drawn the same way as on an empty picture
-    expected = burn_in(np.zeros((512, 512, 3), np.uint8), BANNER, caption("Cardiomegaly", pred, True))
+    expected = burn_in(np.zeros((512, 512, 3), np.uint8), BANNER, caption("Cardiomegaly", pred, ALGORITHM))
     assert np.array_equal(top, expected[:band]) and np.array_equal(bottom, expected[band + 512 :])
     yellow = (top[..., 0] > 200) & (top[..., 1] > 200) & (top[..., 2] < 80)
     assert yellow.sum() > 50 and (top.reshape(-1, 3).max(1) == 0).mean() > 0.5
     assert (bottom.reshape(-1, 3).min(1) > 200).sum() > 20  # white caption text
-    assert caption("Cardiomegaly", pred, True).startswith("cxrdx Grad-CAM: Cardiomegaly, probability 0.81")
-    assert "score (uncalibrated)" in caption("Cardiomegaly", pred, False)
+    assert caption("Cardiomegaly", pred, ALGORITHM).startswith(
+        "cxrdx Grad-CAM: Cardiomegaly, probability 0.81"
+    )
+    assert "score (uncalibrated)" in caption("Cardiomegaly", prediction(calibration="none"), ALGORITHM)
 
 
 def test_source_pixels_are_decoded_when_no_image_is_given(tmp_path):

@@ -124,25 +124,25 @@ def test_store_and_load_round_trip_keeps_the_state_dict_strict(tmp_path):
     assert not any(k.startswith("ood.") for k in tensors)  # the network's tensors only
     model, loaded = load_checkpoint(path)  # strict load still passes
     header_only = read_checkpoint_meta(path)  # the torch-free path gets the arrays too
+    last = f"precision_{len(record['layers']) - 1}"
     for m in (meta, loaded, header_only):
-        stats = ood.OodStats.from_meta(m.ood)
-        np.testing.assert_array_equal(stats.precision, record["precision"].astype(np.float64))
-        assert stats.threshold == record["threshold"] and m.ood["method"] == "mahalanobis"
-    assert '"precision"' not in loaded.to_json()  # the array is a tensor, not JSON
+        stats = ood.reference(m.ood)
+        assert isinstance(stats, ood.DepthOod) and m.ood["method"] == ood.DEPTHS_METHOD
+        np.testing.assert_array_equal(stats.parts[-1].precision, record[last])
+        assert stats.threshold == record["threshold"]
+    assert '"precision' not in loaded.to_json()  # the arrays are tensors, not JSON
 
     # other metadata edits and re-saves keep the arrays
     update_checkpoint_meta(path, lambda m: setattr(m, "thresholds", {"Mass": 0.5}))
     again = read_checkpoint_meta(path)
-    np.testing.assert_array_equal(again.ood["precision"], record["precision"])
+    np.testing.assert_array_equal(again.ood[last], record[last])
     save_checkpoint(tmp_path / "copy.safetensors", model, loaded)
-    np.testing.assert_array_equal(
-        read_checkpoint_meta(tmp_path / "copy.safetensors").ood["precision"], record["precision"]
-    )
+    np.testing.assert_array_equal(read_checkpoint_meta(tmp_path / "copy.safetensors").ood[last], record[last])
 
-    # removing the record removes the tensor
+    # removing the record removes the tensors
     update_checkpoint_meta(path, lambda m: setattr(m, "ood", None))
     tensors, meta = read_checkpoint(path)
-    assert meta.ood is None and ood.OodStats.from_meta(meta.ood) is None
+    assert meta.ood is None and ood.reference(meta.ood) is None
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as fh:
@@ -191,3 +191,112 @@ def test_fit_ood_for_accepts_batch_sources_arrays_and_paths(tmp_path):
     assert capped["fitted_on"]["train_images"] == 5
     with pytest.raises(TypeError):
         ood.fit_ood_for(model, inputs, inputs)
+
+
+# --------------------------------------------------------------------------- several depths (issue 26)
+
+
+def test_depth_features_are_one_pass_and_end_with_the_final_features():
+    from cxrdx.model.networks import depth_features_and_logits, depth_names, depth_parts
+
+    torch.manual_seed(0)
+    model = build_model("densenet-tiny").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats, logits = depth_features_and_logits(model, x)
+        final, _ = features_and_logits(model, x)
+        parts, _ = depth_parts(model, x)
+        np.testing.assert_allclose(logits.numpy(), model(x).numpy(), atol=1e-6)
+    assert len(parts) == len(depth_names()) == 5 and depth_names()[-1] == "class_layers.flatten"
+    assert feats.shape == (2, sum(p.shape[1] for p in parts)) and feats.shape[1] > final.shape[1]
+    np.testing.assert_allclose(feats[:, -final.shape[1] :].numpy(), final.numpy(), atol=1e-6)
+    with torch.no_grad():  # the stem's pooled output is the first block
+        stem = model.features.pool0(model.features.relu0(model.features.norm0(model.features.conv0(x))))
+    np.testing.assert_allclose(feats[:, : stem.shape[1]].numpy(), stem.mean((2, 3)).numpy(), atol=1e-6)
+
+
+def test_fit_depths_normalises_each_depth_and_flags_a_shift_at_one_depth_only():
+    """A shift confined to an early depth (the final features unchanged) is what the ensemble adds."""
+    rng = np.random.default_rng(0)
+    widths, names = [4, 6, 8], ["a", "b", "final"]
+    everything = _correlated(rng, 700, 18)  # one distribution: train, validation, probes
+    train, val, odd = everything[:400], everything[400:600], everything[600:].copy()
+    ref = ood.fit_depths(train, val, widths, names)
+    per_depth = ref.depth_scores(val)
+    np.testing.assert_allclose(per_depth.mean(0), ref.scales)  # each depth's mean on validation is 1
+    assert ref.score(val).mean() == pytest.approx(len(widths))
+    assert ref.threshold == pytest.approx(np.percentile(ref.score(val), 99))
+    assert ref.in_distribution(ref.score(odd)).mean() > 0.9  # unchanged: in distribution
+    odd[:, :4] += 6.0 * train[:, :4].std(0)  # only depth "a" moves
+    assert ref.in_distribution(ref.score(odd)).mean() < 0.05  # all flagged
+    final_only = ood.fit(train[:, -8:]).with_threshold(ood.fit(train[:, -8:]).score(val[:, -8:]))
+    assert final_only.in_distribution(final_only.score(odd[:, -8:])).mean() > 0.9  # the old gate misses it
+    # round trip through the record (arrays stay arrays)
+    back = ood.reference(ref.to_meta(fitted_on={}))
+    np.testing.assert_allclose(back.score(odd), ref.score(odd), rtol=1e-5)
+    assert back.names == tuple(names) and back.threshold == ref.threshold
+    with pytest.raises(DataError, match="18 features of 3 depths"):
+        ref.score(np.zeros((2, 8)))
+    with pytest.raises(DataError, match="do not add up"):
+        ood.fit_depths(train, val, [4, 6], names[:2])
+
+
+def test_a_first_format_reference_still_scores_the_final_features():
+    """Checkpoints written before issue 26 hold method "mahalanobis" on the final features: it keeps working."""
+    rng = np.random.default_rng(1)
+    everything = _correlated(rng, 400, 8)
+    train, val = everything[:300], everything[300:]
+    stats = ood.fit(train).with_threshold(ood.fit(train).score(val))
+    old = ood.reference(stats.to_meta())
+    assert isinstance(old, ood.OodStats) and old.trailing
+    wide = np.concatenate([rng.standard_normal((5, 12)), val[:5]], axis=1)  # earlier depths, then the final
+    np.testing.assert_allclose(old.score(wide), stats.score(val[:5]))
+    assert old.threshold == stats.threshold
+
+
+def test_the_gate_flags_foreign_inputs_with_an_untrained_network():
+    """Before the network is any good (random weights), the early depths already tell noise and
+    inverted films from phantoms; the held-out phantoms stay in."""
+    torch.manual_seed(0)
+    model = build_model("densenet-tiny")
+    pre = Preprocessing(size=64)
+    record = ood.fit_ood_for(model, _phantoms(80, 10), _phantoms(40, 11), preprocessing=pre)
+    ref = ood.reference(record)
+    assert record["method"] == ood.DEPTHS_METHOD and len(record["layers"]) == 5
+
+    def flagged(images):
+        f, _, _ = ood.image_features(model, images, pre, cap=1000)
+        return 1.0 - ref.in_distribution(ref.score(f)).mean()
+
+    rng = np.random.default_rng(3)
+    held = _phantoms(40, 12)
+    assert flagged(held) <= 0.1
+    assert flagged([1.0 - im for im in held]) >= 0.8
+    assert flagged([rng.random((64, 64)).astype(np.float32) for _ in range(20)]) >= 0.8
+
+
+def test_early_depths_flag_what_collapsed_final_features_cannot():
+    """A network whose final features carry nothing (norm5 zeroed: every image gives the same pooled
+    vector, the extreme of a weak model's collapsed features): the first-format gate, on those
+    features alone, flags nothing; the depth gate still flags noise and inverted films."""
+    torch.manual_seed(0)
+    model = build_model("densenet-tiny")
+    with torch.no_grad():
+        model.features.norm5.weight.zero_()
+        model.features.norm5.bias.fill_(0.5)
+    pre = Preprocessing(size=64)
+    train, val, held = _phantoms(60, 20), _phantoms(30, 21), _phantoms(30, 22)
+    rng = np.random.default_rng(4)
+    foreign = [1.0 - im for im in held[:15]] + [rng.random((64, 64)).astype(np.float32) for _ in range(15)]
+
+    def features(images):
+        return ood.image_features(model, images, pre, cap=1000)[0]
+
+    width = model.class_layers.out.in_features
+    final = ood.fit(features(train)[:, -width:])
+    final = final.with_threshold(final.score(features(val)[:, -width:]))
+    assert final.in_distribution(final.score(features(foreign)[:, -width:])).all()  # flags nothing
+
+    ref = ood.reference(ood.fit_ood_for(model, train, val, preprocessing=pre))
+    assert (~ref.in_distribution(ref.score(features(foreign)))).mean() >= 0.8
+    assert (~ref.in_distribution(ref.score(features(held)))).mean() <= 0.1

@@ -7,6 +7,7 @@ Figure with an Agg canvas, a colormap lookup), so they are safe from Gradio's wo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,10 +78,14 @@ def _wrap(text: str, font, width: int) -> list[str]:
     return lines or [""]
 
 
-def captioned_overlay(image: np.ndarray, heatmap: np.ndarray, caption: str) -> Image.Image:
+def captioned_overlay(
+    image: np.ndarray, heatmap: np.ndarray, caption: str, caveats: Sequence[str] = ()
+) -> Image.Image:
     """The overlay with its caption burnt in above it and a jet colour bar (low..high) on its right.
 
-    Burnt in, so a downloaded or screenshotted overlay still says what it shows.
+    Burnt in, so a downloaded or screenshotted overlay still says what it shows; ``caveats``
+    (``cxrdx.inference.formats.overlay_caveats``: a demo model's stamp, OUT OF DISTRIBUTION)
+    are burnt in too, in red, under the caption, as ``cxrdx explain`` does.
     """
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
@@ -96,6 +101,9 @@ def captioned_overlay(image: np.ndarray, heatmap: np.ndarray, caption: str) -> I
     label_w = int(font.getlength("high")) + 2 * pad
     total_w = w + bar_w + label_w + pad
     lines = _wrap(caption, font, total_w - 2 * pad)
+    warned = [part for c in caveats for part in _wrap(c, font, total_w - 2 * pad)]
+    colours = ["black"] * len(lines) + [(200, 0, 0)] * len(warned)
+    lines += warned
     strip = len(lines) * (size + 3) + 2 * pad
     canvas = Image.new("RGB", (total_w, h + strip), "white")
     canvas.paste(body, (0, strip))
@@ -103,8 +111,8 @@ def captioned_overlay(image: np.ndarray, heatmap: np.ndarray, caption: str) -> I
     bar = np.repeat((ramp * 255).astype(np.uint8)[:, None, :], bar_w, axis=1)
     canvas.paste(Image.fromarray(bar, mode="RGB"), (w + pad, strip))
     draw = ImageDraw.Draw(canvas)
-    for k, line in enumerate(lines):
-        draw.text((pad, pad + k * (size + 3)), line, fill="black", font=font)
+    for k, (line, colour) in enumerate(zip(lines, colours, strict=True)):
+        draw.text((pad, pad + k * (size + 3)), line, fill=colour, font=font)
     x = w + pad + bar_w + pad
     draw.text((x, strip), "high", fill="black", font=font)
     draw.text((x, strip + h - size - 2), "low", fill="black", font=font)

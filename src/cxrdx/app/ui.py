@@ -34,7 +34,7 @@ from cxrdx.app.components import (
     probability_chart,
 )
 from cxrdx.errors import CxrdxError
-from cxrdx.inference.formats import ood_warning
+from cxrdx.inference.formats import ood_warning, overlay_caveats
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -92,8 +92,9 @@ def build_app(predictor: Predictor, max_file_size: int | str | None = None) -> g
             image, pred = analyzer.predict(path)
             top = [n for n, _ in pred.ranked()[:TOP_K]]
             captions = [overlay_caption(pred, n, thresholds) for n in top]
+            caveats = overlay_caveats(predictor, pred)  # burnt in as `cxrdx explain` does
             overlays = [
-                captioned_overlay(image, predictor.explain(image, n), c)
+                captioned_overlay(image, predictor.explain(image, n), c, caveats)
                 for n, c in zip(top, captions, strict=True)
             ]
         except CxrdxError as exc:
@@ -128,8 +129,9 @@ def build_app(predictor: Predictor, max_file_size: int | str | None = None) -> g
         if image is None or not finding:
             return gr.update(value=None, label="Grad-CAM (picked finding)")
         caption = overlay_caption(pred, finding, thresholds) if pred is not None else finding
+        caveats = overlay_caveats(predictor, pred) if pred is not None else []
         return gr.update(
-            value=captioned_overlay(image, predictor.explain(image, finding), caption),
+            value=captioned_overlay(image, predictor.explain(image, finding), caption, caveats),
             label=f"Grad-CAM: {caption}",
         )
 

@@ -79,6 +79,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send the SR only: no Grad-CAM secondary captures (faster)",
     )
+    p.add_argument(
+        "--allow-demo-model",
+        action="store_true",
+        help="serve a checkpoint trained on synthetic phantoms or never evaluated (refused otherwise); "
+        "every object sent is then stamped DEMO MODEL",
+    )
+    p.add_argument(
+        "--send-ood-findings",
+        action="store_true",
+        help="for an out-of-distribution image, send its findings and heatmaps anyway, marked OUT OF "
+        "DISTRIBUTION (default: the SR says the image was not evaluated, and no heatmaps are sent)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="log every received instance")
 
 
@@ -136,10 +148,30 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(available_threads())
     weights = resolve_weights(args.weights)  # a path, or a pretrained model's name
     predictor = Predictor.load(weights, device=device, backend=args.backend)
+    from cxrdx.model.card import demo_stamp, require_not_demo
+
+    require_not_demo(predictor.meta, args.allow_demo_model, "sending its results to a PACS")
+    algorithm = algorithm_for(
+        weights,
+        predictor.meta,
+        getattr(predictor, "calibrated", None),
+        thresholds=predictor.thresholds,
+        send_ood_findings=args.send_ood_findings,
+    )
+    for line in (
+        [f"warning: {demo_stamp(predictor.meta)}; every object sent is stamped so"]
+        if algorithm["demo"]
+        else []
+    ) + (
+        ["warning: --send-ood-findings: out-of-distribution images get findings and heatmaps, marked"]
+        if args.send_ood_findings
+        else []
+    ):
+        print(f"cxrdx listen: {line}", file=sys.stderr, flush=True)
     processing = Processing(
         predictor,
         results_for,
-        algorithm_for(weights, predictor.meta, getattr(predictor, "calibrated", None)),
+        algorithm,
         batch_size=args.batch_size,
         workers=args.workers,
         heatmaps=not args.no_heatmaps,

@@ -33,6 +33,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", metavar="FILE", help="write the output here instead of stdout (a folder for dicom/fhir)"
     )
     p.add_argument(
+        "--allow-demo-model",
+        action="store_true",
+        help="dicom/fhir: write the results of a checkpoint trained on synthetic phantoms or never "
+        "evaluated (refused otherwise), stamped DEMO MODEL in every object",
+    )
+    p.add_argument(
+        "--send-ood-findings",
+        action="store_true",
+        help="dicom/fhir: report an out-of-distribution image's findings and heatmaps anyway, marked "
+        "(default: its SR/FHIR say it was not evaluated, and no heatmaps are written)",
+    )
+    p.add_argument(
         "--heatmaps", metavar="DIR", help=f"write Grad-CAM overlays of the top {HEATMAP_TOP_K} findings"
     )
     p.add_argument(
@@ -107,9 +119,14 @@ def run(args: argparse.Namespace) -> int:
     )
     result_folder = check_inputs = None
     if args.format in FOLDER_FORMATS:
+        import functools
+
         from cxrdx.interop.result_files import ResultFolder, check_dicom_inputs
 
-        result_folder, check_inputs = ResultFolder, check_dicom_inputs
+        result_folder = functools.partial(
+            ResultFolder, allow_demo=args.allow_demo_model, send_ood_findings=args.send_ood_findings
+        )
+        check_inputs = check_dicom_inputs
     summary = predict_job(
         config,
         log=lambda line: print(f"cxrdx predict: {line}", file=sys.stderr),

@@ -160,7 +160,8 @@ def calibrate(config: CalibrateConfig) -> dict:
     after = combine_views(views[0], new, names)[0]
     summary = calibration_summary(y, before, after, names, [new], True)
     ood = None
-    if predictor.ood is None:  # an import: its OOD reference from this data (evaluation/ood_reference.py)
+    # an import (no reference), or a first-format one (final features only, model/ood.py): fit it on this data
+    if predictor.ood is None or getattr(predictor.ood, "trailing", False):
         from cxrdx.evaluation.ood_reference import fit_ood_reference
 
         ood = fit_ood_reference(predictor, es, config.data, config.split if cache else None)

@@ -19,8 +19,12 @@ def overlay_png(
     boxes: Sequence[Box] = (),
     alpha: float = 0.45,
     cmap: str = "jet",
+    caveats: Sequence[str] = (),
 ) -> Path:
-    """Write the heatmap over the gray image (same pixel grid, original aspect) with a colour bar."""
+    """Write the heatmap over the gray image (same pixel grid, original aspect) with a colour bar.
+
+    ``caveats`` (e.g. a demo model's stamp, OUT OF DISTRIBUTION) are burned in below the
+    picture in red, so they travel with the file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,6 +50,13 @@ def overlay_png(
     ax.set_title(title, fontsize=10)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03, label="Grad-CAM (normalised)")
     fig.tight_layout()
+    if caveats:
+        import textwrap
+
+        lines = [part for c in caveats for part in textwrap.wrap(c, 95)]
+        fig.set_figheight(fig.get_figheight() + 0.16 * len(lines))
+        fig.subplots_adjust(bottom=(0.16 * len(lines) + 0.1) / fig.get_figheight())
+        fig.text(0.5, 0.02, "\n".join(lines), ha="center", va="bottom", color="red", fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

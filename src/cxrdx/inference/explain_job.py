@@ -1,7 +1,9 @@
 """The job behind ``cxrdx explain``: Grad-CAM heatmaps and overlays per image and finding, with scores.
 
 It loads a Predictor (inference) and uses explain/ for the maps, overlays and the one
-localisation scorer; explain/ itself never imports inference.
+localisation scorer; explain/ itself never imports inference. It warns and burns in what
+``cxrdx predict`` says: the model card's banners, and OUT OF DISTRIBUTION per image
+(``formats.overlay_caveats``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cxrdx.device import choose_device
 from cxrdx.errors import ConfigError, CxrdxError, DataError
 from cxrdx.explain.localisation import Box, LocalisationScore, group_boxes, half_cell_tolerance
 from cxrdx.explain.overlay import overlay_png, overlay_title
+from cxrdx.inference.formats import ood_warning, overlay_caveats
 from cxrdx.inference.predictor import Predictor
 from cxrdx.labels import canonical_list
 
@@ -63,6 +66,11 @@ def explain(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     thresholds = predictor.thresholds or {}
+    from cxrdx.model.card import banners
+
+    for banner in banners(predictor.meta):  # the model card's warnings, as `cxrdx predict` prints them
+        warn(f"cxrdx explain: warning: {banner}")
+    ood = predictor.ood
     results: dict = {"images": [], "localisation": {}}
     scores: dict[str, LocalisationScore] = {}
     failures = 0
@@ -73,9 +81,12 @@ def explain(
             warn(f"cxrdx explain: skipped {exc}")
             failures += 1
             continue
-        x, _ = predictor.prepare(image)
-        probs, _ = predictor.probabilities(x[None])
-        by_name = dict(zip(predictor.labels, map(float, probs[0]), strict=True))
+        pred = predictor.predict([image], batch_size=1, workers=0)[0]  # one pass: findings and the OOD gate
+        by_name = dict(pred.probabilities)
+        unreliable = ood_warning(pred, None if ood is None else ood.threshold)
+        if unreliable:
+            warn(f"cxrdx explain: warning: {item}: {unreliable}")
+        caveats = overlay_caveats(predictor, pred)
         name = Path(item).name
         boxed = sorted({f for (img, f) in groups if img == name and f in predictor.labels})
         findings = list(requested) or [
@@ -94,10 +105,12 @@ def explain(
                 out / f"{stem}.png",
                 overlay_title(finding, by_name[finding], thresholds.get(finding)),
                 boxes,
+                caveats=caveats,
             )
             record = {
                 "finding": finding,
                 "probability": by_name[finding],
+                "in_distribution": pred.in_distribution,
                 "png": f"{stem}.png",
                 "npy": f"{stem}.npy",
             }

@@ -51,8 +51,9 @@ DEFAULT_OPSET = 17
 EXPORT_TOLERANCE = 1e-4
 CACHE_KEEP = 8  # ONNX exports kept in the cache folder
 # Part of the cache key: bump it when the exported graph changes (2: second output "features";
-# 3: the normalisation and the gray channels folded into the first convolution, input "gray").
-EXPORT_REVISION = 3
+# 3: the normalisation and the gray channels folded into the first convolution, input "gray";
+# 4: "features" holds several depths, cxrdx.model.networks.depth_features_and_logits).
+EXPORT_REVISION = 4
 
 
 @dataclass
@@ -93,7 +94,10 @@ def onnx_metadata(meta: CheckpointMeta, source_sha256: str, fold: bool = False) 
         "calibration": json.dumps(
             resolve_calibration(meta.calibration, meta.provenance, meta.labels), sort_keys=True
         ),
-        FEATURES_NAME: "second output: the pooled features the classifier reads (out-of-distribution score)",
+        FEATURES_NAME: (
+            "second output: the pooled features of several depths, the classifier's last "
+            "(cxrdx.model.networks.depth_features_and_logits; the out-of-distribution score)"
+        ),
         "input": folded if fold else normalised,
         "folded_input": json.dumps(fold),
         "source_sha256": source_sha256,
@@ -110,9 +114,9 @@ def _with_sigmoid(model: torch.nn.Module) -> torch.nn.Module:
             self.net = net
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            from cxrdx.model.networks import features_and_logits
+            from cxrdx.model.networks import depth_features_and_logits
 
-            features, logits = features_and_logits(self.net, x)  # the same pass as self.net(x)
+            features, logits = depth_features_and_logits(self.net, x)  # the same pass as self.net(x)
             return torch.sigmoid(logits), features
 
     return _Probabilities(model).eval()

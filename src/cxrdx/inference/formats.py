@@ -36,6 +36,19 @@ def ood_warning(pred: Prediction, threshold: float | None = None) -> str | None:
     )
 
 
+def overlay_caveats(predictor: Predictor, pred: Prediction) -> list[str]:
+    """What an overlay picture carries below its title: the demo stamp and the OOD warning (the same for
+    ``cxrdx explain``, ``predict --heatmaps`` and the app's downloads; cxrdx.model.card)."""
+    from cxrdx.model.card import demo_stamp
+
+    ood = predictor.ood
+    return [
+        text
+        for text in (demo_stamp(predictor.meta), ood_warning(pred, None if ood is None else ood.threshold))
+        if text
+    ]
+
+
 def banner_lines(banners: Sequence[str]) -> list[str]:
     """The model card's warnings (cxrdx.model.card.banners), framed so nobody scrolls past them."""
     if not banners:
@@ -164,11 +177,9 @@ def write_heatmaps(
         t = thresholds.get(finding)
         call = "no threshold" if t is None else f"{'positive' if p >= t else 'negative'} at {t:.3f}"
         what = "p" if pred.calibration != "none" else "score (uncalibrated)"
-        written.append(
-            overlay_png(
-                image, heatmap, out_dir / f"{stem}_{finding}.png", f"{finding}: {what}={p:.2f} ({call})"
-            )
-        )
+        title = f"{finding}: {what}={p:.2f} ({call})"
+        path = out_dir / f"{stem}_{finding}.png"
+        written.append(overlay_png(image, heatmap, path, title, caveats=overlay_caveats(predictor, pred)))
     return written
 
 

@@ -38,7 +38,7 @@ from cxrdx.imaging.letterbox import Letterbox
 from cxrdx.inference.prediction import Prediction
 from cxrdx.labels import canonical
 from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta
-from cxrdx.model.ood import OodStats
+from cxrdx.model.ood import DepthOod, OodStats, reference
 
 if TYPE_CHECKING:  # the ONNX path runs without torch and MONAI (they load with the network, on demand)
     import torch
@@ -305,14 +305,15 @@ class Predictor:
         return self._views(batch, tta)[0]
 
     def features(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, S, S) inputs -> (N, F) pooled features (what the out-of-distribution score reads)."""
+        """(N, C, S, S) inputs -> (N, F) pooled features of several depths, the final ones last
+        (``cxrdx.model.networks.depth_features_and_logits``: what the out-of-distribution score reads)."""
         return self._forward(np.ascontiguousarray(batch, dtype=np.float32), with_features=True)[1]
 
     @property
-    def ood(self) -> OodStats | None:
-        """The checkpoint's out-of-distribution reference (cxrdx.model.ood), or None when it has none."""
+    def ood(self) -> OodStats | DepthOod | None:
+        """The checkpoint's out-of-distribution reference (cxrdx.model.ood, either format), or None."""
         meta = self.meta
-        return self._derived("ood", (meta.ood,), lambda: OodStats.from_meta(meta.ood))
+        return self._derived("ood", (meta.ood,), lambda: reference(meta.ood))
 
     def _views(self, batch: np.ndarray, tta: bool, with_features: bool = False, gray: bool = False) -> Any:
         """(V, N, L) raw outputs and, when asked, the (N, F) features of the unflipped view: one pass."""
@@ -339,7 +340,7 @@ class Predictor:
             return np.asarray(out[0], dtype=np.float32), feats
         import torch
 
-        from cxrdx.model.networks import features_and_logits
+        from cxrdx.model.networks import depth_features_and_logits
 
         with torch.inference_mode():
             t = torch.from_numpy(x).to(self.device)
@@ -347,7 +348,7 @@ class Predictor:
                 t = t.contiguous(memory_format=torch.channels_last)
             if not with_features:
                 return torch.sigmoid(self.model(t)).float().cpu().numpy(), None
-            feats, logits = features_and_logits(self.model, t)
+            feats, logits = depth_features_and_logits(self.model, t)
             return torch.sigmoid(logits).float().cpu().numpy(), feats.float().cpu().numpy()
 
     def _result(

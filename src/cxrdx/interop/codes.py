@@ -54,6 +54,15 @@ TTA_SPREAD = Concept(PRIVATE_SCHEME, "tta-spread", "Spread over test-time augmen
 IN_DISTRIBUTION = Concept(PRIVATE_SCHEME, "in-distrib", "Input resembles the training images")
 OOD_FINDING = Concept(PRIVATE_SCHEME, "ood-check", "Out-of-distribution check")
 OOD_SCORE = Concept(PRIVATE_SCHEME, "ood-score", "Out-of-distribution score (Mahalanobis)")
+OOD_THRESHOLD = Concept(PRIVATE_SCHEME, "ood-threshold", "Out-of-distribution threshold")
+THRESHOLD = Concept(PRIVATE_SCHEME, "threshold", "Decision threshold (present at or above)")
+CALIBRATION = {  # each finding's calibration state (cxrdx.metrics.calibration), as a measurement method
+    "prior+temperature": Concept(
+        PRIVATE_SCHEME, "cal-prior-temp", "Calibrated: training prior and temperature"
+    ),
+    "prior": Concept(PRIVATE_SCHEME, "cal-prior", "Calibrated for the training prior only"),
+    "none": Concept(PRIVATE_SCHEME, "cal-none", "Not calibrated: model score, not a probability"),
+}
 NO_UNITS = Concept("UCUM", "1", "no units")
 CHEST_XRAY = Concept("SCT", "399208008", "Plain X-ray of chest")
 AI_FINDINGS = Concept(PRIVATE_SCHEME, "report", "Chest X-ray AI findings (cxrdx)")
@@ -77,3 +86,8 @@ def finding_concept(name: str) -> Concept:
 
 def uses_private(concepts: list[Concept]) -> bool:
     return any(c.scheme == PRIVATE_SCHEME for c in concepts)
+
+
+def calibration_concept(state: str) -> Concept:
+    """The coded calibration state of one finding's number (an unknown state reads as not calibrated)."""
+    return CALIBRATION.get(state, CALIBRATION["none"])

@@ -12,13 +12,17 @@ What is written, for one image:
 - ``Device``: cxrdx, its version, the checkpoint's SHA-256 as an identifier;
 - one ``Observation`` per finding: code = the finding's coded concept (SNOMED CT, DICOM
   or ``urn:cxrdx:code``; cxrdx.interop.codes), ``valueQuantity`` = the probability
-  (unit "probability", or "score (uncalibrated)" for an uncalibrated checkpoint; UCUM "1"),
-  interpretation POS / NEG by the checkpoint's threshold, IND without one; ``derivedFrom``
-  the ImagingStudy; plus one for the out-of-distribution check when there is one;
+  (unit "probability", or "score (uncalibrated)" for a finding that is not calibrated; UCUM "1"),
+  interpretation POS / NEG by the checkpoint's threshold, IND without one; components and a
+  note with the finding's calibration state and threshold; ``derivedFrom`` the ImagingStudy;
+  for an out-of-distribution image no value (``dataAbsentReason`` "not-performed", IND) unless
+  its findings are sent on request; plus one for the out-of-distribution check (score,
+  in distribution, threshold) when there is one;
 - ``DiagnosticReport`` (status preliminary): those Observations as ``result``, the study as
   ``imagingStudy`` (a logical reference: identifier ``urn:dicom:uid`` = ``urn:oid:<Study UID>``),
   the patient as ``subject`` (a logical reference by Patient ID) for a DICOM source, the
-  research-use disclaimer in ``conclusion``.
+  demo stamp, the OOD verdict, the model card's banners and training-data line and the
+  research-use disclaimer in ``conclusion`` (the Device's notes repeat the model's).
 
 A PNG/JPEG source has no study or patient, so those references are left out. Resource ids
 are name-based UUIDs of the source (SOP Instance UID, or the file's SHA-256) and the
@@ -35,11 +39,21 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from cxrdx.interop import codes
-from cxrdx.interop.study import RESEARCH_USE, is_calibrated, result_uid
+from cxrdx.interop.study import (
+    CALIBRATION_WORDS,
+    RESEARCH_USE,
+    STAMPS,
+    finding_calibration,
+    is_calibrated,
+    result_notes,
+    result_uid,
+    withheld,
+)
 
 FHIR_VERSION = "R4 (fhir.resources.R4B models)"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxrdx:fhir")
 
 
@@ -91,22 +105,26 @@ def fhir_bundle(
         "manufacturer": "cxrdx",
         "deviceName": [{"name": str(algorithm.get("name", "cxrdx")), "type": "model-name"}],
         "version": [{"value": str(algorithm.get("version", "unknown"))}],
-        "note": [{"text": RESEARCH_USE}],
+        "note": [{"text": n} for n in [*result_notes(None, algorithm), RESEARCH_USE]],
     }
     if algorithm.get("checkpoint"):
         device["modelNumber"] = str(algorithm["checkpoint"])
     calibrated = is_calibrated(prediction, algorithm)
-    unit = "probability" if calibrated else "score (uncalibrated)"
+    hold = withheld(prediction, algorithm)  # out of distribution: not evaluated
+    notes = result_notes(prediction, algorithm)
     observations = []
     for name, p in prediction.probabilities.items():
         concept = codes.finding_concept(name)
-        call = (prediction.positive or {}).get(name)
         obs = _observation(rid(f"obs:{name}"), concept, context, device_id, study_ref)
         obs["code"]["text"] = name
-        obs["valueQuantity"] = _quantity(p, unit)
-        obs["interpretation"] = [_interpretation(call)]
+        if hold:
+            obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "not-performed"}]}
+            obs["interpretation"] = [_interpretation(None)]
+            obs["note"] = [{"text": next(n for n in notes if n.startswith("NOT EVALUATED"))}]
+        else:
+            _finding_values(obs, name, p, prediction, algorithm)
         observations.append(obs)
-    ood = _ood_observation(prediction, rid("obs:ood"), context, device_id, study_ref)
+    ood = _ood_observation(prediction, rid("obs:ood"), context, device_id, study_ref, algorithm)
     if ood is not None:
         observations.append(ood)
 
@@ -128,7 +146,7 @@ def fhir_bundle(
         "code": {"coding": [_coding(codes.CHEST_XRAY)], "text": "cxrdx chest X-ray findings (AI)"},
         **context,
         "result": [{"reference": f"urn:uuid:{o['id']}", "type": "Observation"} for o in observations],
-        "conclusion": _conclusion(prediction, calibrated),
+        "conclusion": _conclusion(prediction, calibrated, hold, notes),
     }
     if source is not None:
         report["identifier"] = [
@@ -189,7 +207,28 @@ def _observation(oid: str, concept: codes.Concept, context: dict, device_id: str
     return obs
 
 
-def _ood_observation(prediction, oid, context, device_id, study_ref) -> dict | None:
+def _finding_values(obs: dict, name: str, p: float, prediction: Any, algorithm: Mapping) -> None:
+    """The number (unit = its calibration state), the call, and the threshold behind it."""
+    state = finding_calibration(prediction, algorithm, name)
+    obs["valueQuantity"] = _quantity(p, "score (uncalibrated)" if state == "none" else "probability")
+    call = (prediction.positive or {}).get(name)
+    obs["interpretation"] = [_interpretation(call)]
+    threshold = (algorithm.get("thresholds") or {}).get(name)
+    said = f"calibration: {state}, the value is a {CALIBRATION_WORDS.get(state, CALIBRATION_WORDS['none'])}"
+    components = [{"code": {"coding": [_coding(codes.calibration_concept(state))]}, "valueString": state}]
+    if threshold is not None:
+        said += f"; positive at or above the threshold {threshold:.4f}"
+        components.append(
+            {
+                "code": {"coding": [_coding(codes.THRESHOLD)]},
+                "valueQuantity": _quantity(threshold, "threshold"),
+            }
+        )
+    obs["note"] = [{"text": said}]
+    obs["component"] = components
+
+
+def _ood_observation(prediction, oid, context, device_id, study_ref, algorithm) -> dict | None:
     score = prediction.ood_score
     inside = prediction.in_distribution
     if score is None and inside is None:
@@ -202,22 +241,29 @@ def _ood_observation(prediction, oid, context, device_id, study_ref) -> dict | N
         obs["component"] = [
             {"code": {"coding": [_coding(codes.IN_DISTRIBUTION)]}, "valueBoolean": bool(inside)}
         ]
+        if algorithm.get("ood_threshold") is not None:
+            obs["component"].append(
+                {
+                    "code": {"coding": [_coding(codes.OOD_THRESHOLD)]},
+                    "valueQuantity": _quantity(algorithm["ood_threshold"], "threshold"),
+                }
+            )
         # outside the training images' range: flag it (v3 "A" abnormal), the numbers are unreliable
         obs["interpretation"] = [_v3("N", "Normal") if inside else _v3("A", "Abnormal")]
     return obs
 
 
-def _conclusion(prediction, calibrated: bool) -> str:
+def _conclusion(prediction, calibrated: bool, hold: bool, notes: list[str]) -> str:
     word = "probability" if calibrated else "score (uncalibrated)"
-    if prediction.positive is None:
+    if hold:
+        found = "no finding reported present or absent"
+    elif prediction.positive is None:
         found = "no thresholds in the checkpoint: findings not called positive or negative"
     else:
         pos = [n for n, v in prediction.positive.items() if v]
-        found = "positive: " + (", ".join(pos) if pos else "none")
-    extra = ""
-    if prediction.in_distribution is False:
-        extra = " The image is unlike the model's training images: do not rely on these numbers."
-    return f"{found} (values are the model's {word}).{extra} {RESEARCH_USE}"
+        found = "positive: " + (", ".join(pos) if pos else "none") + f" (values are the model's {word})"
+    stamps = [n for n in notes if n.startswith(STAMPS)]  # the demo stamp and the OOD verdict first
+    return " ".join([*stamps, f"{found}.", *(n for n in notes if n not in stamps), RESEARCH_USE])
 
 
 def _coding(concept: codes.Concept) -> dict:

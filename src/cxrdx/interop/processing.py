@@ -6,7 +6,8 @@ or the reason it could not be processed. Images are decoded ahead in threads and
 through the network in batches exactly as ``cxrdx predict`` does (``Predictor.iter_predict``),
 so the node keeps ``predict``'s throughput. Grad-CAM maps are computed only for the findings
 the secondary captures show (``secondary_capture.pictured_findings``: the positive ones, or
-the top three for a checkpoint without thresholds).
+the top three for a checkpoint without thresholds; none for an out-of-distribution image, whose
+SR says "not evaluated", unless the algorithm record says to send its findings).
 
 Building the objects (highdicom's SR, the pictures, encoding) is pure Python and costs
 about as much as a small network's inference. With ``result_workers`` > 0 it runs in
@@ -136,7 +137,7 @@ class Processing:
         """Grad-CAM maps ([0, 1], source pixel grid) of the pictured findings, and the image read."""
         from cxrdx.interop.secondary_capture import pictured_findings
 
-        names = pictured_findings(prediction) if self.heatmaps else []
+        names = pictured_findings(prediction, algorithm=self.algorithm) if self.heatmaps else []
         if not names:
             return {}, None
         image, _ = self.predictor.read(str(path))
@@ -146,6 +147,17 @@ class Processing:
         """Begin one predicted file's results: a Future (in a worker), the results, or why there are none."""
         if not prediction.ok:
             return str(prediction.error)
+        if prediction.in_distribution is False:  # the SR says "not evaluated"; no heatmaps (study.withheld)
+            sent = self.algorithm.get("ood_findings") == "send"
+            log.warning(
+                "%s: OUT OF DISTRIBUTION (OOD score %.2f, threshold %s): %s",
+                path.name,
+                prediction.ood_score if prediction.ood_score is not None else float("nan"),
+                self.algorithm.get("ood_threshold", "?"),
+                "findings sent anyway, marked (--send-ood-findings)"
+                if sent
+                else "no findings reported, no heatmaps",
+            )
         try:
             overlays, image = self.overlays(path, prediction)
             pool = self._executor()

@@ -4,7 +4,10 @@
 ``<stem>.sc-<Finding>.dcm``, one Grad-CAM secondary capture per pictured finding
 (cxrdx.interop.secondary_capture.pictured_findings), all in the input's study; ready
 for ``storescu`` or any PACS import. ``fhir``: ``<stem>.fhir.json``, the transaction
-Bundle (cxrdx.interop.fhir), for DICOM and PNG/JPEG inputs alike. Each file is written
+Bundle (cxrdx.interop.fhir), for DICOM and PNG/JPEG inputs alike. As for ``cxrdx listen``: a
+phantom-trained or never-evaluated model is refused unless ``allow_demo`` (then every object is
+stamped), and an out-of-distribution image is "not evaluated" (no calls, no pictures) unless
+``send_ood_findings``. Each file is written
 atomically; a result that cannot be made (a DICOM without a Study Instance UID, say)
 turns that image's row into an error and the others go on.
 """
@@ -57,8 +60,21 @@ def check_dicom_inputs(files: Sequence[Path]) -> None:
 class ResultFolder:
     """Writes each prediction's result files under ``out`` as predictions arrive."""
 
-    def __init__(self, out: str | Path, fmt: str, predictor: Any, weights: str) -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        fmt: str,
+        predictor: Any,
+        weights: str,
+        *,
+        allow_demo: bool = False,
+        send_ood_findings: bool = False,
+    ) -> None:
+        """``allow_demo``: write a phantom-trained or never-evaluated model's results (stamped) instead of
+        refusing; ``send_ood_findings``: report an out-of-distribution image's findings (marked) instead of
+        "not evaluated"."""
         from cxrdx.interop.sr import algorithm_for
+        from cxrdx.model.card import require_not_demo
 
         if fmt not in FOLDER_FORMATS:
             raise ConfigError(f"--format {fmt}: not a folder format ({', '.join(FOLDER_FORMATS)})")
@@ -69,12 +85,19 @@ class ResultFolder:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+        require_not_demo(predictor.meta, allow_demo, f"--format {fmt}")
         self.fmt = fmt
         self.predictor = predictor
         from cxrdx.model.pretrained import resolve_weights
 
         calibrated = predictor.calibrated  # False: "score (uncalibrated)" wording
-        self.algorithm = algorithm_for(resolve_weights(weights), predictor.meta, calibrated)
+        self.algorithm = algorithm_for(
+            resolve_weights(weights),
+            predictor.meta,
+            calibrated,
+            thresholds=predictor.thresholds,
+            send_ood_findings=send_ood_findings,
+        )
         self.written: list[Path] = []
         self._stems: dict[str, int] = {}
 
@@ -107,7 +130,7 @@ class ResultFolder:
         path = Path(pred.source)
         source = pydicom.dcmread(path, stop_before_pixels=True)
         source_header(source, where=str(path))  # no study UID: say so before Grad-CAM runs
-        wanted = pictured_findings(pred)
+        wanted = pictured_findings(pred, algorithm=self.algorithm)  # none for an OOD image (study.withheld)
         image = None
         overlays = {}
         if wanted:

@@ -3,8 +3,10 @@
 One SC image per pictured finding (``pictured_findings``: every positive finding, or,
 for a checkpoint without thresholds, the top three): the Grad-CAM overlay
 (``cxrdx.explain.overlay.overlay_rgb``) on the source image, RGB 8-bit, with a black
-band above saying "NOT FOR DIAGNOSTIC USE" and one below naming the finding, its
-probability and the call, burned into the pixels. So the words travel with the picture
+band above saying "NOT FOR DIAGNOSTIC USE" (plus DEMO MODEL / OUT OF DISTRIBUTION when
+they apply) and bands below naming the finding, its probability, the call and its threshold,
+then a demo model's stamp and the OOD verdict, burned into the pixels. An out-of-distribution
+image gets no picture unless its findings are sent on request (``pictured_findings``). So the words travel with the picture
 into any viewer, and Burned In Annotation is YES. Pictures are ``MIN_SIDE`` to
 ``MAX_SIDE`` pixels on their long side (Pixel Spacing scaled to match); each references
 its source image (Source Image Sequence) and copies its patient and study modules.
@@ -21,7 +23,16 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from cxrdx.errors import DataError
-from cxrdx.interop.study import MANUFACTURER, SC_SERIES_NUMBER, copy_patient_study, is_calibrated, result_uid
+from cxrdx.interop.study import (
+    MANUFACTURER,
+    SC_SERIES_NUMBER,
+    STAMPS,
+    copy_patient_study,
+    finding_calibration,
+    result_notes,
+    result_uid,
+    withheld,
+)
 
 MAX_SIDE = 1024
 MIN_SIDE = 512
@@ -30,36 +41,58 @@ BANNER = "NOT FOR DIAGNOSTIC USE"
 SC_SERIES_DESCRIPTION = "cxrdx Grad-CAM (NOT FOR DIAGNOSTIC USE)"
 
 
-def pictured_findings(prediction: Any, top_k: int = TOP_WITHOUT_THRESHOLDS) -> list[str]:
-    """The findings that get a picture: the positive ones (most probable first), or the top k without thresholds."""
+def pictured_findings(
+    prediction: Any, top_k: int = TOP_WITHOUT_THRESHOLDS, algorithm: Mapping | None = None
+) -> list[str]:
+    """The findings that get a picture: the positive ones (most probable first), or the top k without thresholds;
+    none for an out-of-distribution image unless ``algorithm`` says to send its findings (``--send-ood-findings``)."""
+    if withheld(prediction, algorithm or {}):
+        return []
     ranked = [name for name, _ in sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])]
     if prediction.positive is None:
         return ranked[:top_k]
     return [name for name in ranked if prediction.positive.get(name)]
 
 
-def caption(finding: str, prediction: Any, calibrated: bool) -> str:
+def caption(finding: str, prediction: Any, algorithm: Mapping) -> str:
+    """The finding, its number named by its calibration state, the call and the threshold behind it."""
     p = prediction.probabilities[finding]
     call = (prediction.positive or {}).get(finding)
-    word = "probability" if calibrated else "score (uncalibrated)"
+    state = finding_calibration(prediction, algorithm, finding)
+    word = "score (uncalibrated)" if state == "none" else "probability"
+    threshold = (algorithm.get("thresholds") or {}).get(finding)
     said = "no threshold" if call is None else ("positive" if call else "negative")
+    if call is not None and threshold is not None:
+        said += f" at threshold {threshold:.3f}"
     return f"cxrdx Grad-CAM: {finding}, {word} {p:.2f} ({said}). Research use only."
 
 
-def burn_in(picture: np.ndarray, top: str, bottom: str) -> np.ndarray:
-    """``picture`` (H, W, 3) uint8 with a black band of text above and below (the text in the pixels)."""
+def top_banner(prediction: Any, algorithm: Mapping) -> str:
+    """The yellow band: NOT FOR DIAGNOSTIC USE, plus DEMO MODEL and OUT OF DISTRIBUTION when they apply."""
+    parts = [BANNER]
+    if algorithm.get("demo"):
+        parts.append("DEMO MODEL")
+    if getattr(prediction, "in_distribution", None) is False:
+        parts.append("OUT OF DISTRIBUTION")
+    return " - ".join(parts)
+
+
+def burn_in(picture: np.ndarray, top: str, bottom: str | list[str]) -> np.ndarray:
+    """``picture`` (H, W, 3) uint8 with a black band of text above and one per ``bottom`` line below."""
     from PIL import Image, ImageDraw, ImageFont
 
+    lines = [bottom] if isinstance(bottom, str) else list(bottom)
     h, w = picture.shape[:2]
     size = max(9, w // 28)
     band = int(size * 1.8)
-    canvas = Image.new("RGB", (w, h + 2 * band), (0, 0, 0))
+    canvas = Image.new("RGB", (w, h + (1 + len(lines)) * band), (0, 0, 0))
     canvas.paste(Image.fromarray(picture), (0, band))
     draw = ImageDraw.Draw(canvas)
-    for text, y, font_size, colour in (
-        (top, 0, size, (255, 255, 0)),
-        (bottom, h + band, max(8, int(size * 0.62)), (255, 255, 255)),
-    ):
+    texts = [(top, 0, size, (255, 255, 0))]
+    texts += [
+        (line, h + (1 + i) * band, max(8, int(size * 0.62)), (255, 255, 255)) for i, line in enumerate(lines)
+    ]
+    for text, y, font_size, colour in texts:
         font = ImageFont.load_default(size=font_size)
         while draw.textlength(text, font=font) > w - 4 and font_size > 6:
             font_size -= 1
@@ -67,6 +100,13 @@ def burn_in(picture: np.ndarray, top: str, bottom: str) -> np.ndarray:
         x = max(2, int((w - draw.textlength(text, font=font)) / 2))
         draw.text((x, y + (band - font_size) // 2), text, fill=colour, font=font)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def caption_lines(finding: str, prediction: Any, algorithm: Mapping) -> list[str]:
+    """The bottom bands: the caption, then the demo stamp and the OOD verdict when they apply."""
+    notes = result_notes(prediction, algorithm)
+    stamps = [n for n in notes if n.startswith(STAMPS)]
+    return [caption(finding, prediction, algorithm), *stamps]
 
 
 def secondary_captures(
@@ -86,7 +126,6 @@ def secondary_captures(
 
     sha = str(algorithm.get("checkpoint_sha256", ""))
     src_uid = str(header.SOPInstanceUID)
-    calibrated = is_calibrated(prediction, algorithm)
     out = []
     for number, (finding, overlay) in enumerate(overlays.items(), start=1):
         overlay = np.asarray(overlay)
@@ -97,7 +136,9 @@ def secondary_captures(
                 image = _gray_from(source)
             picture = overlay_rgb(image, overlay)
         picture, scale = _fit(picture)
-        pixels = burn_in(picture, BANNER, caption(finding, prediction, calibrated))
+        pixels = burn_in(
+            picture, top_banner(prediction, algorithm), caption_lines(finding, prediction, algorithm)
+        )
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=header,
             pixel_array=pixels,
@@ -117,12 +158,12 @@ def secondary_captures(
             software_versions=str(algorithm.get("version", "")),
         )
         copy_patient_study(header, sc)
-        _describe(sc, header, finding, scale)
+        _describe(sc, header, finding, scale, result_notes(prediction, algorithm))
         out.append(sc)
     return out
 
 
-def _describe(sc: Dataset, header: Dataset, finding: str, scale: float) -> None:
+def _describe(sc: Dataset, header: Dataset, finding: str, scale: float, notes: list[str]) -> None:
     orientation = header.get("PatientOrientation")
     sc.PatientOrientation = orientation if orientation and len(orientation) == 2 else ""
     body = str(header.get("BodyPartExamined", "") or "").strip()
@@ -131,8 +172,10 @@ def _describe(sc: Dataset, header: Dataset, finding: str, scale: float) -> None:
     if header.get("Laterality"):
         sc.Laterality = header.Laterality
     sc.BurnedInAnnotation = "YES"
+    if any(n.startswith("DEMO MODEL") for n in notes):
+        sc.SeriesDescription = "cxrdx Grad-CAM DEMO MODEL (NOT FOR DIAGNOSTIC USE)"
     sc.ConversionType = "WSD"  # made on a workstation, not scanned
-    sc.ImageComments = f"Grad-CAM heatmap for {finding}. {BANNER}: research use only."
+    sc.ImageComments = " ".join([f"Grad-CAM heatmap for {finding}. {BANNER}: research use only.", *notes])
     sc.DerivationDescription = f"Grad-CAM overlay for {finding} on the source image (cxrdx)"
     spacing = header.get("PixelSpacing")
     if spacing and len(spacing) == 2:

@@ -9,11 +9,17 @@ identifier, algorithm identification, the source image) with
 - a qualitative evaluation: the finding's code = Present / Absent by the checkpoint's
   threshold, or Undetermined when the checkpoint has none for it;
 - the probability as a numeric measurement (DCM 122157 "Probability", unit "1"), or,
-  for an uncalibrated checkpoint, a private "Model score (uncalibrated)" so nobody
-  reads a score as a probability; the test-time-augmentation spread when there is one;
+  for a finding that is not calibrated, a private "Model score (uncalibrated)" so nobody
+  reads a score as a probability, with the finding's calibration state as its Measurement
+  Method; the threshold behind the call ("Decision threshold"); the test-time-augmentation
+  spread when there is one;
 
-plus an out-of-distribution group when the prediction has an OOD result, and a
-research-use disclaimer (TEXT "Comment") in the root container. Algorithm
+plus an out-of-distribution group (score, in distribution yes/no, threshold) when the
+prediction has an OOD result, and TEXT "Comment"s in the root container: a demo model's
+stamp, the OOD verdict, the model card's banners and training-data line
+(``study.result_notes``) and the research-use disclaimer. An out-of-distribution image is
+not evaluated (``study.withheld``): every finding is Undetermined and has no number, unless
+the algorithm record says to send its findings (``--send-ood-findings``), and then marked. Algorithm
 identification (TID 4019) names ``cxrdx``, its version and, as parameters, the
 checkpoint's SHA-256 and file name. Content Qualification is RESEARCH, the document
 PARTIAL/UNVERIFIED/PRELIMINARY: a machine's output that no one has signed.
@@ -33,18 +39,36 @@ from cxrdx.interop.study import (
     MANUFACTURER,
     RESEARCH_USE,
     SR_SERIES_NUMBER,
+    calibration_states,
     copy_patient_study,
-    is_calibrated,
+    finding_calibration,
     quiet_person_names,
+    result_notes,
     result_uid,
     source_header,
+    withheld,
 )
 
 SR_SERIES_DESCRIPTION = "cxrdx AI findings (research use only)"
+DEMO_SERIES_DESCRIPTION = "cxrdx DEMO model findings (meaningless)"
 
 
-def algorithm_for(weights: str | os.PathLike, meta: Any = None, calibrated: bool | None = None) -> dict:
-    """The ``algorithm`` dict results_for expects, for a checkpoint file and its CheckpointMeta."""
+def algorithm_for(
+    weights: str | os.PathLike,
+    meta: Any = None,
+    calibrated: bool | None = None,
+    *,
+    thresholds: Mapping[str, float | None] | None = None,
+    send_ood_findings: bool = False,
+) -> dict:
+    """The ``algorithm`` dict results_for expects, for a checkpoint file and its CheckpointMeta.
+
+    With ``meta`` it carries what every result object must say (cxrdx.model.card): the demo
+    stamp, the banners, the training-data line, each finding's threshold (``thresholds``: the
+    ones applied, e.g. ``Predictor.thresholds``; default the checkpoint's) and calibration state
+    (``study.calibration_states``). ``send_ood_findings``: report an out-of-distribution image's
+    findings anyway (marked) instead of "not evaluated".
+    """
     from cxrdx import __version__
     from cxrdx.files import file_sha256
 
@@ -62,6 +86,18 @@ def algorithm_for(weights: str | os.PathLike, meta: Any = None, calibrated: bool
         ood = meta.ood
         if isinstance(ood, dict) and ood.get("threshold") is not None:
             out["ood_threshold"] = float(ood["threshold"])
+        from cxrdx.metrics.calibration import resolve_calibration
+        from cxrdx.model import card
+
+        names = list(meta.labels)
+        record = resolve_calibration(meta.calibration, meta.provenance, names)
+        out["calibration_by_finding"] = calibration_states(record, names)
+        chosen = meta.thresholds if thresholds is None else thresholds
+        out["thresholds"] = {n: float(t) for n, t in (chosen or {}).items() if t is not None}
+        out["demo"] = card.demo_stamp(meta)
+        out["caveats"] = card.banners(meta)
+        out["training_data"] = card.training_line(meta)
+    out["ood_findings"] = "send" if send_ood_findings else "withhold"
     if calibrated is not None:
         out["calibrated"] = bool(calibrated)
     return out
@@ -102,29 +138,36 @@ def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -
     sha = str(algorithm.get("checkpoint_sha256", ""))
     src_uid = str(header.SOPInstanceUID)
     algo = _algorithm_id(algorithm)
-    calibrated = is_calibrated(prediction, algorithm)
-    value_name = codes.PROBABILITY if calibrated else codes.UNCALIBRATED_SCORE
     positive = prediction.positive or {}
     spread = prediction.uncertainty or {}
+    thresholds = algorithm.get("thresholds") or {}
+    hold = withheld(prediction, algorithm)  # out of distribution: not evaluated (qualitative "Undetermined")
 
     def image_ref() -> list:
         return [hd.sr.SourceImageForMeasurementGroup.from_source_image(header)]
 
     groups = []
-    used = [value_name, codes.CHEST_XRAY]
+    used = [codes.CHEST_XRAY]
     for name, p in prediction.probabilities.items():
         concept = codes.finding_concept(name)
         used.append(concept)
-        call = positive.get(name)
+        call = None if hold else positive.get(name)
         value = codes.UNDETERMINED if call is None else (codes.PRESENT if call else codes.ABSENT)
-        measurements = [hd.sr.Measurement(name=_cc(value_name), value=float(p), unit=_cc(codes.NO_UNITS))]
-        if name in spread:
+        measurements = None if hold else _finding_measurements(name, p, prediction, algorithm, used)
+        if not hold and name in spread:
             measurements.append(
                 hd.sr.Measurement(
                     name=_cc(codes.TTA_SPREAD), value=float(spread[name]), unit=_cc(codes.NO_UNITS)
                 )
             )
             used.append(codes.TTA_SPREAD)
+        if not hold and thresholds.get(name) is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=_cc(codes.THRESHOLD), value=float(thresholds[name]), unit=_cc(codes.NO_UNITS)
+                )
+            )
+            used.append(codes.THRESHOLD)
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -140,7 +183,7 @@ def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -
     ood = _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref)
     if ood is not None:
         groups.append(ood)
-        used += [codes.OOD_FINDING, codes.IN_DISTRIBUTION, codes.OOD_SCORE]
+        used += [codes.OOD_FINDING, codes.IN_DISTRIBUTION, codes.OOD_SCORE, codes.OOD_THRESHOLD]
     observer = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -150,21 +193,37 @@ def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -
             model_name=str(algorithm.get("architecture", "") or "cxrdx model")[:64],
         ),
     )
+    notes = [*result_notes(prediction, algorithm), RESEARCH_USE]
     with quiet_person_names():
-        return _document(header, observer, groups, algorithm, used, src_uid, sha)
+        return _document(header, observer, groups, algorithm, used, src_uid, sha, notes)
 
 
-def _document(header, observer, groups, algorithm, used, src_uid, sha):
+def _finding_measurements(name: str, p: float, prediction: Any, algorithm: Mapping, used: list) -> list:
+    """The finding's number, named by its own calibration state (DCM 122157 "Probability" only when it is
+    one), the state also as the measurement's method."""
+    import highdicom as hd
+
+    state = finding_calibration(prediction, algorithm, name)
+    value_name = codes.UNCALIBRATED_SCORE if state == "none" else codes.PROBABILITY
+    method = codes.calibration_concept(state)
+    used += [value_name, method]
+    return [
+        hd.sr.Measurement(name=_cc(value_name), value=float(p), unit=_cc(codes.NO_UNITS), method=_cc(method))
+    ]
+
+
+def _document(header, observer, groups, algorithm, used, src_uid, sha, notes):
     import highdicom as hd
 
     report = _measurement_report(observer, groups, header)
-    report[0].ContentSequence.append(
-        hd.sr.TextContentItem(
-            name=hd.sr.CodedConcept("121106", "DCM", "Comment"),
-            value=RESEARCH_USE,
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    for note in notes:  # the demo stamp, the OOD verdict, the caveats, the training data, research use
+        report[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=hd.sr.CodedConcept("121106", "DCM", "Comment"),
+                value=note,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
         )
-    )
     sr = hd.sr.ComprehensiveSR(
         evidence=[header],
         content=report[0],
@@ -173,7 +232,7 @@ def _document(header, observer, groups, algorithm, used, src_uid, sha):
         sop_instance_uid=result_uid(src_uid, "sr", sha),
         instance_number=1,
         manufacturer=MANUFACTURER,
-        series_description=SR_SERIES_DESCRIPTION,
+        series_description=DEMO_SERIES_DESCRIPTION if algorithm.get("demo") else SR_SERIES_DESCRIPTION,
         manufacturer_model_name="cxrdx",
         software_versions=str(algorithm.get("version", "")),
         content_qualification="RESEARCH",
@@ -221,6 +280,14 @@ def _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref):
     if score is not None:
         measurements.append(
             hd.sr.Measurement(name=_cc(codes.OOD_SCORE), value=float(score), unit=_cc(codes.NO_UNITS))
+        )
+    if algorithm.get("ood_threshold") is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=_cc(codes.OOD_THRESHOLD),
+                value=float(algorithm["ood_threshold"]),
+                unit=_cc(codes.NO_UNITS),
+            )
         )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(

@@ -135,6 +135,67 @@ def is_calibrated(prediction: Any, algorithm: Mapping) -> bool:
     return algorithm.get("calibration") not in (None, "", "none")
 
 
+def calibration_states(record: Mapping | None, names: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Per finding, the calibration its number went through: "prior+temperature", "prior" or "none".
+
+    ``record``: the resolved calibration record (``Predictor.calibration`` =
+    ``cxrdx.metrics.calibration.resolve_calibration(...)``). Its per-finding map ``methods``
+    (finding -> method) is read when present; otherwise the record's ``method`` holds for every
+    finding except those whose temperature fit was skipped (``fitted_on.temperature_kept_at_1``):
+    they keep the prior shift ("prior"), or nothing when the shift was to be fitted with it (Platt).
+    """
+    record = record or {}
+    method = str(record.get("method", "none") or "none")
+    per = record.get("methods")
+    if isinstance(per, Mapping):
+        return {n: str(per.get(n, "none") or "none") for n in names}
+    fitted = record.get("fitted_on") or {}
+    kept = set(fitted.get("temperature_kept_at_1") or []) if method == "prior+temperature" else set()
+    platt = str(fitted.get("prior", "")).startswith("fitted with the temperature")
+    skipped = "none" if platt else "prior"
+    return {n: (skipped if n in kept else method) for n in names}
+
+
+def withheld(prediction: Any, algorithm: Mapping) -> bool:
+    """True when an out-of-distribution image's findings are not reported (unless ``--send-ood-findings``)."""
+    return getattr(prediction, "in_distribution", None) is False and algorithm.get("ood_findings") != "send"
+
+
+STAMPS = ("DEMO MODEL", "NOT EVALUATED", "OUT OF DISTRIBUTION")  # how the notes that stamp a result begin
+
+
+def result_notes(prediction: Any, algorithm: Mapping) -> list[str]:
+    """What every result object says in words: the demo stamp, the OOD verdict, the model card's caveats and
+    training-data line (cxrdx.model.card), most serious first."""
+    from cxrdx.model.card import ood_not_evaluated
+
+    notes = [str(algorithm["demo"])] if algorithm.get("demo") else []
+    if getattr(prediction, "in_distribution", None) is False:
+        sent = algorithm.get("ood_findings") == "send"
+        notes.append(ood_not_evaluated(prediction.ood_score, algorithm.get("ood_threshold"), sent=sent))
+    notes += [str(c) for c in algorithm.get("caveats") or []]
+    if algorithm.get("training_data"):
+        notes.append(f"Model card: {algorithm['training_data']}")
+    return notes
+
+
+CALIBRATION_WORDS = {
+    "prior+temperature": "probability (calibrated: training prior and temperature)",
+    "prior": "probability (calibrated for the training prior only)",
+    "none": "score (uncalibrated)",
+}
+
+
+def finding_calibration(prediction: Any, algorithm: Mapping, name: str) -> str:
+    """The calibration state of one finding's number ("none" whenever the prediction itself says none)."""
+    if not is_calibrated(prediction, algorithm):
+        return "none"
+    states = algorithm.get("calibration_by_finding") or {}
+    return str(
+        states.get(name) or getattr(prediction, "calibration", None) or algorithm.get("calibration", "none")
+    )
+
+
 @contextlib.contextmanager
 def quiet_person_names() -> Iterator[None]:
     """highdicom warns about one-component patient names; anonymised files all have them."""

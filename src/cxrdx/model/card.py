@@ -125,3 +125,63 @@ def card_lines(meta: CheckpointMeta) -> list[str]:
     else:
         lines.append("evaluated on: nothing recorded")
     return lines
+
+
+# --------------------------------------------------------------------------- what results carry (issue 26)
+
+DEMO_FLAG = "--allow-demo-model"
+
+
+def demo_reasons(meta: CheckpointMeta) -> list[str]:
+    """Why this model's output must not pass for a result: trained on phantoms, never evaluated ([] if neither)."""
+    out = []
+    if is_phantom(meta):
+        out.append("trained on synthetic phantoms")
+    if not has_evaluation(meta):
+        out.append("never evaluated")
+    return out
+
+
+def demo_stamp(meta: CheckpointMeta) -> str | None:
+    """The short stamp every result object of a demo model carries (SR text, burned-in caption, FHIR)."""
+    reasons = demo_reasons(meta)
+    if not reasons:
+        return None
+    return f"DEMO MODEL ({', '.join(reasons)}): its findings mean nothing for this patient"
+
+
+def require_not_demo(meta: CheckpointMeta, allowed: bool, where: str) -> None:
+    """Refuse a demo model (``demo_reasons``) for output that leaves cxrdx (a PACS, DICOM/FHIR files)."""
+    from cxrdx.errors import ConfigError
+
+    reasons = demo_reasons(meta)
+    if reasons and not allowed:
+        raise ConfigError(
+            f"this checkpoint is {' and '.join(reasons)}: {where} would put its findings beside a "
+            f"patient's images. Use a model trained and evaluated on real radiographs, or add {DEMO_FLAG} "
+            "to send them anyway, stamped as a demo in every object"
+        )
+
+
+def training_line(meta: CheckpointMeta) -> str:
+    """The model card's training-data line: what the model was trained on, and how much."""
+    lines = card_lines(meta)
+    return "; ".join(line for line in lines if line.startswith(("trained on", "training data")))
+
+
+def ood_not_evaluated(score: float | None, threshold: float | None, sent: bool = False) -> str:
+    """What a result says about an out-of-distribution image (its findings withheld, or ``sent`` on request)."""
+    numbers = (
+        ""
+        if score is None
+        else f" (OOD score {score:.2f}" + (f" > threshold {threshold:.2f})" if threshold is not None else ")")
+    )
+    if sent:
+        return (
+            f"OUT OF DISTRIBUTION{numbers}: the image is unlike the model's training images; its findings "
+            "are reported only because --send-ood-findings was given and must not be relied on"
+        )
+    return (
+        f"NOT EVALUATED: the image is out of distribution{numbers}, unlike the images the model was "
+        "trained on, so no finding is reported present or absent"
+    )

@@ -18,6 +18,10 @@ from cxrdx.labels import FINDINGS
 
 GRADCAM_LAYER = "class_layers.relu"
 FEATURES_LAYER = "class_layers.flatten"  # the pooled features the classifier reads (1024 for DenseNet121)
+# Children of ``model.features`` whose output is average-pooled for the out-of-distribution score, beside
+# FEATURES_LAYER (cxrdx.model.ood): the stem and the first three dense blocks (64, 256, 512, 1024 channels
+# for DenseNet121), where low-level differences (noise, inversion, other modalities) show.
+OOD_TAPS = ("pool0", "denseblock1", "denseblock2", "denseblock3")
 
 
 def _densenet121(in_channels: int, num_classes: int) -> nn.Module:
@@ -76,3 +80,38 @@ def features_and_logits(model: nn.Module, x):
     head = model.class_layers
     features = head.flatten(head.pool(head.relu(model.features(x))))
     return features, head.out(features)
+
+
+def depth_parts(model: nn.Module, x) -> tuple[list, object]:
+    """One forward pass -> (the pooled features of each depth, a list; logits (N, L)).
+
+    The global average of each ``OOD_TAPS`` output, in that order, then ``FEATURES_LAYER``
+    (what ``features_and_logits`` gives) last.
+    """
+    pooled = []
+    h = x
+    for name, module in model.features.named_children():
+        h = module(h)
+        if name in OOD_TAPS:
+            pooled.append(h.mean((2, 3)))
+    head = model.class_layers
+    features = head.flatten(head.pool(head.relu(h)))
+    pooled.append(features)
+    return pooled, head.out(features)
+
+
+def depth_features_and_logits(model: nn.Module, x):
+    """One forward pass -> (features of several depths (N, F_total), logits (N, L)); logits equal ``model(x)``.
+
+    ``depth_parts`` concatenated: the final features are the trailing columns, so a reference
+    fitted on them alone still reads them. The out-of-distribution score works on these.
+    """
+    import torch
+
+    parts, logits = depth_parts(model, x)
+    return torch.cat(parts, 1), logits
+
+
+def depth_names() -> list[str]:
+    """The layer of each block of ``depth_features_and_logits``' features, in order."""
+    return [f"features.{name}" for name in OOD_TAPS] + [FEATURES_LAYER]
