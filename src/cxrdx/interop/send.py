@@ -12,6 +12,11 @@ When the destination cannot be reached or drops the association, the sender wait
 spool meanwhile. A destination that answers with a failure status for a folder's file
 ``max_refusals`` times in a row is refusing that object, not unavailable: the folder is
 parked in ``undeliverable/`` with the reason, and the rest of the queue moves on.
+
+A delivered folder that cannot be removed from the spool (a read-only disk) is not sent
+again: the sender remembers it, logs it, and retries the removal with the same backoff;
+meanwhile the node refuses new images (0xA700). After a restart such a folder is sent once
+more (at least once), which the stable UIDs make harmless.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrdx.errors import ConfigError
+from cxrdx.interop.guard import shown
 from cxrdx.interop.spool import Spool
 
 log = logging.getLogger("cxrdx.node")
@@ -86,6 +92,7 @@ class Sender:
         self._contexts: set[tuple[str, str]] = set()  # (SOP class, transfer syntax) asked for
         self._refusals: dict[str, int] = {}
         self.wake = threading.Event()
+        self.unremoved: set[str] = set()  # delivered folders the spool could not drop: never resent
         self.delivered = 0  # result folders delivered by this process (for logs and tests)
 
     # ------------------------------------------------------------------ one association
@@ -166,7 +173,6 @@ class Sender:
                 self._refused(results, f"{self.destination} refused {uid} ({sop}) with status 0x{code:04X}")
                 return False
         self._refusals.pop(results.name, None)
-        self.spool.sent(results)
         self.delivered += 1
         log.info(
             "sent %d result object(s) for %s to %s",
@@ -174,6 +180,26 @@ class Sender:
             results.name.split("-", 1)[-1],
             self.destination,
         )
+        self._drop(results)
+        return True
+
+    def _drop(self, results: Path) -> bool:
+        """Remove a delivered folder; when the spool will not let go, remember it (not to resend it)."""
+        try:
+            self.spool.sent(results)
+        except OSError as exc:
+            if results.name not in self.unremoved:
+                log.error(
+                    "%s was delivered but cannot be removed from the spool (%s): not sending it again; "
+                    "retrying the removal with backoff, new images are refused (0xA700) meanwhile",
+                    results.name,
+                    shown(exc),
+                )
+            self.unremoved.add(results.name)
+            return False
+        if results.name in self.unremoved:
+            self.unremoved.discard(results.name)
+            log.info("%s: removed from the spool at last", results.name)
         return True
 
     def _refused(self, results: Path, reason: str) -> None:
@@ -192,7 +218,15 @@ class Sender:
         delay = self.backoff[0]
         idle_since = time.monotonic()
         while not stop.is_set():
-            items = self.spool.outgoing()
+            if self.unremoved:  # delivered but still in the spool: only the removal is retried
+                for name in sorted(self.unremoved):
+                    self._drop(self.spool.outbox / name)
+                if self.unremoved:
+                    stop.wait(delay)
+                    delay = min(delay * 2, self.backoff[1])
+                    continue
+                delay = self.backoff[0]
+            items = [p for p in self.spool.outgoing() if p.name not in self.unremoved]
             if not items:
                 if self._assoc is not None and time.monotonic() - idle_since > self.idle_release:
                     self.close()
@@ -207,12 +241,12 @@ class Sender:
                     refused |= not self.deliver(item)
                 delay = self.backoff[0]
             except DestinationUnavailable as exc:
-                log.warning("destination unavailable (%s); retrying in %.1f s", exc, delay)
+                log.warning("destination unavailable (%s); retrying in %.1f s", shown(exc, 300), delay)
                 stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
                 continue
             except Exception as exc:  # noqa: BLE001 - the sender must keep going
-                log.exception("unexpected error while sending results: %s", exc)
+                log.exception("unexpected error while sending results: %s", shown(exc))
                 self.close()
                 stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])

@@ -6,7 +6,7 @@ Nothing the node has acknowledged lives only in memory. The layout under the spo
   :meth:`Spool.receive` writes it durably (temporary file, fsync, rename, fsync of the
   folder) *before* the C-STORE is answered, so an acknowledged image survives a crash.
 - ``outbox/<time>-<SOPInstanceUID>/NNN.dcm``: the results (SR, secondary captures) of one source,
-  waiting to be sent. The folder is built under a temporary name and renamed into place
+  waiting to be sent; removed once delivered (:meth:`Spool.sent` checks that it is gone). The folder is built under a temporary name and renamed into place
   whole, *then* the inbox file is removed: a crash in between leaves both, and
   :meth:`Spool.recover` drops the inbox copy (the results are already there).
 - ``failed/``: sources that could not be processed (unreadable pixels), with a ``.txt`` reason.
@@ -149,8 +149,18 @@ class Spool:
         return dest
 
     def sent(self, results: Path) -> None:
-        """Every file of an outbox folder was delivered: forget it."""
-        shutil.rmtree(results, ignore_errors=True)
+        """Every file of an outbox folder was delivered: forget it.
+
+        Raises OSError when the folder is still there afterwards (a read-only spool): the caller
+        must not send it again and should retry the removal later.
+        """
+        why = "no error reported"
+        try:
+            shutil.rmtree(results)
+        except OSError as exc:  # FileNotFoundError included: then it is gone, as wanted
+            why = exc.strerror or str(exc)
+        if results.exists():
+            raise OSError(f"{results.name} is still in the spool after its removal ({why})")
         fsync_dir(self.outbox)
 
     def give_up(self, results: Path, reason: str) -> Path:
