@@ -243,7 +243,12 @@ class Node:
         try:
             self.spool.receive(str(ds.SOPInstanceUID), data)
         except OSError as exc:
-            log.error("%s from %s: refused (0xA700): cannot write the spool (%s)", uid, calling, shown(exc))
+            log.error(
+                "%s from %s: refused (0xA700): cannot write the spool (%s)",
+                uid,
+                calling,
+                shown(exc.strerror or exc),
+            )
             return STATUS_OUT_OF_RESOURCES
         self._count("received")
         self._last_arrival = time.monotonic()
@@ -297,7 +302,7 @@ class Node:
             pending = self.spool.pending()
         return pending[: self.config.max_batch]
 
-    def _write(self, path: Path, outcome: list[bytes] | str) -> None:
+    def _write(self, path: Path, outcome: list[bytes] | str, retry: bool = False) -> None:
         """Put one outcome in the spool; when the spool cannot take it, hold it for :meth:`_retry_held`."""
         try:
             if isinstance(outcome, str):
@@ -308,12 +313,13 @@ class Node:
             raise
         except OSError as exc:
             self._held = (path, outcome)
-            log.error(
-                "%s: the spool cannot take its results (%s); keeping them in memory and refusing new "
-                "images (0xA700) until it can",
-                path.stem,
-                shown(exc),
-            )
+            if not retry:
+                log.error(
+                    "%s: the spool cannot take its results (%s); keeping them in memory, retrying the write "
+                    "with backoff and refusing new images (0xA700) until it can",
+                    path.stem,
+                    shown(exc.strerror or exc),
+                )
             return
         if isinstance(outcome, str):
             self._count("failed")
@@ -328,7 +334,7 @@ class Node:
         path, outcome = self._held
         self._held = None
         try:
-            self._write(path, outcome)
+            self._write(path, outcome, retry=True)
         except FileNotFoundError:  # the source went meanwhile (a half-done move): nothing left to write
             return self.config.backoff[0]
         if self._held is None:

@@ -193,7 +193,7 @@ class Sender:
                     "%s was delivered but cannot be removed from the spool (%s): not sending it again; "
                     "retrying the removal with backoff, new images are refused (0xA700) meanwhile",
                     results.name,
-                    shown(exc),
+                    shown(exc.strerror or exc),
                 )
             self.unremoved.add(results.name)
             return False
@@ -217,20 +217,19 @@ class Sender:
     def run(self, stop: threading.Event) -> None:
         delay = self.backoff[0]
         idle_since = time.monotonic()
+        removal_delay, removal_due = self.backoff[0], 0.0
         while not stop.is_set():
-            if self.unremoved:  # delivered but still in the spool: only the removal is retried
+            if self.unremoved and time.monotonic() >= removal_due:  # delivered, still in the spool
                 for name in sorted(self.unremoved):
                     self._drop(self.spool.outbox / name)
-                if self.unremoved:
-                    stop.wait(delay)
-                    delay = min(delay * 2, self.backoff[1])
-                    continue
-                delay = self.backoff[0]
+                removal_due = time.monotonic() + removal_delay
+                removal_delay = min(removal_delay * 2, self.backoff[1]) if self.unremoved else self.backoff[0]
             items = [p for p in self.spool.outgoing() if p.name not in self.unremoved]
             if not items:
                 if self._assoc is not None and time.monotonic() - idle_since > self.idle_release:
                     self.close()
-                self.wake.wait(0.5)
+                wait = max(0.01, min(0.5, removal_due - time.monotonic())) if self.unremoved else 0.5
+                self.wake.wait(wait)
                 self.wake.clear()
                 continue
             refused = False

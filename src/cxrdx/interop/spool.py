@@ -154,13 +154,15 @@ class Spool:
         Raises OSError when the folder is still there afterwards (a read-only spool): the caller
         must not send it again and should retry the removal later.
         """
-        why = "no error reported"
+        error: OSError | None = None
         try:
             shutil.rmtree(results)
         except OSError as exc:  # FileNotFoundError included: then it is gone, as wanted
-            why = exc.strerror or str(exc)
+            error = exc
         if results.exists():
-            raise OSError(f"{results.name} is still in the spool after its removal ({why})")
+            if error is not None and error.strerror:
+                raise OSError(error.errno, error.strerror, str(results))
+            raise OSError(f"{results.name} is still in the spool after its removal")
         fsync_dir(self.outbox)
 
     def give_up(self, results: Path, reason: str) -> Path:
