@@ -18,6 +18,7 @@ import pytest
 from conftest import free_port
 from node_kit import echo, phantom_dicom, store, wait_for
 from test_node import Destination_SCP, fake_results, part10
+from testkit import run_cli
 
 from cxrdx.interop import spool as spool_module
 from cxrdx.interop.guard import shown
@@ -273,3 +274,25 @@ def test_pixel_data_corrupt_only_when_decoded_goes_to_failed(make_node, pacs):
     reason = next(node.spool.failed.glob("*.txt")).read_text()
     assert "cannot decode" in reason
     assert pydicom.dcmread(next(node.spool.failed.glob("*.dcm"))).PatientID == "UNREADABLE"
+
+
+def test_the_spool_ignores_symbolic_links(tmp_path):
+    spool = spool_module.Spool(tmp_path / "spool")
+    secret = tmp_path / "secret.dcm"
+    secret.write_bytes(part10(phantom_dicom(0)))
+    (spool.inbox / "1.2.3.dcm").symlink_to(secret)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "000.dcm").symlink_to(secret)
+    (spool.outbox / "00000000000000000001-1.2.3").symlink_to(tmp_path / "elsewhere")
+    real = spool.outbox / "00000000000000000002-1.2.4"
+    real.mkdir()
+    (real / "000.dcm").symlink_to(secret)
+    assert spool.pending() == [] and spool.outgoing() == [real] and spool.result_files(real) == []
+
+
+def test_listen_checks_the_new_limits(capsys, tmp_path):
+    base = ["listen", "--weights", tmp_path / "none.safetensors", "--send-to", "P@h:1"]
+    rc, _, err = run_cli(capsys, [*base, "--max-per-peer", "0"])
+    assert rc == 2 and "--max-per-peer must be at least 1" in err
+    rc, _, err = run_cli(capsys, [*base, "--max-instance-mb", "0"])
+    assert rc == 2 and "--max-instance-mb must be more than 0" in err

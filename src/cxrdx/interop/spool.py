@@ -13,6 +13,10 @@ Nothing the node has acknowledged lives only in memory. The layout under the spo
 - ``undeliverable/``: results the destination refused again and again, kept for a person to look at.
 - ``tmp/``: half-written files; emptied on start.
 
+The spool holds only what the node wrote, under names it chose (:func:`spool_key`, never a
+path a peer sent); symbolic links found in it are ignored, so a link placed there cannot make
+the node read, or send to the PACS, a file from elsewhere.
+
 Work is taken from the spool in arrival order (oldest first). A restart after any crash
 calls :meth:`recover` and picks up where the last run stopped. Because the results'
 UIDs derive from the source instance, doing a piece of work twice produces the same
@@ -179,15 +183,15 @@ class Spool:
 
     def pending(self) -> list[Path]:
         """Inbox files waiting for inference, oldest first."""
-        return _by_age([p for p in self.inbox.iterdir() if p.suffix == ".dcm"])
+        return _by_age([p for p in self.inbox.iterdir() if p.suffix == ".dcm" and not p.is_symlink()])
 
     def outgoing(self) -> list[Path]:
         """Outbox folders waiting to be sent, oldest first (their names start with the time)."""
-        return sorted(p for p in self.outbox.iterdir() if p.is_dir())
+        return sorted(p for p in self.outbox.iterdir() if p.is_dir() and not p.is_symlink())
 
     @staticmethod
     def result_files(results: Path) -> list[Path]:
-        return sorted(p for p in results.iterdir() if p.suffix == ".dcm")
+        return sorted(p for p in results.iterdir() if p.suffix == ".dcm" and not p.is_symlink())
 
     def counts(self) -> dict[str, int]:
         return {
