@@ -421,6 +421,7 @@ class Node:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, let the worker and the sender finish what they hold; the spool keeps the rest."""
+        self.guard.quiet = True
         if self._server is not None:
             self._server.shutdown()
             self._server = None
