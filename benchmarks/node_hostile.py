@@ -12,8 +12,10 @@ checkout (``PYTHONPATH=OLD/src``). Defaults are the node's own (backoff 0.5 s do
   the processor (inference) in ``--seconds``, and the status a new C-STORE gets meanwhile.
 - ``idle``: an attacker keeps 16 idle TCP connections open (re-opening any the node closes)
   from ``--attacker`` while a modality at 127.0.0.1 sends 36 C-ECHOs, one every 0.5 s.
+- ``big``: one ``--big-mb`` MB uncompressed instance C-STOREd to a node in its own process;
+  the status it gets and the node's peak RSS above its resting RSS.
 
-    python benchmarks/node_hostile.py [--scenario readonly|full|idle|all] [--seconds 10]
+    python benchmarks/node_hostile.py [--scenario readonly|full|idle|big|all] [--seconds 10] [--big-mb 300]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import errno
 import io
+import os
 import shutil
 import socket
 import sys
@@ -202,12 +205,64 @@ def idle(attacker: str, folder: Path) -> str:
     )
 
 
+def child_node(spool: str) -> None:
+    """The node alone in this process: prints its port and resting RSS, then its peak RSS at stdin's end."""
+    import logging
+    import resource
+
+    logging.getLogger("cxrdx.node").setLevel(logging.CRITICAL)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    pacs = Pacs()
+    node = make_node(Path(spool), pacs)
+    rest = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    print(node.address[1], rest, flush=True)
+    sys.stdin.read()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10, flush=True)
+    node.stop()
+
+
+def big(megabytes: int, folder: Path) -> str:
+    import subprocess
+
+    import numpy as np
+    from node_kit import phantom_dicom, store
+
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child-node", str(folder / "spool")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    port, rest = (int(v) for v in child.stdout.readline().split())
+    side = int((megabytes * 2**20 / 2) ** 0.5)
+    ds = phantom_dicom(0)
+    ds.Rows = ds.Columns = side
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelData = np.zeros((side, side), np.uint16).tobytes()
+    size = len(ds.PixelData) >> 20
+    start = time.monotonic()
+    status = store(port, [ds], "CXRDX")[0]
+    took = time.monotonic() - start
+    del ds
+    peak = int(child.communicate("", timeout=120)[0].split()[0])
+    shown = "no answer (association aborted)" if status is None else f"0x{status:04X}"
+    return (
+        f"big: one {size} MB instance ({side} x {side}, 16 bit): {shown} after {took:.1f} s; node peak RSS "
+        f"{peak} MB, {peak - rest:+d} MB over its resting {rest} MB"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=("readonly", "full", "idle", "all"), default="all")
+    ap.add_argument("--scenario", choices=("readonly", "full", "idle", "big", "all"), default="all")
+    ap.add_argument("--big-mb", type=int, default=300)
+    ap.add_argument("--child-node", metavar="SPOOL", help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--attacker", default="127.0.0.2", help="the idle connections' source address")
     args = ap.parse_args()
+    if args.child_node:
+        return child_node(args.child_node)
     import logging
 
     logging.getLogger("cxrdx.node").setLevel(logging.CRITICAL)
@@ -217,11 +272,13 @@ def main() -> None:
     print(machine_line())
     print(f"cxrdx from {Path(cxrdx.__file__).parent}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("readonly", "full", "idle") if args.scenario == "all" else (args.scenario,):
+        for name in ("readonly", "full", "idle", "big") if args.scenario == "all" else (args.scenario,):
             folder = Path(tmp) / name
             folder.mkdir()
             if name == "idle":
                 print(idle(args.attacker, folder), flush=True)
+            elif name == "big":
+                print(big(args.big_mb, folder), flush=True)
             else:
                 print({"readonly": readonly, "full": full}[name](args.seconds, folder), flush=True)
 

@@ -1,12 +1,9 @@
 """The DICOM node's connection guard: what one peer may hold, and what its bytes may do to the log.
 
-- **A per-peer limit**: a peer address (IP) holds at most ``max_per_peer`` connections at once.
-  When a new one arrives from a peer at its limit, the oldest of that peer's connections that
-  is still waiting for its association request (for more than ``EVICT_AFTER`` s) is closed to
-  make room: a modality sends its request at once, an idle socket never does, so a host that
-  shares its address with idle sockets still gets through. With nothing to evict the new
-  connection is closed as it is accepted, before any DICOM, with a log line. Idle sockets
-  from one host cannot fill the node's association slots for everyone else.
+- **A per-peer limit**: a peer address (IP) holds at most ``max_per_peer`` connections at once;
+  one more is closed as it is accepted, before any DICOM, with a log line. Idle sockets from
+  one host cannot fill the node's association slots for everyone else. (A host that shares
+  its address with the idle sockets waits until they time out: the node cannot tell them apart.)
 - **A short wait for the association request**: pynetdicom's ARTIM timer (``AE.acse_timeout``)
   closes a connection that sends no A-ASSOCIATE-RQ within ``request_timeout`` seconds (the
   node sets it); the guard logs it as what it is, an idle connection, not a rejected AE title.
@@ -24,7 +21,6 @@ Log lines about one peer repeat at most once per ``every`` seconds, with a count
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -32,7 +28,6 @@ import time
 log = logging.getLogger("cxrdx.node")
 
 SHOWN_CHARS = 160
-EVICT_AFTER = 1.0  # seconds a connection may wait for its association request before it can be evicted
 
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:
@@ -75,11 +70,10 @@ class Guard:
         self.request_timeout = request_timeout
         self._lock = threading.Lock()
         self._admitted: dict[str, int] = {}  # accepted, association object not made yet
-        self._live: dict[int, tuple[object, str, float]] = {}  # id(assoc) -> (assoc, peer address, opened)
+        self._live: dict[int, tuple[object, str]] = {}  # id(assoc) -> (assoc, peer address)
         self._bytes: dict[int, int] = {}  # id(assoc) -> bytes received since the last message was handled
         self._say = Throttle()
         self.refused = 0  # connections closed by the per-peer limit (for logs and tests)
-        self.evicted = 0  # idle connections closed to admit a newer one from the same peer
         self.quiet = False  # set while the node stops: connections it ends are not the peers' doing
 
     # ------------------------------------------------------------------ the per-peer limit
@@ -89,41 +83,16 @@ class Guard:
         server.verify_request = self.verify
 
     def _held_by(self, peer: str) -> int:
-        for key, (assoc, _, _) in list(self._live.items()):
+        for key, (assoc, _) in list(self._live.items()):
             if assoc.ident is not None and not assoc.is_alive():  # ended without a close event
                 self._forget(key)
-        return self._admitted.get(peer, 0) + sum(1 for _, p, _ in self._live.values() if p == peer)
-
-    def _evict_idle(self, peer: str) -> bool:
-        """Close ``peer``'s oldest connection still waiting for its association request; True if one was."""
-        now = time.monotonic()
-        waiting = [
-            (opened, key, assoc)
-            for key, (assoc, p, opened) in self._live.items()
-            if p == peer and now - opened > EVICT_AFTER and _waiting_for_request(assoc)
-        ]
-        if not waiting:
-            return False
-        opened, key, assoc = min(waiting, key=lambda w: w[0])
-        self._forget(key)
-        _close(assoc)
-        self.evicted += 1
-        more = self._say(("evict", peer))
-        if more is not None:
-            log.warning(
-                "connection from %s closed: idle for %.1f s without an association request, and the same "
-                "address opened another at its limit per peer (--max-per-peer)%s",
-                shown(peer),
-                now - opened,
-                more,
-            )
-        return True
+        return self._admitted.get(peer, 0) + sum(1 for _, p in self._live.values() if p == peer)
 
     def verify(self, request, client_address) -> bool:
         peer = str(client_address[0])
         with self._lock:
             held = self._held_by(peer)
-            if held < self.max_per_peer or self._evict_idle(peer):
+            if held < self.max_per_peer:
                 self._admitted[peer] = self._admitted.get(peer, 0) + 1
                 return True
             self.refused += 1
@@ -158,7 +127,7 @@ class Guard:
         peer = str(event.address[0])
         with self._lock:
             self._admitted[peer] = max(0, self._admitted.get(peer, 0) - 1)
-            self._live[id(event.assoc)] = (event.assoc, peer, time.monotonic())
+            self._live[id(event.assoc)] = (event.assoc, peer)
             self._bytes[id(event.assoc)] = 0
 
     def _on_close(self, event) -> None:
@@ -213,28 +182,3 @@ class Guard:
         with self._lock:
             if id(assoc) in self._bytes:
                 self._bytes[id(assoc)] = 0
-
-
-def _waiting_for_request(assoc) -> bool:
-    """Connected, no association request yet (state Sta2 of PS3.8's state machine), and no byte waiting.
-
-    A request that arrived but was not read yet (a busy node) leaves bytes in the socket: not idle.
-    """
-    import socket
-
-    try:
-        if assoc.dul.state_machine.current_state != "Sta2":
-            return False
-        return not assoc.dul.socket.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:  # nothing sent: idle
-        return True
-    except (AttributeError, OSError):
-        return False
-
-
-def _close(assoc) -> None:
-    """Shut an association's connection down; its reactor sees the connection closed and ends."""
-    import socket
-
-    with contextlib.suppress(AttributeError, OSError):
-        assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)

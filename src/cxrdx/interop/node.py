@@ -77,7 +77,7 @@ class NodeConfig:
     max_refusals: int = 5
     max_associations: int = 16
     max_per_peer: int = 8  # connections one peer address may hold at once
-    request_timeout: float = 5.0  # seconds a new connection has to send its association request
+    request_timeout: float = 10.0  # seconds a new connection has to send its association request
     max_instance_mb: float = 128.0  # the largest object accepted (bytes on the wire)
 
 
