@@ -173,8 +173,6 @@ def pull(
 
     ``trust_mirror``: accept an unpinned file from a mirror (default: ``CXRDX_TRUST_UNVERIFIED_MIRROR``).
     """
-    from cxrdx.model.import_weights import import_weights
-
     e = entry(name)
     out = checkpoint_path(name)
     raw = download_path(name)
@@ -206,6 +204,8 @@ def pull(
                 first_use["trusted"] = f"unverified mirror, accepted with {TRUST_MIRROR}"
         else:
             download.check_weights_file(raw, str(raw))
+        from cxrdx.model.import_weights import import_weights  # torch: only once there is a file to import
+
         try:
             import_weights(e["kind"], raw, out, xrv_weights=e.get("xrv_weights"), inert_pickle=True)
         except BaseException:
