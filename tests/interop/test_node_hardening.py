@@ -135,6 +135,8 @@ def test_a_full_spool_holds_the_results_and_refuses_new_images(make_node, pacs, 
     assert store(node.address[1], [first], "CXRDX") == [0]
     wait_for(lambda: node.spool_trouble() is not None, 20, "the failed write")
     assert store(node.address[1], [phantom_dicom(1)], "CXRDX") == [0xA700], "refused while the disk is full"
+    knee = phantom_dicom(3, BodyPartExamined="KNEE")
+    assert store(node.address[1], [knee], "CXRDX") == [0], "what the node does not read is still acknowledged"
     time.sleep(1.0)  # several write retries (backoff 0.05 to 0.2 s)
     assert inferences == [first.SOPInstanceUID], "the image was read once; only the write is retried"
     assert "the spool cannot take its results (No space left on device)" in messages(caplog)

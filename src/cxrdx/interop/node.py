@@ -194,13 +194,6 @@ class Node:
         sop_class = str(req.AffectedSOPClassUID)
         uid = shown(req.AffectedSOPInstanceUID)
         calling = shown(event.assoc.requestor.ae_title)
-        trouble = self.spool_trouble()
-        if trouble:
-            self._count("refused")
-            more = self._say("trouble")
-            if more is not None:
-                log.error("%s from %s: refused (0xA700): %s%s", uid, calling, trouble, more)
-            return STATUS_OUT_OF_RESOURCES
         if sop_class not in CHEST_IMAGE_CLASSES and sop_class != SECONDARY_CAPTURE:
             from pydicom.uid import UID
 
@@ -240,6 +233,13 @@ class Node:
             self._count("ignored")
             log.info("%s from %s: acknowledged, not processed: %s", uid, calling, shown(reason, 300))
             return STATUS_SUCCESS
+        trouble = self.spool_trouble()  # objects we do not process are still acknowledged above
+        if trouble:
+            self._count("refused")
+            more = self._say("trouble")
+            if more is not None:
+                log.error("%s from %s: refused (0xA700): %s%s", uid, calling, trouble, more)
+            return STATUS_OUT_OF_RESOURCES
         try:
             self.spool.receive(str(ds.SOPInstanceUID), data)
         except OSError as exc:
