@@ -151,7 +151,10 @@ class Sender:
         except Exception as exc:  # noqa: BLE001 - a result file we cannot read back: never sendable
             self.spool.give_up(results, f"cannot read a result file back: {exc}")
             log.error(
-                "%s: results not sendable (%s); moved to %s", results.name, exc, self.spool.undeliverable
+                "%s: results not sendable (%s); moved to %s",
+                results.name,
+                shown(exc),
+                self.spool.undeliverable,
             )
             return False
         needed = {(sop, ts) for sop, _, ts in objects}
@@ -208,9 +211,9 @@ class Sender:
         if n >= self.max_refusals:
             self._refusals.pop(results.name, None)
             dest = self.spool.give_up(results, reason)
-            log.error("%s (%d tries); results moved to %s", reason, n, dest)
+            log.error("%s (%d tries); results moved to %s", shown(reason, 300), n, dest)
         else:
-            log.warning("%s (try %d of %d)", reason, n, self.max_refusals)
+            log.warning("%s (try %d of %d)", shown(reason, 300), n, self.max_refusals)
 
     # ------------------------------------------------------------------ the loop
 
