@@ -12,9 +12,10 @@ Three parts, each in its own thread(s), joined by the spool (``cxrdx.interop.spo
    cannot be written, or cannot take results (a full or read-only disk, see below), the
    answer is 0xA700 (out of resources), so the sender keeps the image and tries again.
    Connections are guarded (``cxrdx.interop.guard``): a limit per peer, a short wait for the
-   association request, non-DICOM traffic logged, one object capped in size. Anything else (other modalities, SR, presentation states, non-chest body
-   parts, lateral views unless ``allow_lateral``) is acknowledged, logged with the reason
-   and not processed: a PACS that routes a whole study here must not see failures for it.
+   association request, non-DICOM traffic logged, one object capped in size. Anything else
+   (other modalities, SR, presentation states, non-chest body parts, lateral views unless
+   ``allow_lateral``) is acknowledged, logged with the reason and not processed, even while
+   the spool is in trouble: a PACS that routes a whole study here must not see failures for it.
 2. **Working** (one thread): takes spooled images oldest first, in batches, through
    ``Processing`` (inference + the result objects), and puts the results in the outbox. When
    the outbox cannot be written, the worker keeps that one result set in memory and retries

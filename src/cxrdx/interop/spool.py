@@ -6,7 +6,8 @@ Nothing the node has acknowledged lives only in memory. The layout under the spo
   :meth:`Spool.receive` writes it durably (temporary file, fsync, rename, fsync of the
   folder) *before* the C-STORE is answered, so an acknowledged image survives a crash.
 - ``outbox/<time>-<SOPInstanceUID>/NNN.dcm``: the results (SR, secondary captures) of one source,
-  waiting to be sent; removed once delivered (:meth:`Spool.sent` checks that it is gone). The folder is built under a temporary name and renamed into place
+  waiting to be sent; removed once delivered (:meth:`Spool.sent` checks that it is gone).
+  The folder is built under a temporary name and renamed into place
   whole, *then* the inbox file is removed: a crash in between leaves both, and
   :meth:`Spool.recover` drops the inbox copy (the results are already there).
 - ``failed/``: sources that could not be processed (unreadable pixels), with a ``.txt`` reason.
