@@ -186,7 +186,8 @@ def pull(
             urls = source_urls(name, mirror)
             if offline:
                 raise CheckpointError(
-                    f"{name} is not in the cache and CXRDX_OFFLINE is set: {download.manual_hint(urls[0], raw)}"
+                    f"{name} is not in the cache and CXRDX_OFFLINE is set: {download.manual_hint(urls[0], raw)}; "
+                    f"{download.OFFLINE_HINT}"
                 )
             risk = unverified_mirror(name, urls)
             if risk and not trust_mirror:
