@@ -55,6 +55,9 @@ class Server:
                 if mode == "slow":  # answers, but late: concurrent clients overlap
                     time.sleep(1.5)
                 body = owner.files[name]
+                if mode in ("endless", "huge", "trickle"):
+                    self._misbehave(mode, body)
+                    return
                 rng = self.headers.get("Range")
                 start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
                 self.send_response(206 if start else 200)
@@ -69,6 +72,31 @@ class Server:
                     self.close_connection = True
                     return
                 self.wfile.write(body[start:])
+
+            def _misbehave(self, mode: str, body: bytes) -> None:
+                """endless: no length, 8 MB of file-like bytes (bounded, so old code ends too);
+                huge: announces 10 GB, sends 64 KB and closes; trickle: a byte every 0.1 s, 60 in all."""
+                self.send_response(200)
+                if mode == "huge":
+                    self.send_header("Content-Length", str(10 << 30))
+                elif mode == "trickle":
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    if mode == "endless":
+                        self.wfile.write(body)
+                        for _ in range(128):
+                            self.wfile.write(b"\0" * (64 << 10))
+                    elif mode == "huge":
+                        self.wfile.write(body[: 64 << 10])
+                    else:
+                        for i in range(60):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                except OSError:  # the client gave up: that is the point
+                    pass
 
         self.port = free_port()
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
@@ -89,6 +117,7 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "BACKOFF_S", 0.0)
     srv = Server()
     monkeypatch.setenv("CXRDX_WEIGHTS_MIRROR", srv.url)
+    monkeypatch.setenv("CXRDX_TRUST_UNVERIFIED_MIRROR", "1")  # the loopback stands in for the publisher
     yield srv
     srv.stop()
 
@@ -215,7 +244,7 @@ def test_offline_names_the_file_the_url_and_the_place(server, monkeypatch, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "https://github.com/arnoweng/CheXNet/raw/master/model.pth.tar" in err
-    assert str(pretrained.download_path("chexnet")) in err
+    assert str(pretrained.download_path("chexnet")) in err and "make demo" in err
     assert server.requests == []
 
 

@@ -361,6 +361,7 @@ def test_init_by_registry_name_is_pulled_once_and_loaded(tiny_run, toy_cache, tm
     monkeypatch.setattr(pretrained, "registry", lambda: {"tiny-test": entry})
     monkeypatch.setenv("CXRDX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXRDX_WEIGHTS_MIRROR", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setenv("CXRDX_TRUST_UNVERIFIED_MIRROR", "1")  # an unpinned entry from a mirror
     try:
         result = train(tiny_config(toy_cache, tmp_path / "r", epochs=1, lr=1e-12, init="tiny-test"))
     finally:

@@ -61,6 +61,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="accept associations only from these calling AE titles (default: any)",
     )
     p.add_argument("--allow-lateral", action="store_true", help="also read lateral views (LL/RL)")
+    p.add_argument(
+        "--max-per-peer",
+        type=int,
+        default=8,
+        metavar="N",
+        help="connections one peer address may hold at once; more are closed as they arrive (default 8)",
+    )
+    p.add_argument(
+        "--max-instance-mb",
+        type=float,
+        default=128.0,
+        metavar="MB",
+        help="the largest object accepted; a larger one ends its association (default 128)",
+    )
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="as for `cxrdx predict`")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch backend only)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -111,6 +125,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     if args.result_workers is not None and args.result_workers < 0:
         raise ConfigError(f"--result-workers must be 0 or more, got {args.result_workers}")
+    if args.max_per_peer < 1:
+        raise ConfigError(f"--max-per-peer must be at least 1, got {args.max_per_peer}")
+    if not args.max_instance_mb > 0:
+        raise ConfigError(f"--max-instance-mb must be more than 0, got {args.max_instance_mb}")
 
 
 def _logging(verbose: bool) -> None:
@@ -188,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
         allow_calling=allow,
         allow_lateral=args.allow_lateral,
         batch_size=args.batch_size,
+        max_per_peer=args.max_per_peer,
+        max_instance_mb=args.max_instance_mb,
     )
     node = Node(config, processing)
     processing.warm()

@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pull = actions.add_parser("pull", help="download and import NAME (once); prints the checkpoint path")
     pull.add_argument("name", metavar="NAME")
     pull.add_argument("--mirror", default=None, metavar="URL", help="fetch FILE from URL/FILE instead")
+    pull.add_argument(
+        "--trust-unverified-mirror",
+        action="store_true",
+        help="accept a file the registry pins no hash for from a mirror (CXRDX_TRUST_UNVERIFIED_MIRROR=1): "
+        "whatever the mirror serves is then trusted",
+    )
     verify = actions.add_parser("verify", help="re-hash NAME's cached download (exit 1 when it differs)")
     verify.add_argument("name", metavar="NAME")
     rm = actions.add_parser("rm", help="delete NAME's cached download and checkpoint")
@@ -40,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         return 0
     if args.action == "pull":
-        print(pretrained.pull(args.name, mirror=args.mirror))
+        print(
+            pretrained.pull(args.name, mirror=args.mirror, trust_mirror=args.trust_unverified_mirror or None)
+        )
         return 0
     if args.action == "verify":
         ok, message = pretrained.verify(args.name)

@@ -6,13 +6,20 @@ Three parts, each in its own thread(s), joined by the spool (``cxrdx.interop.spo
    C-ECHO; for a C-STORE of a CR, DX or DX-for-presentation image (or a radiograph stored as
    a Secondary Capture with Modality CR/DX, as SIIM-ACR ships them) it checks that the data
    set parses and holds its pixel data, writes it durably to the spool and only then answers
-   Success. A truncated or malformed data set is refused (0xC000, logged); when the spool
-   cannot be written the answer is 0xA700 (out of resources), so the sender keeps it and
-   tries again. Anything else (other modalities, SR, presentation states, non-chest body
-   parts, lateral views unless ``allow_lateral``) is acknowledged, logged with the reason
-   and not processed: a PACS that routes a whole study here must not see failures for it.
+   Success. A truncated or malformed data set, or one whose transfer syntax the node cannot
+   decode, is refused (0xC000, logged); pixel data that turns out to be corrupt only while
+   it is decoded is acknowledged, then kept in ``failed/`` with the reason. When the spool
+   cannot be written, or cannot take results (a full or read-only disk, see below), the
+   answer is 0xA700 (out of resources), so the sender keeps the image and tries again.
+   Connections are guarded (``cxrdx.interop.guard``): a limit per peer, a short wait for the
+   association request, non-DICOM traffic logged, one object capped in size. Anything else
+   (other modalities, SR, presentation states, non-chest body parts, lateral views unless
+   ``allow_lateral``) is acknowledged, logged with the reason and not processed, even while
+   the spool is in trouble: a PACS that routes a whole study here must not see failures for it.
 2. **Working** (one thread): takes spooled images oldest first, in batches, through
-   ``Processing`` (inference + the result objects), and puts the results in the outbox.
+   ``Processing`` (inference + the result objects), and puts the results in the outbox. When
+   the outbox cannot be written, the worker keeps that one result set in memory and retries
+   the write with backoff (no inference is redone) while the node answers 0xA700.
 3. **Sending** (one thread, ``cxrdx.interop.send.Sender``): C-STOREs the results to the
    destination with retries and backoff.
 
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrdx.errors import ConfigError
+from cxrdx.interop.guard import Guard, Throttle, shown
 from cxrdx.interop.send import Destination, Sender
 from cxrdx.interop.spool import Spool
 
@@ -68,6 +76,10 @@ class NodeConfig:
     linger: float = 0.05  # wait this long for a batch to fill when fewer than batch_size are waiting
     backoff: tuple[float, float] = (0.5, 30.0)
     max_refusals: int = 5
+    max_associations: int = 16
+    max_per_peer: int = 8  # connections one peer address may hold at once
+    request_timeout: float = 10.0  # seconds a new connection has to send its association request
+    max_instance_mb: float = 128.0  # the largest object accepted (bytes on the wire)
 
 
 def not_processed_reason(ds, allow_lateral: bool) -> str | None:
@@ -105,6 +117,9 @@ def parse_received(data: bytes):
         return None, f"malformed data set ({type(exc).__name__}: {str(exc)[:200]})"
     if rows < 1 or cols < 1:
         return None, f"image size {rows} x {cols}"
+    problem = undecodable(ds)
+    if problem:
+        return None, problem
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         bits = int(ds.get("BitsAllocated", 8) or 8)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -115,6 +130,18 @@ def parse_received(data: bytes):
     elif len(pixels) < 16:
         return None, "truncated compressed pixel data"
     return ds, None
+
+
+def undecodable(ds) -> str | None:
+    """Why this node cannot decode the data set's pixels, as far as its header tells; else None."""
+    from cxrdx.errors import ImageReadError
+    from cxrdx.imaging.dicom import _check_decodable, _transfer_syntax
+
+    try:
+        _check_decodable(Path("received"), _transfer_syntax(ds))
+    except ImageReadError as exc:
+        return f"cannot decode: {str(exc).removeprefix('received: ')}"
+    return None
 
 
 class Node:
@@ -140,6 +167,9 @@ class Node:
         self.counts = {"received": 0, "ignored": 0, "refused": 0, "processed": 0, "failed": 0}
         self._lock = threading.Lock()
         self._last_arrival = 0.0
+        self.guard = Guard(config.max_per_peer, int(config.max_instance_mb * 2**20), config.request_timeout)
+        self._held: tuple[Path, list[bytes] | str] | None = None  # an outcome the spool could not take yet
+        self._say = Throttle()
 
     def _count(self, key: str) -> None:
         with self._lock:
@@ -147,14 +177,24 @@ class Node:
 
     # ------------------------------------------------------------------ receiving
 
+    def spool_trouble(self) -> str | None:
+        """Why the spool cannot take results now (then new images are refused with 0xA700), or None."""
+        if self._held is not None:
+            return "the spool cannot take results (disk full or read-only?)"
+        if self.sender.unremoved:
+            return "sent results cannot be removed from the spool (read-only?)"
+        return None
+
     def _on_echo(self, event) -> int:
+        self.guard.message_done(event.assoc)
         return STATUS_SUCCESS
 
     def _on_store(self, event) -> int:
+        self.guard.message_done(event.assoc)
         req = event.request
         sop_class = str(req.AffectedSOPClassUID)
-        uid = str(req.AffectedSOPInstanceUID)
-        calling = event.assoc.requestor.ae_title
+        uid = shown(req.AffectedSOPInstanceUID)
+        calling = shown(event.assoc.requestor.ae_title)
         if sop_class not in CHEST_IMAGE_CLASSES and sop_class != SECONDARY_CAPTURE:
             from pydicom.uid import UID
 
@@ -163,29 +203,53 @@ class Node:
                 "%s from %s: acknowledged, not processed: %s is not a CR/DX image",
                 uid,
                 calling,
-                UID(sop_class).name,
+                shown(UID(sop_class).name),
             )
             return STATUS_SUCCESS
         try:
             data = event.encoded_dataset()
         except Exception as exc:  # noqa: BLE001
             self._count("refused")
-            log.warning("%s from %s: refused (0xC000): cannot decode the request (%s)", uid, calling, exc)
+            log.warning(
+                "%s from %s: refused (0xC000): cannot decode the request (%s)", uid, calling, shown(exc)
+            )
+            return STATUS_CANNOT_UNDERSTAND
+        if len(data) > self.guard.max_instance_bytes:
+            self._count("refused")
+            log.warning(
+                "%s from %s: refused (0xC000): %d bytes, more than --max-instance-mb %g",
+                uid,
+                calling,
+                len(data),
+                self.config.max_instance_mb,
+            )
             return STATUS_CANNOT_UNDERSTAND
         ds, problem = parse_received(data)
         if problem:
             self._count("refused")
-            log.warning("%s from %s: refused (0xC000): %s", uid, calling, problem)
+            log.warning("%s from %s: refused (0xC000): %s", uid, calling, shown(problem, 300))
             return STATUS_CANNOT_UNDERSTAND
         reason = not_processed_reason(ds, self.config.allow_lateral)
         if reason:
             self._count("ignored")
-            log.info("%s from %s: acknowledged, not processed: %s", uid, calling, reason)
+            log.info("%s from %s: acknowledged, not processed: %s", uid, calling, shown(reason, 300))
             return STATUS_SUCCESS
+        trouble = self.spool_trouble()  # objects we do not process are still acknowledged above
+        if trouble:
+            self._count("refused")
+            more = self._say("trouble")
+            if more is not None:
+                log.error("%s from %s: refused (0xA700): %s%s", uid, calling, trouble, more)
+            return STATUS_OUT_OF_RESOURCES
         try:
             self.spool.receive(str(ds.SOPInstanceUID), data)
         except OSError as exc:
-            log.error("%s from %s: refused (0xA700): cannot write the spool (%s)", uid, calling, exc)
+            log.error(
+                "%s from %s: refused (0xA700): cannot write the spool (%s)",
+                uid,
+                calling,
+                shown(exc.strerror or exc),
+            )
             return STATUS_OUT_OF_RESOURCES
         self._count("received")
         self._last_arrival = time.monotonic()
@@ -194,11 +258,20 @@ class Node:
         return STATUS_SUCCESS
 
     def _on_rejected(self, event) -> None:
-        log.warning(
-            "association from %s (%s) rejected: calling AE title not allowed, or wrong called AE title",
-            event.assoc.requestor.ae_title,
-            event.assoc.requestor.address,
-        )
+        requestor = event.assoc.requestor
+        calling = requestor.ae_title.strip()
+        called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
+        if self.config.allow_calling and calling not in self.config.allow_calling:
+            why = "calling AE title not allowed (--allow-calling)"
+        elif called != self.config.ae_title:
+            why = f"called AE title {shown(called)!r} is not this node's ({self.config.ae_title})"
+        else:
+            why = f"all {self.config.max_associations} association slots are taken"
+        more = self._say(("rejected", requestor.address, why))
+        if more is not None:
+            log.warning(
+                "association from %s (%s) rejected: %s%s", shown(calling), shown(requestor.address), why, more
+            )
 
     def _server_ae(self):
         from pydicom.uid import AllTransferSyntaxes
@@ -206,7 +279,8 @@ class Node:
         from pynetdicom.sop_class import Verification
 
         ae = AE(ae_title=self.config.ae_title)
-        ae.maximum_associations = 16
+        ae.maximum_associations = self.config.max_associations
+        ae.acse_timeout = self.config.request_timeout  # the ARTIM timer: the wait for an association request
         ae.require_called_aet = True
         if self.config.allow_calling:
             ae.require_calling_aet = list(self.config.allow_calling)
@@ -229,27 +303,66 @@ class Node:
             pending = self.spool.pending()
         return pending[: self.config.max_batch]
 
+    def _write(self, path: Path, outcome: list[bytes] | str, retry: bool = False) -> None:
+        """Put one outcome in the spool; when the spool cannot take it, hold it for :meth:`_retry_held`."""
+        try:
+            if isinstance(outcome, str):
+                dest = self.spool.fail(path, outcome)
+            else:
+                self.spool.put_results(path, outcome)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            self._held = (path, outcome)
+            if not retry:
+                log.error(
+                    "%s: the spool cannot take its results (%s); keeping them in memory, retrying the write "
+                    "with backoff and refusing new images (0xA700) until it can",
+                    path.stem,
+                    shown(exc.strerror or exc),
+                )
+            return
+        if isinstance(outcome, str):
+            self._count("failed")
+            log.warning("%s: not processed: %s (kept in %s)", path.stem, shown(outcome, 300), dest.parent)
+        else:
+            self._count("processed")
+            self.sender.wake.set()
+            log.info("%s: processed, %d result object(s)", path.stem, len(outcome))
+
+    def _retry_held(self, pause: float) -> float:
+        """Try the held outcome again; the next pause (backoff) while the spool still cannot take it."""
+        path, outcome = self._held
+        self._held = None
+        try:
+            self._write(path, outcome, retry=True)
+        except FileNotFoundError:  # the source went meanwhile (a half-done move): nothing left to write
+            return self.config.backoff[0]
+        if self._held is None:
+            log.info("%s: the spool takes results again", path.stem)
+            return self.config.backoff[0]
+        self.stopping.wait(pause)
+        return min(pause * 2, self.config.backoff[1])
+
     def _work_loop(self) -> None:
         pause = self.config.backoff[0]
         while not self.stopping.is_set():
+            if self._held is not None:
+                pause = self._retry_held(pause)
+                continue
             batch = self._take()
             if not batch:
                 self._work.wait(0.5)
                 self._work.clear()
                 continue
             try:
-                for path, outcome in self.processor(batch):
-                    if isinstance(outcome, str):
-                        dest = self.spool.fail(path, outcome)
-                        self._count("failed")
-                        log.warning("%s: not processed: %s (kept in %s)", path.stem, outcome, dest.parent)
-                    else:
-                        self.spool.put_results(path, outcome)
-                        self._count("processed")
-                        self.sender.wake.set()
-                        log.info("%s: processed, %d result object(s)", path.stem, len(outcome))
-                    if self.stopping.is_set():
+                outcomes = self.processor(batch)
+                for path, outcome in outcomes:
+                    self._write(path, outcome)
+                    if self.stopping.is_set() or self._held is not None:
                         break
+                if hasattr(outcomes, "close"):
+                    outcomes.close()
                 pause = self.config.backoff[0]
             except FileNotFoundError:  # a file replaced by a new copy meanwhile: take the spool again
                 continue
@@ -276,6 +389,7 @@ class Node:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REJECTED, self._on_rejected),
+            *self.guard.handlers(),
         ]
         try:
             self._server = ae.start_server(
@@ -286,6 +400,7 @@ class Node:
                 f"cannot listen on {self.config.host}:{self.config.port} ({exc.strerror or exc}): "
                 "is another program using the port? Choose another with --port"
             ) from None
+        self.guard.install(self._server)
         self._threads = [
             threading.Thread(target=self._work_loop, name="cxrdx-node-work", daemon=True),
             threading.Thread(
@@ -307,6 +422,7 @@ class Node:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, let the worker and the sender finish what they hold; the spool keeps the rest."""
+        self.guard.quiet = True
         if self._server is not None:
             self._server.shutdown()
             self._server = None

@@ -12,6 +12,11 @@ When the destination cannot be reached or drops the association, the sender wait
 spool meanwhile. A destination that answers with a failure status for a folder's file
 ``max_refusals`` times in a row is refusing that object, not unavailable: the folder is
 parked in ``undeliverable/`` with the reason, and the rest of the queue moves on.
+
+A delivered folder that cannot be removed from the spool (a read-only disk) is not sent
+again: the sender remembers it, logs it, and retries the removal with the same backoff;
+meanwhile the node refuses new images (0xA700). After a restart such a folder is sent once
+more (at least once), which the stable UIDs make harmless.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrdx.errors import ConfigError
+from cxrdx.interop.guard import shown
 from cxrdx.interop.spool import Spool
 
 log = logging.getLogger("cxrdx.node")
@@ -86,6 +92,7 @@ class Sender:
         self._contexts: set[tuple[str, str]] = set()  # (SOP class, transfer syntax) asked for
         self._refusals: dict[str, int] = {}
         self.wake = threading.Event()
+        self.unremoved: set[str] = set()  # delivered folders the spool could not drop: never resent
         self.delivered = 0  # result folders delivered by this process (for logs and tests)
 
     # ------------------------------------------------------------------ one association
@@ -144,7 +151,10 @@ class Sender:
         except Exception as exc:  # noqa: BLE001 - a result file we cannot read back: never sendable
             self.spool.give_up(results, f"cannot read a result file back: {exc}")
             log.error(
-                "%s: results not sendable (%s); moved to %s", results.name, exc, self.spool.undeliverable
+                "%s: results not sendable (%s); moved to %s",
+                results.name,
+                shown(exc),
+                self.spool.undeliverable,
             )
             return False
         needed = {(sop, ts) for sop, _, ts in objects}
@@ -166,7 +176,6 @@ class Sender:
                 self._refused(results, f"{self.destination} refused {uid} ({sop}) with status 0x{code:04X}")
                 return False
         self._refusals.pop(results.name, None)
-        self.spool.sent(results)
         self.delivered += 1
         log.info(
             "sent %d result object(s) for %s to %s",
@@ -174,6 +183,26 @@ class Sender:
             results.name.split("-", 1)[-1],
             self.destination,
         )
+        self._drop(results)
+        return True
+
+    def _drop(self, results: Path) -> bool:
+        """Remove a delivered folder; when the spool will not let go, remember it (not to resend it)."""
+        try:
+            self.spool.sent(results)
+        except OSError as exc:
+            if results.name not in self.unremoved:
+                log.error(
+                    "%s was delivered but cannot be removed from the spool (%s): not sending it again; "
+                    "retrying the removal with backoff, new images are refused (0xA700) meanwhile",
+                    results.name,
+                    shown(exc.strerror or exc),
+                )
+            self.unremoved.add(results.name)
+            return False
+        if results.name in self.unremoved:
+            self.unremoved.discard(results.name)
+            log.info("%s: removed from the spool at last", results.name)
         return True
 
     def _refused(self, results: Path, reason: str) -> None:
@@ -182,21 +211,28 @@ class Sender:
         if n >= self.max_refusals:
             self._refusals.pop(results.name, None)
             dest = self.spool.give_up(results, reason)
-            log.error("%s (%d tries); results moved to %s", reason, n, dest)
+            log.error("%s (%d tries); results moved to %s", shown(reason, 300), n, dest)
         else:
-            log.warning("%s (try %d of %d)", reason, n, self.max_refusals)
+            log.warning("%s (try %d of %d)", shown(reason, 300), n, self.max_refusals)
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop: threading.Event) -> None:
         delay = self.backoff[0]
         idle_since = time.monotonic()
+        removal_delay, removal_due = self.backoff[0], 0.0
         while not stop.is_set():
-            items = self.spool.outgoing()
+            if self.unremoved and time.monotonic() >= removal_due:  # delivered, still in the spool
+                for name in sorted(self.unremoved):
+                    self._drop(self.spool.outbox / name)
+                removal_due = time.monotonic() + removal_delay
+                removal_delay = min(removal_delay * 2, self.backoff[1]) if self.unremoved else self.backoff[0]
+            items = [p for p in self.spool.outgoing() if p.name not in self.unremoved]
             if not items:
                 if self._assoc is not None and time.monotonic() - idle_since > self.idle_release:
                     self.close()
-                self.wake.wait(0.5)
+                wait = max(0.01, min(0.5, removal_due - time.monotonic())) if self.unremoved else 0.5
+                self.wake.wait(wait)
                 self.wake.clear()
                 continue
             refused = False
@@ -207,12 +243,12 @@ class Sender:
                     refused |= not self.deliver(item)
                 delay = self.backoff[0]
             except DestinationUnavailable as exc:
-                log.warning("destination unavailable (%s); retrying in %.1f s", exc, delay)
+                log.warning("destination unavailable (%s); retrying in %.1f s", shown(exc, 300), delay)
                 stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
                 continue
             except Exception as exc:  # noqa: BLE001 - the sender must keep going
-                log.exception("unexpected error while sending results: %s", exc)
+                log.exception("unexpected error while sending results: %s", shown(exc))
                 self.close()
                 stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])

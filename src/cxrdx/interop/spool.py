@@ -6,12 +6,17 @@ Nothing the node has acknowledged lives only in memory. The layout under the spo
   :meth:`Spool.receive` writes it durably (temporary file, fsync, rename, fsync of the
   folder) *before* the C-STORE is answered, so an acknowledged image survives a crash.
 - ``outbox/<time>-<SOPInstanceUID>/NNN.dcm``: the results (SR, secondary captures) of one source,
-  waiting to be sent. The folder is built under a temporary name and renamed into place
+  waiting to be sent; removed once delivered (:meth:`Spool.sent` checks that it is gone).
+  The folder is built under a temporary name and renamed into place
   whole, *then* the inbox file is removed: a crash in between leaves both, and
   :meth:`Spool.recover` drops the inbox copy (the results are already there).
 - ``failed/``: sources that could not be processed (unreadable pixels), with a ``.txt`` reason.
 - ``undeliverable/``: results the destination refused again and again, kept for a person to look at.
 - ``tmp/``: half-written files; emptied on start.
+
+The spool holds only what the node wrote, under names it chose (:func:`spool_key`, never a
+path a peer sent); symbolic links found in it are ignored, so a link placed there cannot make
+the node read, or send to the PACS, a file from elsewhere.
 
 Work is taken from the spool in arrival order (oldest first). A restart after any crash
 calls :meth:`recover` and picks up where the last run stopped. Because the results'
@@ -149,8 +154,20 @@ class Spool:
         return dest
 
     def sent(self, results: Path) -> None:
-        """Every file of an outbox folder was delivered: forget it."""
-        shutil.rmtree(results, ignore_errors=True)
+        """Every file of an outbox folder was delivered: forget it.
+
+        Raises OSError when the folder is still there afterwards (a read-only spool): the caller
+        must not send it again and should retry the removal later.
+        """
+        error: OSError | None = None
+        try:
+            shutil.rmtree(results)
+        except OSError as exc:  # FileNotFoundError included: then it is gone, as wanted
+            error = exc
+        if results.exists():
+            if error is not None and error.strerror:
+                raise OSError(error.errno, error.strerror, str(results))
+            raise OSError(f"{results.name} is still in the spool after its removal")
         fsync_dir(self.outbox)
 
     def give_up(self, results: Path, reason: str) -> Path:
@@ -167,15 +184,15 @@ class Spool:
 
     def pending(self) -> list[Path]:
         """Inbox files waiting for inference, oldest first."""
-        return _by_age([p for p in self.inbox.iterdir() if p.suffix == ".dcm"])
+        return _by_age([p for p in self.inbox.iterdir() if p.suffix == ".dcm" and not p.is_symlink()])
 
     def outgoing(self) -> list[Path]:
         """Outbox folders waiting to be sent, oldest first (their names start with the time)."""
-        return sorted(p for p in self.outbox.iterdir() if p.is_dir())
+        return sorted(p for p in self.outbox.iterdir() if p.is_dir() and not p.is_symlink())
 
     @staticmethod
     def result_files(results: Path) -> list[Path]:
-        return sorted(p for p in results.iterdir() if p.suffix == ".dcm")
+        return sorted(p for p in results.iterdir() if p.suffix == ".dcm" and not p.is_symlink())
 
     def counts(self) -> dict[str, int]:
         return {

@@ -6,7 +6,13 @@ download and returns that path; an existing file path is returned as it is. File
 are fetched from their publishers' URLs, or from ``CXRDX_WEIGHTS_MIRROR`` (same file
 names under that URL); ``CXRDX_OFFLINE=1`` never touches the network. Where the
 registry pins no SHA-256, the first download's is recorded in ``hashes.json`` in the
-cache and a later file under the same name must match it.
+cache (only once the file imported) and a later file under the same name must match it.
+
+Trust on first use is only as good as the first source: an unpinned file is fetched
+through a mirror (anything but the publisher's own HTTPS address) only with an explicit
+opt-in, ``CXRDX_TRUST_UNVERIFIED_MIRROR=1`` or ``cxrdx weights pull --trust-unverified-mirror``,
+because whatever that mirror serves would be trusted from then on. Once a hash is
+recorded (or where the registry pins one) a mirror is checked against it and needs no opt-in.
 """
 
 from __future__ import annotations
@@ -42,8 +48,15 @@ def entry(name: str) -> dict:
     return models[name]
 
 
+def _flag(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _offline() -> bool:
-    return os.environ.get("CXRDX_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return _flag("CXRDX_OFFLINE")
+
+
+TRUST_MIRROR = "CXRDX_TRUST_UNVERIFIED_MIRROR"
 
 
 def source_urls(name: str, mirror: str | None = None) -> list[str]:
@@ -99,16 +112,40 @@ def _record(file: str, value: dict | None) -> None:
     atomic_write_json(download.cache_dir() / HASHES, hashes)
 
 
-def check_hash(name: str, digest: str, url: str, path: Path) -> None:
-    """Pinned hashes are checked by the download; unpinned ones must match the first download's."""
+def unverified_mirror(name: str, urls: list[str]) -> str | None:
+    """Why fetching ``name`` from ``urls`` needs the opt-in, or None when it does not.
+
+    It does when the registry pins no hash (full or publisher's prefix), none was recorded
+    yet, and a URL is not one of the publisher's own HTTPS addresses.
+    """
+    e = entry(name)
+    if e.get("sha256") or e.get("sha256_prefix") or e["file"] in recorded_hashes():
+        return None
+    foreign = [u for u in urls if u not in e["urls"] or not u.startswith("https://")]
+    if not foreign:
+        return None
+    return (
+        f"{name}: the registry pins no SHA-256 for {e['file']} and it would come from {foreign[0]}, not from its "
+        f"publisher ({e['urls'][0]}): whatever that server sends would be imported and trusted from then on. "
+        f"Pull it once from the publisher (without CXRDX_WEIGHTS_MIRROR / --mirror), put a copy you checked at "
+        f"{download_path(name)}, or accept the risk with {TRUST_MIRROR}=1 "
+        f"(`cxrdx weights pull {name} --trust-unverified-mirror`)"
+    )
+
+
+def check_hash(name: str, digest: str, url: str, path: Path) -> dict | None:
+    """Pinned hashes are checked by the download; unpinned ones must match the first download's.
+
+    Returns the record to keep (:func:`record_first_use`) when this is an unpinned file's first
+    download: the caller records it only once the file imported.
+    """
     e = entry(name)
     if e.get("sha256"):
-        return
+        return None
     first = recorded_hashes().get(e["file"])
     if first is None:
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        _record(e["file"], {"sha256": digest, "url": url, "size": path.stat().st_size, "first_seen": stamp})
-        return
+        return {"sha256": digest, "url": url, "size": path.stat().st_size, "first_seen": stamp}
     if first["sha256"] != digest:
         size = path.stat().st_size
         path.unlink(missing_ok=True)
@@ -117,16 +154,31 @@ def check_hash(name: str, digest: str, url: str, path: Path) -> None:
             f"({first.get('url')}, {first.get('first_seen')}): SHA-256 {digest} ({size} bytes) instead of {first['sha256']} ({first.get('size')} bytes); the new file was removed. If the "
             f"publisher really replaced it, run `cxrdx weights rm {name} --forget` and pull again"
         )
+    return None
 
 
-def pull(name: str, *, mirror: str | None = None, offline: bool | None = None, progress: bool = True) -> Path:
-    """The imported checkpoint for ``name``, downloading and importing it first if needed."""
-    from cxrdx.model.import_weights import import_weights
+def record_first_use(name: str, record: dict) -> None:
+    _record(entry(name)["file"], record)
 
+
+def pull(
+    name: str,
+    *,
+    mirror: str | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+    trust_mirror: bool | None = None,
+) -> Path:
+    """The imported checkpoint for ``name``, downloading and importing it first if needed.
+
+    ``trust_mirror``: accept an unpinned file from a mirror (default: ``CXRDX_TRUST_UNVERIFIED_MIRROR``).
+    """
     e = entry(name)
     out = checkpoint_path(name)
     raw = download_path(name)
     offline = _offline() if offline is None else offline
+    trust_mirror = _flag(TRUST_MIRROR) if trust_mirror is None else trust_mirror
+    first_use = None
     with cache_lock(name):
         if out.is_file():
             return out
@@ -134,15 +186,35 @@ def pull(name: str, *, mirror: str | None = None, offline: bool | None = None, p
             urls = source_urls(name, mirror)
             if offline:
                 raise CheckpointError(
-                    f"{name} is not in the cache and CXRDX_OFFLINE is set: {download.manual_hint(urls[0], raw)}"
+                    f"{name} is not in the cache and CXRDX_OFFLINE is set: {download.manual_hint(urls[0], raw)}; "
+                    f"{download.OFFLINE_HINT}"
                 )
+            risk = unverified_mirror(name, urls)
+            if risk and not trust_mirror:
+                raise CheckpointError(risk)
             digest = download.fetch(
-                urls, raw, sha256=e.get("sha256"), sha256_prefix=e.get("sha256_prefix"), progress=progress
+                urls,
+                raw,
+                sha256=e.get("sha256"),
+                sha256_prefix=e.get("sha256_prefix"),
+                size=e.get("size"),
+                progress=progress,
             )
-            check_hash(name, digest, urls[0], raw)
+            first_use = check_hash(name, digest, urls[0], raw)
+            if first_use is not None and risk:
+                first_use["trusted"] = f"unverified mirror, accepted with {TRUST_MIRROR}"
         else:
             download.check_weights_file(raw, str(raw))
-        import_weights(e["kind"], raw, out, xrv_weights=e.get("xrv_weights"), inert_pickle=True)
+        from cxrdx.model.import_weights import import_weights  # torch: only once there is a file to import
+
+        try:
+            import_weights(e["kind"], raw, out, xrv_weights=e.get("xrv_weights"), inert_pickle=True)
+        except BaseException:
+            if first_use is not None:  # never trusted: the next pull fetches it afresh
+                raw.unlink(missing_ok=True)
+            raise
+        if first_use is not None:
+            record_first_use(name, first_use)
     return out
 
 
@@ -182,7 +254,11 @@ def remove(name: str, forget: bool = False) -> list[Path]:
 
 
 def resolve_weights(
-    name_or_path: str | os.PathLike, *, mirror: str | None = None, offline: bool | None = None
+    name_or_path: str | os.PathLike,
+    *,
+    mirror: str | None = None,
+    offline: bool | None = None,
+    trust_mirror: bool | None = None,
 ) -> Path:
     """An existing file as it is; a registry name pulled (once) and imported; else an error naming both."""
     path = Path(name_or_path)
@@ -190,7 +266,7 @@ def resolve_weights(
         return path
     name = str(name_or_path)
     if name in registry():
-        return pull(name, mirror=mirror, offline=offline)
+        return pull(name, mirror=mirror, offline=offline, trust_mirror=trust_mirror)
     raise CheckpointError(
         f"{name}: no such checkpoint file, and not a pretrained model name (known: {', '.join(registry())})"
     )
