@@ -48,7 +48,8 @@ def main() -> int:
     ap.add_argument("--limit-gb", type=float, default=8.0)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
-    from corpus.codestream_bombs import codestream_cases
+    from corpus.codestream_bombs import codestream_cases, dicom_with_frame, rle_bomb
+    from pydicom.uid import RLELossless
 
     print(machine_line())
     print(f"codestream check: {'OFF (before the fix)' if args.without_check else 'on'}; "
@@ -56,14 +57,16 @@ def main() -> int:
     print("file\tbytes\tseconds\tpeak RSS MB\toutcome")
     code = CHILD.format(limit=int(args.limit_gb * 2**30), without=args.without_check)
     with tempfile.TemporaryDirectory() as tmp:
-        for case in codestream_cases(Path(tmp)):
-            if args.only and case.name != args.only:
+        big_rle = Path(tmp) / "rle_segment_bomb_20MB.dcm"  # too big for the corpus: 20 MB -> 1.3 GB decoded
+        dicom_with_frame(big_rle, rle_bomb(64 * 64, 20_000_000), RLELossless)
+        for path in [case.path for case in codestream_cases(Path(tmp))] + [big_rle]:
+            if args.only and path.name != args.only:
                 continue
             out = subprocess.run(
-                [sys.executable, "-c", code, str(case.path)], capture_output=True, text=True, timeout=900
+                [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900
             )
             line = out.stdout.strip() or f"-\t-\tchild exited {out.returncode}: {out.stderr.strip()[-120:]}"
-            print(f"{case.name}\t{case.path.stat().st_size}\t{line}", flush=True)
+            print(f"{path.name}\t{path.stat().st_size}\t{line}", flush=True)
     return 0
 
 
