@@ -35,7 +35,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from cxrdx.interop import codes
-from cxrdx.interop.study import RESEARCH_USE, is_calibrated, result_uid
+from cxrdx.interop.study import RESEARCH_USE, fit_value, is_calibrated, result_uid
 
 FHIR_VERSION = "R4 (fhir.resources.R4B models)"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -72,10 +72,10 @@ def fhir_bundle(
                 "type": "ImagingStudy",
                 "identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"},
             }
-        patient_id = str(source.get("PatientID", "") or "")
+        patient_id = str(fit_value(str(source.get("PatientID", "") or ""), "LO"))  # as the SR carries it
         if patient_id:
             subject: dict[str, Any] = {"type": "Patient", "identifier": {"value": patient_id}}
-            name = str(source.get("PatientName", "") or "")
+            name = str(fit_value(str(source.get("PatientName", "") or ""), "PN"))
             if name:
                 subject["display"] = name
             context["subject"] = subject
