@@ -2,10 +2,10 @@
 
 Each bomb is a DICOM of a few KB whose Rows/Columns say 64x64 while its first frame's own
 header (JPEG SOF, JPEG-LS SOF55, JPEG 2000 SIZ) declares 20000x20000, or whose RLE segment
-expands 64-fold. Each read runs in a fresh subprocess; the script prints the outcome, the
+expands 64-fold, and a deflated data set that inflates to 2 GiB. Each read runs in a fresh subprocess; the script prints the outcome, the
 seconds and the child's peak RSS (``ru_maxrss``), with the codestream check on (as shipped)
 and, with ``--without-check``, with ``cxrdx.imaging.codestream.check_frame_header`` replaced
-by a no-op (the reader before the fix). ``--limit-gb`` caps the child's address space so a
+and ``check_deflated`` replaced by no-ops (the reader before the fix). ``--limit-gb`` caps the child's address space so a
 bomb cannot take the machine down (default 8).
 
 Run:  python benchmarks/dicom_bomb_memory.py [--without-check] [--only jpeg_sof_20000x20000.dcm]
@@ -27,7 +27,7 @@ import resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
 if {without}:
     import cxrdx.imaging.codestream as c, cxrdx.imaging.dicom as d
-    d.check_frame_header = lambda *a, **k: None
+    d.check_frame_header = d.check_deflated = lambda *a, **k: None
 from cxrdx.imaging.read import read_image
 t = time.perf_counter()
 try:
@@ -48,7 +48,7 @@ def main() -> int:
     ap.add_argument("--limit-gb", type=float, default=8.0)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
-    from corpus.codestream_bombs import codestream_cases, dicom_with_frame, rle_bomb
+    from corpus.codestream_bombs import codestream_cases, deflate_bomb, dicom_with_frame, rle_bomb
     from pydicom.uid import RLELossless
 
     print(machine_line())
@@ -59,7 +59,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         big_rle = Path(tmp) / "rle_segment_bomb_20MB.dcm"  # too big for the corpus: 20 MB -> 1.3 GB decoded
         dicom_with_frame(big_rle, rle_bomb(64 * 64, 20_000_000), RLELossless)
-        for path in [case.path for case in codestream_cases(Path(tmp))] + [big_rle]:
+        deflated = Path(tmp) / "deflate_bomb_2GiB.dcm"  # a 2 MB deflated data set inflating to 2 GiB
+        deflate_bomb(deflated, 2 << 30)
+        for path in [case.path for case in codestream_cases(Path(tmp))] + [big_rle, deflated]:
             if args.only and path.name != args.only:
                 continue
             out = subprocess.run(

@@ -122,3 +122,40 @@ def codestream_cases(directory: Path) -> list:
         "segments",
     )
     return cases
+
+
+def deflate_bomb(path: Path, inflated_bytes: int) -> None:
+    """A Deflated Explicit VR LE DICOM (64x64 by its header) whose pixel data inflates to ``inflated_bytes``.
+
+    Written in 1 MiB steps, so making it costs no memory; the file is about 1/1000 of that.
+    """
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from corpus.bad_inputs import dicom_dataset
+
+    ds = dicom_dataset(None)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", SIZE, SIZE
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+        fh.write(
+            packer.compress(
+                body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_bytes)
+            )
+        )
+        zeros = bytes(1 << 20)
+        for start in range(0, inflated_bytes, 1 << 20):
+            fh.write(packer.compress(zeros[: min(1 << 20, inflated_bytes - start)]))
+        fh.write(packer.flush())

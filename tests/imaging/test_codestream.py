@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 from corpus.bad_inputs import chest, dicom_dataset
-from corpus.codestream_bombs import SIZE, codestream_cases, compressed_frame, dicom_with_frame
+from corpus.codestream_bombs import SIZE, codestream_cases, compressed_frame, deflate_bomb, dicom_with_frame
 
 from cxrdx.errors import ImageReadError
 from cxrdx.imaging.read import read_image
@@ -96,3 +96,31 @@ def test_rle_padding_is_tolerated_but_not_a_second_plane(tmp_path):
 def test_the_real_siim_jpeg_still_reads(shared_data):
     image, _ = read_image(shared_data / "dicom" / "siim_pneumothorax_sample.dcm")
     assert image.shape == (1024, 1024)
+
+
+def test_a_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path):
+    """pydicom inflates a deflated data set whole when it opens it: 400 MB from a 400 KB file."""
+    small, bomb = tmp_path / "small.dcm", tmp_path / "bomb.dcm"
+    deflate_bomb(small, SIZE * SIZE)
+    deflate_bomb(bomb, 400 << 20)
+    assert read_image(small)[0].shape == (SIZE, SIZE)
+    script = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from cxrdx.imaging.read import read_image
+        try:
+            read_image({str(bomb)!r})
+            print("READ")
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
+        print("peak_kb", hwm.split()[1])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("ImageReadError") and "deflated data set inflates to more than" in lines[0], (
+        lines
+    )
+    assert int(lines[-1].split()[1]) / 1024 < 300, lines[-1]

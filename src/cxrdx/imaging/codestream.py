@@ -8,11 +8,16 @@ or inside a JP2 wrapper), RLE (the segment table, and each segment's decoded len
 run by run, stopping as soon as it exceeds one plane). The declared size must equal Rows x
 Columns and pass the pixel limit; otherwise the file is refused with an ImageReadError that
 says so. Only the first frame is checked: it is the only one the reader decodes.
+
+A Deflated Explicit VR Little Endian file is inflated whole by pydicom as soon as it is
+opened (even for its header), so ``check_deflated`` first counts what it inflates to, in
+1 MiB steps without keeping the output, and refuses more than a radiograph's data can be.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from io import BytesIO
 from pathlib import Path
 
@@ -188,3 +193,38 @@ def _rle_length(data: bytes, pos: int, end: int, limit: int) -> int:
         else:
             pos += 1
     return n
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+DEFLATE_HEADROOM = 16 << 20  # the header elements beside the pixels
+
+
+def check_deflated(path: Path, max_pixels: int) -> None:
+    """Refuse a deflated data set that inflates to more than ``max_pixels`` 32-bit samples (+ 16 MiB)."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return  # the reader says why
+    with fh:
+        head = fh.read(132 + 12)
+        if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+            return  # no Part 10 meta with its group length: pydicom reads it as it can
+        (meta_len,) = struct.unpack("<I", head[140:144])
+        meta = fh.read(meta_len)
+        if DEFLATED.encode() not in meta:
+            return
+        limit = 4 * max_pixels + DEFLATE_HEADROOM
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := fh.read(1 << 20):
+            while chunk:
+                try:
+                    total += len(inflater.decompress(chunk, 1 << 20))
+                except zlib.error as exc:
+                    raise ImageReadError(path, f"corrupt deflated DICOM data set: {exc}") from exc
+                chunk = inflater.unconsumed_tail
+                if total > limit:
+                    raise ImageReadError(
+                        path,
+                        f"too large: the deflated data set inflates to more than {limit >> 20:,} MiB, more "
+                        f"than {max_pixels:,} pixels can fill: refused before reading (a decompression bomb?)",
+                    )

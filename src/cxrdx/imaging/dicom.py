@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cxrdx.errors import ImageReadError
-from cxrdx.imaging.codestream import check_frame_header
+from cxrdx.imaging.codestream import check_deflated, check_frame_header
 from cxrdx.imaging.pixels import ImageMeta, check_dims, minmax, rgb_to_gray
 
 CHEST_MODALITIES = ("CR", "DX", "DR")
@@ -53,6 +53,7 @@ def read_dicom(path: Path, max_pixels: int, force: bool) -> tuple[np.ndarray, Im
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import UID
 
+    check_deflated(path, max_pixels)  # pydicom inflates a deflated data set whole, even for its header
     try:
         hdr = pydicom.dcmread(path, stop_before_pixels=True, force=force)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error) as exc:
