@@ -17,7 +17,8 @@ model was trained on frontal chest radiographs and the result may not mean anyth
 Refused: DICOMs without pixel data (structured reports), transfer syntaxes no
 installed plugin decodes (the message names the plugin to install), and compressed
 frames whose own header (JPEG SOF, JPEG-LS SOF55, JPEG 2000 SIZ, RLE segments) disagrees
-with Rows/Columns or the pixel limit (``codestream``: checked before decoding). pydicom is
+with Rows/Columns or the pixel limit (``codestream``: checked before decoding), and
+deflated data sets that inflate beyond what the pixel limit can fill. pydicom is
 imported only when a DICOM is read.
 """
 
