@@ -94,6 +94,8 @@ def test_the_api_works_through_gradio_client_as_users_call_it(server, site):
         assert answer["model_card"]["dataset"] == "cache" and answer["model_card"]["images"] == 90
         text = json.dumps(answer)
         assert '"path"' not in text and str(site["home"]) not in text, text
+    status, page_config = _raw_get(server.port, "config")  # the page's model card: no server folder either
+    assert status == 200 and b"data/cache" not in page_config and b"Model card" in page_config
 
 
 def _upload(url: str, name: str, data: bytes):

@@ -7,6 +7,7 @@ Figure with an Agg canvas, a colormap lookup), so they are safe from Gradio's wo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -259,7 +260,11 @@ def model_card(predictor: Predictor) -> str:
             lines.append(f"| {name} | {v:.3f} |" if isinstance(v, int | float) else f"| {name} | n/a |")
     else:
         lines.append("- **Evaluation:** no AUROCs recorded in this checkpoint (run `cxrdx evaluate`)")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    data = str(
+        (meta.model_card or {}).get("path") or ""
+    )  # the training folder on the machine that trained it
+    return text.replace(data, Path(data).name) if data else text
 
 
 def ood_markdown(pred: Prediction, threshold: float | None = None) -> str:
