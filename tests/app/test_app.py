@@ -219,3 +219,16 @@ def test_serve_reports_a_busy_port(tmp_path, capsys):
         port = s.getsockname()[1]
         assert main(["serve", "--weights", str(ckpt), "--port", str(port), "--backend", "torch"]) == 2
     assert f"--port {port}" in capsys.readouterr().err
+
+
+def test_status_html_escapes_what_comes_from_the_upload():
+    """Issue 28 item 1 without a browser: names, warnings and refusals are text in the status HTML."""
+    from corpus.hostile_headers import XSS
+
+    from cxrdx.app.components import error_html, status_html
+
+    ok = status_html(f"{XSS}.png", 64, 48, [f"modality is {XSS.upper()}"], f"out of distribution {XSS}")
+    bad = error_html(f". x.dcm: unsupported transfer syntax {XSS}")
+    for html_text in (ok, bad):
+        assert "<img" not in html_text.lower() and "&lt;img src=x" in html_text.lower()
+    assert ok.startswith("Analysed <b>") and "(64x48 px)" in ok and '<p class="error">' in ok

@@ -222,3 +222,17 @@ def test_the_server_logs_one_line_per_request_without_file_names(page, tmp_path)
     assert len(mine) == 1 and "endpoint=page type=PNG" in mine[0] and "outcome=ok" in mine[0], lines
     assert "latency_ms=" in mine[0] and mine[0][:4].isdigit()  # starts with the time
     assert "Doe" not in SERVER_LOG[0].read_text()
+
+
+def test_markup_in_dicom_headers_and_file_names_is_shown_as_text(page, tmp_path):
+    """Issue 28 item 1: five header values and the file name reach the status HTML; none may run script."""
+    from corpus.hostile_headers import xss_files
+    from playwright.sync_api import expect
+
+    status = page.locator("#cxrdx-status")
+    for name, (path, shown) in xss_files(tmp_path).items():
+        upload(page, path)
+        expect(status).to_contain_text(shown, timeout=60_000)  # the markup as text, not as an element
+        expect(status.locator("img")).to_have_count(0)
+        page.wait_for_timeout(300)  # an <img src=x> fails to load at once and would fire onerror
+        assert page.evaluate("window.__xss") is None, f"{name}: script ran in the page"

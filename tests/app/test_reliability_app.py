@@ -33,11 +33,27 @@ pytestmark = [
 LIMIT_MB = 1
 
 
+def _trained_weights(path: Path, data: Path) -> Path:
+    """densenet-tiny at 64 px whose model card is what `cxrdx train` writes for unnamed data (with its path)."""
+    import torch
+
+    from cxrdx.imaging.preprocessing import Preprocessing
+    from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
+    from cxrdx.model.networks import build_model
+
+    torch.manual_seed(0)
+    card = {"dataset": str(data), "kind": "unknown", "images": 90, "patients": 30,
+            "split": {"train": 80, "val": 10}, "epochs": 1, "path": str(data)}  # fmt: skip
+    meta = CheckpointMeta(architecture="densenet-tiny", preprocessing=Preprocessing(size=64), model_card=card)
+    save_checkpoint(path, build_model("densenet-tiny"), meta)
+    return path
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> dict:
     """A folder like a user's: the checkpoint, a secret file, and some uploads (phantom PNGs)."""
     home = tmp_path_factory.mktemp("site")
-    weights = load_app.make_weights(home / "model.safetensors", "densenet-tiny", 64)
+    weights = _trained_weights(home / "model.safetensors", home / "data" / "cache")
     token = secrets.token_hex(16)
     (home / "secret.txt").write_text(f"SECRET {token}\n")
     images = load_app.make_images(home / "uploads", 4, 256)
@@ -61,6 +77,25 @@ def test_concurrent_uploads_are_all_answered_correctly(server, site):
     summary = wave.summary()
     print(f"10 concurrent uploads: p50 {summary['p50_s']:.2f} s, p95 {summary['p95_s']:.2f} s, "
           f"server peak RSS {server.peak_rss_mb():.0f} MB")  # fmt: skip
+
+
+def test_the_api_works_through_gradio_client_as_users_call_it(server, site):
+    """Issue 28 item 8: a model card with a `path` key made gradio_client fetch it as a file (HTTP 403)."""
+    import json
+
+    from gradio_client import Client, handle_file
+
+    from cxrdx.labels import FINDINGS
+
+    client = Client(server.url, verbose=False)
+    for image in site["images"][:2]:
+        answer = client.predict(handle_file(str(image)), api_name="/predict")
+        assert answer["image"] == image.name and set(answer["probabilities"]) == set(FINDINGS)
+        assert answer["model_card"]["dataset"] == "cache" and answer["model_card"]["images"] == 90
+        text = json.dumps(answer)
+        assert '"path"' not in text and str(site["home"]) not in text, text
+    status, page_config = _raw_get(server.port, "config")  # the page's model card: no server folder either
+    assert status == 200 and b"data/cache" not in page_config and b"Model card" in page_config
 
 
 def _upload(url: str, name: str, data: bytes):

@@ -417,6 +417,9 @@ def make_corpus(directory: str | Path) -> list[Case]:
         "not a DICOM",
         shape=None,
     )
+    from corpus.codestream_bombs import codestream_cases  # compressed frames whose own header lies
+
+    cases += codestream_cases(d)
     return cases
 
 

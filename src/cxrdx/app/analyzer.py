@@ -51,6 +51,26 @@ def request_line(endpoint: str, path: str | None, seconds: float, outcome: str) 
     return f"request endpoint={endpoint} type={kind} bytes={size} latency_ms={seconds * 1000:.0f} outcome={outcome}"
 
 
+def public_card(card: dict[str, Any]) -> dict[str, Any]:
+    """The model card as the API shows it: no ``path`` key and no server folder in ``dataset``.
+
+    ``cxrdx train`` records the training data's folder as ``path`` (and as ``dataset`` when the
+    data has no name). A server path is none of a client's business, and gradio_client takes any
+    dict with a ``path`` string for a file to download, so every call failed (HTTP 403).
+    """
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k != "path"}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    out = clean(card)
+    dataset = out.get("dataset")
+    if isinstance(dataset, str) and (dataset == card.get("path") or os.path.isabs(dataset)):
+        out["dataset"] = " + ".join(Path(part.strip()).name for part in dataset.split(" + "))
+    return out
+
+
 class Analyzer:
     """The app's work, independent of Gradio (so it is testable without a server)."""
 
@@ -90,6 +110,6 @@ class Analyzer:
         out["disclaimer"] = DISCLAIMER
         from cxrdx.model.card import banners, training_card
 
-        out["model_card"] = training_card(self.predictor.meta)  # what the model was trained on
+        out["model_card"] = public_card(training_card(self.predictor.meta))  # what the model was trained on
         out["model_warnings"] = banners(self.predictor.meta)  # e.g. trained on phantoms, no evaluation
         return out

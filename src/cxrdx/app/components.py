@@ -8,6 +8,7 @@ Figure with an Agg canvas, a colormap lookup), so they are safe from Gradio's wo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -186,6 +187,24 @@ def probability_chart(pred: Prediction, thresholds: dict[str, float] | None) -> 
 # --------------------------------------------------------------------------- text
 
 
+def status_html(source: str, width: int, height: int, warnings: list[str], ood_text: str | None) -> str:
+    """The status line after an analysis. Every value is escaped: file names, warnings and the
+    DICOM header values inside them come from the upload, and the status is HTML."""
+    import html
+
+    notes = "".join(f"<br>warning: {html.escape(w)}" for w in warnings)
+    if ood_text:
+        notes = f'<p class="error">{html.escape(ood_text)}.</p>' + notes
+    return f"Analysed <b>{html.escape(source)}</b> ({width}x{height} px).{notes}"
+
+
+def error_html(message: str) -> str:
+    """The status when a file could not be analysed (``message`` is escaped: it quotes the upload)."""
+    import html
+
+    return f'<p class="error">Could not analyse this file{html.escape(message)}</p>'
+
+
 _CARD_SKIP = ("config", "val_auroc", "torch", "processes")  # too long or not about the data
 
 
@@ -249,7 +268,11 @@ def model_card(predictor: Predictor) -> str:
             lines.append(f"| {name} | {v:.3f} |" if isinstance(v, int | float) else f"| {name} | n/a |")
     else:
         lines.append("- **Evaluation:** no AUROCs recorded in this checkpoint (run `cxrdx evaluate`)")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    data = str(
+        (meta.model_card or {}).get("path") or ""
+    )  # the training folder on the machine that trained it
+    return text.replace(data, Path(data).name) if data else text
 
 
 def ood_markdown(pred: Prediction, threshold: float | None = None) -> str:

@@ -27,11 +27,13 @@ from cxrdx.app.components import (
     banners_html,
     captioned_overlay,
     display_image,
+    error_html,
     findings_table,
     model_card,
     overlay_caption,
     positives_markdown,
     probability_chart,
+    status_html,
 )
 from cxrdx.errors import CxrdxError
 from cxrdx.inference.formats import ood_warning, overlay_caveats
@@ -98,19 +100,18 @@ def build_app(predictor: Predictor, max_file_size: int | str | None = None) -> g
                 for n, c in zip(top, captions, strict=True)
             ]
         except CxrdxError as exc:
-            return empty(f'<p class="error">Could not analyse this file. {user_message(exc, path)}</p>')
+            return empty(error_html(f". {user_message(exc, path)}"))
         except Exception as exc:  # noqa: BLE001 - the page must say something and keep serving
             log.exception("unexpected failure on an upload")
             return empty(
-                f'<p class="error">Could not analyse this file: unexpected {type(exc).__name__} '
-                f"({user_message(exc, path)}). The server log has details.</p>"
+                error_html(
+                    f": unexpected {type(exc).__name__} ({user_message(exc, path)}). The server log has details."
+                )
             )
         gallery = list(zip(overlays, captions, strict=True))
-        notes = "".join(f"<br>warning: {w}" for w in pred.warnings)
         ood_threshold = predictor.ood.threshold if predictor.ood else None
-        if pred.in_distribution is False:
-            notes = f'<p class="error">{ood_warning(pred, ood_threshold)}.</p>' + notes
-        status = f"Analysed <b>{pred.source}</b> ({image.shape[1]}x{image.shape[0]} px).{notes}"
+        ood_text = ood_warning(pred, ood_threshold) if pred.in_distribution is False else None
+        status = status_html(pred.source or "", image.shape[1], image.shape[0], pred.warnings, ood_text)
         choices = [n for n, _ in pred.ranked()]
         return (
             status,

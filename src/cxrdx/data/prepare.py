@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from csv import QUOTE_NONNUMERIC
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from cxrdx.data.origin import dataset_origin
 from cxrdx.errors import DataError, ImageReadError
 from cxrdx.files import atomic_write, atomic_write_text
 from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE
+from cxrdx.spreadsheet import safe_cell
 
 SAVE_EVERY_S = 5.0  # how often progress is made durable while preparing (tests lower it: module attribute)
 
@@ -187,8 +189,8 @@ def _start_or_resume(
 def _write_not_cached(out: Path, rows: list[dict]) -> Path:
     path = out / NOT_CACHED_FILE
     out.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(rows, columns=["image", "path", "split", "problem"])
-    atomic_write_text(path, table.to_csv(index=False))
+    table = pd.DataFrame(rows, columns=["image", "path", "split", "problem"]).map(safe_cell)  # no formulas
+    atomic_write_text(path, table.to_csv(index=False, quoting=QUOTE_NONNUMERIC))
     return path
 
 

@@ -25,6 +25,7 @@ Decisions (why):
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -134,13 +135,16 @@ class EvaluateConfig:
 def _predictions_frame(es: EvalSet, pos: np.ndarray, probs: np.ndarray, spread: np.ndarray | None, names):
     import pandas as pd
 
-    frame = pd.DataFrame({"image": es.table["image"].astype(str).to_numpy()[pos]})
+    from cxrdx.spreadsheet import safe_cell
+
+    # ids and patients are text from the label table: a spreadsheet must not run them as formulas
+    frame = pd.DataFrame({"image": [safe_cell(x) for x in es.table["image"].astype(str).to_numpy()[pos]]})
     for c, name in enumerate(names):
         frame[name] = np.round(probs[:, c], 6)
     if spread is not None:
         for c, name in enumerate(names):
             frame[f"{name}_spread"] = np.round(spread[:, c], 6)
-    frame["patient"] = es.table["patient"].astype(str).to_numpy()[pos]
+    frame["patient"] = [safe_cell(x) for x in es.table["patient"].astype(str).to_numpy()[pos]]
     return frame
 
 
@@ -227,7 +231,9 @@ def evaluate(config: EvaluateConfig) -> dict:
     names = [names[c] for c in keep]
     y_true = test.table.loc[pos, names].to_numpy(dtype=np.float64)  # 1 / 0 / NaN (unlabelled)
     patients = test.table["patient"].astype(str).to_numpy()[pos]
-    _predictions_frame(test, pos, probs, spread, names).to_csv(out / "predictions.csv", index=False)
+    _predictions_frame(test, pos, probs, spread, names).to_csv(
+        out / "predictions.csv", index=False, quoting=csv.QUOTE_NONNUMERIC
+    )
     spread_kind = ""
     if spread is not None:
         spread_kind = (
@@ -249,7 +255,9 @@ def evaluate(config: EvaluateConfig) -> dict:
         v_probs, v_spread = v_probs[:, keep], (None if v_spread is None else v_spread[:, keep])
         v_true = val.table.loc[v_pos, names].to_numpy(dtype=np.float64)  # NaN where val does not label
         _predictions_frame(val, v_pos, v_probs, v_spread, names).to_csv(
-            out / "val_predictions.csv", index=False
+            out / "val_predictions.csv",
+            index=False,
+            quoting=csv.QUOTE_NONNUMERIC,  # text quoted: a \r stays in its cell
         )
         thresholds = choose_thresholds(v_true, v_probs, names, method, config.target_sensitivity or 0.9)
         method_text = (

@@ -14,8 +14,11 @@ quote raw element bytes. Multi-frame DICOM: the first frame is
 read, with a warning. Modality other than CR/DX/DR, a non-chest body part or a view
 other than PA/AP (lateral LL/RL, oblique, decubitus) is *accepted with a warning*: the
 model was trained on frontal chest radiographs and the result may not mean anything.
-Refused: DICOMs without pixel data (structured reports) and transfer syntaxes no
-installed plugin decodes (the message names the plugin to install). pydicom is
+Refused: DICOMs without pixel data (structured reports), transfer syntaxes no
+installed plugin decodes (the message names the plugin to install), and compressed
+frames whose own header (JPEG SOF, JPEG-LS SOF55, JPEG 2000 SIZ, RLE segments) disagrees
+with Rows/Columns or the pixel limit (``codestream``: checked before decoding), and
+deflated data sets that inflate beyond what the pixel limit can fill. pydicom is
 imported only when a DICOM is read.
 """
 
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cxrdx.errors import ImageReadError
+from cxrdx.imaging.codestream import check_deflated, check_frame_header
 from cxrdx.imaging.pixels import ImageMeta, check_dims, minmax, rgb_to_gray
 
 CHEST_MODALITIES = ("CR", "DX", "DR")
@@ -50,6 +54,7 @@ def read_dicom(path: Path, max_pixels: int, force: bool) -> tuple[np.ndarray, Im
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import UID
 
+    check_deflated(path, max_pixels)  # pydicom inflates a deflated data set whole, even for its header
     try:
         hdr = pydicom.dcmread(path, stop_before_pixels=True, force=force)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error) as exc:
@@ -79,6 +84,7 @@ def read_dicom(path: Path, max_pixels: int, force: bool) -> tuple[np.ndarray, Im
             f"DICOM has no pixel data ({sop_name}): it is not an image (a report or presentation state?)",
         )
     ds.file_meta.TransferSyntaxUID = tsuid
+    check_frame_header(path, ds, tsuid, max_pixels)  # the codestream's own size, before any decoder runs
 
     warnings: list[str] = []
     modality = str(ds.get("Modality", "") or "").strip().upper() or None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import Any
 from cxrdx.errors import CxrdxError, ImageReadError
 from cxrdx.inference.prediction import Prediction
 from cxrdx.inference.predictor import ImageLike, Predictor
+from cxrdx.spreadsheet import csv_line, safe_cell
 
 NO_THRESHOLDS_NOTE = (
     "this checkpoint has no decision thresholds, so no finding is called positive or negative; "
@@ -121,12 +120,9 @@ def format_csv(
 ) -> str:
     """One row per image, one column per finding (+ ``<Finding>_positive`` when thresholds exist)."""
     tta = any(p.uncertainty is not None for p in predictions)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(csv_columns(labels, thresholds, tta))
-    for p in predictions:
-        writer.writerow(csv_row(p, labels, thresholds, tta))
-    return buf.getvalue()
+    lines = [csv_line(csv_columns(labels, thresholds, tta))]
+    lines += [csv_line(csv_row(p, labels, thresholds, tta)) for p in predictions]
+    return "".join(lines)
 
 
 def csv_columns(labels: Sequence[str], thresholds: dict[str, float] | None, tta: bool) -> list[str]:
@@ -142,7 +138,10 @@ def csv_row(
 ) -> list[Any]:
     """One image's CSV row, in the order of ``csv_columns``."""
     positive_cols = [n for n in labels if thresholds and n in thresholds]
-    row: list[Any] = [p.source, p.error or ""]
+    row: list[Any] = [
+        safe_cell("" if p.source is None else str(p.source)),
+        safe_cell(p.error or ""),
+    ]  # text from the user: never a formula
     row += [f"{p.probabilities[n]:.6f}" if p.ok else "" for n in labels]
     row += [("1" if p.positive[n] else "0") if p.ok and p.positive else "" for n in positive_cols]
     if tta:
@@ -151,7 +150,7 @@ def csv_row(
     row.append((p.calibration if p.calibration != "none" else "none: score (uncalibrated)") if p.ok else "")
     row.append("" if p.ood_score is None else f"{p.ood_score:.4f}")
     row.append("" if p.in_distribution is None else ("1" if p.in_distribution else "0"))
-    row.append(" | ".join(p.warnings))
+    row.append(safe_cell(" | ".join(p.warnings)))
     return row
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import IO
 from cxrdx.errors import ConfigError, CxrdxError
 from cxrdx.inference.formats import csv_columns, csv_row
 from cxrdx.inference.prediction import Prediction
+from cxrdx.spreadsheet import csv_line, original_cell
 
 STREAM_FORMATS = ("csv", "jsonl")
 
@@ -121,9 +121,7 @@ class ResultStream:
 
 
 def _csv_line(row: Sequence[object]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(row)
-    return buf.getvalue()
+    return csv_line(row)
 
 
 def read_done(path: Path, fmt: str, columns: Sequence[str] | None) -> tuple[set[str], int]:
@@ -157,7 +155,7 @@ def read_done(path: Path, fmt: str, columns: Sequence[str] | None) -> tuple[set[
             if record is None:
                 bad_at = number
                 continue
-            done.add(record[0] if fmt == "csv" else record["image"])
+            done.add(original_cell(record[0]) if fmt == "csv" else record["image"])  # as written: safe_cell
             end = offset
     return done, end
 

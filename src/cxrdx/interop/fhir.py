@@ -44,6 +44,7 @@ from cxrdx.interop.study import (
     RESEARCH_USE,
     STAMPS,
     finding_calibration,
+    fit_value,
     is_calibrated,
     result_notes,
     result_uid,
@@ -86,10 +87,10 @@ def fhir_bundle(
                 "type": "ImagingStudy",
                 "identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"},
             }
-        patient_id = str(source.get("PatientID", "") or "")
+        patient_id = str(fit_value(str(source.get("PatientID", "") or ""), "LO"))  # as the SR carries it
         if patient_id:
             subject: dict[str, Any] = {"type": "Patient", "identifier": {"value": patient_id}}
-            name = str(source.get("PatientName", "") or "")
+            name = str(fit_value(str(source.get("PatientName", "") or ""), "PN"))
             if name:
                 subject["display"] = name
             context["subject"] = subject

@@ -13,6 +13,7 @@ The UIDs are ``2.25.<UUID as an integer>`` (PS3.5 B.2), the UUID a name-based
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 import uuid
 import warnings
@@ -61,6 +62,12 @@ PATIENT_STUDY_KEYWORDS = (
 TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime")
 TYPE2 += ("ReferringPhysicianName", "StudyID", "AccessionNumber")
 
+# PS3.5 6.2: the most characters one value of a text VR may hold (PN: per component group).
+# Longer values are cut to this, so a 10 KB Patient's Name does not reach a PACS that refuses it.
+TEXT_MAX = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240}
+# Structured values a cut would make wrong: a too-long one is emptied instead.
+EXACT_MAX = {"AS": 4, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "TM": 14}
+
 
 def result_uid(source_uid: str, role: str, checkpoint_sha256: str = "") -> str:
     """A UID for one result object (or series), the same every time for the same inputs."""
@@ -81,16 +88,57 @@ def source_header(source: Dataset, where: str = "") -> Dataset:
                 f"{label}: has no {keyword}, so its results cannot be placed in its DICOM study; "
                 "use --format fhir for it, or fix the file's header"
             )
+    for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if len(str(source.get(keyword))) > 64:
+            raise DataError(
+                f"{label}: its {keyword} is {len(str(source.get(keyword)))} characters long (a UID holds at "
+                "most 64), so no result can refer to it; fix the file's header"
+            )
     header = Dataset()
     for elem in source:
         if elem.tag.group != 0x7FE0:  # leave the pixel data behind
-            header.add(elem)
+            header.add(copy.deepcopy(elem))  # a copy: the lengths are fitted below, the source stays as it is
+    fit_lengths(header)
     for keyword in TYPE2:
         if keyword not in header:
             setattr(header, keyword, "")
     if not getattr(header, "Modality", None):
         header.Modality = "OT"
     return header
+
+
+def fit_value(value: Any, vr: str) -> Any:
+    """One value within its VR's length (PS3.5 6.2): text cut, a structured value emptied."""
+    if value is None or vr not in TEXT_MAX and vr not in EXACT_MAX:
+        return value
+    text = str(value)
+    if vr == "PN":
+        # 64 per component group (PS3.5), and 64 in all (what dciodvfy and older PACS check):
+        # the first group is cut, later ones (ideographic, phonetic) kept only while they fit
+        first, *rest = [g[: TEXT_MAX["PN"]].rstrip() for g in text.split("=")[:3]]
+        fitted = first
+        for group in rest:
+            if len(fitted) + 1 + len(group) > TEXT_MAX["PN"]:
+                break
+            fitted += "=" + group
+        return value if fitted == text else fitted
+    if vr in EXACT_MAX:
+        return "" if len(text) > EXACT_MAX[vr] else value
+    return text[: TEXT_MAX[vr]].rstrip() if len(text) > TEXT_MAX[vr] else value
+
+
+def fit_lengths(ds: Dataset) -> None:
+    """Every text value of ``ds`` (and of its sequences' items) within its VR's length, in place."""
+    from pydicom.multival import MultiValue
+
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                fit_lengths(item)
+        elif isinstance(elem.value, MultiValue | list):
+            elem.value = [fit_value(v, elem.VR) for v in elem.value]
+        elif isinstance(elem.value, str) or elem.VR == "PN":
+            elem.value = fit_value(elem.value, elem.VR)
 
 
 def copy_patient_study(source: Dataset, target: Dataset) -> None:
