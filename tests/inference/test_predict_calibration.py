@@ -163,3 +163,26 @@ def test_thresholds_stored_before_calibration_existed_keep_their_calls(tmp_path,
     assert old.calibration["method"] == "prior" and old.thresholds != thresholds
     for r, p in zip(raw, old.predict(images), strict=True):
         assert p.positive == {n: r.probabilities[n] >= t for n, t in thresholds.items()}
+
+
+def test_a_finding_that_was_not_calibrated_is_a_score_in_every_output(tmp_path):
+    """Per-finding calibration reaches the Prediction, its JSON record, the CSV and the table."""
+    from cxrdx.inference.formats import csv_columns, csv_row, format_table
+    from cxrdx.inference.prediction import Prediction
+
+    per = {n: "prior+temperature" for n in FINDINGS}
+    per["Hernia"] = "none"
+    pred = Prediction(
+        "a.png",
+        {n: 0.5 for n in FINDINGS},
+        calibration="prior+temperature",
+        calibration_by_finding=per,
+    )
+    assert pred.value_word("Hernia") == "score (uncalibrated)" and pred.value_word("Mass") == "probability"
+    record = pred.to_dict()
+    assert record["calibration_by_finding"]["Hernia"] == "none"
+    row = dict(zip(csv_columns(FINDINGS, None, False), csv_row(pred, FINDINGS, None, False), strict=True))
+    assert "score (uncalibrated, not fitted): Hernia" in row["calibration"]
+    table = format_table([pred], None)
+    assert "Hernia (score)" in table and "Hernia could not be calibrated" in table
+    assert "Mass (score)" not in table

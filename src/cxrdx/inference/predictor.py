@@ -361,8 +361,16 @@ class Predictor:
         uncertainty = (
             None if spread is None else {n: float(s) for n, s in zip(self.labels, spread, strict=True)}
         )
-        method = self.calibration["method"]
-        return Prediction(source, by_name, positive, uncertainty, warnings, calibration=method)
+        cal = self.calibration
+        return Prediction(
+            source,
+            by_name,
+            positive,
+            uncertainty,
+            warnings,
+            calibration=cal["method"],
+            calibration_by_finding=dict(cal["per_finding"]),
+        )
 
     def _load_one(
         self, item: ImageLike, source: str, gray: bool = False
