@@ -109,8 +109,9 @@ def test_calibrate_from_a_csv_splits_its_images_for_reference_and_threshold(tmp_
 def test_calibrate_honours_views_and_splits_the_reference_by_patient(tmp_path, capsys, monkeypatch):
     """30 films, 15 laterals: the temperature and the OOD reference see the 15 frontal films only, and
     no patient has films in both the reference and the threshold half."""
-    import cxrdx.model.ood as ood_module
     from testkit import run_cli
+
+    import cxrdx.model.ood as ood_module
 
     rng = np.random.default_rng(3)
     folder = tmp_path / "images"
