@@ -112,7 +112,12 @@ def card_lines(meta: CheckpointMeta) -> list[str]:
     if isinstance(card.get("split"), dict) and card["split"]:
         counts.append("split " + ", ".join(f"{k} {v}" for k, v in card["split"].items()))
     if card.get("epochs") is not None:
-        counts.append(f"{card['epochs']} epoch(s)")
+        text = f"{card['epochs']} epoch(s) trained"
+        if card.get("best_epoch") is not None:
+            text += f", best epoch {card['best_epoch']}"
+            if card.get("weights_epoch") is not None and card["weights_epoch"] != card["best_epoch"]:
+                text += f" (these weights: epoch {card['weights_epoch']})"
+        counts.append(text)
     if counts:
         lines.append("training data: " + ", ".join(counts))
     evaluation = meta.evaluation or {}
