@@ -453,7 +453,7 @@ class Predictor:
 
     def explain(self, image: ImageLike, finding: str) -> np.ndarray:
         """Grad-CAM heatmap for one finding, in [0, 1], on the source image's own pixel grid."""
-        from cxrdx.explain.gradcam import GradCam
+        from cxrdx.explain.gradcam import GradCam, to_source
 
         finding = canonical(finding)
         if finding not in self.labels:
@@ -476,4 +476,4 @@ class Predictor:
                 batch = torch.from_numpy(x[None]).to(self.device)
                 self._cams = (digest, self._gradcam.many(batch, range(len(self.labels)))[:, 0])
             square = self._cams[1][self.labels.index(finding)]
-        return np.clip(box.unletterbox(square), 0.0, 1.0)
+        return to_source(square, box)  # normalised over the image, not the letterbox padding
