@@ -244,6 +244,12 @@ def model_card(predictor: Predictor) -> str:
             lines.append(f"| {name} | {v:.3f} |" if isinstance(v, int | float) else f"| {name} | n/a |")
     else:
         lines.append("- **Evaluation:** no AUROCs recorded in this checkpoint (run `cxrdx evaluate`)")
+    from cxrdx.model.card import flagged_results
+
+    flagged = flagged_results(meta)  # numbers that look like results but mean nothing (metrics/degenerate.py)
+    if flagged:
+        lines += ["", "**\u26a0 Flagged results** (these numbers mean nothing):"]
+        lines += [f"- **{name}:** {'; '.join(reasons)}" for name, reasons in flagged.items()]
     return "\n".join(lines)
 
 

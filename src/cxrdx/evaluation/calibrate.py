@@ -130,6 +130,8 @@ def calibration_summary(
         "binning": "equal-width on [0, 1]",
         "method": cals[0]["method"] if len(cals) == 1 else [c["method"] for c in cals],
         "fitted_here": bool(fitted),
+        # per finding the calibration applied ("none": a score, not fitted); the first checkpoint's
+        "per_finding_method": dict(cals[0].get("per_finding") or {}) if cals and cals[0] else {},
         "fitted_on": cals[0].get("fitted_on", {}) if len(cals) == 1 else None,
         "before": "raw network scores (sigmoid of the logits), no calibration",
         "per_finding": table,

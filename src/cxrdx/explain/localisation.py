@@ -232,7 +232,14 @@ class LocalisationScore:
         return hit, iou
 
     def summary(self) -> dict:
+        from cxrdx.metrics.degenerate import below_chance
+
+        flags = [
+            below_chance(self.pointing_game, self.chance, "pointing game (strict)"),
+            below_chance(self.pointing_game_cell, self.chance_cell, "pointing game (1/2 cell)"),
+        ]
         return {
+            "flags": [f for f in flags if f],
             "finding": self.finding,
             "n": self.n,
             "pointing_game": self.pointing_game,
@@ -334,4 +341,14 @@ def format_localisation(scores: dict[str, LocalisationScore]) -> str:
         "strict: Grad-CAM peak inside the box; 1/2 cell: within half a Grad-CAM cell (16 input pixels); "
         "chance: a uniformly random peak cell for the same boxes"
     )
+    from cxrdx.metrics.degenerate import below_chance
+
+    for s in scores.values():  # a pointing game below its chance rate means nothing: flagged
+        for what, value, chance in (
+            ("pointing game (strict)", s.pointing_game, s.chance),
+            ("pointing game (1/2 cell)", s.pointing_game_cell, s.chance_cell),
+        ):
+            flag = below_chance(value, chance, what)
+            if flag:
+                lines.append(f"FLAGGED {s.finding}: {flag}")
     return "\n".join(lines)

@@ -76,6 +76,21 @@ def banners(meta: CheckpointMeta) -> list[str]:
     return out
 
 
+def flagged_results(meta: CheckpointMeta) -> dict[str, list[str]]:
+    """Per finding, the degenerate results of this checkpoint (``cxrdx.metrics.degenerate``): those its
+    stored evaluation flagged, and a temperature at its bound in its calibration."""
+    from cxrdx.metrics.degenerate import temperature_at_bound
+
+    out: dict[str, list[str]] = {}
+    stored = (meta.evaluation or {}).get("flags") or {}
+    for name, reasons in stored.items():
+        out.setdefault(name, []).extend(str(r) for r in reasons)
+    for name, reason in temperature_at_bound(meta.calibration, list(meta.labels)).items():
+        if reason not in out.get(name, []):
+            out.setdefault(name, []).append(reason)
+    return out
+
+
 def never_reached(thresholds: dict[str, float] | None) -> list[str]:
     """Findings whose threshold is so close to 1 that they are practically never called positive."""
     return [n for n, t in (thresholds or {}).items() if t is not None and t >= NEVER_REACHED]
