@@ -145,9 +145,10 @@ class Predictor:
             )
         on_cpu = str(device).split(":")[0] == "cpu"
         if precision != "fp32":
-            from cxrdx.inference.quantize import int8_session
+            from cxrdx.inference.quantize import int8_meta, int8_session
 
             session, variant = int8_session(path, precision, backend, device, threads)
+            meta = int8_meta(meta, session)  # the OOD threshold refitted for int8's features
             predictor = cls(None, meta, device, session=session, checkpoint=path)
             predictor.precision = variant
             return predictor
