@@ -186,3 +186,26 @@ def test_a_finding_that_was_not_calibrated_is_a_score_in_every_output(tmp_path):
     table = format_table([pred], None)
     assert "Hernia (score)" in table and "Hernia could not be calibrated" in table
     assert "Mass (score)" not in table
+
+
+def test_an_old_platt_checkpoint_reads_its_skipped_findings_as_scores(tmp_path, images):
+    """A checkpoint written before per_finding existed: one "prior+temperature" record whose Platt fit skipped
+    Hernia (shift 0, temperature 1, listed in temperature_kept_at_1). Hernia is read as a score (uncalibrated)
+    and its number is the raw score; the others stay probabilities."""
+    temps = {n: 1.5 for n in FINDINGS}
+    shifts = {n: 0.7 for n in FINDINGS}
+    temps["Hernia"], shifts["Hernia"] = 1.0, 0.0
+    old = {
+        "method": "prior+temperature",
+        "log_prior_shift": shifts,
+        "temperature": temps,
+        "fitted_on": {"prior": "fitted with the temperature (Platt)", "temperature_kept_at_1": ["Hernia"]},
+    }
+    ckpt = make_ckpt(tmp_path / "old.safetensors", calibration=old)
+    raw = Predictor.load(make_ckpt(tmp_path / "raw.safetensors"), backend="torch").predict(
+        images[:1], workers=0
+    )[0]
+    pred = Predictor.load(ckpt, backend="torch").predict(images[:1], workers=0)[0]
+    assert pred.calibration == "prior+temperature" and pred.uncalibrated == ["Hernia"]
+    assert pred.probabilities["Hernia"] == pytest.approx(raw.probabilities["Hernia"], abs=1e-6)
+    assert pred.probabilities["Mass"] != pytest.approx(raw.probabilities["Mass"], abs=1e-3)
