@@ -24,7 +24,8 @@ def test_an_untrained_model_is_flagged_in_the_report_and_the_stored_evaluation(t
     out, new = tmp_path / "report", tmp_path / "new.safetensors"
     argv = ["evaluate", "--weights", src, "--data", cache, "--out", out, "--n-boot", "50", "--no-progress"]
     rc = main([*argv, "--out-weights", new])
-    assert rc == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
     metrics = json.loads((out / "metrics.json").read_text())
     chance = [
         n
@@ -32,6 +33,7 @@ def test_an_untrained_model_is_flagged_in_the_report_and_the_stored_evaluation(t
         if c["auroc_ci"] and c["auroc_ci"][0] <= 0.5 <= c["auroc_ci"][1]
     ]
     assert chance and set(chance) <= set(metrics["flags"])
+    assert f"FLAGGED {chance[0]}: " in captured.out  # the CLI's table says so too
     html = (out / "report.html").read_text()
     assert "Flagged: these numbers look like results but mean nothing" in html
     assert "contains 0.5" in html and "\u26a0 flagged" in html
@@ -77,3 +79,42 @@ def test_explain_flags_a_pointing_game_below_its_chance_rate():
         {"Effusion": score}
     )
     assert score.summary()["flags"]
+
+
+def test_report_tables_mark_false_positive_thresholds_bound_temperatures_and_unfitted_findings():
+    from cxrdx.evaluation.report import _calibration, _thresholds
+
+    at = {"tp": 5, "fp": 133, "fn": 2, "tn": 900, "sensitivity": 0.7, "specificity": 0.87}
+    at |= {"ppv": 0.036, "npv": 0.99, "f1": 0.07}
+    th = {"values": {"Mass": 0.1}, "chosen_on": "val", "method_text": "Youden", "tta": False}
+    cls = {
+        "Mass": {"threshold": 0.1, "at_threshold": at},
+        "Nodule": {"threshold": 0.2, "at_threshold": {**at, "tp": 60}},
+    }
+    html = _thresholds(th, cls)
+    mass, nodule = (
+        html.split("<tr><td>Mass")[1].split("</tr>")[0],
+        html.split("<tr><td>Nodule")[1].split("</tr>")[0],
+    )
+    assert "\u26a0 flagged" in mass and "5 TP against 133 FP" in mass and "flagged" not in nodule
+    row = {
+        "prevalence": 0.1,
+        "mean_predicted_before": 0.5,
+        "mean_predicted_after": 0.1,
+        "ece_before": 0.4,
+        "ece_after": 0.003,
+    }
+    cal = {
+        "method": "prior+temperature",
+        "per_finding": {"Pleural_Thickening": row, "Hernia": row},
+        "per_finding_method": {"Pleural_Thickening": "prior+temperature", "Hernia": "none"},
+        "mean_abs_gap_before": 0.4,
+        "mean_abs_gap_after": 0.0,
+        "mean_ece_before": 0.4,
+        "mean_ece_after": 0.003,
+    }
+    flags = {"Pleural_Thickening": ["temperature at its bound (T = 20.000, range 0.05-20.0): ..."]}
+    html = _calibration(cal, {}, flags)
+    pt = html.split("<tr><td>Pleural_Thickening")[1].split("</tr>")[0]
+    assert "\u26a0 flagged" in pt and "T = 20.000" in pt
+    assert "Hernia (not calibrated: a score)" in html

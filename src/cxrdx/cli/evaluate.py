@@ -98,7 +98,12 @@ def format_summary(metrics: dict) -> str:
             f"{_fmt(c.get('mean_predicted')):>6} {threshold_text(c['threshold']):>10}"
             + (f" {_fmt(c['chexnet_auroc'], 4):>9}" if reference else "")
             + (" (never reached)" if never_reached({name: c["threshold"]}) else "")
+            + (" FLAGGED" if name in (metrics.get("flags") or {}) else "")
         )
+    for name, reasons in (
+        metrics.get("flags") or {}
+    ).items():  # numbers that mean nothing (metrics/degenerate)
+        lines.append(f"FLAGGED {name}: {'; '.join(reasons)}")
     cal = metrics.get("calibration", {})
     if "mean_ece_before" in cal:
         method = cal["method"] if isinstance(cal["method"], str) else ", ".join(cal["method"])
