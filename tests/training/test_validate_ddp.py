@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cxrdx.imaging.preprocessing import Preprocessing
@@ -90,8 +92,12 @@ def test_ranks_with_unequal_shards_finish_and_validate_with_the_unwrapped_module
     ctx = mp.start_processes(
         _rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
     )
-    while not ctx.join(timeout=120):
-        pass
+    deadline = time.monotonic() + 300  # a rank left waiting in a collective would hang here: fail instead
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("a rank did not finish distributed validation (hung in a collective?)")
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["batches"] for r in results] == [4, 3]  # the shards really are unequal
     assert all(r["n"] == N_IMAGES for r in results)  # the outputs of both shards, gathered
