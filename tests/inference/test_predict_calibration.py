@@ -209,3 +209,18 @@ def test_an_old_platt_checkpoint_reads_its_skipped_findings_as_scores(tmp_path, 
     assert pred.calibration == "prior+temperature" and pred.uncalibrated == ["Hernia"]
     assert pred.probabilities["Hernia"] == pytest.approx(raw.probabilities["Hernia"], abs=1e-6)
     assert pred.probabilities["Mass"] != pytest.approx(raw.probabilities["Mass"], abs=1e-3)
+
+
+def test_predict_json_names_the_findings_that_stay_scores(tmp_path, images, capsys):
+    cal = calibrated()
+    cal["per_finding"] = {n: "prior+temperature" for n in FINDINGS} | {"Hernia": "none", "Mass": "none"}
+    ckpt = make_ckpt(tmp_path / "partial.safetensors", calibration=cal)
+    assert main(["predict", "--weights", ckpt, images[0], "--format", "json", "--backend", "torch"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)[0]
+    assert (
+        record["calibration_by_finding"]["Hernia"] == "none"
+        and record["calibration_by_finding"]["Edema"] != "none"
+    )
+    note = next(line for line in captured.err.splitlines() if "could not be calibrated" in line)
+    assert "Hernia" in note and "Mass" in note and "Edema" not in note
