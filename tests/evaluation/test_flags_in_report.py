@@ -61,7 +61,10 @@ def test_the_app_model_card_lists_flagged_results():
         "flags": {"Hernia": ["AUROC CI [0.300, 0.740] contains 0.5"]},
     }
     meta = CheckpointMeta(architecture="densenet-tiny", calibration=cal, evaluation=evaluation)
+    from cxrdx.app.components import banners_html
+
     text = model_card(SimpleNamespace(meta=meta, backend="torch"))
+    assert "Flagged results for Hernia, Pleural_Thickening" in banners_html(SimpleNamespace(meta=meta))
     assert "Flagged results" in text
     assert "**Hernia:** AUROC CI [0.300, 0.740] contains 0.5" in text
     assert "**Pleural_Thickening:** temperature at its bound (T = 20.000" in text

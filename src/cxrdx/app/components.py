@@ -131,9 +131,14 @@ def banners_html(predictor: Predictor) -> str:
     """The model card's warnings (phantom-trained, no evaluation, thresholds never reached), prominent."""
     import html
 
-    from cxrdx.model.card import banners
+    from cxrdx.model.card import banners, flagged_results
 
     items = banners(predictor.meta)
+    flagged = flagged_results(predictor.meta)  # numbers that mean nothing (metrics/degenerate.py)
+    if flagged:
+        items.append(
+            f"Flagged results for {', '.join(flagged)}: their recorded numbers mean nothing (see the model card)."
+        )
     return "".join(f'<div class="cxrdx-banner">\u26a0 {html.escape(b)}</div>' for b in items)
 
 
