@@ -112,6 +112,9 @@ def format_summary(metrics: dict) -> str:
             f"{_fmt(cal['mean_ece_before'])} raw -> {_fmt(cal['mean_ece_after'])}; mean |mean p - prevalence| "
             f"{_fmt(cal['mean_abs_gap_before'])} -> {_fmt(cal['mean_abs_gap_after'])}"
         )
+        raw = [n for n, m in (cal.get("per_finding_method") or {}).items() if m == "none"]
+        if raw and method != "none":
+            lines.append(f"not calibrated (scores, not probabilities): {', '.join(raw)}")
     lines.append(
         f"mean AUROC over {len(metrics['mean_auroc_classes'])} defined classes: {_fmt(metrics['mean_auroc'])}"
         + (
