@@ -121,3 +121,83 @@ def test_calibrate_from_a_csv_splits_its_images_for_reference_and_threshold(tmp_
     assert rc == 0 and "(20 reference, 10 threshold images)" in stdout
     ood = read_checkpoint_meta(out).ood
     assert "2 of every 3" in ood["fitted_on"]["reference"] and ood["threshold"] > 0
+
+
+def test_calibrate_honours_views_and_splits_the_reference_by_patient(tmp_path, capsys, monkeypatch):
+    """30 films, 15 laterals: the temperature and the OOD reference see the 15 frontal films only, and
+    no patient has films in both the reference and the threshold half."""
+    from testkit import run_cli
+
+    import cxrdx.model.ood as ood_module
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    table = _table(30, rng)
+    table["view"] = np.where(np.arange(30) % 2 == 0, "PA", "LL")
+    table["patient"] = [f"p{i // 6}" for i in range(30)]  # 5 patients, 3 frontal films each
+    table["Mass"] = table["Mass"].astype(int)
+    table.loc[[0, 2, 4, 6], "Mass"] = -1  # uncertain, on four frontal films
+    for name, im in zip(table["image"], _images(30, 48, rng), strict=True):
+        Image.fromarray(im).save(folder / name)
+    table.to_csv(tmp_path / "val.csv", index=False)
+    halves = {}
+    real = ood_module.fit_ood_for
+
+    def spy(predictor, reference, threshold, **kw):
+        halves["reference"], halves["threshold"] = list(reference), list(threshold)
+        return real(predictor, reference, threshold, **kw)
+
+    monkeypatch.setattr(ood_module, "fit_ood_for", spy)
+    plain, out = _checkpoint(tmp_path / "plain.safetensors"), tmp_path / "cal.safetensors"
+    argv = ["calibrate", "--weights", plain, "--data", tmp_path / "val.csv", "--images", folder, "--out", out]
+    rc, stdout, _ = run_cli(capsys, [*argv, "--no-progress"])
+    assert rc == 0 and "(15 images)" in stdout and "views left out (--views frontal): LL 15" in stdout
+    meta = read_checkpoint_meta(out)
+    assert meta.calibration["fitted_on"]["n_images"] == 15
+    assert sum(meta.calibration["fitted_on"]["counts"]["Mass"].values()) == 11  # -1 ignored: unlabelled
+    patient = dict(zip(table["image"], table["patient"], strict=True))
+    ref = {patient[Path(p).name] for p in halves["reference"]}
+    thr = {patient[Path(p).name] for p in halves["threshold"]}
+    assert not ref & thr and len(ref | thr) == 5
+    assert all(table.set_index("image").loc[Path(p).name, "view"] == "PA" for p in halves["reference"])
+    assert len(halves["threshold"]) == 6  # patients p0 and p3, 3 frontal films each
+    # --uncertain zeros: the four uncertain films count as negatives
+    zeros = tmp_path / "zeros.safetensors"
+    rc, _, _ = run_cli(capsys, [*argv[:-1], zeros, "--uncertain", "zeros", "--no-progress"])
+    counts = read_checkpoint_meta(zeros).calibration["fitted_on"]["counts"]["Mass"]
+    assert rc == 0 and sum(counts.values()) == 15
+    # --views all fits on every film
+    rc, stdout, _ = run_cli(
+        capsys, [*argv[:-1], tmp_path / "all.safetensors", "--views", "all", "--no-progress"]
+    )
+    assert (
+        rc == 0
+        and read_checkpoint_meta(tmp_path / "all.safetensors").calibration["fitted_on"]["n_images"] == 30
+    )
+
+
+def test_calibrating_on_two_labelled_findings_leaves_the_other_twelve_scores(tmp_path, capsys):
+    """An import calibrated on a table labelling Effusion and Pneumothorax only: 12 outputs were not
+    fitted, and the checkpoint, the CLI and every Prediction say they are scores (uncalibrated)."""
+    from testkit import run_cli
+
+    from cxrdx.inference.predictor import Predictor
+
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    table = _table(40, rng)[["image", "patient", "Effusion", "Pneumothorax"]]
+    for name, im in zip(table["image"], _images(40, 48, rng), strict=True):
+        Image.fromarray(im).save(folder / name)
+    table.to_csv(tmp_path / "val.csv", index=False)
+    plain, out = _checkpoint(tmp_path / "plain.safetensors"), tmp_path / "cal.safetensors"
+    argv = ["calibrate", "--weights", plain, "--data", tmp_path / "val.csv", "--images", folder, "--out", out]
+    rc, stdout, _ = run_cli(capsys, [*argv, "--no-progress"])
+    assert rc == 0 and "these stay scores (uncalibrated)" in stdout
+    per = read_checkpoint_meta(out).calibration["per_finding"]
+    assert {n for n, m in per.items() if m != "none"} == {"Effusion", "Pneumothorax"}
+    pred = Predictor.load(out, backend="torch").predict([rng.random((48, 48))], workers=0)[0]
+    assert pred.calibration == "prior+temperature"
+    assert sorted(pred.uncalibrated) == sorted(set(FINDINGS) - {"Effusion", "Pneumothorax"})
+    assert pred.to_dict()["calibration_by_finding"]["Mass"] == "none"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxrdx.explain.gradcam import GradCam, normalize_map
+from cxrdx.explain.gradcam import GradCam, normalize_map, to_source
 from cxrdx.explain.localisation import heatmap_iou, peak_location, pointing_game
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.inference.predictor import Predictor
@@ -88,7 +88,21 @@ def test_heatmap_is_on_the_source_grid_of_a_non_square_image(tiny_model):
     x, box = predictor.prepare(image)
     square = GradCam(tiny_model)(torch.from_numpy(x[None]), FINDINGS.index("Effusion"))[0]
     assert (box.left, box.width) == (12, 40)  # padded left and right
-    np.testing.assert_allclose(heatmap, np.clip(box.unletterbox(square), 0, 1), atol=1e-6)
+    np.testing.assert_allclose(heatmap, to_source(square, box), atol=1e-6)
+
+
+def test_to_source_normalises_over_the_image_not_the_letterbox_padding():
+    """A map whose extremes lie in the padding: over the image it still spans 0 to 1."""
+    from cxrdx.imaging.letterbox import letterbox
+
+    square, box = letterbox(np.ones((32, 16), np.float32), 32)  # padded left and right (8 px each)
+    cam = np.zeros((32, 32), np.float32)
+    cam[:, box.left : box.left + box.width] = np.linspace(0.2, 0.6, box.width)[None, :]
+    cam[:, : box.left] = 1.0  # the maximum sits in the padding
+    out = to_source(cam, box)
+    assert out.shape == (32, 16)
+    assert out.max() == pytest.approx(1.0) and out.min() == pytest.approx(0.0)
+    assert np.clip(box.unletterbox(cam), 0, 1).max() < 0.7  # what cropping alone would show
 
 
 def test_pointing_game_and_iou_by_hand():

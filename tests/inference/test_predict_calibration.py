@@ -163,3 +163,64 @@ def test_thresholds_stored_before_calibration_existed_keep_their_calls(tmp_path,
     assert old.calibration["method"] == "prior" and old.thresholds != thresholds
     for r, p in zip(raw, old.predict(images), strict=True):
         assert p.positive == {n: r.probabilities[n] >= t for n, t in thresholds.items()}
+
+
+def test_a_finding_that_was_not_calibrated_is_a_score_in_every_output(tmp_path):
+    """Per-finding calibration reaches the Prediction, its JSON record, the CSV and the table."""
+    from cxrdx.inference.formats import csv_columns, csv_row, format_table
+    from cxrdx.inference.prediction import Prediction
+
+    per = {n: "prior+temperature" for n in FINDINGS}
+    per["Hernia"] = "none"
+    pred = Prediction(
+        "a.png",
+        {n: 0.5 for n in FINDINGS},
+        calibration="prior+temperature",
+        calibration_by_finding=per,
+    )
+    assert pred.value_word("Hernia") == "score (uncalibrated)" and pred.value_word("Mass") == "probability"
+    record = pred.to_dict()
+    assert record["calibration_by_finding"]["Hernia"] == "none"
+    row = dict(zip(csv_columns(FINDINGS, None, False), csv_row(pred, FINDINGS, None, False), strict=True))
+    assert "score (uncalibrated, not fitted): Hernia" in row["calibration"]
+    table = format_table([pred], None)
+    assert "Hernia (score)" in table and "Hernia could not be calibrated" in table
+    assert "Mass (score)" not in table
+
+
+def test_an_old_platt_checkpoint_reads_its_skipped_findings_as_scores(tmp_path, images):
+    """A checkpoint written before per_finding existed: one "prior+temperature" record whose Platt fit skipped
+    Hernia (shift 0, temperature 1, listed in temperature_kept_at_1). Hernia is read as a score (uncalibrated)
+    and its number is the raw score; the others stay probabilities."""
+    temps = {n: 1.5 for n in FINDINGS}
+    shifts = {n: 0.7 for n in FINDINGS}
+    temps["Hernia"], shifts["Hernia"] = 1.0, 0.0
+    old = {
+        "method": "prior+temperature",
+        "log_prior_shift": shifts,
+        "temperature": temps,
+        "fitted_on": {"prior": "fitted with the temperature (Platt)", "temperature_kept_at_1": ["Hernia"]},
+    }
+    ckpt = make_ckpt(tmp_path / "old.safetensors", calibration=old)
+    raw = Predictor.load(make_ckpt(tmp_path / "raw.safetensors"), backend="torch").predict(
+        images[:1], workers=0
+    )[0]
+    pred = Predictor.load(ckpt, backend="torch").predict(images[:1], workers=0)[0]
+    assert pred.calibration == "prior+temperature" and pred.uncalibrated == ["Hernia"]
+    assert pred.probabilities["Hernia"] == pytest.approx(raw.probabilities["Hernia"], abs=1e-6)
+    assert pred.probabilities["Mass"] != pytest.approx(raw.probabilities["Mass"], abs=1e-3)
+
+
+def test_predict_json_names_the_findings_that_stay_scores(tmp_path, images, capsys):
+    cal = calibrated()
+    cal["per_finding"] = {n: "prior+temperature" for n in FINDINGS} | {"Hernia": "none", "Mass": "none"}
+    ckpt = make_ckpt(tmp_path / "partial.safetensors", calibration=cal)
+    assert main(["predict", "--weights", ckpt, images[0], "--format", "json", "--backend", "torch"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)[0]
+    assert (
+        record["calibration_by_finding"]["Hernia"] == "none"
+        and record["calibration_by_finding"]["Edema"] != "none"
+    )
+    note = next(line for line in captured.err.splitlines() if "could not be calibrated" in line)
+    assert "Hernia" in note and "Mass" in note and "Edema" not in note

@@ -159,3 +159,47 @@ def test_cli_quantize_then_predict_int8(model_and_cache, tmp_path, capsys):
     )
     assert code == 0 and f"backend onnx {int8_variant()}" in err and "y.png" in out
     assert "checked on 20 validation images, mean AUROC" in err
+
+
+def test_int8_measures_the_ood_score_and_applies_a_threshold_refitted_for_its_features(tmp_path, monkeypatch):
+    """int8 features against the fp32 reference: the shift is measured on validation, the threshold refitted
+    (fp32's x the median int8 / fp32 ratio), and Predictor(int8) applies it."""
+    from cxrdx.inference.quantize import ood_agreement
+    from cxrdx.model.ood import fit_ood_into_checkpoint
+
+    rng = np.random.default_rng(0)
+    n = 60
+    images = rng.integers(60, 200, (n, 48, 48), dtype=np.uint8)
+    labels = rng.integers(0, 2, (n, len(FINDINGS))).astype(float)
+    cache = write_cache(tmp_path / "cache", images, labels, ["train"] * 30 + ["val"] * 20 + ["test"] * 10)
+    ckpt = tiny_checkpoint(tmp_path / "m.safetensors", size=32)
+    squares = [im.astype(np.float32) / 255 for im in images]
+    fit_ood_into_checkpoint(ckpt, squares[:30], squares[30:50], fitted_on={"by": "test"})
+    with pytest.raises(QuantizationRefused, match="out-of-distribution verdicts"):
+        quantize(
+            QuantizeConfig(
+                str(ckpt), str(cache), n_calib=16, max_auroc_drop=1.0, max_ood_verdicts_changed=0.0
+            )
+        )
+    config = QuantizeConfig(
+        str(ckpt), str(cache), n_calib=16, max_auroc_drop=1.0, max_ood_verdicts_changed=1.0
+    )
+    report = quantize(config)
+    o = report.ood
+    assert o is not None and o["n"] == 20 and o["threshold_fp32"] is not None
+    assert o["threshold_int8"] == pytest.approx(o["threshold_fp32"] * (1 + o["median_ratio_minus_1"]))
+    assert o["max_rel_diff"] > 0  # int8 features are not fp32's
+    assert int8_record(make_session(report.path))["ood"] == o
+    fp32 = Predictor.load(ckpt, backend="onnx")
+    int8 = Predictor.load(ckpt, precision="int8")
+    assert (
+        int8.ood.threshold == pytest.approx(o["threshold_int8"]) and fp32.ood.threshold == o["threshold_fp32"]
+    )
+    # the refit undoes a systematic shift: int8 scores 10 % high flip no verdict with the refitted threshold
+    stats = fp32.ood
+    f = rng.normal(size=(200, len(stats.mean))).astype(np.float32) + stats.mean
+    s = stats.score(f)
+    meta_ood = {**fp32.meta.ood, "threshold": float(np.median(s))}
+    out = ood_agreement(meta_ood, f, stats.mean + (f - stats.mean) * 1.1)  # every distance x 1.1
+    assert out["median_ratio_minus_1"] == pytest.approx(0.1, rel=1e-3)
+    assert out["verdicts_changed"] == 0.0 and out["verdicts_changed_fp32_threshold"] > 0.1

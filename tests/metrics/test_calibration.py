@@ -171,7 +171,74 @@ def test_old_checkpoints_are_corrected_from_recorded_training_prevalence():
     weights = {"class_weights": {"w_pos": [0.9, 0.99], "w_neg": [0.1, 0.01]}}
     assert resolve_calibration(None, weights, NAMES)["log_prior_shift"] == cal["log_prior_shift"]
     stored = prior_calibration(NAMES, [0.5, 0.5], [0.5, 0.5], "stored")
-    assert resolve_calibration(stored, {"train_prevalence": {}}, NAMES) is stored
+    assert resolve_calibration(stored, {"train_prevalence": {}}, NAMES) == {
+        **stored,
+        "per_finding": {"Effusion": "prior", "Hernia": "prior"},
+    }
     # a finding without training positives (w_neg = 0) gets a finite shift towards 0
     zero = prior_calibration(NAMES, [0.9, 1.0], [0.1, 0.0], "t")
     assert np.isfinite(zero["log_prior_shift"]["Hernia"]) and zero["fitted_on"]["untrained"] == ["Hernia"]
+
+
+def test_the_method_is_recorded_per_finding_and_unfitted_findings_stay_scores():
+    """An import (no prior) calibrated on a table labelling one finding: only that one is a probability."""
+    from cxrdx.metrics.calibration import finding_methods
+
+    rng = np.random.default_rng(8)
+    raw = rng.random((400, 2))
+    y = np.full((400, 2), np.nan)
+    y[:, 0] = rng.random(400) < raw[:, 0]  # Effusion labelled; Hernia not at all
+    cal = fit_calibration(y, raw, NAMES, None, {})
+    assert cal["per_finding"] == {"Effusion": "prior+temperature", "Hernia": "none"}
+    assert finding_methods(cal, NAMES) == cal["per_finding"]
+    assert np.array_equal(apply_calibration(raw, cal, NAMES)[:, 1], raw[:, 1])  # Hernia: the raw score
+    # nothing fitted at all: the record says none, not "prior+temperature"
+    assert fit_calibration(np.full((400, 2), np.nan), raw, NAMES, None, {})["method"] == "none"
+    # with a known prior an unfitted finding keeps the prior: still a probability
+    base = prior_calibration(NAMES, [0.9, 0.99], [0.1, 0.01], "test")
+    assert fit_calibration(y, raw, NAMES, base, {})["per_finding"] == {
+        "Effusion": "prior+temperature",
+        "Hernia": "prior",
+    }
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_one_minimum_of_positives_and_negatives_on_every_path(prior):
+    """Platt (no prior) and temperature (known prior) both need MIN_PER_CLASS of each class: one positive
+    no longer fits a shift (the old Platt path moved it by 5.95 from a single positive)."""
+    from cxrdx.metrics.calibration import MIN_PER_CLASS
+
+    rng = np.random.default_rng(9)
+    raw = rng.random((300, 2))
+    y = (rng.random((300, 2)) < raw).astype(float)
+    y[:, 1] = 0
+    y[: MIN_PER_CLASS - 1, 1] = 1  # one positive short of the minimum
+    base = prior_calibration(NAMES, [0.9, 0.99], [0.1, 0.01], "test") if prior else None
+    cal = fit_calibration(y, raw, NAMES, base, {})
+    assert cal["temperature"]["Hernia"] == 1.0
+    assert cal["log_prior_shift"]["Hernia"] == (base["log_prior_shift"]["Hernia"] if prior else 0.0)
+    assert cal["per_finding"]["Hernia"] == ("prior" if prior else "none")
+    assert cal["fitted_on"]["counts"]["Hernia"] == {
+        "positives": MIN_PER_CLASS - 1,
+        "negatives": 301 - MIN_PER_CLASS,
+    }
+    y[:MIN_PER_CLASS, 1] = 1  # at the minimum: fitted
+    assert fit_calibration(y, raw, NAMES, base, {})["per_finding"]["Hernia"] == "prior+temperature"
+
+
+def test_old_single_method_records_are_read_per_finding():
+    """Checkpoints written before per_finding: the skipped findings read as prior (known prior) or none (Platt)."""
+    from cxrdx.metrics.calibration import finding_methods
+
+    shift, temp = {"Effusion": 0.3, "Hernia": 0.0}, {"Effusion": 1.7, "Hernia": 1.0}
+    platt = {
+        "method": "prior+temperature",
+        "log_prior_shift": shift,
+        "temperature": temp,
+        "fitted_on": {"prior": "fitted with the temperature (Platt)", "temperature_kept_at_1": ["Hernia"]},
+    }
+    assert finding_methods(platt, NAMES) == {"Effusion": "prior+temperature", "Hernia": "none"}
+    known = {**platt, "fitted_on": {"prior": "training class weights", "temperature_kept_at_1": ["Hernia"]}}
+    assert finding_methods(known, NAMES) == {"Effusion": "prior+temperature", "Hernia": "prior"}
+    assert finding_methods({**known, "method": "prior"}, NAMES) == {"Effusion": "prior", "Hernia": "prior"}
+    assert finding_methods(None, NAMES) == {"Effusion": "none", "Hernia": "none"}

@@ -125,7 +125,7 @@ def overlay_caption(pred: Prediction, finding: str, thresholds: dict[str, float]
     from cxrdx.model.card import never_reached, threshold_text
 
     p = pred.probabilities[finding]
-    word = "score" if getattr(pred, "calibration", None) == "none" else "p"
+    word = "p" if pred.is_probability(finding) else "score"
     t = (thresholds or {}).get(finding)
     if t is None or pred.positive is None:
         return f"{finding}: {word} {p:.2f}, no threshold (not called)"
@@ -140,9 +140,14 @@ def banners_html(predictor: Predictor) -> str:
     """The model card's warnings (phantom-trained, no evaluation, thresholds never reached), prominent."""
     import html
 
-    from cxrdx.model.card import banners
+    from cxrdx.model.card import banners, flagged_results
 
     items = banners(predictor.meta)
+    flagged = flagged_results(predictor.meta)  # numbers that mean nothing (metrics/degenerate.py)
+    if flagged:
+        items.append(
+            f"Flagged results for {', '.join(flagged)}: their recorded numbers mean nothing (see the model card)."
+        )
     return "".join(f'<div class="cxrdx-banner">\u26a0 {html.escape(b)}</div>' for b in items)
 
 
@@ -170,8 +175,11 @@ def probability_chart(pred: Prediction, thresholds: dict[str, float] | None) -> 
     ax.set_yticks(y, names, fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    word = "score (uncalibrated)" if getattr(pred, "calibration", None) == "none" else "probability"
-    ax.set_xlabel(word)
+    raw = pred.uncalibrated
+    word = "probability" if not raw else "score (uncalibrated)"
+    if raw and len(raw) < len(names):  # some findings could not be calibrated: say which
+        word = f"probability; score (uncalibrated): {', '.join(raw)}"
+    ax.set_xlabel(word, fontsize=8 if raw and len(raw) < len(names) else 10)
     handles = [Patch(color="#3b82f6", label="negative" if thresholds else word)]
     if thresholds:
         handles = [Patch(color="#dc2626", label="positive"), *handles]
@@ -268,6 +276,12 @@ def model_card(predictor: Predictor) -> str:
             lines.append(f"| {name} | {v:.3f} |" if isinstance(v, int | float) else f"| {name} | n/a |")
     else:
         lines.append("- **Evaluation:** no AUROCs recorded in this checkpoint (run `cxrdx evaluate`)")
+    from cxrdx.model.card import flagged_results
+
+    flagged = flagged_results(meta)  # numbers that look like results but mean nothing (metrics/degenerate.py)
+    if flagged:
+        lines += ["", "**\u26a0 Flagged results** (these numbers mean nothing):"]
+        lines += [f"- **{name}:** {'; '.join(reasons)}" for name, reasons in flagged.items()]
     text = "\n".join(lines)
     data = str(
         (meta.model_card or {}).get("path") or ""
@@ -290,7 +304,7 @@ def positives_markdown(pred: Prediction, ood_threshold: float | None = None) -> 
         top = ", ".join(f"{n} ({p:.2f})" for n, p in pred.ranked()[:TOP_K])
         return (
             f"{warning}**Positive findings:** not called: this checkpoint has no thresholds. "
-            f"Highest {'scores (uncalibrated)' if pred.calibration == 'none' else 'probabilities'}{unreliable}: "
+            f"Highest {'scores (uncalibrated)' if pred.uncalibrated else 'probabilities'}{unreliable}: "
             f"{top}."
         )
     pos = [f"**{n}** ({p:.2f})" for n, p in pred.ranked() if pred.positive.get(n)]
@@ -304,7 +318,8 @@ def findings_table(pred: Prediction, thresholds: dict[str, float] | None) -> str
     from cxrdx.model.card import never_reached, threshold_text
 
     thresholds = thresholds or {}
-    word = "score (uncalibrated)" if getattr(pred, "calibration", None) == "none" else "probability"
+    mixed = bool(pred.uncalibrated) and len(pred.uncalibrated) < len(pred.probabilities)
+    word = "probability" if not pred.uncalibrated else ("value" if mixed else "score (uncalibrated)")
     rows = [f"| finding | {word} | threshold | call |", "|---|---:|---:|---|"]
     for name, p in pred.ranked():
         t = thresholds.get(name)
@@ -316,5 +331,6 @@ def findings_table(pred: Prediction, thresholds: dict[str, float] | None) -> str
         if call != "-" and pred.in_distribution is False:
             call += " (unreliable)"
         flag = " (never reached)" if t is not None and never_reached({name: t}) else ""
-        rows.append(f"| {name} | {p:.3f} | {threshold_text(t)}{flag} | {call} |")
+        value = f"{p:.3f}" + (" (score, uncalibrated)" if mixed and not pred.is_probability(name) else "")
+        rows.append(f"| {name} | {value} | {threshold_text(t)}{flag} | {call} |")
     return "\n".join(rows)

@@ -22,6 +22,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", metavar="DIR", help="image folder for a label CSV")
     p.add_argument("--split", default="val", help="cache split to fit on (default val; test is refused)")
     p.add_argument("--tta", action="store_true", help="fit on the image and its mirror (as predict --tta)")
+    p.add_argument(
+        "--views",
+        default="frontal",
+        help="views to fit on: frontal (default), all, or a list like PA,AP (as `evaluate --views`)",
+    )
+    p.add_argument(
+        "--uncertain",
+        choices=("ignore", "zeros", "ones"),
+        default="ignore",
+        help="uncertain (-1) labels: ignore = unlabelled (default), zeros or ones",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -42,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             progress=args.progress,
+            views=None if args.views == "all" else args.views,
+            uncertain=args.uncertain,
         )
     )
     cal, summary = result["calibration"], result["summary"]
@@ -49,14 +62,25 @@ def run(args: argparse.Namespace) -> int:
         f"calibration {cal['method']} fitted on {result['data']} ({result['n_images']} images); prior: "
         f"{cal['fitted_on'].get('prior')}"
     )
+    if result["views_dropped"]:
+        shown = ", ".join(f"{v or '(none)'} {n}" for v, n in result["views_dropped"].items())
+        print(f"views left out (--views {args.views}): {shown}")
+    per = cal.get("per_finding", {})
+    raw = [n for n, m in per.items() if m == "none"]
+    if raw:
+        print(
+            f"not calibrated (fewer than {cal['fitted_on'].get('min_per_class')} positives or negatives): "
+            f"{', '.join(raw)}: these stay scores (uncalibrated)"
+        )
     print(
         f"{'finding':<20} {'prev':>6} {'mean p raw':>10} {'mean p cal':>10} {'ECE raw':>8} {'ECE cal':>8} {'shift':>7} {'T':>6}"
+        "  method"
     )
     for name, row in summary["per_finding"].items():
         print(
             f"{name:<20} {f(row['prevalence']):>6} {f(row['mean_predicted_before']):>10} "
             f"{f(row['mean_predicted_after']):>10} {f(row['ece_before']):>8} {f(row['ece_after']):>8} "
-            f"{cal['log_prior_shift'][name]:7.3f} {cal['temperature'][name]:6.3f}"
+            f"{cal['log_prior_shift'][name]:7.3f} {cal['temperature'][name]:6.3f}  {per.get(name, cal['method'])}"
         )
     print(
         f"mean ECE {f(summary['mean_ece_before'])} -> {f(summary['mean_ece_after'])}; mean |mean p - prevalence| "

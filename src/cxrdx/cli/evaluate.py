@@ -101,7 +101,12 @@ def format_summary(metrics: dict) -> str:
             f"{_fmt(c.get('mean_predicted')):>6} {threshold_text(c['threshold']):>10}"
             + (f" {_fmt(c['chexnet_auroc'], 4):>9}" if reference else "")
             + (" (never reached)" if never_reached({name: c["threshold"]}) else "")
+            + (" FLAGGED" if name in (metrics.get("flags") or {}) else "")
         )
+    for name, reasons in (
+        metrics.get("flags") or {}
+    ).items():  # numbers that mean nothing (metrics/degenerate)
+        lines.append(f"FLAGGED {name}: {'; '.join(reasons)}")
     cal = metrics.get("calibration", {})
     if "mean_ece_before" in cal:
         method = cal["method"] if isinstance(cal["method"], str) else ", ".join(cal["method"])
@@ -110,6 +115,9 @@ def format_summary(metrics: dict) -> str:
             f"{_fmt(cal['mean_ece_before'])} raw -> {_fmt(cal['mean_ece_after'])}; mean |mean p - prevalence| "
             f"{_fmt(cal['mean_abs_gap_before'])} -> {_fmt(cal['mean_abs_gap_after'])}"
         )
+        raw = [n for n, m in (cal.get("per_finding_method") or {}).items() if m == "none"]
+        if raw and method != "none":
+            lines.append(f"not calibrated (scores, not probabilities): {', '.join(raw)}")
     lines.append(
         f"mean AUROC over {len(metrics['mean_auroc_classes'])} defined classes: {_fmt(metrics['mean_auroc'])}"
         + (

@@ -69,6 +69,15 @@ def run(args: argparse.Namespace) -> int:
         f"{args.check_split}-split images; |p int8 - p fp32| largest {report.max_abs_diff:.4f}, mean "
         f"{report.mean_abs_diff:.5f}{calls}"
     )
+    if report.ood is not None:
+        o = report.ood
+        t32, t8 = o["threshold_fp32"], o["threshold_int8"]
+        limits = "" if t8 is None else f"; threshold {t32:.3f} (fp32) -> {t8:.3f} (refitted for int8)"
+        print(
+            f"out-of-distribution score on int8 features: median {o['median_ratio_minus_1']:+.2%} against fp32's, "
+            f"largest |relative difference| {o['max_rel_diff']:.2%}{limits}; verdicts changed "
+            f"{o['verdicts_changed']:.2%} ({o['verdicts_changed_fp32_threshold']:.2%} with the fp32 threshold)"
+        )
     print(
         f"wrote {report.path} ({report.variant}, calibrated on {report.n_calib} {args.calib_split}-split images, "
         f"{report.seconds:.0f} s; CPU {report.cpu}); use it with "

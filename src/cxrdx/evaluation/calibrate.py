@@ -15,6 +15,8 @@ Decisions (why):
   moved onto the new scale (``map_thresholds``): the transform is monotone, so every
   call stays exactly the same (up to the TTA average when they were chosen with TTA).
 - The input file is never rewritten unless ``--out`` names it.
+- The rows are chosen as ``evaluate`` chooses them (``--views``, frontal by default, and
+  ``--uncertain``), so a temperature is never fitted on films the model is not scored on.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class CalibrateConfig:
     batch_size: int = 32
     device: str = "auto"
     progress: bool = True
+    views: str | None = "frontal"  # the views fitted on, as `evaluate --views`; None or "all": every view
+    uncertain: str = "ignore"  # -1 labels: ignore (unlabelled), zeros or ones
 
 
 def _training_prevalence(meta: CheckpointMeta) -> dict | None:
@@ -126,6 +130,8 @@ def calibration_summary(
         "binning": "equal-width on [0, 1]",
         "method": cals[0]["method"] if len(cals) == 1 else [c["method"] for c in cals],
         "fitted_here": bool(fitted),
+        # per finding the calibration applied ("none": a score, not fitted); the first checkpoint's
+        "per_finding_method": dict(cals[0].get("per_finding") or {}) if cals and cals[0] else {},
         "fitted_on": cals[0].get("fitted_on", {}) if len(cals) == 1 else None,
         "before": "raw network scores (sigmoid of the logits), no calibration",
         "per_finding": table,
@@ -151,7 +157,15 @@ def calibrate(config: CalibrateConfig) -> dict:
         raise ConfigError("--split test: calibrate on validation data; the test split must stay unseen")
     predictor = Predictor.load(config.weights, device=choose_device(config.device))
     names = predictor.labels
-    es = load_eval_set(config.data, config.split if cache else None, config.images, names)
+    views = None if config.views in (None, "all") else config.views
+    es = load_eval_set(
+        config.data,
+        config.split if cache else None,
+        config.images,
+        names,
+        views=views,
+        uncertain=config.uncertain,
+    )
     views, pos = run_views([predictor], es, config.tta, config.batch_size, config.progress)
     y = es.table.loc[pos].reindex(columns=names).to_numpy(dtype=np.float64)  # NaN: unlabelled
     old = predictor.calibration
@@ -164,7 +178,7 @@ def calibrate(config: CalibrateConfig) -> dict:
     if predictor.ood is None or getattr(predictor.ood, "trailing", False):
         from cxrdx.evaluation.ood_reference import fit_ood_reference
 
-        ood = fit_ood_reference(predictor, es, config.data, config.split if cache else None)
+        ood = fit_ood_reference(predictor, es, config.data, config.split if cache else None, views)
     meta = predictor.meta
     mapped = None
     if meta.thresholds:
@@ -188,6 +202,7 @@ def calibrate(config: CalibrateConfig) -> dict:
         "out": str(config.out),
         "data": es.description,
         "n_images": int(len(pos)),
+        "views_dropped": es.table.attrs.get("views", {}).get("dropped") or {},
         "previous": old["method"],
         "calibration": new,
         "summary": summary,

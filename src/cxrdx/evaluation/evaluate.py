@@ -45,6 +45,7 @@ from cxrdx.evaluation.external import at_thresholds, labelled_summary, threshold
 from cxrdx.evaluation.report import write_report
 from cxrdx.metrics.auroc import auroc_with_ci, mean_auroc, mean_auroc_ci
 from cxrdx.metrics.calibration import expected_calibration_error
+from cxrdx.metrics.degenerate import class_flags
 from cxrdx.metrics.thresholds import binary_metrics, choose_thresholds
 from cxrdx.model.card import has_evaluation, training_card
 
@@ -346,6 +347,8 @@ def evaluate(config: EvaluateConfig) -> dict:
             mean_predicted=_nz(row["mean_predicted_after"]),
             mean_predicted_uncalibrated=_nz(row["mean_predicted_before"]),
         )
+    # numbers that mean nothing, flagged (metrics/degenerate.py): the report shows them, the checkpoint keeps them
+    metrics["flags"] = class_flags(metrics["classes"], cals[0])
     if thresholds is not None:
         chosen = {k: v for k, v in thresholds.items() if v is not None}
         sidecar = {
@@ -395,6 +398,9 @@ def _write_checkpoint(config, predictor, metrics, chosen, th_info, calibration, 
     evaluation = {
         "auroc": {k: v["auroc"] for k, v in metrics["classes"].items()},
         "mean_auroc": metrics["mean_auroc"],
+        "auroc_ci": {k: v["auroc_ci"] for k, v in metrics["classes"].items()},
+        "mean_auroc_ci": metrics["mean_auroc_ci"],
+        "flags": metrics["flags"],  # degenerate results (metrics/degenerate.py), shown by the app
         "dataset": test.description,
         "n": int(len(pos)),
         "tta": bool(config.tta),

@@ -25,6 +25,7 @@ from cxrdx.evaluation.plots import (
     plot_test_val_prevalence,
     plot_uncertainty,
 )
+from cxrdx.metrics.degenerate import mostly_false_positives
 from cxrdx.model.card import PHANTOM_BANNER, never_reached, never_reached_note, threshold_text
 
 PLOT_TITLES = {
@@ -46,12 +47,35 @@ def _template() -> Template:
     return Template(resources.files("cxrdx.evaluation").joinpath("report.html").read_text(encoding="utf-8"))
 
 
-def _class_rows(cls: dict, reference: bool = True) -> str:
+def _ci_text(ci: Sequence | None) -> str:
+    f = format_number
+    return f" <span class='ci'>[{f(ci[0])}, {f(ci[1])}]</span>" if ci and ci[0] is not None else ""
+
+
+def _flag_mark(flags: Sequence[str]) -> str:
+    """A visible mark beside a number that means nothing; the reasons in its tooltip."""
+    if not flags:
+        return ""
+    return f" <b class='flag' title='{html.escape('; '.join(flags), quote=True)}'>⚠ flagged</b>"
+
+
+def _flags(flags: dict) -> str:
+    """The degenerate results (metrics/degenerate.py), listed before the tables so nobody reads past them."""
+    if not flags:
+        return ""
+    e = html.escape
+    items = "".join(f"<li><b>{e(name)}</b>: {e('; '.join(reasons))}</li>" for name, reasons in flags.items())
+    return (
+        "<div class='banner'><b>Flagged: these numbers look like results but mean nothing.</b>"
+        f"<ul>{items}</ul></div>"
+    )
+
+
+def _class_rows(cls: dict, reference: bool = True, flags: dict | None = None) -> str:
     e, f = html.escape, format_number
     rows = []
     for name, c in cls.items():
-        ci = c["auroc_ci"]
-        ci_txt = f" <span class='ci'>[{f(ci[0])}, {f(ci[1])}]</span>" if ci and ci[0] is not None else ""
+        ci_txt = _ci_text(c["auroc_ci"]) + _flag_mark((flags or {}).get(name, []))
         rows.append(
             f"<tr><td>{e(name)}</td><td>{c['n_pos']}</td><td>{f(c['prevalence'])}</td>"
             f"<td>{f(c['auroc'])}{ci_txt}</td><td>{c['n_boot_valid']}</td><td>{f(c['average_precision'])}</td>"
@@ -78,8 +102,9 @@ def _thresholds(th: dict, cls: dict) -> str:
         if c["threshold"] is None or at is None:
             parts.append(f"<tr><td>{e(name)}</td><td>\u2014</td>" + "<td>\u2014</td>" * 6 + "</tr>")
             continue
+        fp_flag = mostly_false_positives(at)
         parts.append(
-            f"<tr><td>{e(name)}</td><td>{_threshold_cell(c['threshold'])}</td><td>{f(at['sensitivity'])}</td>"
+            f"<tr><td>{e(name)}{_flag_mark([fp_flag] if fp_flag else [])}</td><td>{_threshold_cell(c['threshold'])}</td><td>{f(at['sensitivity'])}</td>"
             f"<td>{f(at['specificity'])}</td><td>{f(at['ppv'])}</td><td>{f(at['npv'])}</td>"
             f"<td>{f(at['f1'])}</td><td>{at['tp']} / {at['fp']} / {at['fn']} / {at['tn']}</td></tr>"
         )
@@ -136,7 +161,7 @@ def _banners(metrics: dict) -> str:
     return "\n".join(f"<p class='banner'>{e(b)}</p>" for b in out)
 
 
-def _calibration(cal: dict, cls: dict) -> str:
+def _calibration(cal: dict, cls: dict, flags: dict) -> str:
     """Calibration-in-the-large and ECE per finding, before (raw scores) and after calibration."""
     e, f = html.escape, format_number
     if "per_finding" not in cal:
@@ -151,9 +176,14 @@ def _calibration(cal: dict, cls: dict) -> str:
         "<table><thead><tr><th>finding</th><th>prevalence</th><th>mean score before</th>"
         f"<th>mean {e(word)} after</th><th>ECE before</th><th>ECE after</th></tr></thead><tbody>",
     ]
+    per = cal.get("per_finding_method") or {}
+    at_bound = {
+        n: [t for t in reasons if t.startswith("temperature at its bound")] for n, reasons in flags.items()
+    }
     for name, r in cal["per_finding"].items():
+        mark = " (not calibrated: a score)" if per.get(name) == "none" and method != "none" else ""
         parts.append(
-            f"<tr><td>{e(name)}</td><td>{f(r['prevalence'])}</td><td>{f(r['mean_predicted_before'])}</td>"
+            f"<tr><td>{e(name)}{e(mark)}{_flag_mark(at_bound.get(name, []))}</td><td>{f(r['prevalence'])}</td><td>{f(r['mean_predicted_before'])}</td>"
             f"<td>{f(r['mean_predicted_after'])}</td><td>{f(r['ece_before'])}</td><td>{f(r['ece_after'])}</td></tr>"
         )
     parts.append(
@@ -212,17 +242,20 @@ def render_html(metrics: dict, plots: Sequence[str]) -> str:
         data_details=f"{ds['n_images']} images, {ds['n_patients']} patients{unreadable}",
         n_defined=len(metrics["mean_auroc_classes"]),
         mean=f(metrics["mean_auroc"]),
+        mean_cell=f(metrics["mean_auroc"]) + _ci_text(metrics.get("mean_auroc_ci")),
         chexnet_mean=f(metrics["chexnet_mean_same_classes"]),
         chexnet_mean4=f(metrics["chexnet_mean_same_classes"], 4),
         notes="\n".join(notes),
         n_boot=boot["n_boot"],
         seed=boot["seed"],
         chexnet_label=e(CHEXNET_LABEL),
-        banners=_banners(metrics),
+        banners=_banners(metrics) + _flags(metrics.get("flags") or {}),
         **_reference_fields(metrics),
-        class_rows=_class_rows(metrics["classes"], is_real_data(metrics)),
+        class_rows=_class_rows(metrics["classes"], is_real_data(metrics), metrics.get("flags")),
         thresholds=_thresholds(metrics["thresholds"], metrics["classes"]),
-        calibration=_calibration(metrics.get("calibration", {}), metrics["classes"]),
+        calibration=_calibration(
+            metrics.get("calibration", {}), metrics["classes"], metrics.get("flags") or {}
+        ),
         plots="\n".join(plot_html),
     )
 

@@ -8,7 +8,9 @@ this is a multi-label model, so "the argmax class" is not the question a user as
 
 MONAI's default post-processing maps (min, max) to (1, 0), i.e. it *inverts* the
 map; we replace it with an identity and normalise each map to [0, 1] ourselves
-(min-max; a flat map becomes all zeros, never NaN).
+(min-max; a flat map becomes all zeros, never NaN). The map shown and scored is
+``to_source``'s: cropped to the image inside the letterbox and normalised over the
+image only, so the padding neither sets the scale nor holds the maximum.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from cxrdx.errors import ConfigError
+from cxrdx.imaging.letterbox import Letterbox
 from cxrdx.model.networks import GRADCAM_LAYER
 
 CAM_STRIDE = 32  # DenseNet121 input pixels per cell of the last dense block
@@ -35,6 +38,19 @@ def normalize_map(cam: np.ndarray) -> np.ndarray:
     if not hi - lo > 1e-12 * max(1.0, abs(hi)):
         return np.zeros_like(cam, dtype=np.float32)
     return ((cam - lo) / (hi - lo)).astype(np.float32)
+
+
+def upsample_cams(cams: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(N, K, h, w) cell maps -> (N, K, *size): THE upsampling of a Grad-CAM grid to the input."""
+    import torch.nn.functional as F
+
+    return F.interpolate(cams, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def to_source(square: np.ndarray, box: Letterbox) -> np.ndarray:
+    """A map on the (S, S) model input -> the source image's frame, normalised over the image only
+    (the letterbox padding is cut off first): what a heatmap shows and the pointing game scores."""
+    return normalize_map(box.unletterbox(square))
 
 
 class GradCam:
@@ -109,9 +125,7 @@ class GradCam:
                         (grad,) = torch.autograd.grad(logits[:, int(c)].sum(), acts, retain_graph=True)
                     weights = grad.mean(dim=(2, 3), keepdim=True)
                     cams.append(F.relu((weights * acts.detach()).sum(1, keepdim=True)))
-                cam = F.interpolate(
-                    torch.cat(cams, 1), size=x.shape[2:], mode="bilinear", align_corners=False
-                )
+                cam = upsample_cams(torch.cat(cams, 1), x.shape[2:])
         finally:
             handle.remove()
         out = cam.float().cpu().numpy()  # (N, K, S, S)

@@ -9,6 +9,7 @@ benchmarks/localization_phantom.py, so all three report the same numbers.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -88,33 +89,54 @@ def pointing_game(heatmap: np.ndarray, box: Box | Sequence[Box], tolerance: int 
     return False
 
 
+@functools.lru_cache(maxsize=32)
+def cell_peaks(image_shape: tuple[int, int], input_size: int) -> np.ndarray:
+    """(K, 2) source-frame (row, col) where the heatmap of each of the K Grad-CAM cells peaks.
+
+    Each cell's map (one at that cell, zero elsewhere) goes through the path a real heatmap
+    takes: the bilinear upsampling to the input, ``to_source`` (crop, resize, normalise over
+    the image) and ``peak_location``. A cell at the border peaks on a plateau between the
+    border and its centre, so a box along the border is hit by chance although no cell
+    centre lies in it; a cell over the letterbox padding peaks at the image's edge next to it.
+    """
+    import torch
+
+    from cxrdx.explain.gradcam import normalize_map, to_source, upsample_cams
+    from cxrdx.imaging.letterbox import letterbox
+
+    h, w = image_shape
+    cells = max(1, input_size // CAM_STRIDE)
+    box = letterbox(np.zeros((h, w), np.uint8), input_size)[1]
+    peaks = []
+    for r in range(cells):
+        for c in range(cells):
+            one = torch.zeros(1, 1, cells, cells)
+            one[0, 0, r, c] = 1.0
+            square = normalize_map(upsample_cams(one, (input_size, input_size))[0, 0].numpy())
+            peaks.append(peak_location(to_source(square, box)))
+    return np.asarray(peaks, dtype=np.int64).reshape(-1, 2)
+
+
 def chance_hit_rate(
     image_shape: tuple[int, int], input_size: int, box: Box | Sequence[Box], tolerance: int = 0
 ) -> float:
-    """The pointing game of a uniformly random peak cell: the fraction of Grad-CAM cells whose centre
-    (in the source frame, letterbox padding excluded) lies in a box widened by ``tolerance``.
+    """The pointing game of a uniformly random peak cell: the fraction of Grad-CAM cells whose heatmap,
+    through the heatmaps' own upsampling, letterbox crop and peak finding (``cell_peaks``), peaks inside
+    a box widened by ``tolerance``, by ``pointing_game``'s own test.
 
     At 4x4 or 8x8 grids a large box is hit by chance most of the time; a hit rate means
     something only beside this baseline for the same boxes.
     """
-    h, w = image_shape
-    cells = max(1, input_size // CAM_STRIDE)
-    scale = max(h, w) / input_size  # source pixels per input pixel
-    centres = (np.arange(cells) + 0.5) * (input_size / cells)
-    xs = (centres - (input_size - w / scale) / 2) * scale
-    ys = (centres - (input_size - h / scale) / 2) * scale
-    xs, ys = xs[(xs >= 0) & (xs < w)], ys[(ys >= 0) & (ys < h)]
-    gx, gy = np.meshgrid(xs, ys)
-    inside = np.zeros(gx.shape, dtype=bool)
+    peaks = cell_peaks(tuple(int(v) for v in image_shape), int(input_size))
+    if not len(peaks):
+        return 0.0
+    grid = np.broadcast_to(np.False_, tuple(int(v) for v in image_shape))  # a shape for _check_box
+    hit = np.zeros(len(peaks), dtype=bool)
     for b in _as_boxes(box):
-        x, y, bw, bh = (float(v) for v in b)
-        inside |= (
-            (gx >= x - tolerance)
-            & (gx < x + bw + tolerance)
-            & (gy >= y - tolerance)
-            & (gy < y + bh + tolerance)
-        )
-    return float(inside.mean()) if inside.size else 0.0
+        x0, y0, x1, y1 = _check_box(grid, b)
+        r, c = peaks[:, 0], peaks[:, 1]
+        hit |= (x0 - tolerance <= c) & (c < x1 + tolerance) & (y0 - tolerance <= r) & (r < y1 + tolerance)
+    return float(hit.mean())
 
 
 def box_mask(shape: tuple[int, int], box: Box | Sequence[Box]) -> np.ndarray:
@@ -210,7 +232,14 @@ class LocalisationScore:
         return hit, iou
 
     def summary(self) -> dict:
+        from cxrdx.metrics.degenerate import below_chance
+
+        flags = [
+            below_chance(self.pointing_game, self.chance, "pointing game (strict)"),
+            below_chance(self.pointing_game_cell, self.chance_cell, "pointing game (1/2 cell)"),
+        ]
         return {
+            "flags": [f for f in flags if f],
             "finding": self.finding,
             "n": self.n,
             "pointing_game": self.pointing_game,
@@ -312,4 +341,14 @@ def format_localisation(scores: dict[str, LocalisationScore]) -> str:
         "strict: Grad-CAM peak inside the box; 1/2 cell: within half a Grad-CAM cell (16 input pixels); "
         "chance: a uniformly random peak cell for the same boxes"
     )
+    from cxrdx.metrics.degenerate import below_chance
+
+    for s in scores.values():  # a pointing game below its chance rate means nothing: flagged
+        for what, value, chance in (
+            ("pointing game (strict)", s.pointing_game, s.chance),
+            ("pointing game (1/2 cell)", s.pointing_game_cell, s.chance_cell),
+        ):
+            flag = below_chance(value, chance, what)
+            if flag:
+                lines.append(f"FLAGGED {s.finding}: {flag}")
     return "\n".join(lines)

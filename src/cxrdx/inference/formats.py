@@ -16,6 +16,10 @@ NO_THRESHOLDS_NOTE = (
     "this checkpoint has no decision thresholds, so no finding is called positive or negative; "
     "choose them on labelled validation images with `cxrdx evaluate --weights CKPT --val VAL.csv ...`"
 )
+PARTLY_CALIBRATED_NOTE = (
+    "score (uncalibrated): {names} could not be calibrated (too few positives or negatives in the "
+    "calibration data), so their numbers rank images but are not probabilities"
+)
 UNCALIBRATED_NOTE = (
     "score (uncalibrated): this checkpoint is not calibrated, so its numbers rank images but are not "
     "probabilities; calibrate it on labelled validation images with "
@@ -78,6 +82,7 @@ def format_table(
         if unreliable:
             lines.append(f"   !! {unreliable}")
         header = f"   {'finding':<20} {'prob' if pred.calibration != 'none' else 'score':>6}"
+        mixed = pred.calibration != "none" and bool(pred.uncalibrated)
         if thresholds:
             header += f" {'thresh':>{width}}  call"
         if pred.uncertainty is not None:
@@ -85,6 +90,8 @@ def format_table(
         lines.append(header)
         for name, p in pred.ranked():
             row = f"   {name:<20} {p:6.3f}"
+            if mixed and not pred.is_probability(name):
+                row = f"   {name + ' (score)':<20} {p:6.3f}"
             if thresholds:
                 t = thresholds.get(name)
                 if t is None:
@@ -108,6 +115,9 @@ def format_table(
         lines.append(f"note: {NO_THRESHOLDS_NOTE}")
     if any(p.ok and p.calibration == "none" for p in predictions):
         lines.append(f"note: {UNCALIBRATED_NOTE}")
+    partly = {n for p in predictions if p.ok and p.calibration != "none" for n in p.uncalibrated}
+    if partly:
+        lines.append("note: " + PARTLY_CALIBRATED_NOTE.format(names=", ".join(sorted(partly))))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -147,7 +157,7 @@ def csv_row(
     if tta:
         row += [f"{p.uncertainty[n]:.6f}" if p.ok and p.uncertainty else "" for n in labels]
     # the finding columns are probabilities, or with "none" uncalibrated scores
-    row.append((p.calibration if p.calibration != "none" else "none: score (uncalibrated)") if p.ok else "")
+    row.append(p.calibration_text if p.ok else "")
     row.append("" if p.ood_score is None else f"{p.ood_score:.4f}")
     row.append("" if p.in_distribution is None else ("1" if p.in_distribution else "0"))
     row.append(safe_cell(" | ".join(p.warnings)))
@@ -175,7 +185,7 @@ def write_heatmaps(
         heatmap = predictor.explain(image, finding)
         t = thresholds.get(finding)
         call = "no threshold" if t is None else f"{'positive' if p >= t else 'negative'} at {t:.3f}"
-        what = "p" if pred.calibration != "none" else "score (uncalibrated)"
+        what = "p" if pred.is_probability(finding) else "score (uncalibrated)"
         title = f"{finding}: {what}={p:.2f} ({call})"
         path = out_dir / f"{stem}_{finding}.png"
         written.append(overlay_png(image, heatmap, path, title, caveats=overlay_caveats(predictor, pred)))

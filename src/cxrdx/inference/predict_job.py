@@ -25,6 +25,7 @@ from cxrdx.files import atomic_write_text
 from cxrdx.inference import shards
 from cxrdx.inference.formats import (
     NO_THRESHOLDS_NOTE,
+    PARTLY_CALIBRATED_NOTE,
     UNCALIBRATED_NOTE,
     collect_images,
     format_csv,
@@ -266,6 +267,9 @@ def predict_job(
             summary.notes.append(NO_THRESHOLDS_NOTE)
         if not predictor.calibrated:
             summary.notes.append(UNCALIBRATED_NOTE)
+        raw = [n for n, m in predictor.calibration["per_finding"].items() if m == "none"]
+        if predictor.calibrated and raw:  # some findings could not be calibrated: scores, per finding
+            summary.notes.append(PARTLY_CALIBRATED_NOTE.format(names=", ".join(raw)))
     return summary
 
 
@@ -277,6 +281,12 @@ def _int8_line(predictor: Predictor) -> str:
     if "drop" not in r:
         return f"{predictor.precision} model (no record of its check)"
     calls = "" if r.get("calls_changed") is None else f", calls changed {r['calls_changed']:.2%}"
+    ood = r.get("ood") or {}
+    if ood.get("threshold_int8") is not None:  # the OOD threshold refitted for int8's features (quantize.py)
+        calls += (
+            f"; OOD scores {ood['median_ratio_minus_1']:+.1%} vs fp32, threshold refitted "
+            f"{ood['threshold_fp32']:.3f} -> {ood['threshold_int8']:.3f} (verdicts changed {ood['verdicts_changed']:.2%})"
+        )
     return (
         f"{predictor.precision} model: checked on {r['n_check']} validation images, mean AUROC "
         f"{r['mean_fp32']:.4f} (fp32) -> {r['mean_int8']:.4f}, largest |p - p fp32| {r['max_abs_diff']:.4f}{calls}"

@@ -145,9 +145,10 @@ class Predictor:
             )
         on_cpu = str(device).split(":")[0] == "cpu"
         if precision != "fp32":
-            from cxrdx.inference.quantize import int8_session
+            from cxrdx.inference.quantize import int8_meta, int8_session
 
             session, variant = int8_session(path, precision, backend, device, threads)
+            meta = int8_meta(meta, session)  # the OOD threshold refitted for int8's features
             predictor = cls(None, meta, device, session=session, checkpoint=path)
             predictor.precision = variant
             return predictor
@@ -362,8 +363,16 @@ class Predictor:
         uncertainty = (
             None if spread is None else {n: float(s) for n, s in zip(self.labels, spread, strict=True)}
         )
-        method = self.calibration["method"]
-        return Prediction(source, by_name, positive, uncertainty, warnings, calibration=method)
+        cal = self.calibration
+        return Prediction(
+            source,
+            by_name,
+            positive,
+            uncertainty,
+            warnings,
+            calibration=cal["method"],
+            calibration_by_finding=dict(cal["per_finding"]),
+        )
 
     def _load_one(
         self, item: ImageLike, source: str, gray: bool = False
@@ -446,7 +455,7 @@ class Predictor:
 
     def explain(self, image: ImageLike, finding: str) -> np.ndarray:
         """Grad-CAM heatmap for one finding, in [0, 1], on the source image's own pixel grid."""
-        from cxrdx.explain.gradcam import GradCam
+        from cxrdx.explain.gradcam import GradCam, to_source
 
         finding = canonical(finding)
         if finding not in self.labels:
@@ -469,4 +478,4 @@ class Predictor:
                 batch = torch.from_numpy(x[None]).to(self.device)
                 self._cams = (digest, self._gradcam.many(batch, range(len(self.labels)))[:, 0])
             square = self._cams[1][self.labels.index(finding)]
-        return np.clip(box.unletterbox(square), 0.0, 1.0)
+        return to_source(square, box)  # normalised over the image, not the letterbox padding

@@ -13,6 +13,14 @@ so the weights are quantized to 7 bits there (``reduce_range``, ONNX Runtime's a
 two variants are cached under different names (``int8`` / ``int8r7``), so a file is only
 used on the kind of CPU it was checked on.
 
+The out-of-distribution gate reads the features int8 computes (median score +6.6 % on a tiny
+model against the fp32 reference). The check measures it on the validation split (the scores of
+both, and how many verdicts differ) and refits the threshold on int8's own validation scores:
+fp32's threshold scaled by the median int8 / fp32 score ratio; ``Predictor`` applies that
+threshold with the int8 file. The
+reference itself (mean, precision) stays the fp32 one: the int8 file is refused when the
+threshold refit cannot bring the verdicts within ``MAX_OOD_VERDICTS_CHANGED`` of fp32's.
+
 ``cxrdx quantize --weights CKPT --data CACHE`` makes it; ``cxrdx predict --precision int8`` uses it.
 """
 
@@ -33,7 +41,7 @@ from cxrdx.device import available_threads, cpu_info, isa_line
 from cxrdx.errors import CheckpointError, ConfigError, CxrdxError
 from cxrdx.files import atomic_write, file_sha256
 from cxrdx.imaging.letterbox import resize_float
-from cxrdx.inference.backends import GRAY_NAME, OUTPUT_NAME, make_session
+from cxrdx.inference.backends import FEATURES_NAME, GRAY_NAME, OUTPUT_NAME, make_session
 from cxrdx.metrics.auroc import per_finding_auroc
 from cxrdx.metrics.calibration import apply_calibration, resolve_calibration
 
@@ -42,6 +50,7 @@ MAX_AUROC_DROP = 0.005  # mean validation AUROC int8 may lose against fp32 (the 
 DEFAULT_CALIB = 128  # training images for the activation ranges
 BATCH = 16
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+MAX_OOD_VERDICTS_CHANGED = 0.05  # validation images whose OOD verdict int8 (own threshold) may flip vs fp32
 
 
 class QuantizationRefused(CxrdxError):
@@ -86,6 +95,7 @@ class QuantizeConfig:
     check_split: str = "val"
     n_calib: int = DEFAULT_CALIB
     max_auroc_drop: float = MAX_AUROC_DROP
+    max_ood_verdicts_changed: float = MAX_OOD_VERDICTS_CHANGED  # share; one image is always allowed
 
 
 @dataclass
@@ -100,6 +110,10 @@ class QuantizeReport:
     mean_abs_diff: float
     calls_changed: float | None  # share of (image, finding) calls that differ at the stored thresholds
     seconds: float
+    # the OOD score on int8 features vs fp32 features (validation split), None without a reference:
+    # median and largest relative difference, median ratio - 1, the int8 threshold refitted on int8's
+    # scores, and the share of verdicts that differ from fp32's with it (and with the fp32 threshold)
+    ood: dict | None = None
     cpu: str = field(default_factory=isa_line)
 
     @property
@@ -172,14 +186,14 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] | None = None) -
     cols = [meta.labels.index(n) for n in names]
     everything = np.arange(len(check.index))
     calibration = resolve_calibration(meta.calibration, meta.provenance, meta.labels)
-    q32, q8 = (
-        apply_calibration(
-            _scores(make_session(data, available_threads()), _gray_batches(check, everything, size)),
-            calibration,
-            meta.labels,
+    with_features = meta.ood is not None
+    (r32, f32), (r8, f8) = (
+        _scores(
+            make_session(data, available_threads()), _gray_batches(check, everything, size), with_features
         )
         for data in (fp32, int8)
     )
+    q32, q8 = (apply_calibration(r, calibration, meta.labels) for r in (r32, r8))
     p32, p8 = q32[:, cols], q8[:, cols]
     a32, a8 = per_finding_auroc(y, p32, names), per_finding_auroc(y, p8, names)
     checked = [n for n in names if a32[n] is not None and a8[n] is not None]
@@ -204,7 +218,16 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] | None = None) -
         mean_abs_diff=float(diff.mean()),
         calls_changed=calls,
         seconds=0.0,
+        ood=None if not with_features else ood_agreement(meta.ood, f32, f8),
     )
+    changed = 0.0 if report.ood is None else report.ood["verdicts_changed"]
+    if changed > config.max_ood_verdicts_changed and changed * report.n_check > 1:
+        raise QuantizationRefused(
+            f"{ckpt}: with int8 features the out-of-distribution verdicts of {report.ood['verdicts_changed']:.1%} "
+            f"of the {report.n_check} {config.check_split}-split images differ from fp32's (allowed "
+            f"{config.max_ood_verdicts_changed:.0%}, with the threshold refitted on int8's scores); nothing was written: "
+            "keep fp32 (the default)"
+        )
     if report.drop > config.max_auroc_drop:
         raise QuantizationRefused(
             f"{ckpt}: int8 loses {report.drop:.4f} mean validation AUROC against fp32 "
@@ -226,8 +249,43 @@ def _gray_batches(cache, positions: np.ndarray, size: int) -> Iterator[np.ndarra
         yield squares[:, None]
 
 
-def _scores(session, batches: Iterator[np.ndarray]) -> np.ndarray:
-    return np.concatenate([session.run([OUTPUT_NAME], {GRAY_NAME: g})[0] for g in batches])
+def _scores(
+    session, batches: Iterator[np.ndarray], features: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(raw scores, the OOD features or None) of every batch."""
+    names = [OUTPUT_NAME, FEATURES_NAME] if features else [OUTPUT_NAME]
+    out = [session.run(names, {GRAY_NAME: g}) for g in batches]
+    scores = np.concatenate([o[0] for o in out])
+    return scores, np.concatenate([o[1] for o in out]) if features else None
+
+
+def ood_agreement(ood: dict, f32: np.ndarray, f8: np.ndarray) -> dict:
+    """The OOD score on int8 vs fp32 features of the same images, and the int8 threshold: fp32's, scaled by
+    the median ratio of int8's scores to fp32's (a systematic shift of the scores is undone)."""
+    from cxrdx.model.ood import OodStats
+
+    stats = OodStats.from_meta(ood)
+    s32, s8 = stats.score(f32), stats.score(f8)
+    rel = np.abs(s8 - s32) / np.maximum(np.abs(s32), 1e-12)
+    out = {
+        "median_rel_diff": float(np.median(rel)),
+        "max_rel_diff": float(rel.max()),
+        "median_ratio_minus_1": float(np.median(s8 / np.maximum(s32, 1e-12)) - 1),
+        "threshold_fp32": stats.threshold,
+        "threshold_int8": None,
+        "verdicts_changed": 0.0,
+        "verdicts_changed_fp32_threshold": 0.0,
+        "n": int(len(s32)),
+    }
+    if stats.threshold is None or not len(s32):
+        return out
+    t8 = float(stats.threshold * (1 + out["median_ratio_minus_1"]))
+    out["threshold_int8"] = t8
+    out["verdicts_changed"] = float(np.mean((s8 <= t8) != (s32 <= stats.threshold)))
+    out["verdicts_changed_fp32_threshold"] = float(
+        np.mean((s8 <= stats.threshold) != (s32 <= stats.threshold))
+    )
+    return out
 
 
 def _quantize_bytes(fp32: bytes, calib: Iterator[np.ndarray], reduce_range: bool) -> bytes:
@@ -365,3 +423,17 @@ def int8_record(session) -> dict | None:
         return json.loads(session.get_modelmeta().custom_metadata_map["cxrdx_quantization"])
     except (AttributeError, KeyError, ValueError):  # not an ORT session, or not made by cxrdx quantize
         return None
+
+
+def int8_meta(meta, session):
+    """``meta`` with the OOD threshold ``cxrdx quantize`` refitted for the int8 file's features (its record),
+    when it has one; the fp32 reference (mean, precision) is kept."""
+    from dataclasses import replace
+
+    record = int8_record(session) or {}
+    t8 = (record.get("ood") or {}).get("threshold_int8")
+    if meta.ood is None or t8 is None:
+        return meta
+    return replace(
+        meta, ood={**meta.ood, "threshold": float(t8), "threshold_for": f"int8 ({record.get('variant')})"}
+    )

@@ -19,8 +19,14 @@ finding. Calibration undoes that per finding, on the logit ``z``:
   at least ``MIN_PER_CLASS`` positives and negatives (else kept at 1). For a network
   whose training weights are unknown (an imported checkpoint) the shift is fitted too,
   which is Platt scaling (``sigmoid(a z + b)``) in another parametrisation;
-  ``fitted_on["prior"]`` says which.
+  ``fitted_on["prior"]`` says which. The same minimum applies on both paths.
 - method ``"none"``: the scores are shown as they are (imported checkpoints until calibrated).
+
+The method is recorded **per finding** (``per_finding``: name -> method): a finding that
+could not be fitted (too few positives or negatives, or not labelled in the fitting data)
+keeps what it had, the prior shift or nothing, and one with ``"none"`` is a score
+(uncalibrated) wherever it is shown. The record's ``method`` is the strongest any finding
+got. Records written before ``per_finding`` existed are read by ``finding_methods``.
 
 The transform is strictly increasing, so AUROC and the calls at mapped thresholds are
 unchanged (``map_thresholds``). It runs in float64 on probabilities, via the logit, so
@@ -82,6 +88,43 @@ def none_calibration() -> dict:
     return {"method": "none", "log_prior_shift": {}, "temperature": {}, "fitted_on": {}}
 
 
+def finding_methods(calibration: dict | None, names: Sequence[str]) -> dict[str, str]:
+    """The calibration each finding really gets: ``per_finding`` when recorded, else derived.
+
+    Older records carry one method for the whole checkpoint: under ``"prior+temperature"``
+    the findings listed in ``fitted_on["temperature_kept_at_1"]`` got the prior only, or,
+    when the prior was fitted with the temperature (Platt), nothing at all.
+    """
+    cal = calibration or {}
+    method = cal.get("method", "none")
+    stored = cal.get("per_finding")
+    if isinstance(stored, dict):
+        return {n: stored.get(n, "none") if stored.get(n) in METHODS else "none" for n in names}
+    if method not in METHODS or method == "none":
+        return {n: "none" for n in names}
+    shifts = cal.get("log_prior_shift") or {}
+    fitted_on = cal.get("fitted_on") or {}
+    kept = set(fitted_on.get("temperature_kept_at_1") or [])
+    platt = str(fitted_on.get("prior") or "").startswith("fitted")
+    out = {}
+    for n in names:
+        if n not in shifts:
+            out[n] = "none"
+        elif method == "prior+temperature" and n in kept:
+            out[n] = "none" if platt else "prior"
+        else:
+            out[n] = method
+    return out
+
+
+def strongest(methods: Sequence[str]) -> str:
+    """The record-wide method: the strongest any finding got (``"none"`` only when none is calibrated)."""
+    for m in METHODS:
+        if m in methods:
+            return m
+    return "none"
+
+
 def prior_calibration(
     names: Sequence[str], w_pos: Sequence[float], w_neg: Sequence[float], source: str
 ) -> dict:
@@ -118,7 +161,7 @@ def resolve_calibration(calibration: dict | None, provenance: dict | None, names
     the prior shift is recomputed from it.
     """
     if calibration and calibration.get("method") in METHODS:
-        return calibration
+        return {**calibration, "per_finding": finding_methods(calibration, names)}
     prov = provenance or {}
     weights = prov.get("class_weights")
     if isinstance(weights, dict) and {"w_pos", "w_neg"} <= set(weights):
@@ -126,22 +169,29 @@ def resolve_calibration(calibration: dict | None, provenance: dict | None, names
         if isinstance(wp, dict):
             wp, wn = [wp.get(n) for n in names], [wn.get(n) for n in names]
         if len(wp) == len(names) and None not in wp and None not in wn:
-            return prior_calibration(names, wp, wn, "class weights recorded in the provenance")
+            cal = prior_calibration(names, wp, wn, "class weights recorded in the provenance")
+            return {**cal, "per_finding": finding_methods(cal, names)}
     prevalence = prov.get("train_prevalence")
     if isinstance(prevalence, dict):
         cal = prevalence_calibration(names, prevalence, "training prevalence recorded in the provenance")
         if cal is not None:
-            return cal
-    return none_calibration()
+            return {**cal, "per_finding": finding_methods(cal, names)}
+    return {**none_calibration(), "per_finding": {n: "none" for n in names}}
 
 
 def apply_calibration(probs: np.ndarray, calibration: dict | None, names: Sequence[str]) -> np.ndarray:
-    """(..., L) raw sigmoid outputs -> calibrated probabilities (float64); "none" returns them unchanged."""
+    """(..., L) raw sigmoid outputs -> calibrated probabilities (float64); "none" returns them unchanged
+    (for the whole record, or per finding)."""
     if not calibration or calibration.get("method", "none") == "none":
         return np.asarray(probs)
+    per = finding_methods(calibration, names)
     shift = np.array([calibration["log_prior_shift"].get(n, 0.0) for n in names], dtype=np.float64)
     temp = np.array([calibration.get("temperature", {}).get(n, 1.0) for n in names], dtype=np.float64)
-    return sigmoid(logit(probs) / temp - shift)
+    out = sigmoid(logit(probs) / temp - shift)
+    raw = np.array([per[n] == "none" for n in names])
+    if raw.any():
+        out[..., raw] = np.asarray(probs, dtype=np.float64)[..., raw]
+    return out
 
 
 def combine_views(
@@ -163,7 +213,7 @@ def map_thresholds(
         if name not in names:
             continue
         z = logit(np.array([t]))
-        if old and old.get("method", "none") != "none":
+        if old and finding_methods(old, [name])[name] != "none":
             z = (z + old["log_prior_shift"].get(name, 0.0)) * old.get("temperature", {}).get(name, 1.0)
         out[name] = float(apply_calibration(sigmoid(z), new, [name])[0])
     return out
@@ -236,33 +286,40 @@ def fit_platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def fit_calibration(
     y_true: np.ndarray, raw_probs: np.ndarray, names: Sequence[str], base: dict | None, fitted_on: dict
 ) -> dict:
-    """Method "prior+temperature" fitted on validation labels and raw (uncalibrated) outputs.
+    """Per finding "prior+temperature" fitted on validation labels and raw (uncalibrated) outputs.
 
     With a known prior shift (``base`` of method prior or prior+temperature) only the
-    temperature is fitted on top of it, and only with ``MIN_PER_CLASS`` positives and
-    negatives; without a prior the shift is fitted too (Platt). A finding without both
-    positives and negatives keeps temperature 1 (and the known shift, or none). NaN
-    labels (unlabelled) are left out per finding.
+    temperature is fitted on top of it; without a prior the shift is fitted too (Platt).
+    Either way only with ``MIN_PER_CLASS`` positives and ``MIN_PER_CLASS`` negatives: a
+    finding with fewer keeps temperature 1 and what ``base`` gave it (the prior shift:
+    ``"prior"``, or nothing: ``"none"``, a score). NaN labels (unlabelled) are left out
+    per finding. ``per_finding`` records each finding's method, ``method`` the strongest.
     """
     known = bool(base) and base.get("method", "none") != "none"
+    base_methods = finding_methods(base, names)
     z_all = logit(raw_probs)
-    shift, temp, skipped = {}, {}, []
+    shift, temp, skipped, per, counts = {}, {}, [], {}, {}
     for c, name in enumerate(names):
         y = np.asarray(y_true[:, c], dtype=np.float64)
         keep = ~np.isnan(y)
         y, z = y[keep], z_all[keep, c]
         s0 = float(base["log_prior_shift"].get(name, 0.0)) if known else 0.0
-        n_pos, n_neg = y.sum(), len(y) - y.sum()
-        too_few = min(n_pos, n_neg) < (MIN_PER_CLASS if known else 1)
+        n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+        counts[name] = {"positives": n_pos, "negatives": n_neg}
+        too_few = min(n_pos, n_neg) < MIN_PER_CLASS
         if too_few or name in (base or {}).get("fitted_on", {}).get("untrained", []):
             shift[name], temp[name] = s0, 1.0
             skipped.append(name)
+            per[name] = ("prior" if base_methods[name] != "none" else "none") if known else "none"
         elif known:
             shift[name], temp[name] = s0, fit_temperature(z, y, s0)
+            per[name] = "prior+temperature"
         else:
             shift[name], temp[name] = fit_platt(z, y)
+            per[name] = "prior+temperature"
     out = {
-        "method": "prior+temperature",
+        "method": strongest(list(per.values())),
+        "per_finding": per,
         "log_prior_shift": shift,
         "temperature": temp,
         "fitted_on": {
@@ -271,6 +328,8 @@ def fit_calibration(
             if known
             else "fitted with the temperature (Platt)",
             "temperature_kept_at_1": skipped,
+            "min_per_class": MIN_PER_CLASS,
+            "counts": counts,
         },
     }
     for key in ("w_pos", "w_neg"):

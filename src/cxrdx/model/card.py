@@ -76,6 +76,21 @@ def banners(meta: CheckpointMeta) -> list[str]:
     return out
 
 
+def flagged_results(meta: CheckpointMeta) -> dict[str, list[str]]:
+    """Per finding, the degenerate results of this checkpoint (``cxrdx.metrics.degenerate``): those its
+    stored evaluation flagged, and a temperature at its bound in its calibration."""
+    from cxrdx.metrics.degenerate import temperature_at_bound
+
+    out: dict[str, list[str]] = {}
+    stored = (meta.evaluation or {}).get("flags") or {}
+    for name, reasons in stored.items():
+        out.setdefault(name, []).extend(str(r) for r in reasons)
+    for name, reason in temperature_at_bound(meta.calibration, list(meta.labels)).items():
+        if reason not in out.get(name, []):
+            out.setdefault(name, []).append(reason)
+    return out
+
+
 def never_reached(thresholds: dict[str, float] | None) -> list[str]:
     """Findings whose threshold is so close to 1 that they are practically never called positive."""
     return [n for n, t in (thresholds or {}).items() if t is not None and t >= NEVER_REACHED]
@@ -112,7 +127,12 @@ def card_lines(meta: CheckpointMeta) -> list[str]:
     if isinstance(card.get("split"), dict) and card["split"]:
         counts.append("split " + ", ".join(f"{k} {v}" for k, v in card["split"].items()))
     if card.get("epochs") is not None:
-        counts.append(f"{card['epochs']} epoch(s)")
+        text = f"{card['epochs']} epoch(s) trained"
+        if card.get("best_epoch") is not None:
+            text += f", best epoch {card['best_epoch']}"
+            if card.get("weights_epoch") is not None and card["weights_epoch"] != card["best_epoch"]:
+                text += f" (these weights: epoch {card['weights_epoch']})"
+        counts.append(text)
     if counts:
         lines.append("training data: " + ", ".join(counts))
     evaluation = meta.evaluation or {}

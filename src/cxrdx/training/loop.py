@@ -47,9 +47,17 @@ from cxrdx.training.data import load_data, pixel_stats, to_input, train_loader, 
 from cxrdx.training.distributed import agree, all_mean, init_distributed
 from cxrdx.training.loss import WeightedBCEWithLogits, class_weights
 from cxrdx.training.progress import progress_bar, say
-from cxrdx.training.provenance import model_card, provenance
+from cxrdx.training.provenance import finish_model_cards, model_card, provenance
 from cxrdx.training.runtime import choose_amp_dtype, pick_device, restores_torch_globals
-from cxrdx.training.state import check_run_dir, load_state, reconcile_checkpoints, restore_rng, rng_state
+from cxrdx.training.state import (
+    check_run_dir,
+    held_from_state,
+    held_to_state,
+    load_state,
+    reconcile_checkpoints,
+    restore_rng,
+    rng_state,
+)
 from cxrdx.training.validate import validate
 
 
@@ -165,6 +173,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         elapsed_before = float(state["elapsed"])
         best, bad_epochs = dict(state["best"]), int(state["bad_epochs"])
         history = list(state["history"])
+        best_val, last_val = held_from_state(state.get("best_val")), held_from_state(state.get("last_val"))
         restore_rng(state["rng"], augment_rng, rank)
         if is_main:
             reconcile_checkpoints(run_dir, state, cfg, preprocessing, data)
@@ -314,6 +323,8 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
                 "w_pos": torch.as_tensor(w_pos),
                 "w_neg": torch.as_tensor(w_neg),
                 "rng": rng_state(augment_rng),
+                "best_val": held_to_state(best_val),  # so a resumed run fits best's temperature too
+                "last_val": held_to_state(last_val),
             }
             atomic_write(run_dir / STATE_FILE, lambda tmp, s=state: torch.save(s, tmp))
             del state
@@ -337,6 +348,9 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
             )
 
     # ---- result: temperature fitted on validation into best/last (calibration.py) ---------------
+    completed = history[-1]["epoch"] if history else start_epoch
+    if is_main:  # epochs trained and the best epoch, in both files' model cards
+        finish_model_cards(run_dir, completed, int(best["epoch"]))
     for file, held in ((BEST_FILE, best_val), (LAST_FILE, last_val)):
         if is_main and held is not None and len(held[1]):
             where = {"by": "cxrdx train", "dataset": data["path"], "split": cfg.val_split, "epoch": held[2]}
@@ -362,7 +376,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         run_dir=run_dir,
         best_path=run_dir / BEST_FILE,
         last_path=run_dir / LAST_FILE,
-        epochs_completed=history[-1]["epoch"] if history else start_epoch,
+        epochs_completed=completed,
         best_epoch=int(best["epoch"]),
         best_val_loss=float(best["val_loss"]),
         best_val_auroc=dict(best["auroc"]),

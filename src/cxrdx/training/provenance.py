@@ -65,6 +65,25 @@ def model_card(cfg: TrainConfig, data: dict, epoch: int) -> dict:
         "images": sum(split.values()),
         "patients": data.get("patients"),
         "split": split,
-        "epochs": int(epoch),
+        "epochs": int(epoch),  # epochs trained so far; finish_model_cards sets the run's total at the end
+        "weights_epoch": int(epoch),  # the epoch whose weights the file holds
         "path": data["path"],
     }
+
+
+def finish_model_cards(run_dir: Path, completed: int, best_epoch: int) -> None:
+    """At the end of a run: both files' cards say how many epochs were trained and which was best
+    (best.safetensors was written at its own epoch, when the total was not known yet)."""
+    from cxrdx.model.checkpoint import update_checkpoint_meta
+    from cxrdx.training.config import BEST_FILE, LAST_FILE
+
+    for name, weights_epoch in ((BEST_FILE, best_epoch), (LAST_FILE, completed)):
+        if not (run_dir / name).is_file():
+            continue
+
+        def change(meta, weights_epoch=weights_epoch) -> None:
+            card = dict(meta.model_card or {})
+            card.update(epochs=int(completed), best_epoch=int(best_epoch), weights_epoch=int(weights_epoch))
+            meta.model_card = card
+
+        update_checkpoint_meta(run_dir / name, change)

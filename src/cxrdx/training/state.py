@@ -1,7 +1,8 @@
 """Resume state of a run folder: what ``last_state.pt`` holds, how it is read back, and the run-dir checks.
 
-The resume state (weights, optimizer, scheduler, early stopping, RNG, history) is
-written *first* each epoch, atomically; best/last.safetensors follow. A run killed
+The resume state (weights, optimizer, scheduler, early stopping, RNG, history, and the
+validation outputs of the best and the last epoch, on which the temperature is fitted
+when the run ends) is written *first* each epoch, atomically; best/last.safetensors follow. A run killed
 anywhere therefore resumes from the last state that was completely written, and on
 resume any .safetensors file that lags behind that state is rewritten from it
 (``reconcile_checkpoints``), so the pair always agrees. Resume granularity is one
@@ -22,7 +23,7 @@ from cxrdx.errors import ConfigError, DataError
 from cxrdx.labels import FINDINGS
 from cxrdx.training.config import BEST_FILE, LAST_FILE, STATE_FILE, TrainConfig
 from cxrdx.training.progress import say
-from cxrdx.training.provenance import provenance
+from cxrdx.training.provenance import model_card, provenance
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -79,6 +80,25 @@ def restore_rng(state: dict, augment_rng: torch.Generator, rank: int) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def held_to_state(held: tuple | None) -> dict | None:
+    """(validation probabilities, labels, epoch) -> tensors that ``torch.load(weights_only=True)`` reads."""
+    if held is None:
+        return None
+    probs, labels, epoch = held
+    return {
+        "probs": torch.from_numpy(np.asarray(probs)),
+        "labels": torch.from_numpy(np.asarray(labels)),
+        "epoch": int(epoch),
+    }
+
+
+def held_from_state(saved: dict | None) -> tuple | None:
+    """The inverse of ``held_to_state``; None for a state written before these were kept."""
+    if not saved:
+        return None
+    return saved["probs"].numpy(), saved["labels"].numpy(), int(saved["epoch"])
+
+
 def load_state(run_dir: Path) -> dict | None:
     """The resume state, or None when the run was killed before its first epoch completed."""
     path = run_dir / STATE_FILE
@@ -124,6 +144,7 @@ def reconcile_checkpoints(run_dir: Path, state: dict, cfg: TrainConfig, preproce
                 in_channels=3,
                 preprocessing=preprocessing,
                 provenance=provenance(cfg, data, epoch, val_loss, auroc, best, 1),
+                model_card=model_card(cfg, data, epoch),
                 calibration=prior_from_weights(state["w_pos"].numpy(), state["w_neg"].numpy(), names),
             )
             save_checkpoint(run_dir / name, model, meta)

@@ -1,4 +1,11 @@
-"""One validation pass: sharded over processes, the loss all-reduced, the outputs gathered for AUROC."""
+"""One validation pass: sharded over processes, the loss all-reduced, the outputs gathered for AUROC.
+
+Under DDP the shards differ in length (25 images on 2 processes: 13 and 12, so one
+process may run one batch more), and every forward of the DDP wrapper may take part
+in a collective (its buffer broadcast): an unmatched call can hang NCCL. Validation
+therefore runs the *unwrapped* module, whose forward talks to nobody; the only
+collectives are the loss all-reduce and the gather, once each, after the loop.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,11 @@ from cxrdx.training.distributed import all_mean
 
 @torch.no_grad()
 def validate(net, model, loader, criterion, pre, device, memory_format, amp_dtype, cfg, world):
-    """(val loss over all processes, probabilities, labels): the loss is the exact mean over the split."""
+    """(val loss over all processes, probabilities, labels): the loss is the exact mean over the split.
+
+    ``net`` is what training calls (DDP- and/or compile-wrapped); with one process it is used here
+    too (a compiled graph is faster), with several the unwrapped ``model`` is (module doc)."""
+    forward = net if world == 1 else model
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = 0
@@ -20,7 +31,7 @@ def validate(net, model, loader, criterion, pre, device, memory_format, amp_dtyp
         x = to_input(squares, pre, device, memory_format, None, cfg, train=False)
         y = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = net(x)
+            logits = forward(x)
         loss_sum += criterion(logits, y).double().sum()
         count += len(y)
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
