@@ -149,6 +149,7 @@ def test_calibration_states_read_the_record_per_finding():
     assert calibration_states({"method": "none"}, names) == dict.fromkeys(names, "none")
     known = {
         "method": "prior+temperature",
+        "log_prior_shift": dict.fromkeys(names, 0.1),
         "fitted_on": {"prior": "loss weights", "temperature_kept_at_1": ["B"]},
     }
     assert calibration_states(known, names) == {
@@ -158,10 +159,11 @@ def test_calibration_states_read_the_record_per_finding():
     }
     platt = {
         "method": "prior+temperature",
+        "log_prior_shift": dict.fromkeys(names, 0.1),
         "fitted_on": {"prior": "fitted with the temperature (Platt)", "temperature_kept_at_1": ["B"]},
     }
     assert calibration_states(platt, names)["B"] == "none"
-    explicit = {**known, "methods": {"A": "none", "B": "prior+temperature"}}  # a per-finding record wins
+    explicit = {**known, "per_finding": {"A": "none", "B": "prior+temperature"}}  # a per-finding record wins
     assert calibration_states(explicit, names) == {"A": "none", "B": "prior+temperature", "C": "none"}
 
 

@@ -186,22 +186,12 @@ def is_calibrated(prediction: Any, algorithm: Mapping) -> bool:
 def calibration_states(record: Mapping | None, names: list[str] | tuple[str, ...]) -> dict[str, str]:
     """Per finding, the calibration its number went through: "prior+temperature", "prior" or "none".
 
-    ``record``: the resolved calibration record (``Predictor.calibration`` =
-    ``cxrdx.metrics.calibration.resolve_calibration(...)``). Its per-finding map ``methods``
-    (finding -> method) is read when present; otherwise the record's ``method`` holds for every
-    finding except those whose temperature fit was skipped (``fitted_on.temperature_kept_at_1``):
-    they keep the prior shift ("prior"), or nothing when the shift was to be fitted with it (Platt).
+    ``record``: the resolved calibration record (``Predictor.calibration``); read by THE rule,
+    ``cxrdx.metrics.calibration.finding_methods`` (``per_finding``, or derived for older records).
     """
-    record = record or {}
-    method = str(record.get("method", "none") or "none")
-    per = record.get("methods")
-    if isinstance(per, Mapping):
-        return {n: str(per.get(n, "none") or "none") for n in names}
-    fitted = record.get("fitted_on") or {}
-    kept = set(fitted.get("temperature_kept_at_1") or []) if method == "prior+temperature" else set()
-    platt = str(fitted.get("prior", "")).startswith("fitted with the temperature")
-    skipped = "none" if platt else "prior"
-    return {n: (skipped if n in kept else method) for n in names}
+    from cxrdx.metrics.calibration import finding_methods
+
+    return finding_methods(dict(record or {}), list(names))
 
 
 def withheld(prediction: Any, algorithm: Mapping) -> bool:
