@@ -98,6 +98,7 @@ def _axis_matrix(n_in: int, n_out: int):  # -> (scipy.sparse csr (n_out, n_in), 
     taps = 2 * (2 * radius + 1)  # two interpolation samples, each a Gaussian of 2r + 1 taps (summed)
     cols = np.empty((n_out, taps), dtype=np.int64)
     vals = np.zeros((n_out, taps), dtype=np.float64)
+    extra = np.zeros(n_out)  # interpolation weight on samples outside the image (cval)
     for k, (offset, wt) in enumerate(((0, 1.0 - frac), (1, frac))):
         centre = lo.astype(np.int64) + offset
         # a sample outside the image is cval itself (scipy's grid-constant): none of its taps are read
@@ -105,8 +106,7 @@ def _axis_matrix(n_in: int, n_out: int):  # -> (scipy.sparse csr (n_out, n_in), 
         for j, g in enumerate(gauss):
             cols[:, k * (2 * radius + 1) + j] = np.clip(centre, 0, n_in - 1) + j - radius
             vals[:, k * (2 * radius + 1) + j] = wt * g * sample_in
-        outside_sample = wt * (1.0 - sample_in)
-        extra = outside_sample if k == 0 else extra + outside_sample
+        extra += wt * (1.0 - sample_in)
     # Gaussian taps that fall outside the image read cval (the filter's constant mode)
     inside = (cols >= 0) & (cols < n_in)
     outside = np.where(inside, 0.0, vals).sum(1) + extra
