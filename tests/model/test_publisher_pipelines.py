@@ -1,0 +1,173 @@
+"""An imported model gives its publisher's numbers: each publisher's test-time pipeline, re-stated here
+from its own code, against ``Predictor.predict`` on real films (square and not, 8- and 16-bit).
+
+- torchxrayvision (mlmed/torchxrayvision, README and ``datasets.py``): ``normalize(img, maxval)``
+  = (2 * img / maxval - 1) * 1024 in float32, ``XRayCenterCrop`` (start = n // 2 - side // 2),
+  ``XRayResizer(224)`` = ``skimage.transform.resize(img, (1, 224, 224), mode="constant",
+  preserve_range=True)``, the model on (1, 1, 224, 224), sigmoid; calls at ``op_threshs``.
+- CheXNet (arnoweng/CheXNet ``model.py``): ``Image.open(...).convert("RGB")``, ``Resize(256)``,
+  ``TenCrop(224)``, ``ToTensor``, ImageNet ``Normalize``, the ten sigmoid outputs averaged. torchvision
+  does not import here, so its transforms are written out with Pillow (torchvision's own steps on a PIL
+  image: shorter side to 256, the longer to int(256 * long / short), bilinear; crops with its rounding).
+
+The reference networks are ``tv_forward`` (tests/model/test_importers.py): a functional DenseNet in
+torchvision's key names that reads the source tensors, not our network.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_importers import TINY, make_tv_state, tv_forward, write_chexnet
+
+from cxrdx.inference.predictor import Predictor
+from cxrdx.model.import_weights import import_weights
+from cxrdx.model.importers.chexnet import CHEXNET_LABELS
+from cxrdx.model.importers.torchvision import IMAGENET_MEAN, IMAGENET_STD
+from cxrdx.model.importers.xrv import XRV_PATHOLOGIES
+
+TOL = 1e-3  # the issue's target per probability
+N_FILMS = 4
+
+
+def real_films(shared_data: Path, tmp_path: Path, n: int = N_FILMS) -> dict[str, list[Path]]:
+    """Real NIH films as the publisher would get them: 8-bit square, 8-bit cropped to non-square (tall and
+    wide), and the same scaled to 16 bits (v * 257)."""
+    src = sorted((shared_data / "nih" / "images").glob("*.png"))
+    films = [np.asarray(Image.open(p)) for p in src]
+    gray = [f for f in films if f.ndim == 2 and f.dtype == np.uint8][:n]
+    out: dict[str, list[Path]] = {k: [] for k in ("square8", "tall8", "wide8", "square16", "wide16")}
+    for i, f in enumerate(gray):
+        crops = {"square8": f, "tall8": f[:, 130 + 7 * i : 900], "wide8": f[91 + 5 * i : 860, :]}
+        crops |= {"square16": f.astype(np.uint16) * 257, "wide16": crops["wide8"].astype(np.uint16) * 257}
+        for kind, a in crops.items():
+            path = tmp_path / f"{kind}_{i}.png"
+            Image.fromarray(np.ascontiguousarray(a)).save(path)
+            out[kind].append(path)
+    return out
+
+
+def probs_by_name(predictions: list, names: list[str]) -> np.ndarray:
+    assert all(p.error is None for p in predictions), [p.error for p in predictions]
+    return np.array([[p.probabilities[n] for n in names] for p in predictions])
+
+
+# ----------------------------------------------------------------------------- torchxrayvision
+
+
+def xrv_reference(path: Path, sd: dict) -> np.ndarray:
+    """torchxrayvision's documented pipeline on one file -> its 18 sigmoid outputs."""
+    from skimage.transform import resize
+
+    img = np.asarray(Image.open(path))  # what skimage.io.imread gives for a gray PNG
+    maxval = 65535 if img.dtype == np.uint16 else 255
+    img = (2 * (img.astype(np.float32) / maxval) - 1.0) * 1024  # xrv.datasets.normalize(img, maxval)
+    img = img[None, ...]
+    _, y, x = img.shape  # XRayCenterCrop
+    side = min(y, x)
+    sx, sy = x // 2 - side // 2, y // 2 - side // 2
+    img = img[:, sy : sy + side, sx : sx + side]
+    img = resize(img, (1, 224, 224), mode="constant", preserve_range=True).astype(np.float32)  # XRayResizer
+    with torch.no_grad():
+        logits = tv_forward(sd, torch.from_numpy(img)[None], TINY["blocks"])[0]
+    return torch.sigmoid(logits).numpy()[0]
+
+
+@pytest.fixture(scope="module")
+def xrv_model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("xrv")
+    sd = make_tv_state(TINY, 1, 18, seed=21)
+    state = OrderedDict(sd)
+    op = torch.linspace(0.2, 0.8, 18)  # operating points inside this random network's outputs
+    state["op_threshs"] = op
+    src = tmp / "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+    torch.save(state, src)
+    ckpt = import_weights("xrv", src, tmp / "xrv.safetensors").out
+    return sd, op.numpy(), ckpt
+
+
+@pytest.mark.parametrize("kind", ["square8", "tall8", "wide8", "square16", "wide16"])
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_xrv_matches_torchxrayvision_pipeline_on_real_films(shared_data, tmp_path, xrv_model, kind, backend):
+    pytest.importorskip("skimage", reason="scikit-image is the reference resize (dev extra)")
+    sd, op, ckpt = xrv_model
+    paths = real_films(shared_data, tmp_path)[kind]
+    predictor = Predictor.load(ckpt, backend=backend)
+    names = predictor.labels
+    cols = [XRV_PATHOLOGIES.index(n) for n in names]
+    ours = probs_by_name(predictor.predict(paths, workers=0), names)
+    ref = np.stack([xrv_reference(p, sd) for p in paths])[:, cols]
+    assert ref.std() > 0.02, "reference outputs are saturated: the comparison would prove nothing"
+    np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
+    # the same calls at xrv's operating points (positive when the probability reaches op_threshs)
+    thresholds = np.array([predictor.thresholds[n] for n in names])
+    np.testing.assert_allclose(thresholds, op[cols], rtol=1e-6)
+    calls = [[p.positive[n] for n in names] for p in predictor.predict(paths, workers=0)]
+    assert np.array_equal(np.array(calls), ref >= op[cols])
+
+
+def test_xrv_recipe_is_recorded_and_old_imports_keep_the_letterbox(xrv_model):
+    from cxrdx.imaging.preprocessing import Preprocessing
+    from cxrdx.model.checkpoint import read_checkpoint_meta
+
+    pre = read_checkpoint_meta(xrv_model[2]).preprocessing
+    assert (pre.fit, pre.resize, pre.bits, pre.size, pre.channels) == ("center_crop", "skimage", None, 224, 1)
+    old = Preprocessing.from_dict({"size": 224, "channels": 1, "pixel_range": [-1024, 1024], "mean": [0.0],
+                                   "std": [1.0]})  # fmt: skip
+    assert (old.fit, old.resize) == ("letterbox", "legacy")
+
+
+# ----------------------------------------------------------------------------- CheXNet
+
+
+def torchvision_resize_short(im: Image.Image, short: int) -> Image.Image:
+    """torchvision ``Resize(int)`` on a PIL image: shorter side to ``short``, the other int(short * l / s)."""
+    w, h = im.size
+    if w <= h:
+        size = (short, int(short * h / w))
+    else:
+        size = (int(short * w / h), short)
+    return im.resize(size, Image.BILINEAR)
+
+
+def five_crop(im: Image.Image, size: int) -> list[Image.Image]:
+    w, h = im.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    boxes = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size), (left, top)]
+    return [im.crop((x, y, x + size, y + size)) for x, y in boxes]
+
+
+def chexnet_reference(path: Path, sd: dict) -> np.ndarray:
+    """arnoweng/CheXNet's test-time transform and ten-crop averaging on one file -> 14 outputs."""
+    im = torchvision_resize_short(Image.open(path).convert("RGB"), 256)
+    crops = five_crop(im, 224) + five_crop(im.transpose(Image.FLIP_LEFT_RIGHT), 224)  # TenCrop
+    x = torch.stack([torch.from_numpy(np.asarray(c, dtype=np.float32) / 255.0).permute(2, 0, 1) for c in crops])
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = torch.sigmoid(tv_forward(sd, x, TINY["blocks"])[0])  # Sequential(Linear, Sigmoid)
+    return out.view(1, 10, -1).mean(1).numpy()[0]
+
+
+@pytest.mark.parametrize("kind", ["square8", "tall8", "wide8"])
+def test_chexnet_matches_its_ten_crop_test_transform_on_real_films(shared_data, tmp_path, kind):
+    sd = make_tv_state(TINY, 3, 14, seed=22)
+    src = tmp_path / "model.pth.tar"
+    write_chexnet(src, sd)
+    ckpt = import_weights("chexnet", src, tmp_path / "chexnet.safetensors").out
+    paths = real_films(shared_data, tmp_path, n=3)[kind]
+    predictor = Predictor.load(ckpt, backend="torch")
+    assert predictor.meta.preprocessing.crops == 10
+    names = predictor.labels
+    cols = [list(CHEXNET_LABELS).index(n) for n in names]
+    ours = probs_by_name(predictor.predict(paths, workers=0), names)
+    ref = np.stack([chexnet_reference(p, sd) for p in paths])[:, cols]
+    assert ref.std() > 0.02
+    np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
+    # a single centre crop is not what the publisher evaluates: the ten-crop average differs from it
+    centre = predictor.probabilities(np.stack([predictor.prepare(np.asarray(Image.open(p)))[0] for p in paths]))
+    assert np.abs(centre[0] - ref).max() > 10 * np.abs(ours - ref).max()
