@@ -32,7 +32,12 @@ from cxrdx.model.importers.torchvision import IMAGENET_MEAN, IMAGENET_STD
 from cxrdx.model.importers.xrv import XRV_PATHOLOGIES
 
 TOL = 1e-3  # the target per probability
-N_FILMS = 4
+N_FILMS = 3
+
+
+@pytest.fixture(scope="module")
+def films(shared_data, tmp_path_factory) -> dict[str, list[Path]]:
+    return real_films(shared_data, tmp_path_factory.mktemp("films"))
 
 
 def real_films(shared_data: Path, tmp_path: Path, n: int = N_FILMS) -> dict[str, list[Path]]:
@@ -92,23 +97,26 @@ def xrv_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["square8", "tall8", "wide8", "square16", "wide16"])
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_xrv_matches_torchxrayvision_pipeline_on_real_films(shared_data, tmp_path, xrv_model, kind, backend):
+def test_xrv_matches_torchxrayvision_pipeline_on_real_films(films, xrv_model, kind):
     pytest.importorskip("skimage", reason="scikit-image is the reference resize (dev extra)")
     sd, op, ckpt = xrv_model
-    paths = real_films(shared_data, tmp_path)[kind]
-    predictor = Predictor.load(ckpt, backend=backend)
-    names = predictor.labels
-    cols = [XRV_PATHOLOGIES.index(n) for n in names]
-    ours = probs_by_name(predictor.predict(paths, workers=0), names)
-    ref = np.stack([xrv_reference(p, sd) for p in paths])[:, cols]
-    assert ref.std() > 0.02, "reference outputs are saturated: the comparison would prove nothing"
-    np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
-    # the same calls at xrv's operating points (positive when the probability reaches op_threshs)
-    thresholds = np.array([predictor.thresholds[n] for n in names])
-    np.testing.assert_allclose(thresholds, op[cols], rtol=1e-6)
-    calls = [[p.positive[n] for n in names] for p in predictor.predict(paths, workers=0)]
-    assert np.array_equal(np.array(calls), ref >= op[cols])
+    paths = films[kind]
+    ref = None
+    for backend in ("torch", "onnx"):  # the ONNX graph has the normalisation folded into conv0
+        predictor = Predictor.load(ckpt, backend=backend)
+        names = predictor.labels
+        cols = [XRV_PATHOLOGIES.index(n) for n in names]
+        predictions = predictor.predict(paths, workers=0)
+        ours = probs_by_name(predictions, names)
+        if ref is None:
+            ref = np.stack([xrv_reference(p, sd) for p in paths])[:, cols]
+            assert ref.std() > 0.02, "reference outputs are saturated: the comparison would prove nothing"
+        np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0, err_msg=backend)
+        # the same calls at xrv's operating points (positive when the probability reaches op_threshs)
+        thresholds = np.array([predictor.thresholds[n] for n in names])
+        np.testing.assert_allclose(thresholds, op[cols], rtol=1e-6)
+        calls = np.array([[p.positive[n] for n in names] for p in predictions])
+        assert np.array_equal(calls, ref >= op[cols]), backend
 
 
 def test_xrv_recipe_is_recorded_and_old_imports_keep_the_letterbox(xrv_model):
@@ -154,12 +162,12 @@ def chexnet_reference(path: Path, sd: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["square8", "tall8", "wide8"])
-def test_chexnet_matches_its_ten_crop_test_transform_on_real_films(shared_data, tmp_path, kind):
+def test_chexnet_matches_its_ten_crop_test_transform_on_real_films(films, tmp_path, kind):
     sd = make_tv_state(TINY, 3, 14, seed=22)
     src = tmp_path / "model.pth.tar"
     write_chexnet(src, sd)
     ckpt = import_weights("chexnet", src, tmp_path / "chexnet.safetensors").out
-    paths = real_films(shared_data, tmp_path, n=3)[kind]
+    paths = films[kind]
     predictor = Predictor.load(ckpt, backend="torch")
     assert predictor.meta.preprocessing.crops == 10
     names = predictor.labels
