@@ -90,7 +90,10 @@ def xrv_model(tmp_path_factory):
     state = OrderedDict(sd)
     op = torch.linspace(0.2, 0.8, 18)  # operating points inside this random network's outputs
     state["op_threshs"] = op
-    src = tmp / "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+    src = (
+        tmp
+        / "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+    )
     torch.save(state, src)
     ckpt = import_weights("xrv", src, tmp / "xrv.safetensors").out
     return sd, op.numpy(), ckpt
@@ -136,10 +139,7 @@ def test_xrv_recipe_is_recorded_and_old_imports_keep_the_letterbox(xrv_model):
 def torchvision_resize_short(im: Image.Image, short: int) -> Image.Image:
     """torchvision ``Resize(int)`` on a PIL image: shorter side to ``short``, the other int(short * l / s)."""
     w, h = im.size
-    if w <= h:
-        size = (short, int(short * h / w))
-    else:
-        size = (int(short * w / h), short)
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
     return im.resize(size, Image.BILINEAR)
 
 
@@ -154,7 +154,9 @@ def chexnet_reference(path: Path, sd: dict) -> np.ndarray:
     """arnoweng/CheXNet's test-time transform and ten-crop averaging on one file -> 14 outputs."""
     im = torchvision_resize_short(Image.open(path).convert("RGB"), 256)
     crops = five_crop(im, 224) + five_crop(im.transpose(Image.FLIP_LEFT_RIGHT), 224)  # TenCrop
-    x = torch.stack([torch.from_numpy(np.asarray(c, dtype=np.float32) / 255.0).permute(2, 0, 1) for c in crops])
+    x = torch.stack(
+        [torch.from_numpy(np.asarray(c, dtype=np.float32) / 255.0).permute(2, 0, 1) for c in crops]
+    )
     x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         out = torch.sigmoid(tv_forward(sd, x, TINY["blocks"])[0])  # Sequential(Linear, Sigmoid)
@@ -177,5 +179,7 @@ def test_chexnet_matches_its_ten_crop_test_transform_on_real_films(films, tmp_pa
     assert ref.std() > 0.02
     np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
     # a single centre crop is not what the publisher evaluates: the ten-crop average differs from it
-    centre = predictor.probabilities(np.stack([predictor.prepare(np.asarray(Image.open(p)))[0] for p in paths]))
+    centre = predictor.probabilities(
+        np.stack([predictor.prepare(np.asarray(Image.open(p)))[0] for p in paths])
+    )
     assert np.abs(centre[0] - ref).max() > 10 * np.abs(ours - ref).max()

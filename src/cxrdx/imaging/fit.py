@@ -49,7 +49,9 @@ def fit_square(
         y0, x0 = h // 2 - side // 2, w // 2 - side // 2
         out = resize(image[y0 : y0 + side, x0 : x0 + side], size, size, kernel, cval)
         scale = size / side
-        box = Letterbox(h, w, size, -round(y0 * scale), -round(x0 * scale), round(h * scale), round(w * scale))
+        box = Letterbox(
+            h, w, size, -round(y0 * scale), -round(x0 * scale), round(h * scale), round(w * scale)
+        )
         return [out], box
     if fit == "stretch":
         return [resize(image, size, size, kernel, cval)], Letterbox(h, w, size, 0, 0, size, size)

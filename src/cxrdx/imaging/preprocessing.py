@@ -86,7 +86,9 @@ class Preprocessing:
         if self.bits not in (None, 8):
             raise ConfigError(f"bits must be 8 or null (float), got {self.bits}")
         if self.crops not in (1, 10) or (self.crops == 10 and self.fit != "resize_crop"):
-            raise ConfigError(f"crops must be 1, or 10 with fit resize_crop; got {self.crops} with {self.fit}")
+            raise ConfigError(
+                f"crops must be 1, or 10 with fit resize_crop; got {self.crops} with {self.fit}"
+            )
         if self.resize == LEGACY and self.fit != "letterbox":
             raise ConfigError("resize 'legacy' (a record older than the recipe) only letterboxes")
         if self.resize_to is not None and self.resize_to < self.size:
@@ -178,10 +180,18 @@ class Preprocessing:
 
     def describe(self) -> str:
         """The recipe in one line, for summaries."""
-        fit = {"letterbox": "letterboxed", "center_crop": "centre-cropped", "stretch": "stretched",
-               "resize_crop": f"shorter side {self.resize_to}, {'ten crops' if self.crops == 10 else 'centre crop'}"}
+        fit = {
+            "letterbox": "letterboxed",
+            "center_crop": "centre-cropped",
+            "stretch": "stretched",
+            "resize_crop": f"shorter side {self.resize_to}, {'ten crops' if self.crops == 10 else 'centre crop'}",
+        }
         lo, hi = self.pixel_range
-        norm = "per-image mean/std" if self.normalization == "per_image" else f"mean {list(self.mean)}, std {list(self.std)}"
+        norm = (
+            "per-image mean/std"
+            if self.normalization == "per_image"
+            else f"mean {list(self.mean)}, std {list(self.std)}"
+        )
         return (
             f"{self.size} px {fit[self.fit]}, resize {self.resize}, {'8-bit' if self.bits == 8 else 'float'}, "
             f"{self.channels} channel(s), pixel range [{lo:g}, {hi:g}], {norm}"
