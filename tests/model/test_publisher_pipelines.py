@@ -183,3 +183,64 @@ def test_chexnet_matches_its_ten_crop_test_transform_on_real_films(films, tmp_pa
         np.stack([predictor.prepare(np.asarray(Image.open(p)))[0] for p in paths])
     )
     assert np.abs(centre[0] - ref).max() > 10 * np.abs(ours - ref).max()
+
+
+# ----------------------------------------------------------------------------- Keras (the course notebook)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("norm", ["per-image", "training-set"])
+def test_keras_notebook_generators_against_keras_running_the_file(films, tmp_path, norm):
+    """The notebook's ImageDataGenerator (samplewise for per-image; featurewise fitted on a training sample)
+    and flow_from_dataframe (load_img: RGB, nearest, stretched), then Keras loading the same .h5 file."""
+    import math
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras", reason="keras 3 is a test-only extra: pip install 'keras>=3'")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()!r} here; this test needs KERAS_BACKEND=torch")
+    pd = pytest.importorskip("pandas")
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    size = 64
+    rng = np.random.default_rng(5)
+    base = keras.applications.DenseNet121(
+        weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3)
+    )
+    head = keras.layers.Dense(14, activation="sigmoid", name="predictions")(base.output)
+    model = keras.Model(base.input, head)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 1.5, c)])  # fmt: skip
+        elif isinstance(layer, keras.layers.Dense):
+            layer.set_weights([rng.normal(0, 2 / math.sqrt(1024), (1024, 14)), rng.normal(0, 0.3, 14)])
+    src = tmp_path / "pretrained_model.h5"
+    model.save(src)
+
+    paths = films["square8"] + films["wide8"] + films["tall8"]
+    table = pd.DataFrame({"path": [str(p) for p in paths]})
+    flow = {"x_col": "path", "class_mode": None, "target_size": (size, size), "shuffle": False,
+            "batch_size": len(paths)}  # fmt: skip
+    if norm == "per-image":
+        generator = ImageDataGenerator(samplewise_center=True, samplewise_std_normalization=True)
+        keras_norm = "per-image"
+    else:  # the notebook fits featurewise statistics on a sample of training images
+        sample = next(ImageDataGenerator().flow_from_dataframe(table, **flow))
+        generator = ImageDataGenerator(featurewise_center=True, featurewise_std_normalization=True)
+        generator.fit(sample)
+        assert np.ptp(generator.mean) == 0 and np.ptp(generator.std) == 0  # gray films: one value
+        keras_norm = f"{float(generator.mean.ravel()[0])!r},{float(generator.std.ravel()[0])!r}"
+    batch = next(generator.flow_from_dataframe(table, **flow))
+    reloaded = keras.models.load_model(src, compile=False)
+    ref = np.asarray(keras.ops.convert_to_numpy(reloaded(batch, training=False)))
+    assert ref.std() > 0.02
+
+    ckpt = import_weights("keras", src, tmp_path / "k.safetensors", size=size, keras_norm=keras_norm).out
+    predictor = Predictor.load(ckpt, backend="torch")
+    ours = probs_by_name(predictor.predict(paths, workers=0), predictor.labels)
+    cols = [list(CHEXNET_LABELS).index(n) for n in predictor.labels]
+    np.testing.assert_allclose(ours, ref[:, cols], atol=TOL, rtol=0)
