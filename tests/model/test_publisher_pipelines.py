@@ -183,6 +183,9 @@ def test_chexnet_matches_its_ten_crop_test_transform_on_real_films(films, tmp_pa
         np.stack([predictor.prepare(np.asarray(Image.open(p)))[0] for p in paths])
     )
     assert np.abs(centre[0] - ref).max() > 10 * np.abs(ours - ref).max()
+    # Grad-CAM explains the centre crop and maps it back onto the whole film (what it never saw: 0)
+    heat = predictor.explain(paths[0], names[0])
+    assert heat.shape == np.asarray(Image.open(paths[0])).shape
 
 
 # ----------------------------------------------------------------------------- Keras (the course notebook)
