@@ -108,6 +108,11 @@ def chexnet_reference(path: Path) -> np.ndarray:
     ]
 
 
+def to16(a: np.ndarray) -> np.ndarray:
+    """A real 16-bit film: v * 256 plus a random low byte (v * 257 would read back as an 8-bit one)."""
+    return a.astype(np.uint16) * 256 + np.random.default_rng(0).integers(0, 256, a.shape, dtype=np.uint16)
+
+
 def variants(paths: list[Path], tmp: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {
         "square 8-bit": [],
@@ -118,8 +123,8 @@ def variants(paths: list[Path], tmp: Path) -> dict[str, list[Path]]:
     for i, p in enumerate(paths):
         a = np.asarray(Image.open(p).convert("L"))
         wide = a[100 + 3 * i : 840, :]
-        for kind, arr in (("square 8-bit", a), ("non-square 8-bit", wide), ("square 16-bit", a.astype(np.uint16) * 257),
-                          ("non-square 16-bit", wide.astype(np.uint16) * 257)):  # fmt: skip
+        for kind, arr in (("square 8-bit", a), ("non-square 8-bit", wide), ("square 16-bit", to16(a)),
+                          ("non-square 16-bit", to16(wide))):  # fmt: skip
             q = tmp / f"{kind.replace(' ', '_')}_{i}.png"
             Image.fromarray(np.ascontiguousarray(arr)).save(q)
             out[kind].append(q)

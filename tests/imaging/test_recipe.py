@@ -113,9 +113,13 @@ def test_our_training_and_inference_inputs_are_identical_to_the_bit(shared_data,
         assert np.array_equal(fed, trained), f"{path.name}: {np.abs(fed - trained).max()}"
     # a non-square film (a real one, cropped) and a 16-bit one go through the same function too
     film = np.asarray(Image.open(films[0]).convert("L"))
-    for variant in (film[:, 100:900], film.astype(np.uint16) * 257):
+    sixteen = film.astype(np.uint16) * 256 + np.random.default_rng(0).integers(
+        0, 256, film.shape, dtype=np.uint16
+    )
+    for variant in (film[:, 100:900], sixteen):
         path = tmp_path / f"v{variant.dtype}.png"
         Image.fromarray(np.ascontiguousarray(variant)).save(path)
+        assert read_image(path)[1].bit_depth == variant.itemsize * 8
         _, cached, _ = _decode_row((0, str(path), size))
         fed = predictor._load_one(str(path), str(path))[0]
         trained = pre.to_input(torch.from_numpy(cached[None]))[0].numpy()

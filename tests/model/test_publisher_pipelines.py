@@ -42,19 +42,25 @@ def films(shared_data, tmp_path_factory) -> dict[str, list[Path]]:
 
 def real_films(shared_data: Path, tmp_path: Path, n: int = N_FILMS) -> dict[str, list[Path]]:
     """Real NIH films as the publisher would get them: 8-bit square, 8-bit cropped to non-square (tall and
-    wide), and the same scaled to 16 bits (v * 257)."""
+    wide), and the same as real 16-bit films (v * 256 plus a random low byte: not an 8-bit film in disguise,
+    which the reader would read back as 8 bits)."""
     src = sorted((shared_data / "nih" / "images").glob("*.png"))
     films = [np.asarray(Image.open(p)) for p in src]
     gray = [f for f in films if f.ndim == 2 and f.dtype == np.uint8][:n]
     out: dict[str, list[Path]] = {k: [] for k in ("square8", "tall8", "wide8", "square16", "wide16")}
     for i, f in enumerate(gray):
         crops = {"square8": f, "tall8": f[:, 130 + 7 * i : 900], "wide8": f[91 + 5 * i : 860, :]}
-        crops |= {"square16": f.astype(np.uint16) * 257, "wide16": crops["wide8"].astype(np.uint16) * 257}
+        crops |= {"square16": to16(f, i), "wide16": to16(crops["wide8"], i)}
         for kind, a in crops.items():
             path = tmp_path / f"{kind}_{i}.png"
             Image.fromarray(np.ascontiguousarray(a)).save(path)
             out[kind].append(path)
     return out
+
+
+def to16(film: np.ndarray, seed: int) -> np.ndarray:
+    low = np.random.default_rng(seed).integers(0, 256, film.shape, dtype=np.uint16)
+    return film.astype(np.uint16) * 256 + low
 
 
 def probs_by_name(predictions: list, names: list[str]) -> np.ndarray:
