@@ -21,7 +21,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from cxrdx.errors import CheckpointError
+from cxrdx.errors import CheckpointError, CxrdxError
 from cxrdx.files import atomic_write_json, file_sha256
 from cxrdx.model import download
 
@@ -128,7 +128,7 @@ def pull(name: str, *, mirror: str | None = None, offline: bool | None = None, p
     raw = download_path(name)
     offline = _offline() if offline is None else offline
     with cache_lock(name):
-        if out.is_file():
+        if out.is_file() and not (raw.is_file() and _imported_before_recipes(out)):
             return out
         if not raw.is_file():
             urls = source_urls(name, mirror)
@@ -144,6 +144,18 @@ def pull(name: str, *, mirror: str | None = None, offline: bool | None = None, p
             download.check_weights_file(raw, str(raw))
         import_weights(e["kind"], raw, out, xrv_weights=e.get("xrv_weights"), inert_pickle=True)
     return out
+
+
+def _imported_before_recipes(out: Path) -> bool:
+    """An import cached before checkpoints recorded their publisher's preprocessing recipe: it is imported
+    again from the cached download (no network), so the model gets its publisher's input."""
+    from cxrdx.imaging.preprocessing import LEGACY
+    from cxrdx.model.checkpoint import read_checkpoint_meta
+
+    try:
+        return read_checkpoint_meta(out).preprocessing.resize == LEGACY
+    except CxrdxError:
+        return False
 
 
 def verify(name: str) -> tuple[bool, str]:
