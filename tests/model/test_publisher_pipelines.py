@@ -254,3 +254,23 @@ def test_keras_notebook_generators_against_keras_running_the_file(films, tmp_pat
         ours = probs_by_name(predictor.predict(paths, workers=0), predictor.labels)
         cols = [list(CHEXNET_LABELS).index(n) for n in predictor.labels]
         np.testing.assert_allclose(ours, ref[:, cols], atol=TOL, rtol=0, err_msg=backend)
+
+
+def test_evaluate_feeds_each_checkpoint_its_own_recipe(films, xrv_model, tmp_path):
+    """evaluate and calibrate read the films once and make each checkpoint's inputs by its recipe: an xrv
+    import (centre crop) and a CheXNet import (ten-crop) side by side give what Predictor gives each."""
+    import pandas as pd
+
+    from cxrdx.evaluation.eval_set import EvalSet, run_views
+
+    sd = make_tv_state(TINY, 3, 14, seed=23)
+    write_chexnet(tmp_path / "model.pth.tar", sd)
+    chexnet = import_weights("chexnet", tmp_path / "model.pth.tar", tmp_path / "c.safetensors").out
+    paths = films["wide8"] + films["square16"]
+    table = pd.DataFrame({"image": [p.name for p in paths], "path": [str(p) for p in paths]})
+    predictors = [Predictor.load(xrv_model[2], backend="torch"), Predictor.load(chexnet, backend="torch")]
+    views, pos = run_views(predictors, EvalSet("films", table), tta=False, batch_size=4, progress=False)
+    assert list(pos) == list(range(len(paths)))
+    for predictor, v in zip(predictors, views, strict=True):
+        expected = probs_by_name(predictor.predict(paths, workers=0), predictor.labels)
+        np.testing.assert_allclose(v[0], expected, atol=1e-6, rtol=0)
