@@ -63,16 +63,21 @@ def test_call_returns_network_input():
 def test_bad_preprocessing_is_refused_by_the_constructor():
     with pytest.raises(ConfigError):
         Preprocessing(size=16)
-    with pytest.raises(TypeError):
-        Preprocessing(resize="letterbox")  # the one-value field is gone
+    with pytest.raises(ConfigError):
+        Preprocessing(resize="letterbox")  # the old one-value field's value is no resize kernel
+    with pytest.raises(ConfigError):
+        Preprocessing(fit="center_crop", crops=10)  # ten-crop needs a shorter-side resize first
 
 
 def test_old_records_with_retired_keys_still_load():
     old = {"size": 64, "channels": 1, "pixel_range": [-1024, 1024], "mean": [0.0], "std": [1.0]}
     pre = Preprocessing.from_dict({**old, "resize": "letterbox", "extra": {"source": "xrv"}})
     assert pre == Preprocessing.from_dict(old)
-    assert set(pre.to_dict()) == {"size", "channels", "pixel_range", "mean", "std"}
+    # a record older than the recipe is fed as it always was: letterbox, no rounding, "legacy" resize
+    assert (pre.fit, pre.resize, pre.bits, pre.crops) == ("letterbox", "legacy", None, 1)
     assert Preprocessing.from_dict(pre.to_dict()) == pre
+    with pytest.raises(ConfigError):
+        Preprocessing.from_dict({**old, "resize": "crop"})
 
 
 @pytest.mark.parametrize("channels", [1, 3])

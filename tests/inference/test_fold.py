@@ -130,3 +130,14 @@ def test_cli_export_fold_writes_a_gray_input_graph(tmp_path, capsys):
         _reference(_model(prep), prep, _gray()),
         atol=1e-5,
     )
+
+
+def test_a_per_image_normalisation_is_not_folded():
+    from cxrdx.errors import CheckpointError
+    from cxrdx.imaging.preprocessing import Preprocessing
+    from cxrdx.inference.fold import fold_input
+    from cxrdx.model.networks import build_model
+
+    prep = Preprocessing(size=64, pixel_range=(0.0, 255.0), normalization="per_image")
+    with pytest.raises(CheckpointError, match="per_image"):
+        fold_input(build_model("densenet-tiny"), prep)

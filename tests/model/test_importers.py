@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from cxrdx.cli import main
@@ -273,9 +274,12 @@ def test_predictor_applies_the_imported_preprocessing(tmp_path):
     write_chexnet(src, sd)
     ckpt = import_weights("chexnet", src, tmp_path / "c.safetensors").out
     predictor = Predictor.load(ckpt)
-    squares = images(2, size=224)  # square at the recorded size: letterbox is the identity
-    batch = np.stack([predictor.prepare(s)[0] for s in squares])
+    u8 = np.round(images(2, size=300) * 255).astype(np.uint8)
+    batch = np.stack([predictor.prepare(s)[0] for s in u8])  # the centre crop of CheXNet's transform
     p, _ = predictor.probabilities(batch)
+    # torchvision's Resize(256) on the 8-bit RGB PIL image, CenterCrop(224), ToTensor
+    rgb = [np.asarray(Image.fromarray(u).convert("RGB").resize((256, 256), Image.BILINEAR)) for u in u8]
+    squares = np.stack([r[16:240, 16:240, 0] for r in rgb]).astype(np.float32) / 255
     with torch.no_grad():
         source_p = torch.sigmoid(tv_forward(sd, imagenet_input(squares), TINY["blocks"])[0]).numpy()
     assert_same(p, predictor.labels, source_p, list(CHEXNET_LABELS))

@@ -19,8 +19,10 @@ from torch import nn
 
 from cxrdx.cli import main
 from cxrdx.errors import CheckpointError
+from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.inference.predictor import Predictor
 from cxrdx.model import download, pretrained
+from cxrdx.model.checkpoint import read_checkpoint_meta
 from cxrdx.model.import_weights import import_weights
 
 XRV_NIH = pretrained.registry()["xrv-nih"]["file"]
@@ -164,6 +166,26 @@ def test_pull_then_cached_with_the_server_stopped(server, tmp_path):
     predictor = Predictor.load("xrv-nih", backend="torch")
     assert predictor.meta.source["kind"] == "xrv" and len(predictor.labels) == 14
     assert not any(m.startswith("not_installed_xrv") for m in sys.modules)
+
+
+def test_an_import_cached_before_recipes_is_imported_again_offline(server, tmp_path):
+    """A cached xrv import with the old letterbox record gets torchxrayvision's recipe, from the cached
+    download (the server is stopped)."""
+    from cxrdx.model.checkpoint import update_checkpoint_meta
+
+    server.files[XRV_NIH] = xrv_file(tmp_path)
+    ckpt = pretrained.resolve_weights("xrv-nih")
+    server.stop()
+
+    def make_old(meta) -> None:
+        old = {k: v for k, v in meta.preprocessing.to_dict().items() if k in ("size", "channels", "pixel_range",
+                                                                               "mean", "std")}  # fmt: skip
+        meta.preprocessing = Preprocessing.from_dict(old)
+
+    assert update_checkpoint_meta(ckpt, make_old).preprocessing.resize == "legacy"
+    assert pretrained.resolve_weights("xrv-nih") == ckpt
+    pre = read_checkpoint_meta(ckpt).preprocessing
+    assert (pre.fit, pre.resize) == ("center_crop", "skimage")
 
 
 def test_existing_path_is_returned_and_unknown_names_listed(tmp_path):

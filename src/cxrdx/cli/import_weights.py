@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"which torchxrayvision DenseNet121 ({', '.join(XRV_VARIANT_NAMES)}) when the file name does not tell",
     )
+    parser.add_argument(
+        "--keras-norm",
+        default=None,
+        metavar="NORM",
+        help="--from keras: the test-time normalisation, imagenet (default), per-image, or the training "
+        "sample's MEAN,STD in 0-255 units (the course notebook's generators)",
+    )
 
 
 def _summary(result: ImportResult) -> str:
@@ -56,8 +63,7 @@ def _summary(result: ImportResult) -> str:
         f"  sha256: {src.get('sha256', '?')}",
         f"  network: {meta.architecture}, {meta.in_channels} input channel(s), BatchNorm eps {meta.bn_eps:g}, "
         f"{result.mapped_tensors} tensors mapped by name, every shape checked",
-        f"  input: {pre.size} px letterboxed, {pre.channels} channel(s), pixel range "
-        f"[{pre.pixel_range[0]:g}, {pre.pixel_range[1]:g}], mean {list(pre.mean)}, std {list(pre.std)}",
+        f"  input: {pre.describe()}",
     ]
     if src.get("label_mapping"):
         pairs = ", ".join(f"{name}<-{i}" for name, i in src["label_mapping"].items())
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         source_labels=args.source_labels,
         xrv_weights=args.xrv_weights,
+        keras_norm=args.keras_norm,
     )
     print(_summary(result))
     from cxrdx.inference.export import prepare_export_note

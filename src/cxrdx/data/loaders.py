@@ -13,13 +13,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrdx.errors import DataError, ImageReadError
-from cxrdx.imaging.letterbox import letterbox
+from cxrdx.imaging.preprocessing import Preprocessing
 
 
 def to_square_uint8(image: np.ndarray, size: int) -> np.ndarray:
-    """A [0, 1] gray image -> (size, size) uint8 letterboxed square, as stored in the cache."""
-    square, _ = letterbox(image, size)
-    return np.clip(np.rint(square * 255.0), 0, 255).astype(np.uint8)
+    """A [0, 1] gray image -> (size, size) uint8 letterboxed square, as stored in the cache.
+
+    ``Preprocessing.square`` of our own recipe (what ``cxrdx train`` records in the checkpoint):
+    the very function inference calls, so training and inference inputs are identical to the bit.
+    """
+    square, _ = Preprocessing(size=size).square(image)
+    return square
 
 
 def load_square(path: str, size: int) -> np.ndarray:

@@ -111,16 +111,19 @@ def _finish_table(es: EvalSet, labels: Sequence[str]) -> EvalSet:
     return es
 
 
-def _iter_squares(es: EvalSet, size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(positions into es.table, float32 (B, S, S) letterboxed [0, 1] squares); unreadable rows omitted."""
-    from cxrdx.imaging.letterbox import letterbox
+def _iter_images(es: EvalSet, batch_size: int) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """(positions into es.table, their gray images); unreadable rows omitted.
 
+    From a cache: its uint8 squares (our recipe's ``Preprocessing.square``, v meaning v / 255). From
+    files: the images as ``read_image`` gives them (8-bit files as uint8, as ``Predictor`` reads them),
+    so each checkpoint's own recipe (crop, resize, bits) makes its inputs (``_inputs_for``).
+    """
     n = len(es.table)
     if es.cache_images is not None:
         rows = es.table["row"].to_numpy()
         for start in range(0, n, batch_size):
             pos = np.arange(start, min(n, start + batch_size))
-            yield pos, np.asarray(es.cache_images[rows[pos]], dtype=np.float32) / 255.0
+            yield pos, list(np.asarray(es.cache_images[rows[pos]]))
         return
     from cxrdx.imaging.read import read_image
 
@@ -132,27 +135,39 @@ def _iter_squares(es: EvalSet, size: int, batch_size: int) -> Iterator[tuple[np.
         if not raw or (es.images_dir is not None and not path.is_absolute() and not path.exists()):
             path = (es.images_dir or Path(".")) / str(es.table["image"].iloc[i])
         try:
-            image, _ = read_image(path)
+            image, _ = read_image(path, uint8_ok=True)
         except CxrdxError as exc:
             es.notes.append(f"skipped unreadable image: {exc}")
             continue
         pending_pos.append(i)
-        pending.append(letterbox(image, size)[0])
+        pending.append(image)
         if len(pending) >= batch_size:
-            yield np.asarray(pending_pos), np.stack(pending)
+            yield np.asarray(pending_pos), pending
             pending_pos, pending = [], []
     if pending:
-        yield np.asarray(pending_pos), np.stack(pending)
+        yield np.asarray(pending_pos), pending
 
 
-def _inputs_for(predictor: Predictor, squares: np.ndarray) -> np.ndarray:
-    """Squares resized to this predictor's size, then THE normalisation (``Preprocessing.to_input``)."""
-    from cxrdx.imaging.letterbox import resize_float
+def _inputs_for(predictor: Predictor, images: list[np.ndarray]) -> np.ndarray:
+    """The network inputs of this predictor's recipe: (B, C, S, S), or (B, V, C, S, S) for ten-crop."""
+    prep = predictor.meta.preprocessing
+    views = np.stack([prep.views(image)[0] for image in images])
+    return views[:, 0] if views.shape[1] == 1 else views
 
-    size = predictor.meta.preprocessing.size
-    if squares.shape[1] != size:
-        squares = np.stack([resize_float(sq, size, size) for sq in squares])
-    return predictor.meta.preprocessing.to_input(squares)
+
+def _cache_note(predictors: Sequence[Predictor], es: EvalSet) -> None:
+    """A cache holds our recipe's 8-bit letterboxed squares: another recipe starts from those, not the films."""
+    if es.cache_images is None:
+        return
+    side = es.cache_images.shape[-1]
+    for p in predictors:
+        prep = p.meta.preprocessing
+        if (prep.fit, prep.resize, prep.bits, prep.size) != ("letterbox", "pil", 8, side):
+            es.notes.append(
+                f"{es.description}: the prepared cache holds {side} px letterboxed 8-bit squares; a checkpoint "
+                f"fed {prep.describe()} gets its recipe applied to those squares, not to the original films "
+                "(evaluate on the label CSV and image folder for its publisher's exact input)"
+            )
 
 
 def run_views(
@@ -161,13 +176,13 @@ def run_views(
     """Per predictor the (V, n_ok, L) raw (uncalibrated) outputs of its V views, and the table positions."""
     from tqdm import tqdm
 
-    size = predictors[0].meta.preprocessing.size
     views_all: list[list[np.ndarray]] = [[] for _ in predictors]
     pos_all = []
+    _cache_note(predictors, es)
     bar = tqdm(total=len(es.table), desc="evaluate", unit="img", disable=not progress, file=sys.stderr)
-    for pos, squares in _iter_squares(es, size, batch_size):
+    for pos, images in _iter_images(es, batch_size):
         for k, p in enumerate(predictors):
-            views_all[k].append(p.raw_views(_inputs_for(p, squares), tta=tta))
+            views_all[k].append(p.raw_views(_inputs_for(p, images), tta=tta))
         pos_all.append(pos)
         bar.update(len(pos))
     bar.close()

@@ -1,5 +1,8 @@
 """Letterbox resizing: fit a gray image into the square model input without cropping.
 
+(Other publishers crop or stretch: ``Preprocessing`` follows the checkpoint's recipe and
+records where the source sits in a ``Letterbox`` all the same, so heatmaps map back.)
+
 Scale the longer side to ``size`` and pad the shorter one with black (0), centred.
 Chest films are not always square; a centre crop would cut off costophrenic angles
 and apices, which is exactly where effusions and pneumothoraces show. Padding keeps
@@ -7,9 +10,10 @@ all anatomy, and the padding is recorded so a heatmap maps back onto the origina
 image at its original aspect.
 
 An 8-bit image may be letterboxed as uint8 (value v meaning v / 255): Pillow resizes
-it in its 8-bit mode, several times faster than the float resize, and the result
-is within 1/255 of ``round(255 * letterbox(float image))``, which is exactly what the
-training cache stores. ``Predictor`` uses this for 8-bit files.
+it in its 8-bit mode, and the result is within 1/255 of ``round(255 * letterbox(float
+image))``, which is what the training cache stores. Only checkpoints that predate the
+recorded recipe (``Preprocessing.resize == "legacy"``) are fed this way; everything else
+goes through ``Preprocessing.square``.
 """
 
 from __future__ import annotations
@@ -30,16 +34,26 @@ class Letterbox:
     src_height: int
     src_width: int
     size: int
-    top: int
+    top: int  # negative for a crop: the resized source starts above the square
     left: int
-    height: int  # resized content height inside the square
+    height: int  # the whole source's height once resized (inside the square for a letterbox)
     width: int
 
     def unletterbox(self, square: np.ndarray) -> np.ndarray:
-        """Map a (size x size) map (e.g. a heatmap) back to the source frame."""
-        crop = np.ascontiguousarray(
-            square[self.top : self.top + self.height, self.left : self.left + self.width], dtype=np.float32
-        )
+        """Map a (size x size) map (e.g. a heatmap) back to the source frame.
+
+        A crop (``top``/``left`` negative, content larger than the square) leaves what the network
+        never saw at 0.
+        """
+        inside = self.top >= 0 and self.left >= 0
+        if inside and self.top + self.height <= self.size and self.left + self.width <= self.size:
+            content = square[self.top : self.top + self.height, self.left : self.left + self.width]
+        else:
+            content = np.zeros((self.height, self.width), dtype=np.float32)
+            y0, y1 = max(0, self.top), min(self.size, self.top + self.height)
+            x0, x1 = max(0, self.left), min(self.size, self.left + self.width)
+            content[y0 - self.top : y1 - self.top, x0 - self.left : x1 - self.left] = square[y0:y1, x0:x1]
+        crop = np.ascontiguousarray(content, dtype=np.float32)
         return resize_float(crop, self.src_height, self.src_width)
 
 

@@ -334,7 +334,7 @@ def cached_session(
 def export_to_cache(sha: str, model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
     """The folded export, written to the cache (kept in memory only when the folder is read-only)."""
     path = cached_export_path(sha)
-    data = onnx_bytes(model, meta, sha, fold=True)
+    data = onnx_bytes(model, meta, sha, fold=meta.preprocessing.foldable)  # per-image norm: not foldable
     with contextlib.suppress(OSError, CxrdxError):  # read-only cache folder: atomic_write says CxrdxError
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
         _prune(path.parent, keep=CACHE_KEEP)

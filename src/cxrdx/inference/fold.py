@@ -42,6 +42,10 @@ FIRST_CONV = "features.conv0"  # MONAI DenseNet's stem (model/networks.py): the 
 
 def fold_input(model: torch.nn.Module, prep: Preprocessing) -> torch.nn.Module:
     """A copy of ``model`` that takes (N, 1, S, S) gray in [0, 1] (S = ``prep.size``)."""
+    if not prep.foldable:
+        raise CheckpointError(
+            f"cannot fold a {prep.normalization!r} normalisation into {FIRST_CONV}: it depends on each image"
+        )
     net = copy.deepcopy(model).eval()
     parent_name, _, leaf = FIRST_CONV.rpartition(".")
     try:

@@ -13,6 +13,10 @@ ONNX file run by OpenVINO, optional and opt-in: bf16 on CPUs with native bf16, s
 probabilities move by ~1e-3; see docs/performance.md). ``auto`` picks ONNX Runtime
 on CPU when it is installed. Grad-CAM always uses the PyTorch network.
 
+Every input is made by the checkpoint's recipe (``Preprocessing``: fit, resize kernel, bit
+depth, normalisation, crops): for our own models the function that made the training
+cache, for an import its publisher's pipeline (docs/weights.md has the measured agreement).
+
 ``predict`` decodes images in a thread pool while the previous batch is in the
 network (Pillow, pydicom's decoders and the resize release the GIL), so on a
 multi-core CPU decoding hides behind inference.
@@ -273,7 +277,9 @@ class Predictor:
         return image, list(info.warnings)
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """[0, 1] gray image (or uint8) -> (C, S, S) network input exactly as the checkpoint expects."""
+        """[0, 1] gray image (or uint8) -> (C, S, S) network input exactly as the checkpoint's recipe makes
+        it (``Preprocessing.square``, the function that made the training cache for our own models; for
+        ten-crop, the centre crop)."""
         return self.meta.preprocessing(image)
 
     def probabilities(
@@ -302,7 +308,10 @@ class Predictor:
         return probs, spread, None if ood is None else ood.score(feats)
 
     def raw_views(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
-        """(V, N, L) uncalibrated sigmoid outputs: V = 1, or 2 with ``tta`` (the image and its mirror)."""
+        """(V, N, L) uncalibrated sigmoid outputs: V = 1, or 2 with ``tta`` (the image and its mirror).
+
+        ``batch`` is (N, C, S, S), or (N, K, C, S, S) for a recipe with K crops (ten-crop), whose K
+        sigmoid outputs are averaged per view, as the publisher evaluates."""
         return self._views(batch, tta)[0]
 
     def features(self, batch: np.ndarray) -> np.ndarray:
@@ -317,16 +326,26 @@ class Predictor:
         return self._derived("ood", (meta.ood,), lambda: reference(meta.ood))
 
     def _views(self, batch: np.ndarray, tta: bool, with_features: bool = False, gray: bool = False) -> Any:
-        """(V, N, L) raw outputs and, when asked, the (N, F) features of the unflipped view: one pass."""
+        """(V, N, L) raw outputs and, when asked, the (N, F) features of the unflipped view: one pass.
+        A (N, K, C, S, S) batch of K crops: each view's K outputs averaged; features of the first crop."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        crops = x.shape[1] if x.ndim == 5 else 1
+        n = len(x)
+        x = x.reshape(n * crops, *x.shape[-3:])
         if tta:
             # One pass over the image and its mirror (horizontal flip: a plausible film).
             both, feats = self._forward(
                 np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]), with_features, gray
             )
-            return np.stack([both[: len(x)], both[len(x) :]]), None if feats is None else feats[: len(x)]
-        probs, feats = self._forward(x, with_features, gray)
-        return probs[None], feats
+            views = np.stack([both[: len(x)], both[len(x) :]])
+        else:
+            probs, feats = self._forward(x, with_features, gray)
+            views = probs[None]
+        if feats is not None:
+            feats = feats[: len(x)][::crops]
+        if crops > 1:
+            views = views.reshape(len(views), n, crops, -1).mean(2, dtype=np.float32)
+        return views, feats
 
     def _forward(
         self, x: np.ndarray, with_features: bool = False, gray: bool = False
@@ -382,7 +401,8 @@ class Predictor:
         try:
             image, warnings = self.read(item, uint8_ok=True)
             prep = self.meta.preprocessing
-            return (prep.gray_square(image) if gray else prep(image))[0], warnings, None
+            x = (prep.gray_views(image) if gray else prep.views(image))[0]
+            return (x[0] if len(x) == 1 else x), warnings, None
         except CxrdxError as exc:
             return None, [], str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch

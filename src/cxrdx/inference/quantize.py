@@ -40,7 +40,7 @@ import numpy as np
 from cxrdx.device import available_threads, cpu_info, isa_line
 from cxrdx.errors import CheckpointError, ConfigError, CxrdxError
 from cxrdx.files import atomic_write, file_sha256
-from cxrdx.imaging.letterbox import resize_float
+from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.inference.backends import FEATURES_NAME, GRAY_NAME, OUTPUT_NAME, make_session
 from cxrdx.metrics.auroc import per_finding_auroc
 from cxrdx.metrics.calibration import apply_calibration, resolve_calibration
@@ -179,7 +179,8 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] | None = None) -
         f"quantizing ({variant}, per-channel QDQ) with {len(picked)} {config.calib_split}-split images of "
         f"{config.data} at {size} px ..."
     )
-    int8 = _quantize_bytes(fp32, _gray_batches(calib, picked, size), reduce_range=variant == "int8r7")
+    prep = meta.preprocessing
+    int8 = _quantize_bytes(fp32, _gray_batches(calib, picked, prep), reduce_range=variant == "int8r7")
 
     log(f"checking int8 against fp32 on the {len(check.index)} {config.check_split}-split images ...")
     y = check.labels_for(names)
@@ -189,7 +190,7 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] | None = None) -
     with_features = meta.ood is not None
     (r32, f32), (r8, f8) = (
         _scores(
-            make_session(data, available_threads()), _gray_batches(check, everything, size), with_features
+            make_session(data, available_threads()), _gray_batches(check, everything, prep), with_features
         )
         for data in (fp32, int8)
     )
@@ -240,13 +241,12 @@ def quantize(config: QuantizeConfig, log: Callable[[str], None] | None = None) -
     return report
 
 
-def _gray_batches(cache, positions: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    """(B, 1, S, S) float32 gray in [0, 1] at the checkpoint's size: the folded graph's input."""
+def _gray_batches(cache, positions: np.ndarray, prep: Preprocessing) -> Iterator[np.ndarray]:
+    """(B, 1, S, S) float32 gray in [0, 1]: the folded graph's input, made from the cache's squares by the
+    checkpoint's recipe (for our own models at the cache's size: the squares themselves)."""
     for i in range(0, len(positions), BATCH):
-        squares = cache.squares(positions[i : i + BATCH]).astype(np.float32) / 255.0
-        if squares.shape[1] != size:
-            squares = np.stack([resize_float(sq, size, size) for sq in squares])
-        yield squares[:, None]
+        squares = cache.squares(positions[i : i + BATCH])
+        yield np.stack([prep.gray_square(sq)[0] for sq in squares])
 
 
 def _scores(

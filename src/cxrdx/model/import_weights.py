@@ -32,7 +32,7 @@ from cxrdx.labels import FINDINGS, canonical, is_nih_finding
 from cxrdx.model.checkpoint import CheckpointMeta, check_state_dict, load_checkpoint, save_checkpoint
 from cxrdx.model.importers.chexnet import CHEXNET_LABELS
 from cxrdx.model.importers.cxrdx import revalidate
-from cxrdx.model.importers.keras import KERAS_LABELS, map_keras, read_keras_h5
+from cxrdx.model.importers.keras import KERAS_LABELS, keras_preprocessing, map_keras, read_keras_h5
 from cxrdx.model.importers.torchvision import (
     TORCH_BN_EPS,
     fresh_head,
@@ -144,8 +144,13 @@ def _fit_architecture(
     )
 
 
-def _preprocessing(kind: str, size: int | None) -> Preprocessing:
-    return xrv_preprocessing(size) if kind == "xrv" else imagenet_preprocessing(size)
+def _preprocessing(kind: str, size: int | None, keras_norm: str | None) -> Preprocessing:
+    """The publisher's test-time recipe: xrv's crop and resize, CheXNet's ten-crop, Keras' generator."""
+    if kind == "xrv":
+        return xrv_preprocessing(size)
+    if kind == "keras":
+        return keras_preprocessing(size, keras_norm)
+    return imagenet_preprocessing(size, crops=10 if kind == "chexnet" else 1)
 
 
 def _parse_labels(text: str | Iterable[str] | None) -> list[str] | None:
@@ -164,11 +169,14 @@ def import_weights(
     source_labels: str | Iterable[str] | None = None,
     xrv_weights: str | None = None,
     inert_pickle: bool = False,
+    keras_norm: str | None = None,
 ) -> ImportResult:
     """Convert ``source`` (a file of the given ``kind``) into a cxrdx checkpoint at ``out``.
 
     ``inert_pickle``: a whole pickled model is read structurally, never fully unpickled
-    (``cxrdx.model.pretrained`` uses this for the files it downloads).
+    (``cxrdx.model.pretrained`` uses this for the files it downloads). ``keras_norm``: the Keras
+    model's test-time normalisation (``importers.keras.keras_preprocessing``): imagenet (default),
+    per-image, or the training sample's "MEAN,STD".
     """
     if kind not in KINDS:
         raise ConfigError(f"--from {kind!r} is unknown; choose one of {', '.join(KINDS)}")
@@ -222,7 +230,9 @@ def import_weights(
             f"{path}: no first convolution (features.conv0 / conv1/conv) found; is --from right?"
         )
     in_channels = int(conv0.shape[1])
-    preprocessing = _preprocessing(kind, size)
+    if keras_norm is not None and kind != "keras":
+        raise ConfigError("--keras-norm applies to --from keras only")
+    preprocessing = _preprocessing(kind, size, keras_norm)
     if in_channels != preprocessing.channels:
         hint = " (torchxrayvision models take 1 channel: use --from xrv)" if in_channels == 1 else ""
         raise CheckpointError(

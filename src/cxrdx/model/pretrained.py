@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from cxrdx.errors import CheckpointError
+from cxrdx.errors import CheckpointError, CxrdxError
 from cxrdx.files import atomic_write_json, file_sha256
 from cxrdx.model import download
 
@@ -180,7 +180,7 @@ def pull(
     trust_mirror = _flag(TRUST_MIRROR) if trust_mirror is None else trust_mirror
     first_use = None
     with cache_lock(name):
-        if out.is_file():
+        if out.is_file() and not (raw.is_file() and _imported_before_recipes(out)):
             return out
         if not raw.is_file():
             urls = source_urls(name, mirror)
@@ -216,6 +216,18 @@ def pull(
         if first_use is not None:
             record_first_use(name, first_use)
     return out
+
+
+def _imported_before_recipes(out: Path) -> bool:
+    """An import cached before checkpoints recorded their publisher's preprocessing recipe: it is imported
+    again from the cached download (no network), so the model gets its publisher's input."""
+    from cxrdx.imaging.preprocessing import LEGACY
+    from cxrdx.model.checkpoint import read_checkpoint_meta
+
+    try:
+        return read_checkpoint_meta(out).preprocessing.resize == LEGACY
+    except CxrdxError:
+        return False
 
 
 def verify(name: str) -> tuple[bool, str]:

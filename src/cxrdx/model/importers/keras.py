@@ -15,11 +15,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrdx.errors import CheckpointError
+from cxrdx.errors import CheckpointError, ConfigError
+from cxrdx.imaging.preprocessing import LEGACY, Preprocessing
 from cxrdx.model.importers.chexnet import CHEXNET_LABELS
+from cxrdx.model.importers.torchvision import IMAGENET_MEAN, IMAGENET_STD
 
 KERAS_BN_EPS = 1.001e-5
 KERAS_LABELS = CHEXNET_LABELS  # brucechou1983/CheXNet-Keras keeps CheXNet's (NIH's) output order
+
+
+KERAS_NORMS = ("imagenet", "per-image", "MEAN,STD")
+NOTEBOOK_SIZE = 320  # the course notebook's generators: target_size=(320, 320)
+KERAS_STD_EPS = 1e-6  # ImageDataGenerator.standardize: x / (std + 1e-6)
+
+
+def keras_preprocessing(size: int | None, norm: str | None) -> Preprocessing:
+    """What the Keras model was fed at test time.
+
+    ``imagenet`` (default; brucechou1983/CheXNet-Keras): [0, 1], ImageNet mean/std, letterboxed as
+    cxrdx always fed it (its own skimage resize in "reflect" mode is not reproduced).
+    ``per-image`` and ``MEAN,STD``: the course notebook's ``ImageDataGenerator``: ``load_img``
+    (converted to RGB, stretched to 320 x 320 with nearest neighbour), pixels in [0, 255], then
+    ``samplewise_center`` + ``samplewise_std_normalization`` (per image) or ``featurewise_*`` with
+    the training sample's MEAN and STD (x - MEAN) / (STD + 1e-6).
+    """
+    norm = norm or "imagenet"
+    if norm == "imagenet":
+        return Preprocessing(
+            size=size or 224, channels=3, pixel_range=(0.0, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            resize=LEGACY, bits=None,
+        )  # fmt: skip
+    notebook = {"size": size or NOTEBOOK_SIZE, "channels": 3, "pixel_range": (0.0, 255.0),
+                "fit": "stretch", "resize": "nearest", "bits": 8}  # fmt: skip
+    if norm == "per-image":
+        return Preprocessing(**notebook, normalization="per_image")
+    try:
+        mean, std = (float(v) for v in norm.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--keras-norm {norm!r}: give imagenet, per-image, or the training sample's MEAN,STD in 0-255 units"
+        ) from None
+    return Preprocessing(**notebook, mean=(mean,), std=(std + KERAS_STD_EPS,))
 
 
 def _h5_str(value: object) -> str:

@@ -82,11 +82,19 @@ def map_torch_state(
     return mapped, sorted(unmapped)
 
 
-def imagenet_preprocessing(size: int | None) -> Preprocessing:
-    """3-channel [0, 1] input with ImageNet mean/std: what torchvision, CheXNet and Keras DenseNets expect."""
+RESIZE_BEFORE_CROP = 256 / 224  # torchvision's evaluation transform: Resize(256), then crop 224
+
+
+def imagenet_preprocessing(size: int | None, crops: int = 1) -> Preprocessing:
+    """torchvision's evaluation transform on an 8-bit PIL image, as CheXNet's test script runs it:
+    ``Resize(256)`` (the shorter side, Pillow's bilinear in 8 bits), ``CenterCrop(224)`` or, with
+    ``crops=10``, ``TenCrop(224)`` with the outputs averaged; ``ToTensor`` ([0, 1]) and ImageNet
+    mean/std on the gray image copied to 3 channels."""
+    size = size or 224
     return Preprocessing(
-        size=size or 224, channels=3, pixel_range=(0.0, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD
-    )
+        size=size, channels=3, pixel_range=(0.0, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        fit="resize_crop", resize="pil8", bits=8, resize_to=round(size * RESIZE_BEFORE_CROP), crops=crops,
+    )  # fmt: skip
 
 
 def fresh_head(mapped: dict[str, torch.Tensor], num_classes: int) -> None:

@@ -78,7 +78,14 @@ XRV_VARIANTS: dict[str, dict] = {
 
 
 def xrv_preprocessing(size: int | None) -> Preprocessing:
-    return Preprocessing(size=size or 224, channels=1, pixel_range=(-1024.0, 1024.0), mean=(0.0,), std=(1.0,))
+    """torchxrayvision's own pipeline: ``normalize(img, maxval)`` to [-1024, 1024] (8-bit / 255,
+    16-bit / 65535: what cxrdx's reader gives in [0, 1]), ``XRayCenterCrop`` (the centred square of
+    the shorter side), ``XRayResizer`` (scikit-image's anti-aliased resize in float, edges 0 in
+    [-1024, 1024]), no rounding to 8 bits; one channel; the model normalises nothing itself."""
+    return Preprocessing(
+        size=size or 224, channels=1, pixel_range=(-1024.0, 1024.0), mean=(0.0,), std=(1.0,),
+        fit="center_crop", resize="skimage", bits=None,
+    )  # fmt: skip
 
 
 def xrv_variant(name: str | None, path: Path) -> str | None:
