@@ -175,12 +175,19 @@ def test_int8_measures_the_ood_score_and_applies_a_threshold_refitted_for_its_fe
     ckpt = tiny_checkpoint(tmp_path / "m.safetensors", size=32)
     squares = [im.astype(np.float32) / 255 for im in images]
     fit_ood_into_checkpoint(ckpt, squares[:30], squares[30:50], fitted_on={"by": "test"})
+    import cxrdx.inference.quantize as q
+
+    def disagreeing(ood, f32, f8):  # the real measurement, with half of the verdicts made to differ
+        return {**ood_agreement(ood, f32, f8), "verdicts_changed": 0.5}
+
+    monkeypatch.setattr(q, "ood_agreement", disagreeing)
     with pytest.raises(QuantizationRefused, match="out-of-distribution verdicts"):
         quantize(
             QuantizeConfig(
                 str(ckpt), str(cache), n_calib=16, max_auroc_drop=1.0, max_ood_verdicts_changed=0.0
             )
         )
+    monkeypatch.setattr(q, "ood_agreement", ood_agreement)
     config = QuantizeConfig(
         str(ckpt), str(cache), n_calib=16, max_auroc_drop=1.0, max_ood_verdicts_changed=1.0
     )
@@ -197,9 +204,10 @@ def test_int8_measures_the_ood_score_and_applies_a_threshold_refitted_for_its_fe
     )
     # the refit undoes a systematic shift: int8 scores 10 % high flip no verdict with the refitted threshold
     stats = fp32.ood
-    f = rng.normal(size=(200, len(stats.mean))).astype(np.float32) + stats.mean
+    mean = np.concatenate([part.mean for part in stats.parts])  # every depth's mean, in column order
+    f = rng.normal(size=(200, len(mean))).astype(np.float32) + mean
     s = stats.score(f)
     meta_ood = {**fp32.meta.ood, "threshold": float(np.median(s))}
-    out = ood_agreement(meta_ood, f, stats.mean + (f - stats.mean) * 1.1)  # every distance x 1.1
+    out = ood_agreement(meta_ood, f, mean + (f - mean) * 1.1)  # every distance x 1.1
     assert out["median_ratio_minus_1"] == pytest.approx(0.1, rel=1e-3)
     assert out["verdicts_changed"] == 0.0 and out["verdicts_changed_fp32_threshold"] > 0.1

@@ -262,9 +262,11 @@ def _scores(
 def ood_agreement(ood: dict, f32: np.ndarray, f8: np.ndarray) -> dict:
     """The OOD score on int8 vs fp32 features of the same images, and the int8 threshold: fp32's, scaled by
     the median ratio of int8's scores to fp32's (a systematic shift of the scores is undone)."""
-    from cxrdx.model.ood import OodStats
+    from cxrdx.model.ood import reference
 
-    stats = OodStats.from_meta(ood)
+    stats = reference(ood)
+    if stats is None:
+        raise CheckpointError("the checkpoint's out-of-distribution reference is incomplete; run `cxrdx calibrate`")
     s32, s8 = stats.score(f32), stats.score(f8)
     rel = np.abs(s8 - s32) / np.maximum(np.abs(s32), 1e-12)
     out = {
