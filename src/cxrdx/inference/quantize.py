@@ -266,7 +266,9 @@ def ood_agreement(ood: dict, f32: np.ndarray, f8: np.ndarray) -> dict:
 
     stats = reference(ood)
     if stats is None:
-        raise CheckpointError("the checkpoint's out-of-distribution reference is incomplete; run `cxrdx calibrate`")
+        raise CheckpointError(
+            "the checkpoint's out-of-distribution reference is incomplete; run `cxrdx calibrate`"
+        )
     s32, s8 = stats.score(f32), stats.score(f8)
     rel = np.abs(s8 - s32) / np.maximum(np.abs(s32), 1e-12)
     out = {
