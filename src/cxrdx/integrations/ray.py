@@ -197,7 +197,7 @@ class PredictBatch:
         preds: list[Prediction | None] = [None] * len(sources)
         for k, source in enumerate(sources):
             if decoded and batch["error"][k]:
-                preds[k] = Prediction(source, error=str(batch["error"][k]))
+                preds[k] = Prediction(source, error=str(batch["error"][k]).replace(paths[k], source))
                 continue
             if decoded:
                 items.append(image_of(batch["pixels"][k], batch["pixels_dtype"][k], batch["pixels_shape"][k]))
@@ -220,8 +220,8 @@ class PredictBatch:
             pred.source = sources[k]
             if decoded:
                 pred.warnings[:0] = json.loads(batch["warnings"][k] or "[]")
-            if pred.error:  # an array that failed the checks: name the file, as a path would
-                pred.error = pred.error.replace(ARRAY_NAME, sources[k])
+            if pred.error:  # named as the image is named in the output
+                pred.error = pred.error.replace(ARRAY_NAME, sources[k]).replace(paths[k], sources[k])
             preds[k] = pred
         return result_columns([p for p in preds if p is not None], self.labels, self.thresholds, self.tta)
 

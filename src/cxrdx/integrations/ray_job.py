@@ -154,7 +154,7 @@ def connect(address: str | None) -> bool:
     if address is None:  # a local Ray: its workers share this machine's cxrdx cache
         kwargs["runtime_env"] = {"env_vars": worker_env()}
     try:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address or "local", **kwargs)  # never another user's cluster by accident
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"--address {address}: cannot join the Ray cluster ({exc})") from None
     return True
