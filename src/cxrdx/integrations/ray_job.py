@@ -43,6 +43,7 @@ RAY_FORMATS = ("csv", "jsonl", "parquet")
 MANIFEST_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 MANIFEST_COLUMNS = ("path", "image", "Image Index")  # the paths column, else the first column
 DECODE_BATCH = 8
+BLOCK_MAX = 32  # images per block of the dataset
 DECODE_MEMORY = 256 << 20  # bytes a decode task may need: a 1024 px film and its copies, with room
 PREDICT_BATCH_MAX = 32  # rows per actor call (the network runs them in autotuned batches)
 INSTALL = "--engine ray needs Ray: pip install 'cxrdx[ray]'"
@@ -296,12 +297,11 @@ def _results(config: PredictJobConfig, todo: list[str], device: str) -> Iterator
     p = plan(device)
     workers = p["actors"] * max(1, p["num_cpus"])
     readable = [s if is_uri(s) else str(Path(s).absolute()) for s in todo]  # workers' cwd is not ours
-    per_block = max(1, min(1000, math.ceil(len(todo) / (4 * workers))))
-    tables = [
-        pa.table({"path": readable[i : i + per_block], "image": todo[i : i + per_block]})
-        for i in range(0, len(todo), per_block)
-    ]
-    ds = ray.data.from_arrow(tables)
+    # small blocks, so results stream back (and a lost block is little work), at least 4 per worker
+    per_block = max(1, min(BLOCK_MAX, math.ceil(len(todo) / (4 * workers))))
+    ds = ray.data.from_arrow(
+        pa.table({"path": readable, "image": todo}), override_num_blocks=math.ceil(len(todo) / per_block)
+    )
     # a function: Ray runs it as tasks on the nodes' free CPUs; its memory request also keeps Ray from
     # fusing it into the actors, so decoding overlaps the network as cxrdx predict's decode threads do
     ds = ds.map_batches(
