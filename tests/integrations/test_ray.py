@@ -286,6 +286,7 @@ def test_user_pipeline_with_dicom_decode_stage(ray_local, ckpt, tmp_path, shared
         batch_size=2,
     )
     rows = ds.take_all()
+    assert "record" not in rows[0]
     want = {p.source: p for p in Predictor.load(ckpt, backend="onnx").predict(paths)}
     assert sorted(r["image"] for r in rows) == sorted(paths)
     for row in rows:
@@ -309,7 +310,7 @@ def test_building_blocks_without_ray(ckpt, films):
     batch = {"path": np.array(files)}
     decoded = decode_images(batch)
     assert decoded["error"][files.index(str(films / "b" / "broken.png"))]
-    model = PredictBatch(str(ckpt), backend="onnx", autotune=False)
+    model = PredictBatch(str(ckpt), backend="onnx", autotune=False, record=True)
     want = {p.source: p.to_dict() for p in Predictor.load(ckpt, backend="onnx").predict(files)}
     for out in (model(decoded), model(batch)):  # the decode stage, or the paths read in the actor
         got = {p.source: p.to_dict() for p in predictions_of(out)}

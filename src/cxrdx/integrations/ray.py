@@ -21,7 +21,7 @@ on CPU, autotuned batch and threads, or PyTorch on a GPU when Ray gave the actor
 the decoded images, or the paths themselves when there is no decode stage, through the same
 ``Predictor.iter_predict`` as ``cxrdx predict``: the probabilities are equal bit for bit. Its
 output columns are the CSV columns of ``cxrdx predict --format csv`` (probabilities as float64,
-calls as bool), plus ``record``: the JSON Lines record of ``--format jsonl``.
+calls as bool), and with ``record=True`` the JSON Lines record of ``--format jsonl``.
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ class PredictBatch:
     first batch when there are none and ``autotune``). ``column``: the paths (used when the batch
     has no decode-stage columns, and as the ``image`` id of each row). ``device``: ``None``
     picks ``cuda`` when Ray gave this actor a GPU (then the PyTorch network), else ``cpu``.
-    ``id_column``: the column that names each row in the output (default ``column``).
+    ``id_column``: the column that names each row in the output (default ``column``). ``record``:
+    add the ``record`` column (each row's ``--format jsonl`` line, what ``predictions_of`` reads).
     """
 
     def __init__(
@@ -164,6 +165,7 @@ class PredictBatch:
         autotune: bool = True,
         device: str | None = None,
         id_column: str | None = None,
+        record: bool = False,
     ) -> None:
         from cxrdx.device import available_threads
         from cxrdx.inference.predictor import Predictor
@@ -173,6 +175,7 @@ class PredictBatch:
             backend = "torch"
         self.column, self.tta, self.weights = column, tta, str(weights)
         self.id_column = id_column or column
+        self.record = record
         self.threads = threads or available_threads()
         self.predictor = Predictor.load(
             weights, device=device, backend=backend, threads=self.threads, precision=precision
@@ -223,7 +226,8 @@ class PredictBatch:
             if pred.error:  # named as the image is named in the output
                 pred.error = pred.error.replace(ARRAY_NAME, sources[k]).replace(paths[k], sources[k])
             preds[k] = pred
-        return result_columns([p for p in preds if p is not None], self.labels, self.thresholds, self.tta)
+        done = [p for p in preds if p is not None]
+        return result_columns(done, self.labels, self.thresholds, self.tta, record=self.record)
 
     def _fetch(self, uri: str) -> np.ndarray | Prediction:
         image, warnings, error = decode_one(uri)
@@ -274,9 +278,13 @@ def _gpu_given() -> bool:
 
 
 def result_columns(
-    preds: Sequence[Prediction], labels: Sequence[str], thresholds: dict[str, float] | None, tta: bool
+    preds: Sequence[Prediction],
+    labels: Sequence[str],
+    thresholds: dict[str, float] | None,
+    tta: bool,
+    record: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Predictions -> the columns of ``cxrdx predict --format csv`` (typed) and ``record`` (the JSONL line)."""
+    """Predictions -> the columns of ``cxrdx predict --format csv`` (typed), and with ``record`` the JSONL line."""
     positive = [n for n in labels if thresholds and n in thresholds]
     nan = float("nan")
     cols: dict[str, Any] = {
@@ -296,7 +304,8 @@ def result_columns(
     cols["ood_score"] = np.array([nan if p.ood_score is None else p.ood_score for p in preds], np.float64)
     cols["in_distribution"] = [p.in_distribution for p in preds]
     cols["warnings"] = [" | ".join(p.warnings) for p in preds]
-    cols["record"] = [json.dumps(p.to_dict()) for p in preds]
+    if record:
+        cols["record"] = [json.dumps(p.to_dict()) for p in preds]
     return {k: v if isinstance(v, np.ndarray) else np.array(v, dtype=object) for k, v in cols.items()}
 
 

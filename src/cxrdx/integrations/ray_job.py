@@ -326,6 +326,7 @@ def _results(config: PredictJobConfig, todo: list[str], device: str) -> Iterator
             "batch_size": config.batch_size,
             "autotune": config.autotune and len(todo) >= AUTOTUNE_MIN_IMAGES,
             "device": p["device"],
+            "record": True,
         },
         batch_size=min(PREDICT_BATCH_MAX, per_block),
         num_cpus=p["num_cpus"],
