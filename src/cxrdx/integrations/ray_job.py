@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cxrdx.errors import ConfigError
+from cxrdx.errors import ConfigError, CxrdxError
 from cxrdx.inference.formats import NO_THRESHOLDS_NOTE, UNCALIBRATED_NOTE, collect_images
 from cxrdx.inference.predict_job import (
     AUTOTUNE_MIN_IMAGES,
@@ -256,6 +257,17 @@ def predict_on_ray(
                     bar.update(len(preds))
                     if on_batch is not None:
                         on_batch(counts["ok"] + counts["failed"])
+    except Exception as exc:
+        import ray.exceptions
+
+        if not isinstance(exc, ray.exceptions.RayError):
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        said = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)] or lines
+        raise CxrdxError(
+            f"the Ray job failed ({(said[-1] if said else type(exc).__name__)[:300]}); the {counts['ok'] + counts['failed']} image(s) "
+            f"done are kept in {parts}: fix the cause and rerun with --resume"
+        ) from exc
     finally:
         if started:
             import ray
