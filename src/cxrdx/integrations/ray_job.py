@@ -221,7 +221,7 @@ def predict_on_ray(
     todo = [s for s in sources if s not in done]
     errors = [e for e in errors if e.source not in done]
     if done:
-        log(f"--resume: {len(sources) + len(errors) - len(todo) - len(errors)} image(s) already done")
+        log(f"--resume: {len(sources) - len(todo)} image(s) already in {out} or its parts")
     parts.mkdir(parents=True, exist_ok=True)
     part = parts / f"run-{len(list(parts.glob('run-*.jsonl'))):04d}.jsonl"
     counts = {"ok": 0, "failed": 0, "ood": 0}
