@@ -45,9 +45,9 @@ PIXEL_COLUMNS = ("pixels", "pixels_dtype", "pixels_shape")
 
 
 def is_uri(path: str) -> bool:
-    """``s3://bucket/x.png`` and the like: read through pyarrow's filesystems, not the local one."""
+    """``s3://bucket/x.png``, ``gs://``, ``file://`` ...: read through pyarrow's filesystems."""
     head, sep, _ = str(path).partition("://")
-    return bool(sep) and head.isidentifier() and head != "file"
+    return bool(sep) and head.isidentifier()
 
 
 def read_uri_image(uri: str) -> tuple[np.ndarray, list[str]]:
