@@ -16,6 +16,7 @@ in the parts left by an interrupted run; the merge keeps them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 import shutil
@@ -152,7 +153,7 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
     if address is None:  # a local Ray: its workers share this machine's cxrdx cache
         kwargs["runtime_env"] = {"env_vars": worker_env()}
     try:
@@ -230,8 +231,12 @@ def predict_on_ray(
     started = connect(address)
     try:
         with ResultStream(part, "jsonl", labels, thresholds, config.tta) as stream:
+            seen: set[str] = set()  # a batch delivered twice (a retry after its output left) is written once
 
             def emit(pred: Prediction) -> None:
+                if pred.source in seen:
+                    return
+                seen.add(pred.source)
                 counts["ok" if pred.ok else "failed"] += 1
                 counts["ood"] += pred.in_distribution is False
                 if not pred.ok and len(failures) < MAX_FAILURES_SHOWN:
@@ -302,6 +307,7 @@ def _results(config: PredictJobConfig, todo: list[str], device: str) -> Iterator
     import pyarrow as pa
     import ray
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not Ray Data's plan and timings on stderr
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     with contextlib.suppress(AttributeError):
