@@ -322,13 +322,13 @@ def test_building_blocks_without_ray(ckpt, films):
                 assert record == want[image]
         assert list(out["image"]) == files
     uris = [Path(f).as_uri() for f in files]  # through pyarrow's filesystems, as s3:// would be
-    got = predictions_of(model(decode_images({"path": np.array(uris)})))
-    for pred, f in zip(got, files, strict=True):
-        assert pred.source == Path(f).as_uri()
-        if want[f]["error"]:
-            assert Path(f).as_uri() in pred.error
-        else:
-            assert pred.probabilities == want[f]["probabilities"]
+    for out in (model(decode_images({"path": np.array(uris)})), model({"path": np.array(uris)})):
+        for pred, f in zip(predictions_of(out), files, strict=True):
+            assert pred.source == Path(f).as_uri()
+            if want[f]["error"]:
+                assert Path(f).as_uri() in pred.error
+            else:
+                assert pred.probabilities == want[f]["probabilities"]
 
 
 def test_engine_errors(ckpt, films, tmp_path, capsys, monkeypatch):

@@ -37,7 +37,6 @@ import numpy as np
 
 from cxrdx.errors import CxrdxError
 from cxrdx.imaging.pixels import ARRAY_NAME
-from cxrdx.inference.formats import csv_columns
 from cxrdx.inference.prediction import Prediction
 
 ID_COLUMN = "image"  # the source of each row in the output, as in `cxrdx predict`
@@ -189,11 +188,12 @@ class PredictBatch:
         self._tune = autotune and batch_size is None and self.predictor.session is not None
         labels, thresholds = self.predictor.labels, self.predictor.thresholds
         self.labels, self.thresholds = labels, thresholds
-        self.columns = csv_columns(labels, thresholds, tta)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(s) for s in batch[self.column]]
         sources = [str(s) for s in batch[self.id_column]]
+        if "pixels" not in batch and any(is_uri(p) for p in paths):
+            batch = DecodeImages(self.column)(batch)  # object storage: fetched and decoded here
         decoded = "pixels" in batch
         items: list[Any] = []
         index: list[int] = []  # rows that go to the network
@@ -209,13 +209,6 @@ class PredictBatch:
             index.append(k)
         if self._tune and items:
             self._autotune(items[0])
-        if items and not decoded and any(is_uri(s) for s in items):
-            items = [self._fetch(s) if is_uri(s) else s for s in items]  # decoded here, errors kept
-            for k, item in zip(index, items, strict=True):
-                if isinstance(item, Prediction):
-                    preds[k] = item
-            index = [k for k, item in zip(index, items, strict=True) if not isinstance(item, Prediction)]
-            items = [item for item in items if not isinstance(item, Prediction)]
         it = self.predictor.iter_predict(
             items, batch_size=self.batch_size or 8, tta=self.tta, workers=self.workers
         )
@@ -228,10 +221,6 @@ class PredictBatch:
             preds[k] = pred
         done = [p for p in preds if p is not None]
         return result_columns(done, self.labels, self.thresholds, self.tta, record=self.record)
-
-    def _fetch(self, uri: str) -> np.ndarray | Prediction:
-        image, warnings, error = decode_one(uri)
-        return Prediction(uri, error=error) if image is None else image
 
     def _autotune(self, sample: Any) -> None:
         """The batch size `cxrdx predict` measured for this machine and model (measured now if none)."""
@@ -248,8 +237,8 @@ class PredictBatch:
             return
         runtime = "openvino" if predictor.backend == "openvino" else "onnx"
         prep = predictor.meta.preprocessing
-        image = predictor.read(sample, uint8_ok=True)[0]
         try:
+            image = predictor.read(sample, uint8_ok=True)[0]
             tuned, _ = autotune.tuned_for(
                 f"{path.name} {runtime}",
                 lambda threads: open_session(path, threads, runtime, prep=prep),
