@@ -153,7 +153,7 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     if address is None:  # a local Ray: its workers share this machine's cxrdx cache
         kwargs["runtime_env"] = {"env_vars": worker_env()}
     try:
@@ -307,7 +307,7 @@ def _results(config: PredictJobConfig, todo: list[str], device: str) -> Iterator
     import pyarrow as pa
     import ray
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not Ray Data's plan and timings on stderr
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # not Ray Data's plan, timings and notes
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     with contextlib.suppress(AttributeError):
