@@ -60,11 +60,15 @@ def _read_parquet(path: Path, columns: list[str] | None = None):
 
 
 def _records(part: Path) -> Iterator[Prediction]:
+    """The part's complete rows, line by line (a part of millions of rows is never held whole)."""
     end = read_done(part, "jsonl", None)[1]
+    offset = 0
     with open(part, "rb") as fh:
-        data = fh.read(end)
-    for line in data.splitlines():
-        yield prediction_from_record(json.loads(line))
+        for line in fh:
+            offset += len(line)
+            if offset > end:
+                return
+            yield prediction_from_record(json.loads(line))
 
 
 def merge_parts(
@@ -101,11 +105,12 @@ def merge_parts(
         def write(tmp: str) -> None:
             with open(tmp, "w", encoding="utf-8", newline="") as dst:
                 writer = csv.writer(dst, lineterminator="\n")
+                end = 0
                 if keep_out:
                     old, end = read_done(out, fmt, columns)
                     seen.update(old)
-                    dst.write(_head(out, end))
-                elif fmt == "csv":
+                    _copy_head(out, end, dst)
+                if fmt == "csv" and (not keep_out or end == 0):
                     writer.writerow(columns)
                 for pred in fresh():
                     if fmt == "csv":
@@ -118,10 +123,17 @@ def merge_parts(
     return count
 
 
-def _head(path: Path, end: int) -> str:
-    """The first ``end`` bytes of ``path`` (its complete rows), as text."""
-    with open(path, "rb") as fh:
-        return fh.read(end).decode("utf-8")
+def _copy_head(path: Path, end: int, dst) -> None:
+    """Append the first ``end`` bytes of ``path`` (its complete rows) to the text file ``dst``, in chunks."""
+    dst.flush()
+    with open(path, "rb") as src:
+        while end > 0:
+            chunk = src.read(min(1 << 20, end))
+            if not chunk:
+                break
+            dst.buffer.write(chunk)
+            end -= len(chunk)
+    dst.buffer.flush()
 
 
 def parquet_schema(labels: Sequence[str], thresholds: dict[str, float] | None, tta: bool):
