@@ -33,7 +33,9 @@ from predict_throughput import find_inputs, make_checkpoint  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=64, help="films per run")
+    ap.add_argument(
+        "--n", type=int, default=64, help="films per run (the PNGs repeated under new names if fewer)"
+    )
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs given to the local Ray")
@@ -43,11 +45,13 @@ def main() -> None:
         ap.error("--n and --repeats must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="cxrdx-ray-bench-"))
     os.environ["CXRDX_CACHE"] = str(work / "cache")
-    files, what = find_inputs(args.images, args.n, work)
+    have = len(list(Path(args.images).glob("*.png"))) if args.images else args.n
+    files, what = find_inputs(args.images, min(args.n, have), work)
     folder = work / "films"
     folder.mkdir()
-    for f in files:
-        (folder / f.name).symlink_to(f.resolve())
+    for i in range(args.n):  # more films than PNGs: each one again under another name (a link)
+        (folder / f"{i:06d}_{files[i % len(files)].name}").symlink_to(files[i % len(files)].resolve())
+    files = sorted(folder.iterdir())
     ckpt = make_checkpoint(work / "densenet121.safetensors", "densenet121", args.size)
 
     import ray
