@@ -20,6 +20,7 @@ import cxrdx  # noqa: F401 - first: it sets OMP_WAIT_POLICY=PASSIVE before torch
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -49,8 +50,12 @@ def main() -> None:
     files, what = find_inputs(args.images, min(args.n, have), work)
     folder = work / "films"
     folder.mkdir()
-    for i in range(args.n):  # more films than PNGs: each one again under another name (a link)
-        (folder / f"{i:06d}_{files[i % len(files)].name}").symlink_to(files[i % len(files)].resolve())
+    for i in range(args.n):  # more films than PNGs: each one again under another name
+        src, dest = files[i % len(files)].resolve(), folder / f"{i:06d}_{files[i % len(files)].name}"
+        try:
+            os.link(src, dest)  # a hard link: its own path (cxrdx predict counts a symlink's target once)
+        except OSError:
+            shutil.copyfile(src, dest)
     files = sorted(folder.iterdir())
     ckpt = make_checkpoint(work / "densenet121.safetensors", "densenet121", args.size)
 
