@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -239,6 +240,14 @@ def test_killed_actor_costs_only_its_batch(ray_local, ckpt, films, single, tmp_p
     out = tmp_path / "ray.parquet"
     killed: list[int] = []
 
+    after: set[int] = set()  # PredictBatch processes seen after the kill
+    running = threading.Event()
+
+    def watch() -> None:
+        while running.is_set():
+            after.update(_predict_actors())
+            time.sleep(0.02)
+
     def kill(rows: int) -> None:
         if killed or rows >= N_FILMS + 1:
             return
@@ -249,9 +258,15 @@ def test_killed_actor_costs_only_its_batch(ray_local, ckpt, films, single, tmp_p
         deadline = time.monotonic() + 10
         while Path(f"/proc/{actors[0]}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        running.set()
+        threading.Thread(target=watch, daemon=True).start()
 
     summary = ray_job.predict_on_ray(config(ckpt, [manifest], out, "parquet"), on_batch=kill)
+    after.update(_predict_actors())
+    running.clear()
     assert killed, "the run ended before an actor could be killed"
+    # Ray restarted the actor (a new process) for the rest, retrying the batch it had in flight
+    assert after and killed[0] not in after
     assert summary.ok + summary.failed == N_FILMS + 1
     got = by_image(rows_of(out))  # every image exactly once
     want = single["csv"]
