@@ -234,46 +234,49 @@ def test_killed_actor_costs_only_its_batch(ray_local, ckpt, films, single, tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = sorted(str(p) for p in films.rglob("*.png"))
+    # each film 8 times under its own name (hard links), so the job outlasts the actor's restart
+    original: dict[str, str] = {}
+    (tmp_path / "links").mkdir()
+    for k, f in enumerate(sorted(films.rglob("*.png"))):
+        for copy in range(8):
+            link = tmp_path / "links" / f"{copy}_{k:02d}_{f.name}"
+            os.link(f.resolve(), link)
+            original[str(link)] = str(f)
     manifest = tmp_path / "manifest.parquet"
-    pq.write_table(pa.table({"path": files}), manifest)  # the input as a manifest, the output Parquet
+    pq.write_table(pa.table({"path": sorted(original)}), manifest)  # the input as a manifest, output Parquet
     out = tmp_path / "ray.parquet"
+    total = len(original)
     killed: list[int] = []
+    after: set[int] = set()  # PredictBatch processes started after the kill: Ray's restart
+    before = set(_predict_actors())  # an earlier job's actor may still be winding down
+    stop = threading.Event()
 
-    after: set[int] = set()  # PredictBatch processes seen after the kill
-    running = threading.Event()
-
-    def watch() -> None:
-        while running.is_set():
-            after.update(_predict_actors())
+    def watch() -> None:  # kill this job's actor 0.3 s after it appears: loading its model or predicting
+        while not stop.is_set():
+            new = [pid for pid in _predict_actors() if pid not in before]
+            if new and not killed:
+                time.sleep(0.3)
+                os.kill(new[0], signal.SIGKILL)
+                killed.append(new[0])
+            elif killed:
+                after.update(pid for pid in new if pid != killed[0])
             time.sleep(0.02)
 
-    def kill(rows: int) -> None:
-        if killed or rows >= N_FILMS + 1:
-            return
-        actors = _predict_actors()
-        assert actors, "no PredictBatch actor process found"
-        os.kill(actors[0], signal.SIGKILL)
-        killed.append(actors[0])
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{actors[0]}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        running.set()
-        threading.Thread(target=watch, daemon=True).start()
-
-    summary = ray_job.predict_on_ray(config(ckpt, [manifest], out, "parquet"), on_batch=kill)
-    after.update(_predict_actors())
-    running.clear()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = ray_job.predict_on_ray(config(ckpt, [manifest], out, "parquet"))
+    finally:
+        stop.set()
+        watcher.join()
     assert killed, "the run ended before an actor could be killed"
-    # Ray restarted the actor (a new process) for the rest, retrying the batch it had in flight
-    assert after and killed[0] not in after
-    assert summary.ok + summary.failed == N_FILMS + 1
+    assert after, "no new actor process: Ray did not restart the killed actor"
+    assert summary.ok + summary.failed == total
     got = by_image(rows_of(out))  # every image exactly once
-    want = single["csv"]
-    assert set(got) == set(want)
+    assert set(got) == set(original)
     for image, row in got.items():
-        ref = want[image]
-        assert (row["error"] or "") == ref["error"]
+        ref = single["csv"][original[image]]
+        assert bool(row["error"]) == bool(ref["error"])
         for name in ("Atelectasis", "Effusion", "Pneumothorax"):
             if ref[name]:
                 assert f"{row[name]:.6f}" == ref[name]
