@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -240,7 +241,10 @@ def test_killed_actor_costs_only_its_batch(ray_local, ckpt, films, single, tmp_p
     for k, f in enumerate(sorted(films.rglob("*.png"))):
         for copy in range(8):
             link = tmp_path / "links" / f"{copy}_{k:02d}_{f.name}"
-            os.link(f.resolve(), link)
+            try:
+                os.link(f.resolve(), link)
+            except OSError:  # another file system
+                shutil.copyfile(f.resolve(), link)
             original[str(link)] = str(f)
     manifest = tmp_path / "manifest.parquet"
     pq.write_table(pa.table({"path": sorted(original)}), manifest)  # the input as a manifest, output Parquet
