@@ -307,8 +307,13 @@ def test_user_pipeline_with_dicom_decode_stage(ray_local, ckpt, tmp_path, shared
         compute=ray_local.data.ActorPoolStrategy(size=1),
         batch_size=2,
     )
+    ds = ds.materialize()
     rows = ds.take_all()
     assert "record" not in rows[0]
+    ds.write_parquet(str(tmp_path / "predictions"))  # the README's last line
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "predictions").num_rows == len(paths)
     want = {p.source: p for p in Predictor.load(ckpt, backend="onnx").predict(paths)}
     assert sorted(r["image"] for r in rows) == sorted(paths)
     for row in rows:
