@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"model"},
     {"explain"},
     {"inference"},
-    {"training", "evaluation", "interop"},
+    {"training", "evaluation", "interop", "integrations"},
     {"app"},
     {"cli"},
 ]
@@ -143,7 +143,7 @@ def test_cli_help_loads_no_heavy_library(argv):
     code = (
         "import sys; from cxrdx.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-        "heavy = sorted(m for m in ('torch', 'pandas', 'gradio', 'monai', 'onnxruntime', 'matplotlib') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'pandas', 'gradio', 'monai', 'onnxruntime', 'matplotlib', 'ray', 'pyarrow') if m in sys.modules)\n"
         "print('HEAVY', heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

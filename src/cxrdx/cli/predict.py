@@ -10,6 +10,7 @@ import sys
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("fp32", "int8")  # = cxrdx.inference.quantize.PRECISIONS
 HEATMAP_TOP_K = 3
+ENGINES = ("local", "ray")  # ray: cxrdx.integrations.ray_job
 DEFAULT_BATCH = 8  # = cxrdx.inference.predict_job.DEFAULT_BATCH, for the help text
 
 
@@ -23,11 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", "-r", action="store_true", help="also search subfolders of folders")
     p.add_argument(
         "--format",
-        choices=("table", "json", "csv", "jsonl", "dicom", "fhir"),
+        choices=("table", "json", "csv", "jsonl", "dicom", "fhir", "parquet"),
         default="table",
         help="output format (table); jsonl = JSON Lines, one image per line; dicom = a TID 1500 SR and "
         "Grad-CAM secondary captures in each DICOM input's study; fhir = an R4 DiagnosticReport bundle "
-        "per image (PNG/JPEG too). dicom and fhir need --out DIR",
+        "per image (PNG/JPEG too). dicom and fhir need --out DIR; parquet: --engine ray only",
     )
     p.add_argument(
         "--out", metavar="FILE", help="write the output here instead of stdout (a folder for dicom/fhir)"
@@ -94,6 +95,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="be shard I (0 to N-1) of N, e.g. $SLURM_ARRAY_TASK_ID/N; torchrun's RANK/WORLD_SIZE "
         "are used when this is not given",
     )
+    archive.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: this process; ray: Ray Data on a Ray cluster (pip install 'cxrdx[ray]'): decoding "
+        "as tasks, the network in one actor per node (per GPU with --device cuda), a dead worker's batch "
+        "retried; needs --out and csv, jsonl or parquet; PATHs may also be CSV/Parquet manifests of "
+        "paths and s3:// gs:// URIs",
+    )
+    archive.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --engine ray: the cluster to join (auto, or ray://HEAD:10001); default: a local Ray",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,12 +142,13 @@ def run(args: argparse.Namespace) -> int:
             ResultFolder, allow_demo=args.allow_demo_model, send_ood_findings=args.send_ood_findings
         )
         check_inputs = check_dicom_inputs
-    summary = predict_job(
-        config,
-        log=lambda line: print(f"cxrdx predict: {line}", file=sys.stderr),
-        result_folder=result_folder,
-        check_inputs=check_inputs,
-    )
+    log = lambda line: print(f"cxrdx predict: {line}", file=sys.stderr)  # noqa: E731
+    if args.engine == "ray" or args.format == "parquet" or args.address:
+        from cxrdx.integrations.ray_job import predict_on_ray  # refuses parquet/--address without ray
+
+        summary = predict_on_ray(config, engine=args.engine, address=args.address, log=log)
+    else:
+        summary = predict_job(config, log=log, result_folder=result_folder, check_inputs=check_inputs)
     if summary.written is not None:
         sys.stdout.write("".join(f"{p}\n" for p in summary.written))
     elif summary.text is not None:
