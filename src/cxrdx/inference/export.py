@@ -40,6 +40,7 @@ from cxrdx.inference.backends import (
     open_session,
 )
 from cxrdx.metrics.calibration import resolve_calibration
+from cxrdx.settings import ONNX_OPSET
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
     from cxrdx.model.checkpoint import CheckpointMeta
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = ONNX_OPSET
 EXPORT_TOLERANCE = 1e-4
 CACHE_KEEP = 8  # ONNX exports kept in the cache folder
 # Part of the cache key: bump it when the exported graph changes (2: second output "features";

@@ -12,6 +12,7 @@ from typing import Any
 from cxrdx.errors import CxrdxError, ImageReadError
 from cxrdx.inference.prediction import Prediction
 from cxrdx.inference.predictor import ImageLike, Predictor
+from cxrdx.settings import TOP_K
 
 NO_THRESHOLDS_NOTE = (
     "this checkpoint has no decision thresholds, so no finding is called positive or negative; "
@@ -22,7 +23,7 @@ UNCALIBRATED_NOTE = (
     "probabilities; calibrate it on labelled validation images with "
     "`cxrdx calibrate --weights CKPT --data VAL --out NEW.safetensors`"
 )
-HEATMAP_TOP_K = 3
+HEATMAP_TOP_K = TOP_K
 
 
 def ood_warning(pred: Prediction, threshold: float | None = None) -> str | None:

@@ -39,12 +39,12 @@ from cxrdx.inference.prediction import Prediction
 from cxrdx.labels import canonical
 from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta
 from cxrdx.model.ood import OodStats
+from cxrdx.settings import BACKENDS
 
 if TYPE_CHECKING:  # the ONNX path runs without torch and MONAI (they load with the network, on demand)
     import torch
 
 ImageLike = str | os.PathLike | np.ndarray
-BACKENDS = ("auto", "torch", "onnx", "openvino")
 
 
 def default_workers() -> int:
