@@ -2,7 +2,7 @@
 
 ONE channel for every job. The default, for Python users, goes to ``logging`` (logger
 ``cxrdx.<job>``; configure it as any library's) and shows no bars; the CLI passes its
-console reporter (``cxrdx.cli.console``: ``cxrdx CMD:`` lines and tqdm bars on stderr).
+console reporter (``cxrdx.cli.console``: ``cxrdx CMD:`` lines (``cxrdx CMD: WARNING:`` for warnings) and tqdm bars on stderr).
 Library code never prints: it takes a ``reporter`` and calls these three methods.
 """
 
@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 class Reporter:
     """Notes and warnings to ``logging``; ``progress`` passes the items through unchanged."""
+
+    bars = False  # whether progress bars are wanted (library code that draws its own bar asks this)
 
     def __init__(self, name: str = "cxrdx") -> None:
         self.name = name

@@ -20,6 +20,8 @@ class ConsoleReporter(Reporter):
         self.bars = bars
         self.stream = stream
 
+    bars: bool
+
     def _write(self, text: str) -> None:
         print(text, file=self.stream or sys.stderr, flush=True)
 
@@ -27,7 +29,7 @@ class ConsoleReporter(Reporter):
         self._write(self.prefix + message)
 
     def warn(self, message: str) -> None:
-        self._write(f"{self.prefix}warning: {message}")
+        self._write(f"{self.prefix}WARNING: {message}")
 
     def progress(self, items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
         if not self.bars:

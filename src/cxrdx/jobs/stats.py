@@ -1,0 +1,73 @@
+"""``stats``: images, patients, views and per finding positives/negatives/uncertain/unlabelled of a label table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxrdx.jobs.label_options import keep_mixed_no_finding, mixed_no_finding
+from cxrdx.jobs.options import option
+from cxrdx.reporter import Reporter
+from cxrdx.settings import DATASETS
+
+
+@dataclass
+class Config:
+    labels: Path = option(help="label table (.csv or .csv.gz)")
+    dataset: str | None = option(None, choices=DATASETS, help="the table's layout (default: detected)")
+    images: Path | None = option(None, help="images folder: also count how many files are found")
+    views: str | None = option(
+        None, help="count only these views: frontal, all (default) or a list like PA,AP"
+    )
+    vindr_rule: str = option(
+        "any",
+        choices=("any", "majority"),
+        help="VinDr-CXR: a finding is positive when any or most readers marked it",
+    )
+    plot: Path | None = option(None, help="write a bar plot PNG here")
+    keep_mixed_no_finding: bool = keep_mixed_no_finding()
+
+
+@dataclass
+class Result:
+    labels: Path
+    table_format: str  # the layout read (nih, chexpert, ...)
+    stats: dict[str, Any]  # cxrdx.data.stats.label_stats
+    notes: list[str] = field(default_factory=list)
+    views_dropped: dict[str, int] | None = None  # view -> images left out, when `views` filtered
+    plot: Path | None = None
+
+
+def run(config: Config, reporter: Reporter | None = None) -> Result:
+    from cxrdx.data.stats import label_stats, plot_prevalence
+    from cxrdx.data.tables import read_labels
+
+    df = read_labels(
+        config.labels,
+        config.images,
+        mixed_no_finding=mixed_no_finding(config),
+        dataset=config.dataset,
+        uncertain="keep",
+        views=config.views,
+        vindr_rule=config.vindr_rule,
+    )
+    stats = label_stats(df)
+    result = Result(
+        labels=config.labels,
+        table_format=str(df.attrs.get("format")),
+        stats=stats,
+        notes=list(df.attrs.get("notes", [])),
+        views_dropped=dict(df.attrs["views"]["dropped"]) if df.attrs.get("views") else None,
+    )
+    if config.plot is not None:
+        ordered = sorted(stats["per_finding"].items(), key=lambda kv: (-kv[1]["positives"], kv[0]))
+        name = config.labels.name
+        result.plot = plot_prevalence(
+            {name: {f: c["prevalence"] for f, c in ordered}},
+            config.plot,
+            title=f"{name}: {stats['images']:,} images, {stats['patients']:,} patients, "
+            f"{stats['no_finding']:,} No Finding",
+            counts=stats["positives"],
+        )
+    return result
