@@ -368,8 +368,10 @@ def prepare_export(ckpt: str | os.PathLike) -> bool:
     return cached_export_path(sha).is_file()
 
 
-def prepare_export_note(command: str, ckpt: str | os.PathLike) -> None:
-    """``prepare_export`` for a command that just wrote ``ckpt``, with one line on stderr when it exported.
+def prepare_export_note(command: str, ckpt: str | os.PathLike, reporter=None) -> None:
+    """``prepare_export`` for a command that just wrote ``ckpt``, with one note when it exported.
+
+    The note goes to ``reporter`` (a ``cxrdx.reporter.Reporter``) when one is given, else to stderr.
 
     ``CXRDX_EXPORT_ON_WRITE=0`` turns it off (the first predict then runs on PyTorch and exports).
     """
@@ -380,11 +382,14 @@ def prepare_export_note(command: str, ckpt: str | os.PathLike) -> None:
         return
     start = time.perf_counter()
     if prepare_export(ckpt):
-        print(
-            f"cxrdx {command}: ONNX export of {Path(ckpt).name} cached in {time.perf_counter() - start:.1f} s "
-            "(the first `cxrdx predict` with it needs no export)",
-            file=sys.stderr,
+        note = (
+            f"ONNX export of {Path(ckpt).name} cached in {time.perf_counter() - start:.1f} s "
+            "(the first `cxrdx predict` with it needs no export)"
         )
+        if reporter is not None:
+            reporter.note(note)
+        else:
+            print(f"cxrdx {command}: {note}", file=sys.stderr)
 
 
 def export_in_background(ckpt: str | os.PathLike) -> None:
