@@ -69,6 +69,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if spec.negatable else "store_true"
             kwargs.pop("metavar", None)
+        elif item is not None and spec.repeat:
+            kwargs["type"] = item
+            kwargs["action"] = "append"
         elif item is not None:
             kwargs["type"] = item
             kwargs["nargs"] = "*" if (has_default and not spec.positional and not default) else "+"
@@ -90,7 +93,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         parser.add_argument(
             *names,
             dest=field.name,
-            default=_REQUIRED if required else default,
+            default=_REQUIRED if required else ([] if spec.repeat else default),
             required=required and not spec.aliases,
             **kwargs,
         )

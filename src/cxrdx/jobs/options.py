@@ -29,6 +29,7 @@ class OptionSpec:
     flag: str | None = None  # the flag when it is not --field-name (e.g. "--from" for source_kind)
     short: str | None = None  # a one-letter spelling shown beside the flag, e.g. "-q"
     negatable: bool = False  # a bool given as --x / --no-x (else --x sets True)
+    repeat: bool = False  # a list given one value per flag: --finding A --finding B
 
 
 def option(
@@ -43,9 +44,10 @@ def option(
     flag: str | None = None,
     short: str | None = None,
     negatable: bool = False,
+    repeat: bool = False,
 ) -> Any:
     """A dataclass field with its command-line description; no default means the setting is required."""
-    spec = OptionSpec(help, metavar, choices, tuple(aliases), positional, flag, short, negatable)
+    spec = OptionSpec(help, metavar, choices, tuple(aliases), positional, flag, short, negatable, repeat)
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata={KEY: spec})
     return dataclasses.field(default=default, metadata={KEY: spec})

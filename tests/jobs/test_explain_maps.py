@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-import cxrdx.inference.explain_job as job
+import cxrdx.jobs.explain_maps as job
 from cxrdx.explain.localisation import format_localisation, half_cell_tolerance
 
 SIZE = 128  # model input: a Grad-CAM cell is 32 input px, so half a cell is 16 px on a 128 px image

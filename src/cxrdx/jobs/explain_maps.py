@@ -1,13 +1,13 @@
-"""The job behind ``cxrdx explain``: Grad-CAM heatmaps and overlays per image and finding, with scores.
+"""The work of the explain job (``cxrdx.jobs.explain``): Grad-CAM heatmaps and overlays per image and finding.
 
 It loads a Predictor (inference) and uses explain/ for the maps, overlays and the one
-localisation scorer; explain/ itself never imports inference.
+localisation scorer; explain/ itself never imports inference. Heavy at import (numpy, the
+predictor): ``cxrdx.jobs.explain`` holds the light Config and imports this inside ``run``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +18,8 @@ from cxrdx.errors import ConfigError, CxrdxError, DataError
 from cxrdx.explain.localisation import Box, LocalisationScore, group_boxes, half_cell_tolerance
 from cxrdx.explain.overlay import overlay_png, overlay_title
 from cxrdx.inference.predictor import Predictor
+from cxrdx.jobs.explain import Config as ExplainConfig
 from cxrdx.labels import canonical_list
-
-
-@dataclass
-class ExplainConfig:
-    weights: str
-    images: list[str]
-    out: str
-    findings: list[str] = field(default_factory=list)
-    top_k: int = 3
-    boxes: str | None = None
-    device: str = "auto"
-    alpha: float = 0.45
-    iou_threshold: float = 0.5
 
 
 def explain(
@@ -47,15 +35,15 @@ def explain(
     warn = warn or (lambda _line: None)
 
     if config.top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {config.top_k}")
+        raise ConfigError(f"`top_k` must be at least 1, got {config.top_k}")
     if not 0.0 < config.iou_threshold <= 1.0:
-        raise ConfigError(f"--iou-threshold must be in (0, 1], got {config.iou_threshold}")
+        raise ConfigError(f"`iou_threshold` must be in (0, 1], got {config.iou_threshold}")
     predictor = Predictor.load(config.weights, device=choose_device(config.device))
     requested = canonical_list(config.findings) if config.findings else []
     not_output = [f for f in requested if f not in predictor.labels]
     if not_output:
         raise ConfigError(
-            f"--finding {', '.join(not_output)}: this model only outputs {', '.join(predictor.labels)}"
+            f"`findings` {', '.join(not_output)}: this model only outputs {', '.join(predictor.labels)}"
         )
     groups: dict[tuple[str, str], list[Box]] = {}
     if config.boxes:
@@ -70,7 +58,7 @@ def explain(
         try:
             image, _ = predictor.read(item)
         except CxrdxError as exc:
-            warn(f"cxrdx explain: skipped {exc}")
+            warn(f"skipped {exc}")
             failures += 1
             continue
         x, _ = predictor.prepare(image)
