@@ -8,6 +8,7 @@ from __future__ import annotations
 
 IMAGE_SIZE = 320  # the network's input side in pixels unless a cache or checkpoint says otherwise
 TOP_K = 3  # findings shown with a heatmap (predict's overlays, the app's gallery)
+BATCH_SIZE = 8  # images per network call for predict and listen (when predict's autotune measures none)
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")  # how a Predictor runs the network
 PRECISIONS = ("fp32", "int8")  # int8: the model `cxrdx quantize` made for the checkpoint

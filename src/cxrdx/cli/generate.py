@@ -47,10 +47,16 @@ def _default_text(default: Any) -> str:
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One argument per ``option`` field of ``config_cls``; fields without one stay off the command line."""
     hints = typing.get_type_hints(config_cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for field in dataclasses.fields(config_cls):
         spec = spec_of(field)
         if spec is None:
             continue
+        target = parser
+        if spec.group:
+            if spec.group not in groups:
+                groups[spec.group] = parser.add_argument_group(spec.group, config_cls.GROUPS[spec.group])
+            target = groups[spec.group]
         annotation, _optional = _unwrap(hints[field.name])
         has_default = (
             field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
@@ -67,7 +73,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             kwargs["choices"] = list(spec.choices)
         item = _sequence_item(annotation)
         if annotation is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction if spec.negatable else "store_true"
+            kwargs["action"] = (
+                argparse.BooleanOptionalAction
+                if spec.negatable
+                else ("store_false" if default else "store_true")
+            )
             kwargs.pop("metavar", None)
         elif item is not None and spec.repeat:
             kwargs["type"] = item
@@ -90,7 +100,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             continue
         names = [flag_of(field)] + ([spec.short] if spec.short else [])
         required = not has_default
-        parser.add_argument(
+        target.add_argument(
             *names,
             dest=field.name,
             default=_REQUIRED if required else ([] if spec.repeat else default),

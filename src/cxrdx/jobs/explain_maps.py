@@ -18,12 +18,11 @@ from cxrdx.errors import ConfigError, CxrdxError, DataError
 from cxrdx.explain.localisation import Box, LocalisationScore, group_boxes, half_cell_tolerance
 from cxrdx.explain.overlay import overlay_png, overlay_title
 from cxrdx.inference.predictor import Predictor
-from cxrdx.jobs.explain import Config as ExplainConfig
 from cxrdx.labels import canonical_list
 
 
 def explain(
-    config: ExplainConfig, log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None
+    config, log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None
 ) -> dict:
     """Heatmaps (.npy) and overlays (.png) per image and finding; localisation scores if boxes are given.
 

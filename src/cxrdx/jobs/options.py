@@ -30,6 +30,7 @@ class OptionSpec:
     short: str | None = None  # a one-letter spelling shown beside the flag, e.g. "-q"
     negatable: bool = False  # a bool given as --x / --no-x (else --x sets True)
     repeat: bool = False  # a list given one value per flag: --finding A --finding B
+    group: str | None = None  # a heading in --help; its text is the Config's GROUPS[group]
 
 
 def option(
@@ -45,9 +46,15 @@ def option(
     short: str | None = None,
     negatable: bool = False,
     repeat: bool = False,
+    group: str | None = None,
 ) -> Any:
-    """A dataclass field with its command-line description; no default means the setting is required."""
-    spec = OptionSpec(help, metavar, choices, tuple(aliases), positional, flag, short, negatable, repeat)
+    """A dataclass field with its command-line description; no default means the setting is required.
+
+    A ``bool`` defaulting to True with ``flag="--no-x"`` is switched off by that flag.
+    """
+    spec = OptionSpec(
+        help, metavar, choices, tuple(aliases), positional, flag, short, negatable, repeat, group
+    )
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata={KEY: spec})
     return dataclasses.field(default=default, metadata={KEY: spec})
