@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cxrdx"
 # Lowest first. A module may import modules of its own package, and of any package in a lower layer.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"labels", "files", "device", "reporter", "settings"},
+    {"labels", "files", "device", "reporter", "settings", "options"},
     {"imaging", "metrics"},
     {"data", "phantom"},
     {"model"},

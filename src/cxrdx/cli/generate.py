@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from cxrdx.jobs.options import flag_of, spec_of
+from cxrdx.options import flag_of, spec_of
 
 _REQUIRED = object()  # the value of a required option no spelling set (checked after parsing)
 

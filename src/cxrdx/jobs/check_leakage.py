@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrdx.errors import ConfigError
-from cxrdx.jobs.options import option
+from cxrdx.options import option
 from cxrdx.reporter import Reporter
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrdx.jobs.options import option
+from cxrdx.options import option
 from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.settings import IMPORT_SOURCES, XRV_VARIANTS
 

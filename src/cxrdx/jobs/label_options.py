@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cxrdx.jobs.options import option
+from cxrdx.options import option
 
 
 def keep_mixed_no_finding() -> Any:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrdx.jobs.label_options import keep_mixed_no_finding, mixed_no_finding
-from cxrdx.jobs.options import option
+from cxrdx.options import option
 from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.settings import IMAGE_SIZE
 

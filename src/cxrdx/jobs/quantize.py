@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cxrdx.jobs.options import option
+from cxrdx.options import option
 from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.settings import INT8_CALIBRATION_IMAGES, INT8_MAX_AUROC_DROP
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrdx.errors import ConfigError
-from cxrdx.jobs.options import option
+from cxrdx.options import option
 from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.settings import BACKENDS, LOOPBACK, MAX_UPLOAD_MB, PRECISIONS
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cxrdx.errors import ConfigError
 from cxrdx.jobs.label_options import keep_mixed_no_finding, mixed_no_finding
-from cxrdx.jobs.options import option
+from cxrdx.options import option
 from cxrdx.reporter import Reporter, reporter_or_default
 
 
