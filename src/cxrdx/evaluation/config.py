@@ -1,6 +1,7 @@
-"""``EvaluateConfig``: every evaluation setting, its default and help text defined once (stdlib only).
+"""``EvaluateConfig`` and ``CalibrateConfig``: every setting, its default and help text defined once (stdlib only).
 
-``cxrdx.evaluation.evaluate.evaluate`` reads it; ``cxrdx evaluate``'s flags are generated from it
+``evaluation.evaluate.evaluate`` and ``evaluation.calibrate.calibrate`` read them; the flags of
+``cxrdx evaluate`` and ``cxrdx calibrate`` are generated from them
 (``cxrdx.cli.generate``), so ``--help`` loads none of the evaluation's numpy/pandas/torch.
 """
 
@@ -65,4 +66,17 @@ class EvaluateConfig:
         False,
         help="evaluate although a patient is in both --val and the test data (refused by default; noted)",
     )
+    progress: bool = option(True, flag="--no-progress", help="no progress bar")
+
+
+@dataclass
+class CalibrateConfig:
+    weights: str = option(metavar="CKPT", help="a cxrdx .safetensors checkpoint")
+    data: str = option(metavar="CACHE_OR_CSV", help="prepared cache folder or validation label CSV")
+    out: str = option(metavar="NEW.safetensors", help="the calibrated checkpoint to write")
+    images: str | None = option(None, metavar="DIR", help="image folder for a label CSV")
+    split: str = option("val", help="cache split to fit on (test is refused)")
+    tta: bool = option(False, help="fit on the image and its mirror (as predict --tta)")
+    batch_size: int = option(32, help="images per network call")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:1 ...")
     progress: bool = option(True, flag="--no-progress", help="no progress bar")
