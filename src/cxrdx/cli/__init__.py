@@ -76,7 +76,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == command:
             module = importlib.import_module(f"cxrdx.cli.{module_name}")
-            if hasattr(module, "JOB"):
+            if hasattr(module, "render"):  # a job: flags from JOB.Config, JOB.run, then render
                 _add_job(sub, name, module)
             else:
                 module.add_arguments(sub)

@@ -21,11 +21,15 @@ _REQUIRED = object()  # the value of a required option no spelling set (checked 
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
-    """(the type inside ``X | None``, whether it was optional)."""
+    """(the type inside ``X | None``, whether it was optional); ``str | list[str]`` is read as the list."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
         if len(args) == 1:
-            return args[0], True
+            return args[0], optional
+        listed = [a for a in args if _sequence_item(a) is not None]
+        if listed:
+            return listed[0], optional
     return annotation, False
 
 
@@ -44,8 +48,12 @@ def _default_text(default: Any) -> str:
     return str(default)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """One argument per ``option`` field of ``config_cls``; fields without one stay off the command line."""
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, only_given: bool = False) -> None:
+    """One argument per ``option`` field of ``config_cls``; fields without one stay off the command line.
+
+    ``only_given``: a flag not on the command line leaves no attribute (so a config file or a resumed
+    run's settings are not overridden by defaults); ``given_settings`` then collects what was given.
+    """
     hints = typing.get_type_hints(config_cls)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for field in dataclasses.fields(config_cls):
@@ -84,7 +92,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             kwargs["action"] = "append"
         elif item is not None:
             kwargs["type"] = item
-            kwargs["nargs"] = "*" if (has_default and not spec.positional and not default) else "+"
+            kwargs["nargs"] = "+"
         else:
             kwargs["type"] = annotation
         kwargs["help"] = spec.help.replace("%", "%%")  # argparse formats help with %
@@ -103,8 +111,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         target.add_argument(
             *names,
             dest=field.name,
-            default=_REQUIRED if required else ([] if spec.repeat else default),
-            required=required and not spec.aliases,
+            default=argparse.SUPPRESS
+            if only_given
+            else (_REQUIRED if required else ([] if spec.repeat else default)),
+            required=required and not spec.aliases and not only_given,
             **kwargs,
         )
         for alias in spec.aliases:
@@ -131,6 +141,15 @@ def config_from_args(config_cls: type, args: argparse.Namespace, parser: argpars
             value = tuple(value)
         values[field.name] = value
     return config_cls(**values)
+
+
+def given_settings(config_cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``config_cls`` settings named on the command line (parsed with ``only_given``)."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(config_cls)
+        if spec_of(f) is not None and hasattr(args, f.name)
+    }
 
 
 def flags_in(message: str, config_cls: type) -> str:
