@@ -99,8 +99,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, only
         if has_default and annotation is not bool and default not in (None, (), [], ""):
             kwargs["help"] += f" (default {_default_text(default)})"
         if spec.positional:
-            if has_default and item is None:
-                kwargs["nargs"] = "?"
+            if has_default:
+                kwargs["nargs"] = "?" if item is None else "*"
             kwargs.pop("metavar", None)
             parser.add_argument(
                 field.name, metavar=spec.metavar or field.name.upper(), default=default, **kwargs
