@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch"
     )
     p.add_argument("--debug-dump-weights", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(job_config=JOB.Config)  # errors naming a setting (`batch_size`) show its flag
 
 
 def run(args: argparse.Namespace) -> int:
