@@ -10,4 +10,4 @@ def test_image_is_the_one_name_and_source_still_reads():
     p = Prediction("a.png", {"Effusion": 0.25})
     assert p.image == "a.png" == p.source == p.to_dict()["image"]
     assert "source" not in p.to_dict()
-    assert format_csv([p], ["Effusion"]).splitlines()[0].startswith("image,")
+    assert format_csv([p], ["Effusion"], None).splitlines()[0].startswith("image,")
