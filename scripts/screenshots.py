@@ -1,6 +1,6 @@
 """`make screenshots`: the README's pictures of the app and the report, taken from `make demo`'s real outputs.
 
-    python scripts/screenshots.py [DEMO_DIR]    # default: demo
+    python scripts/screenshots.py [DEMO_DIR [OUT_DIR]]    # defaults: demo, docs/images
 
 Needs `make demo` first (DEMO_DIR/run/model.safetensors, DEMO_DIR/report/report.html and
 DEMO_DIR/split/test.csv) and Debian's Chromium at /usr/bin/chromium. Writes
@@ -65,18 +65,18 @@ def _test_image(demo: Path, finding: str = "Effusion") -> Path:
     return demo / "phantoms" / "images" / row["image"]
 
 
-def report_png(browser, demo: Path) -> Path:
+def report_png(browser, demo: Path, out_dir: Path = DOCS_IMAGES) -> Path:
     report = demo / "report" / "report.html"
     page = browser.new_page(viewport={"width": 1200, "height": 1500})
     page.goto(report.resolve().as_uri())
     for img in page.locator("img").all():
         page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img.element_handle())
-    save_screenshot(page.screenshot(full_page=False), DOCS_IMAGES / "report.png")  # the top of the page
+    save_screenshot(page.screenshot(full_page=False), out_dir / "report.png")  # the top of the page
     page.close()
-    return DOCS_IMAGES / "report.png"
+    return out_dir / "report.png"
 
 
-def app_png(browser, demo: Path) -> Path:
+def app_png(browser, demo: Path, out_dir: Path = DOCS_IMAGES) -> Path:
     from playwright.sync_api import expect
 
     image = _test_image(demo)
@@ -109,7 +109,7 @@ def app_png(browser, demo: Path) -> Path:
                 "i => i.complete && i.naturalWidth > 0", arg=heatmaps.nth(k).element_handle()
             )
         page.evaluate("window.scrollTo(0, 0)")
-        save_screenshot(page.screenshot(full_page=True), DOCS_IMAGES / "app.png")
+        save_screenshot(page.screenshot(full_page=True), out_dir / "app.png")
         page.close()
     finally:
         proc.send_signal(signal.SIGINT)
@@ -118,13 +118,14 @@ def app_png(browser, demo: Path) -> Path:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return DOCS_IMAGES / "app.png"
+    return out_dir / "app.png"
 
 
 def main(argv: list[str]) -> int:
     from playwright.sync_api import sync_playwright
 
     demo = Path(argv[0] if argv else "demo")
+    out_dir = Path(argv[1]) if len(argv) > 1 else DOCS_IMAGES
     needed = [
         demo / "run" / "model.safetensors",
         demo / "report" / "report.html",
@@ -140,8 +141,8 @@ def main(argv: list[str]) -> int:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            for made in (report_png(browser, demo), app_png(browser, demo)):
-                print(f"wrote {made.relative_to(REPO)} ({made.stat().st_size:,} bytes)")
+            for made in (report_png(browser, demo, out_dir), app_png(browser, demo, out_dir)):
+                print(f"wrote {made} ({made.stat().st_size:,} bytes)")
         finally:
             browser.close()
     return 0
