@@ -99,9 +99,9 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
 
     # ---- data: sources, normalisation and class weights from the training split --------
     data = load_data(cfg)
-    train_src, val_src, size = data["train"], data["val"], data["size"]
-    if is_main and data.get("leakage"):
-        say(f"WARNING: {data['leakage']}; allowed by --allow-patient-overlap (recorded in the checkpoint)")
+    train_src, val_src, size = data.train, data.val, data.size
+    if is_main and data.leakage:
+        say(f"WARNING: {data.leakage}; allowed by --allow-patient-overlap (recorded in the checkpoint)")
     state = load_state(run_dir) if resume else None
     if state is not None:
         mean, std = float(state["norm_mean"]), float(state["norm_std"])
@@ -112,7 +112,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     preprocessing = Preprocessing(size=size, channels=3, pixel_range=(0.0, 1.0), mean=(mean,), std=(std,))
     criterion = WeightedBCEWithLogits(w_pos, w_neg).to(device)
     val_criterion = WeightedBCEWithLogits(w_pos, w_neg, reduction="none").to(device)
-    names = data["labels"]  # model outputs: the findings the data label (or --labels); NaN targets are masked
+    names = data.labels  # model outputs: the findings the data label (or --labels); NaN targets are masked
     untrainable = [n for n, f in zip(names, w_neg, strict=True) if f == 0]
     if is_main and untrainable:
         say(f"note: no positive training images for {', '.join(untrainable)}; these outputs will not learn")
@@ -193,7 +193,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
 
         writer = SummaryWriter(log_dir=str(run_dir), purge_step=global_step + 1 if global_step else None)
         say(
-            f"training {cfg.arch} on {data['desc']}: {len(train_src)} train / {len(val_src)} val images at {size} px, "
+            f"training {cfg.arch} on {data.desc}: {len(train_src)} train / {len(val_src)} val images at {size} px, "
             f"{world} process(es) x batch {cfg.batch_size}, device {device}"
             f"{', ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}; "
             f"normalisation mean {mean:.4f} std {std:.4f} (training split)"
@@ -339,12 +339,12 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     # ---- result: temperature fitted on validation into best/last (calibration.py) ---------------
     for file, held in ((BEST_FILE, best_val), (LAST_FILE, last_val)):
         if is_main and held is not None and len(held[1]):
-            where = {"by": "cxrdx train", "dataset": data["path"], "split": cfg.val_split, "epoch": held[2]}
+            where = {"by": "cxrdx train", "dataset": data.path, "split": cfg.val_split, "epoch": held[2]}
             fit_temperature_into(run_dir / file, held[0], held[1], where)
     if is_main and (run_dir / BEST_FILE).is_file():  # OOD reference: train features, val threshold (ood.py)
         from cxrdx.model.ood import fit_ood_into_checkpoint
 
-        where = {"by": "cxrdx train", "dataset": data["path"], "splits": [cfg.train_split, cfg.val_split]}
+        where = {"by": "cxrdx train", "dataset": data.path, "splits": [cfg.train_split, cfg.val_split]}
         fit_ood_into_checkpoint(run_dir / BEST_FILE, train_src, val_src, device=device, fitted_on=where)
     if debug_dump_weights:  # every process writes its own weights (tests compare them across ranks)
         from safetensors.torch import save_file

@@ -14,6 +14,7 @@ import math
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from cxrdx.labels import FINDINGS
 from cxrdx.training.config import BEST_FILE, LAST_FILE, STATE_FILE, TrainConfig
 from cxrdx.training.progress import say
 from cxrdx.training.provenance import provenance
+
+if TYPE_CHECKING:
+    from cxrdx.training.data import TrainingData
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -95,7 +99,9 @@ def load_state(run_dir: Path) -> dict | None:
         ) from None
 
 
-def reconcile_checkpoints(run_dir: Path, state: dict, cfg: TrainConfig, preprocessing, data: dict) -> None:
+def reconcile_checkpoints(
+    run_dir: Path, state: dict, cfg: TrainConfig, preprocessing, data: TrainingData
+) -> None:
     """Make last/best.safetensors agree with the resume state (they are written after it)."""
     from cxrdx.errors import CheckpointError
     from cxrdx.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
@@ -113,7 +119,7 @@ def reconcile_checkpoints(run_dir: Path, state: dict, cfg: TrainConfig, preproce
         except CheckpointError:
             have = -1
         if have != want:
-            names = data.get("labels") or list(FINDINGS)
+            names = data.labels or list(FINDINGS)
             model = build_model(cfg.arch, len(names), 3)
             model.load_state_dict(state["model"], strict=True)
             auroc = best["auroc"] if name == BEST_FILE else {}
