@@ -97,10 +97,7 @@ def test_library_messages_name_parameters_and_the_cli_shows_flags():
 def test_every_job_option_has_help(name):
     """Each job's settings are described once, in its Config; cli/ renders and adds front-end flags only."""
     module = importlib.import_module(f"cxrdx.cli.{COMMANDS[name][0]}")
-    job = getattr(module, "JOB", None)
-    if job is None:
-        assert name == "weights"  # list/pull/verify/rm over model/pretrained, hand-written sub-actions
-        return
+    job = module.JOB
     specs = [spec_of(f) for f in dataclasses.fields(job.Config)]
     assert any(specs) and all(s.help.strip() for s in specs if s)
     assert build_parser(name) is not None

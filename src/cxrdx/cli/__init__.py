@@ -2,10 +2,9 @@
 
 A subcommand module ``cxrdx.cli.<module>`` names its job (``JOB``, a module of ``cxrdx.jobs``
 with ``Config``, ``run`` and ``Result``) and renders the result (``render(result, config, args)
--> int``), its flags generated from ``JOB.Config`` by ``cxrdx.cli.generate``. Two define
-``add_arguments(parser)`` and ``run(args) -> int`` themselves: ``train`` (flags generated in
-"only given" mode, over a settings file or a resumed run) and ``weights`` (sub-actions over
-``cxrdx.model.pretrained``). Either way it imports only light
+-> int``), its flags generated from ``JOB.Config`` by ``cxrdx.cli.generate``. ``train``
+defines ``add_arguments(parser)`` and ``run(args) -> int`` itself (its flags generated in
+"only given" mode, over a settings file or a resumed run). Either way it imports only light
 modules at the top and the library inside functions. This file imports a subcommand's
 module only when that subcommand is invoked, so ``cxrdx --help`` and
 ``cxrdx CMD --help`` load no torch, pandas or gradio.
