@@ -88,28 +88,28 @@ def predict_job(
     reporter = reporter_or_default(reporter, "predict")
     log = reporter.note
     if config.workers is not None and config.workers < 0:
-        raise ConfigError(f"--workers must be 0 or more, got {config.workers}")
+        raise ConfigError(f"`workers` must be 0 or more, got {config.workers}")
     folder_out = config.format in FOLDER_FORMATS
     if folder_out and not config.out:
         raise ConfigError(
-            f"--format {config.format} writes files: give --out DIR, the folder to write them in"
+            f"`format` {config.format} writes files: give `out` DIR, the folder to write them in"
         )
     if config.out and Path(config.out).is_dir() and not folder_out:
-        raise ConfigError(f"--out {config.out}: is a folder; give a file name")
+        raise ConfigError(f"`out` {config.out}: is a folder; give a file name")
     if config.out and not folder_out:  # fail before the work, not after it
         try:
             Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"--out {config.out}: its folder cannot be created ({exc.strerror or exc})"
+                f"`out` {config.out}: its folder cannot be created ({exc.strerror or exc})"
             ) from None
     if folder_out and result_folder is None:
         raise ValueError(f"--format {config.format}: predict_job needs result_folder")
     shard, n_shards = shards.parse_shard(config.shard) if config.shard else shards.shard_from_env()
     streamed = config.format in STREAM_FORMATS
     if (config.resume or n_shards > 1) and not (streamed and config.out):
-        what = "--resume" if config.resume else f"shard {shard}/{n_shards}"
-        raise ConfigError(f"{what} needs --out FILE and --format csv or jsonl")
+        what = "`resume`" if config.resume else f"shard {shard}/{n_shards}"
+        raise ConfigError(f"{what} needs `out` FILE and `format` csv or jsonl")
     files, errors = collect_images(config.paths, config.recursive)
     if config.format == "dicom" and check_inputs is not None:
         check_inputs(files)  # PNG/JPEG have no study to put DICOM results in: say so up front
