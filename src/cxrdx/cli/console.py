@@ -14,9 +14,9 @@ T = TypeVar("T")
 class ConsoleReporter(Reporter):
     """Notes and warnings as prefixed lines on stderr; progress as a tqdm bar unless ``bars`` is off."""
 
-    def __init__(self, command: str, bars: bool = True, stream=None) -> None:
+    def __init__(self, command: str, bars: bool = True, stream=None, prefix: str | None = None) -> None:
         super().__init__(f"cxrdx.{command}")
-        self.prefix = f"cxrdx {command}: "
+        self.prefix = f"cxrdx {command}: " if prefix is None else prefix
         self.bars = bars
         self.stream = stream
 

@@ -29,9 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = JOB.resolve(given_settings(JOB.Config, args), args.resume, args.config)
-    result = JOB.run(
-        cfg, ConsoleReporter("train"), resume=args.resume, debug_dump_weights=args.debug_dump_weights
-    )
+    reporter = ConsoleReporter("train", prefix="")  # training's lines stay bare: "epoch 3/20: ..."
+    result = JOB.run(cfg, reporter, resume=args.resume, debug_dump_weights=args.debug_dump_weights)
     if int(os.environ.get("RANK", "0")) == 0:
         print_summary(result, cfg)
     return 0

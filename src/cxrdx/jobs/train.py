@@ -56,7 +56,7 @@ def run(
     cfg = config.validate() if config is not None else resolve(settings, resume, config_file)
     is_main = int(os.environ.get("RANK", "0")) == 0
     try:
-        result = train(cfg, resume=bool(resume), debug_dump_weights=debug_dump_weights)
+        result = train(cfg, resume=bool(resume), debug_dump_weights=debug_dump_weights, reporter=reporter)
     except CxrdxError:
         raise
     except KeyboardInterrupt:

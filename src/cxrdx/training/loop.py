@@ -41,12 +41,13 @@ from cxrdx.errors import ConfigError
 from cxrdx.files import atomic_write, atomic_write_json
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.metrics.auroc import mean_auroc, per_finding_auroc
+from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.training.calibration import fit_temperature_into, prior_from_weights
 from cxrdx.training.config import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, STATE_FILE, TrainConfig
 from cxrdx.training.data import load_data, pixel_stats, to_input, train_loader, val_loader
 from cxrdx.training.distributed import agree, all_mean, init_distributed
 from cxrdx.training.loss import WeightedBCEWithLogits, class_weights
-from cxrdx.training.progress import progress_bar, say
+from cxrdx.training.progress import progress_bar
 from cxrdx.training.provenance import model_card, provenance
 from cxrdx.training.runtime import choose_amp_dtype, pick_device, restores_torch_globals
 from cxrdx.training.state import check_run_dir, load_state, reconcile_checkpoints, restore_rng, rng_state
@@ -69,8 +70,14 @@ class TrainResult:
 
 
 @restores_torch_globals
-def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = False) -> TrainResult:
-    """Train (or resume) a run; returns where the best checkpoint is and how it scored."""
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    debug_dump_weights: bool = False,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train (or resume) a run; returns where the best checkpoint is and how it scored; lines go to ``reporter``."""
+    reporter = reporter_or_default(reporter, "train")
     cfg = config.validate()
     wall_start = time.monotonic()
 
@@ -101,8 +108,8 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     data = load_data(cfg)
     train_src, val_src, size = data.train, data.val, data.size
     if is_main and data.leakage:
-        say(f"WARNING: {data.leakage}; allowed by --allow-patient-overlap (recorded in the checkpoint)")
-    state = load_state(run_dir) if resume else None
+        reporter.warn(f"{data.leakage}; allowed by --allow-patient-overlap (recorded in the checkpoint)")
+    state = load_state(run_dir, reporter) if resume else None
     if state is not None:
         mean, std = float(state["norm_mean"]), float(state["norm_std"])
         w_pos, w_neg = state["w_pos"].numpy(), state["w_neg"].numpy()
@@ -115,7 +122,9 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     names = data.labels  # model outputs: the findings the data label (or --labels); NaN targets are masked
     untrainable = [n for n, f in zip(names, w_neg, strict=True) if f == 0]
     if is_main and untrainable:
-        say(f"note: no positive training images for {', '.join(untrainable)}; these outputs will not learn")
+        reporter.note(
+            f"note: no positive training images for {', '.join(untrainable)}; these outputs will not learn"
+        )
     train_batches, train_sampler = train_loader(train_src, cfg, device, rank, world)
     val_batches = val_loader(val_src, cfg, device, rank, world)
 
@@ -167,11 +176,11 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         history = list(state["history"])
         restore_rng(state["rng"], augment_rng, rank)
         if is_main:
-            reconcile_checkpoints(run_dir, state, cfg, preprocessing, data)
+            reconcile_checkpoints(run_dir, state, cfg, preprocessing, data, reporter)
             atomic_write_json(
                 run_dir / HISTORY_FILE, history
             )  # it too may lag the state (killed while written)
-            say(
+            reporter.note(
                 f"resuming {run_dir} after epoch {start_epoch} (best val loss {best['val_loss']:.4f} at epoch {best['epoch']})"
             )
     del state
@@ -192,7 +201,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir), purge_step=global_step + 1 if global_step else None)
-        say(
+        reporter.note(
             f"training {cfg.arch} on {data.desc}: {len(train_src)} train / {len(val_src)} val images at {size} px, "
             f"{world} process(es) x batch {cfg.batch_size}, device {device}"
             f"{', ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}; "
@@ -330,7 +339,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
             writer.add_scalar("lr", lr_now, global_step)
             writer.add_scalar("train/images_per_s", record["train_images_per_s"], global_step)
             writer.flush()
-            say(
+            reporter.note(
                 f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}  val loss {val_loss:.4f}"
                 f"{'  val AUROC ' + format(auroc_mean, '.3f') if auroc_mean is not None else ''}  lr {lr_now:.2g}  "
                 f"{epoch_seconds[-1]:.0f} s{'  (best)' if improved else ''}"

@@ -21,8 +21,8 @@ import torch
 
 from cxrdx.errors import ConfigError, DataError
 from cxrdx.labels import FINDINGS
+from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.training.config import BEST_FILE, LAST_FILE, STATE_FILE, TrainConfig
-from cxrdx.training.progress import say
 from cxrdx.training.provenance import provenance
 
 if TYPE_CHECKING:
@@ -83,11 +83,11 @@ def restore_rng(state: dict, augment_rng: torch.Generator, rank: int) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_state(run_dir: Path) -> dict | None:
+def load_state(run_dir: Path, reporter: Reporter | None = None) -> dict | None:
     """The resume state, or None when the run was killed before its first epoch completed."""
     path = run_dir / STATE_FILE
     if not path.is_file():
-        say(
+        reporter_or_default(reporter, "train").note(
             f"note: {run_dir} has no completed epoch yet ({STATE_FILE} is absent); starting it from the beginning"
         )
         return None
@@ -100,7 +100,12 @@ def load_state(run_dir: Path) -> dict | None:
 
 
 def reconcile_checkpoints(
-    run_dir: Path, state: dict, cfg: TrainConfig, preprocessing, data: TrainingData
+    run_dir: Path,
+    state: dict,
+    cfg: TrainConfig,
+    preprocessing,
+    data: TrainingData,
+    reporter: Reporter | None = None,
 ) -> None:
     """Make last/best.safetensors agree with the resume state (they are written after it)."""
     from cxrdx.errors import CheckpointError
@@ -133,4 +138,6 @@ def reconcile_checkpoints(
                 calibration=prior_from_weights(state["w_pos"].numpy(), state["w_neg"].numpy(), names),
             )
             save_checkpoint(run_dir / name, model, meta)
-            say(f"note: {run_dir / name} was behind the resume state (epoch {have} vs {want}); rewrote it")
+            reporter_or_default(reporter, "train").note(
+                f"note: {run_dir / name} was behind the resume state (epoch {have} vs {want}); rewrote it"
+            )
