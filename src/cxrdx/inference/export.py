@@ -40,6 +40,7 @@ from cxrdx.inference.backends import (
     open_session,
 )
 from cxrdx.metrics.calibration import resolve_calibration
+from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.settings import ONNX_OPSET
 
 if TYPE_CHECKING:
@@ -368,14 +369,13 @@ def prepare_export(ckpt: str | os.PathLike) -> bool:
     return cached_export_path(sha).is_file()
 
 
-def prepare_export_note(command: str, ckpt: str | os.PathLike, reporter=None) -> None:
+def prepare_export_note(command: str, ckpt: str | os.PathLike, reporter: Reporter | None = None) -> None:
     """``prepare_export`` for a command that just wrote ``ckpt``, with one note when it exported.
 
-    The note goes to ``reporter`` (a ``cxrdx.reporter.Reporter``) when one is given, else to stderr.
+    The note goes to ``reporter`` (default: logging, logger ``cxrdx.<command>``).
 
     ``CXRDX_EXPORT_ON_WRITE=0`` turns it off (the first predict then runs on PyTorch and exports).
     """
-    import sys
     import time
 
     if os.environ.get("CXRDX_EXPORT_ON_WRITE", "1") == "0":
@@ -386,10 +386,7 @@ def prepare_export_note(command: str, ckpt: str | os.PathLike, reporter=None) ->
             f"ONNX export of {Path(ckpt).name} cached in {time.perf_counter() - start:.1f} s "
             "(the first `cxrdx predict` with it needs no export)"
         )
-        if reporter is not None:
-            reporter.note(note)
-        else:
-            print(f"cxrdx {command}: {note}", file=sys.stderr)
+        reporter_or_default(reporter, command).note(note)
 
 
 def export_in_background(ckpt: str | os.PathLike) -> None:
