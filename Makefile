@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: test demo install lint clean
+.PHONY: test demo screenshots install lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: install
 
 demo: install
 	bash scripts/demo.sh $(DEMO_DIR)
+
+# The README's pictures (docs/images/app.png, report.png) from the demo's real outputs; run `make demo` first.
+# Tests never write into docs/, so `make test` leaves the tree clean.
+screenshots: install
+	bash scripts/ensure_chromium.sh
+	$(BIN)/python scripts/screenshots.py $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

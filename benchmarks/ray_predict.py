@@ -61,9 +61,10 @@ def main() -> None:
 
     import ray
 
-    from cxrdx.inference.predict_job import PredictJobConfig, predict_job
     from cxrdx.inference.predictor import Predictor
-    from cxrdx.integrations.ray_job import predict_on_ray
+    from cxrdx.jobs.predict import Config as PredictJobConfig
+    from cxrdx.jobs.predict_batch import predict_job
+    from cxrdx.jobs.predict_ray import predict_on_ray
 
     Predictor.load(ckpt, backend="onnx")  # the ONNX export, made once, outside the timings
     print(f"# {machine_line()}")

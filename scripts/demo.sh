@@ -13,13 +13,13 @@ MAX_MINUTES=${DEMO_MAX_MINUTES:-30}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1/8 synthesise 1,500 phantom chest radiographs with known lesions and boxes"
-$CX synth --out "$OUT/phantoms" --n 1500 --size $SIZE --seed 0
+$CX synth --out "$OUT/phantoms" --n 1500 --image-size $SIZE --seed 0
 step "2/8 split by patient (70/10/20) and check for leakage"
 $CX split --labels "$OUT/phantoms/Data_Entry.csv" --out "$OUT/split" --val 0.1 --test 0.2 --seed 0
 $CX check-leakage "$OUT/split/train.csv" "$OUT/split/val.csv" "$OUT/split/test.csv"
 step "3/8 prepare: decode once into a uint8 cache at $TRAIN_SIZE px (the training size)"
 $CX prepare --labels "$OUT/split/train.csv" "$OUT/split/val.csv" "$OUT/split/test.csv" \
-  --images "$OUT/phantoms/images" --size $TRAIN_SIZE --out "$OUT/cache"
+  --images "$OUT/phantoms/images" --image-size $TRAIN_SIZE --out "$OUT/cache"
 step "4/8 train DenseNet121 from scratch at $TRAIN_SIZE px for $EPOCHS epochs (~3 min on 2 idle cores; cap $MAX_MINUTES min)"
 $CX train --data "$OUT/cache" --out "$OUT/run" --image-size $TRAIN_SIZE --epochs $EPOCHS \
   --max-minutes $MAX_MINUTES --batch-size 32 --lr 1e-3 --lr-patience 2 --patience 5

@@ -114,24 +114,15 @@ def phantom_dicom(seed: int = 0, size: int = 64, **attrs):
 
 
 def save_screenshot(png: bytes, dest, max_bytes: int = 300_000, width: int = 1200) -> None:
-    """A browser screenshot as a small PNG for docs/ (palette colours, shrunk until under max_bytes)."""
+    """``make screenshots``'s shrinker (scripts/screenshots.py), which the browser tests check on tmp paths."""
+    import importlib.util
     from pathlib import Path
 
-    from cxrdx.files import atomic_write
-
-    shot = Image.open(io.BytesIO(png)).convert("RGB")
-    scale = min(1.0, width / shot.width)
-    while True:
-        size = (max(1, round(shot.width * scale)), max(1, round(shot.height * scale)))
-        small = shot.resize(size, Image.Resampling.LANCZOS) if scale < 1 else shot
-        buf = io.BytesIO()
-        small.quantize(colors=128, method=Image.Quantize.FASTOCTREE).save(buf, "PNG", optimize=True)
-        if buf.tell() <= max_bytes or scale < 0.3:
-            break
-        scale *= 0.85
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(dest, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-    Path(dest).chmod(0o644)  # a docs file, readable by all (the temp file was private)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshots.py"
+    spec = importlib.util.spec_from_file_location("cxrdx_screenshots", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.save_screenshot(png, dest, max_bytes=max_bytes, width=width)
 
 
 def write_cache(out, images: np.ndarray, labels: np.ndarray, splits: list[str]):

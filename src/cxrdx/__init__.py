@@ -5,6 +5,9 @@ The public API (everything else is internal and may change)::
     from cxrdx import FINDINGS, Predictor, read_image, read_labels, train, TrainConfig
     from cxrdx import evaluate, EvaluateConfig, import_weights
 
+Every command is also a job with the same settings as its flags: ``cxrdx.jobs.<command>`` has
+``Config``, ``run(config, reporter=None) -> Result`` (e.g. ``cxrdx.jobs.split``, ``cxrdx.jobs.predict``).
+
 Names load lazily, so ``import cxrdx`` stays light (no torch) for the CLI's help and for tools.
 """
 
@@ -31,13 +34,14 @@ _API = {
     "train": "cxrdx.training.loop",
     "TrainConfig": "cxrdx.training.config",
     "evaluate": "cxrdx.evaluation.evaluate",
-    "EvaluateConfig": "cxrdx.evaluation.evaluate",
+    "EvaluateConfig": "cxrdx.evaluation.config",
     "import_weights": "cxrdx.model.import_weights",
 }
 
 if TYPE_CHECKING:
     from cxrdx.data.tables import read_labels
-    from cxrdx.evaluation.evaluate import EvaluateConfig, evaluate
+    from cxrdx.evaluation.config import EvaluateConfig
+    from cxrdx.evaluation.evaluate import evaluate
     from cxrdx.imaging.read import read_image
     from cxrdx.inference.prediction import Prediction
     from cxrdx.inference.predictor import Predictor

@@ -92,7 +92,7 @@ def test_a_choice_made_on_a_busy_machine_is_measured_again_when_quiet(clock, mon
 
 @pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
 def test_cli_tunes_once_then_uses_the_cache_and_can_be_turned_off(tmp_path, capsys, monkeypatch):
-    from cxrdx.inference import predict_job
+    from cxrdx.jobs import predict_batch as predict_job
 
     monkeypatch.setattr(predict_job, "AUTOTUNE_MIN_IMAGES", 4)
     torch.manual_seed(0)

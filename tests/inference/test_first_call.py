@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from testkit import run_cli
 
+from cxrdx.cli.console import ConsoleReporter
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.inference import export
 from cxrdx.inference.backends import onnxruntime_available
@@ -41,10 +42,10 @@ def test_prepare_export_fills_the_cache_once(tmp_path, capsys, monkeypatch):
     ckpt = _ckpt(tmp_path / "a.safetensors", 0)
     assert not export.is_exported(ckpt)
     monkeypatch.setenv("CXRDX_EXPORT_ON_WRITE", "0")
-    export.prepare_export_note("train", ckpt)
+    export.prepare_export_note("train", ckpt, ConsoleReporter("train"))
     assert not export.is_exported(ckpt)
     monkeypatch.delenv("CXRDX_EXPORT_ON_WRITE")
-    export.prepare_export_note("train", ckpt)
+    export.prepare_export_note("train", ckpt, ConsoleReporter("train"))
     assert export.is_exported(ckpt) and "ONNX export of a.safetensors cached" in capsys.readouterr().err
     assert export.prepare_export(ckpt) is False  # already there
     rc, _, err = run_cli(

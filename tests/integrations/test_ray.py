@@ -22,9 +22,9 @@ import pytest
 from PIL import Image
 from testkit import phantom_dicom, run_cli, tiny_checkpoint
 
-from cxrdx.inference.predict_job import PredictJobConfig
-from cxrdx.integrations import ray_job
 from cxrdx.integrations.ray import PredictBatch, decode_images, predictions_of
+from cxrdx.jobs import predict_ray as ray_job
+from cxrdx.jobs.predict import Config as PredictJobConfig
 
 SIZE = 32
 N_FILMS = 15  # + one broken file

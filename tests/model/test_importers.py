@@ -652,9 +652,9 @@ def test_cli_import_prints_summary(tmp_path, capsys):
     assert "cxrdx import: error:" in capsys.readouterr().err
 
 
-def test_cli_choices_match_the_library():
-    """The CLI keeps copies of the kinds and xrv variant names so `cxrdx import --help` loads no torch."""
-    from cxrdx.cli import import_weights as cli
+def test_offered_choices_are_what_the_library_reads():
+    """`cxrdx import --help` offers cxrdx.settings' names (no torch); the xrv table is keyed by the same ones."""
+    from cxrdx import settings
 
-    assert cli.KINDS == KINDS
-    assert tuple(XRV_VARIANTS) == cli.XRV_VARIANT_NAMES
+    assert settings.IMPORT_SOURCES == KINDS
+    assert tuple(XRV_VARIANTS) == settings.XRV_VARIANTS

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxrdx import settings
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 DISCLAIMER = (
     "For research and education only. Not a medical device and not a replacement for a clinician's diagnosis."
 )
-TOP_K = 3
+TOP_K = settings.TOP_K
 DISPLAY_MAX_SIDE = 768  # the image shown in the page; the model always sees the full one
 
 

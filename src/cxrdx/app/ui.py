@@ -37,6 +37,7 @@ from cxrdx.app.components import (
 )
 from cxrdx.errors import CxrdxError
 from cxrdx.inference.formats import ood_warning, overlay_caveats
+from cxrdx.settings import MAX_UPLOAD_MB
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cxrdx.app")
 
-DEFAULT_MAX_UPLOAD_MB = 50
+DEFAULT_MAX_UPLOAD_MB = MAX_UPLOAD_MB
 CSS = """
 #cxrdx-status .error {color: #b91c1c; font-weight: 600;}
 #cxrdx-disclaimer {font-size: 0.9em; opacity: 0.85;}

@@ -1,8 +1,11 @@
 """`cxrdx` command line: one subcommand per file in this folder, errors as one line, never a traceback.
 
-Each subcommand module ``cxrdx.cli.<module>`` defines ``add_arguments(parser)`` and
-``run(args) -> int``. It imports only argparse and light modules at the top; the
-library code it calls is imported inside ``run``. This file imports a subcommand's
+A subcommand module ``cxrdx.cli.<module>`` names its job (``JOB``, a module of ``cxrdx.jobs``
+with ``Config``, ``run`` and ``Result``) and renders the result (``render(result, config, args)
+-> int``), its flags generated from ``JOB.Config`` by ``cxrdx.cli.generate``. ``train``
+defines ``add_arguments(parser)`` and ``run(args) -> int`` itself (its flags generated in
+"only given" mode, over a settings file or a resumed run). Either way it imports only light
+modules at the top and the library inside functions. This file imports a subcommand's
 module only when that subcommand is invoked, so ``cxrdx --help`` and
 ``cxrdx CMD --help`` load no torch, pandas or gradio.
 """
@@ -73,9 +76,41 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == command:
             module = importlib.import_module(f"cxrdx.cli.{module_name}")
-            module.add_arguments(sub)
-            sub.set_defaults(func=module.run)
+            if hasattr(module, "render"):  # a job: flags from JOB.Config, JOB.run, then render
+                _add_job(sub, name, module)
+            else:
+                module.add_arguments(sub)
+                sub.set_defaults(func=module.run)
     return parser
+
+
+def _add_job(sub: argparse.ArgumentParser, name: str, module) -> None:
+    """The subcommand's flags from its job's Config; running it = job.run(config, console reporter) + render."""
+    from cxrdx.cli.console import ConsoleReporter
+    from cxrdx.cli.generate import add_config_arguments, config_from_args
+
+    sub.description = getattr(module, "DESCRIPTION", sub.description)
+    add_config_arguments(sub, module.JOB.Config)
+    if hasattr(module, "add_arguments"):  # front-end-only flags (e.g. how to print), if any
+        module.add_arguments(sub)
+
+    def run(args: argparse.Namespace) -> int:
+        config = config_from_args(module.JOB.Config, args, sub)
+        reporter = module.reporter(args) if hasattr(module, "reporter") else ConsoleReporter(name)
+        result = module.JOB.run(config, reporter)
+        return int(module.render(result, config, args) or 0)
+
+    sub.set_defaults(func=run, job_config=module.JOB.Config)
+
+
+def _message(exc: CxrdxError, args: argparse.Namespace) -> str:
+    """The error's text, with the parameter names a job's error gives (`image_size`) shown as flags."""
+    config_cls = getattr(args, "job_config", None)
+    if config_cls is None:
+        return str(exc)
+    from cxrdx.cli.generate import flags_in
+
+    return flags_in(str(exc), config_cls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CxrdxError as exc:
-        print(f"cxrdx {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cxrdx {args.command}: error: {_message(exc, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cxrdx {args.command}: interrupted", file=sys.stderr)

@@ -3,81 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from cxrdx.cli.label_options import add_blank
+from cxrdx.jobs import evaluate as JOB
+
+DESCRIPTION = (
+    "Evaluate a checkpoint on a prepared cache split or a label CSV: predictions.csv, per-class AUROC "
+    "with 95% CIs (bootstrap over patients), average precision, thresholds chosen on validation data, "
+    "calibration, plots, metrics.json and report.html in --out."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Evaluate a checkpoint on a prepared cache split or a label CSV: predictions.csv, per-class AUROC "
-        "with 95%% CIs (bootstrap over patients), average precision, thresholds chosen on validation data, "
-        "calibration, plots, metrics.json and report.html in --out."
-    )
-    p.add_argument("--weights", required=True, metavar="CKPT", help="a cxrdx .safetensors checkpoint")
-    p.add_argument("--data", required=True, metavar="CSV_OR_CACHE", help="prepared cache folder or label CSV")
-    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder")
-    p.add_argument("--images", metavar="DIR", help="image folder for a label CSV")
-    p.add_argument("--split", default="test", help="cache split to evaluate (default test)")
-    p.add_argument("--val", metavar="VAL_CSV", help="validation label CSV (or cache) to choose thresholds on")
-    p.add_argument("--val-split", default="val", help="cache split for thresholds (default val)")
-    p.add_argument("--val-images", metavar="DIR", help="image folder for --val (default: --images)")
-    p.add_argument(
-        "--target-sensitivity",
-        type=float,
-        metavar="S",
-        help="choose each threshold as the highest reaching this sensitivity on validation (default: Youden's J)",
-    )
-    p.add_argument(
-        "--tta", action="store_true", help="average over a horizontal flip; reports the spread as uncertainty"
-    )
-    p.add_argument(
-        "--ensemble", nargs="+", default=[], metavar="CKPT", help="more checkpoints to average with --weights"
-    )
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="fit the calibration (prior + per-finding temperature) on the validation data first; stored "
-        "only with --out-weights or --write-thresholds (or use `cxrdx calibrate`)",
-    )
-    p.add_argument(
-        "--write-thresholds",
-        action="store_true",
-        help="store the chosen thresholds (and a calibration fitted here) in --weights itself, in place",
-    )
-    p.add_argument(
-        "--out-weights",
-        metavar="NEW.safetensors",
-        help="store them in this new checkpoint instead (same tensors); --weights is left as it is",
-    )
     p.add_argument(  # the old opt-out; not writing is now the default
         "--no-write-thresholds", dest="write_thresholds", action="store_false", help=argparse.SUPPRESS
     )
-    p.add_argument(
-        "--views",
-        default="frontal",
-        help="views to evaluate: frontal (default), all, or a list like PA,AP",
-    )
-    p.add_argument(
-        "--uncertain",
-        choices=("ignore", "zeros", "ones"),
-        default="ignore",
-        help="uncertain (-1) labels: ignore = unlabelled (default), zeros or ones",
-    )
-    add_blank(p)
-    p.add_argument(
-        "--dataset", help="the label table's layout, when it is not detected (see `cxrdx stats --help`)"
-    )
-    p.add_argument(
-        "--allow-patient-overlap",
-        action="store_true",
-        help="evaluate although a patient is in both --val and the test data (refused by default; noted)",
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def format_summary(metrics: dict) -> str:
@@ -144,36 +83,8 @@ def format_summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from cxrdx.evaluation.evaluate import EvaluateConfig, evaluate
-
-    config = EvaluateConfig(
-        weights=args.weights,
-        data=args.data,
-        out=args.out,
-        images=args.images,
-        split=args.split,
-        val=args.val,
-        val_split=args.val_split,
-        val_images=args.val_images,
-        target_sensitivity=args.target_sensitivity,
-        tta=args.tta,
-        ensemble=list(args.ensemble),
-        n_boot=args.n_boot,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        device=args.device,
-        write_thresholds=args.write_thresholds,
-        out_weights=args.out_weights,
-        calibrate=args.calibrate,
-        progress=args.progress,
-        allow_patient_overlap=args.allow_patient_overlap,
-        views=None if args.views == "all" else args.views,
-        uncertain=args.uncertain,
-        blank=args.blank,
-        dataset=args.dataset,
-    )
-    metrics = evaluate(config)
+def render(result: JOB.Result, config: JOB.Config, args: argparse.Namespace) -> int:
+    metrics = result.metrics
     print(format_summary(metrics))
     if metrics.get("skipped"):  # partial labels: outputs this dataset does not label (evaluation/external.py)
         skipped = ", ".join(metrics["skipped"])
@@ -198,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
             "thresholds written to thresholds.json only; add --out-weights NEW.safetensors (or "
             "--write-thresholds) to store them in a checkpoint"
         )
-    print(f"report: {Path(config.out) / 'report.html'}")
+    print(f"report: {result.report}")
     return 0

@@ -5,51 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from cxrdx.jobs import import_weights as JOB
+
 if TYPE_CHECKING:
     from cxrdx.model.import_weights import ImportResult
 
-# Copies of cxrdx.model.import_weights.KINDS and cxrdx.model.importers.xrv.XRV_VARIANTS' names, so that
-# `cxrdx import --help` loads no torch; tests/model/test_importers.py checks they stay equal.
-KINDS = ("torchvision", "chexnet", "xrv", "keras", "cxrdx")
-XRV_VARIANT_NAMES = ("all", "nih", "pc", "chex", "rsna", "mimic_nb", "mimic_ch")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Convert pretrained DenseNet121 weights into a cxrdx checkpoint (.safetensors + metadata). "
-        "Every tensor is mapped by name and shape-checked; the label order and the preprocessing the "
-        "source expects are recorded so predict/evaluate/explain/serve use it correctly."
-    )
-    parser.add_argument("--from", dest="kind", required=True, choices=KINDS, help="layout of SOURCE")
-    parser.add_argument(
-        "source", metavar="SOURCE", help="the weights file (.pth, .pth.tar, .pt, .h5, .safetensors)"
-    )
-    parser.add_argument("--out", required=True, metavar="CKPT", help="where to write the cxrdx checkpoint")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow full unpickling of files that hold a whole pickled model; it can run code from the file",
-    )
-    parser.add_argument("--size", type=int, default=None, help="input size in px to record (default: 224)")
-    parser.add_argument(
-        "--source-labels",
-        default=None,
-        metavar="NAMES",
-        help="comma-separated names of the source's outputs in order, if not the kind's default",
-    )
-    parser.add_argument(
-        "--xrv-weights",
-        default=None,
-        metavar="NAME",
-        help=f"which torchxrayvision DenseNet121 ({', '.join(XRV_VARIANT_NAMES)}) when the file name does not tell",
-    )
-    parser.add_argument(
-        "--keras-norm",
-        default=None,
-        metavar="NORM",
-        help="--from keras: the test-time normalisation, imagenet (default), per-image, or the training "
-        "sample's MEAN,STD in 0-255 units (the course notebook's generators)",
-    )
+DESCRIPTION = (
+    "Convert pretrained DenseNet121 weights into a cxrdx checkpoint (.safetensors + metadata). "
+    "Every tensor is mapped by name and shape-checked; the label order and the preprocessing the "
+    "source expects are recorded so predict/evaluate/explain/serve use it correctly."
+)
 
 
 def _summary(result: ImportResult) -> str:
@@ -84,21 +49,6 @@ def _summary(result: ImportResult) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from cxrdx.model.import_weights import import_weights
-
-    result = import_weights(
-        args.kind,
-        args.source,
-        args.out,
-        trust_pickle=args.trust_pickle,
-        size=args.size,
-        source_labels=args.source_labels,
-        xrv_weights=args.xrv_weights,
-        keras_norm=args.keras_norm,
-    )
+def render(result: ImportResult, config: JOB.Config, args: argparse.Namespace) -> int:
     print(_summary(result))
-    from cxrdx.inference.export import prepare_export_note
-
-    prepare_export_note("import", args.out)  # so the first `cxrdx predict` is fast
     return 0

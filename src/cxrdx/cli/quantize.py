@@ -5,56 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_CALIB = 128  # = cxrdx.inference.quantize.DEFAULT_CALIB, spelled here so --help loads nothing heavy
-MAX_AUROC_DROP = 0.005  # = cxrdx.inference.quantize.MAX_AUROC_DROP
+from cxrdx.jobs import quantize as JOB
+from cxrdx.settings import INT8_MAX_AUROC_DROP
+
+DESCRIPTION = (
+    "Quantize a checkpoint's ONNX export to int8 (ONNX Runtime static QDQ, per-channel weights), "
+    "with activation ranges from training-split images of a prepared cache, then score fp32 and int8 "
+    f"on its validation split. The int8 model is kept (in the cxrdx cache, for `cxrdx predict "
+    f"--precision int8`) only if its mean validation AUROC is within {INT8_MAX_AUROC_DROP} of fp32's "
+    "(--max-auroc-drop); otherwise nothing is written and the exit code is 1. The test split is never used."
+)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Quantize a checkpoint's ONNX export to int8 (ONNX Runtime static QDQ, per-channel weights), "
-        "with activation ranges from training-split images of a prepared cache, then score fp32 and int8 "
-        f"on its validation split. The int8 model is kept (in the cxrdx cache, for `cxrdx predict "
-        f"--precision int8`) only if its mean validation AUROC is within {MAX_AUROC_DROP} of fp32's; "
-        "otherwise nothing is written and the exit code is 1. The test split is never used."
-    )
-    p.add_argument(
-        "--weights", required=True, metavar="CKPT", help="cxrdx .safetensors checkpoint or a registry name"
-    )
-    p.add_argument(
-        "--data",
-        required=True,
-        metavar="CACHE",
-        help="prepared cache (cxrdx prepare) with train and val splits",
-    )
-    p.add_argument(
-        "--calib", type=int, default=DEFAULT_CALIB, help=f"training images to calibrate on ({DEFAULT_CALIB})"
-    )
-    p.add_argument("--calib-split", default="train", help="cache split to calibrate on (train)")
-    p.add_argument("--check-split", default="val", help="cache split to check AUROC on (val)")
-    p.add_argument(
-        "--max-auroc-drop",
-        type=float,
-        default=MAX_AUROC_DROP,
-        help=f"mean validation AUROC int8 may lose against fp32 ({MAX_AUROC_DROP})",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from cxrdx.inference.quantize import QuantizationRefused, QuantizeConfig, quantize
-
-    config = QuantizeConfig(
-        weights=args.weights,
-        data=args.data,
-        calib_split=args.calib_split,
-        check_split=args.check_split,
-        n_calib=args.calib,
-        max_auroc_drop=args.max_auroc_drop,
-    )
-    try:
-        report = quantize(config, log=lambda line: print(f"cxrdx quantize: {line}", file=sys.stderr))
-    except QuantizationRefused as exc:
-        print(f"cxrdx quantize: refused: {exc}", file=sys.stderr)
+def render(result: JOB.Result, config: JOB.Config, args: argparse.Namespace) -> int:
+    if result.refused is not None:
+        print(f"cxrdx quantize: refused: {result.refused}", file=sys.stderr)
         return 1
+    report = result.report
     print(f"{'finding':<20} {'AUROC fp32':>10} {'AUROC int8':>10} {'diff':>8}")
     for name, a32 in report.auroc_fp32.items():
         a8 = report.auroc_int8[name]
@@ -66,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"mean AUROC {report.mean_fp32:.4f} (fp32) -> {report.mean_int8:.4f} (int8) on {report.n_check} "
-        f"{args.check_split}-split images; |p int8 - p fp32| largest {report.max_abs_diff:.4f}, mean "
+        f"{config.check_split}-split images; |p int8 - p fp32| largest {report.max_abs_diff:.4f}, mean "
         f"{report.mean_abs_diff:.5f}{calls}"
     )
     if report.ood is not None:
@@ -79,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
             f"{o['verdicts_changed']:.2%} ({o['verdicts_changed_fp32_threshold']:.2%} with the fp32 threshold)"
         )
     print(
-        f"wrote {report.path} ({report.variant}, calibrated on {report.n_calib} {args.calib_split}-split images, "
+        f"wrote {report.path} ({report.variant}, calibrated on {report.n_calib} {config.calib_split}-split images, "
         f"{report.seconds:.0f} s; CPU {report.cpu}); use it with "
-        f"`cxrdx predict --precision int8 --weights {args.weights} ...`"
+        f"`cxrdx predict --precision int8 --weights {config.weights} ...`"
     )
     return 0

@@ -40,6 +40,7 @@ from cxrdx.data.origin import dataset_origin
 from cxrdx.errors import DataError, ImageReadError
 from cxrdx.files import atomic_write, atomic_write_text
 from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE
+from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.spreadsheet import safe_cell
 
 SAVE_EVERY_S = 5.0  # how often progress is made durable while preparing (tests lower it: module attribute)
@@ -141,7 +142,7 @@ def _is_ours(path: Path) -> bool:
 
 
 def _start_or_resume(
-    out: Path, plan: pd.DataFrame, size: int, overwrite: bool
+    out: Path, plan: pd.DataFrame, size: int, overwrite: bool, reporter: Reporter
 ) -> tuple[np.memmap, np.ndarray]:
     """Open the images memmap and the done markers: resumed when this is the same job, fresh otherwise."""
     fingerprint = _fingerprint(plan, size)
@@ -159,9 +160,7 @@ def _start_or_resume(
                     return images, done.astype(np.uint8)
             except (OSError, ValueError):
                 pass
-            print(
-                f"cxrdx prepare: the unfinished cache in {out} is damaged; starting it again", file=sys.stderr
-            )
+            reporter.note(f"the unfinished cache in {out} is damaged; starting it again")
         elif not overwrite:
             raise DataError(
                 f"{out} already holds a cache of other images or another size; "
@@ -267,6 +266,7 @@ def prepare_cache(
     mixed_no_finding: str = "error",
     allow_missing: bool = False,
     allow_patient_overlap: bool = False,
+    reporter: Reporter | None = None,
 ) -> PrepareResult:
     """Decode, letterbox and store every image listed in ``labels`` (resumable; see module doc).
 
@@ -301,7 +301,7 @@ def prepare_cache(
         probe = out / f".write-test-{os.getpid()}.tmp"
         probe.write_bytes(b"ok")
         probe.unlink()
-        cache, done = _start_or_resume(out, plan, size, overwrite)
+        cache, done = _start_or_resume(out, plan, size, overwrite, reporter_or_default(reporter, "prepare"))
     except OSError as exc:
         raise DataError(
             f"--out {out} cannot be written ({exc.strerror or exc}): is the disk full or the folder "

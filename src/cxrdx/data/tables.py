@@ -45,10 +45,10 @@ from cxrdx.data.nih import FINDING_LABELS_COLUMN
 from cxrdx.data.views import filter_views
 from cxrdx.errors import ConfigError, DataError
 from cxrdx.labels import ALL_FINDINGS, FINDINGS
+from cxrdx.settings import DATASETS
 
 META_COLUMNS = ("image", "path", "patient", "view", "age", "sex")  # + "study" where the dataset has studies
 LABEL_COLUMNS = (*META_COLUMNS, *FINDINGS)
-DATASETS = ("nih", "google", "chexpert", "mimic", "padchest", "vindr", "generic")
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones", "keep")
 _SIGNATURES = (  # checked in this order; the first whose columns are all present wins
     ("vindr", vindr.SIGNATURE),

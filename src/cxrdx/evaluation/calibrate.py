@@ -22,7 +22,6 @@ Decisions (why):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from cxrdx.data.cache import is_cache
 from cxrdx.errors import ConfigError
+from cxrdx.evaluation.config import CalibrateConfig
 from cxrdx.evaluation.eval_set import load_eval_set, run_views
 from cxrdx.metrics.calibration import (
     ECE_BINS,
@@ -43,21 +43,6 @@ from cxrdx.metrics.calibration import (
 if TYPE_CHECKING:
     from cxrdx.inference.predictor import Predictor
     from cxrdx.model.checkpoint import CheckpointMeta
-
-
-@dataclass
-class CalibrateConfig:
-    weights: str
-    data: str
-    out: str
-    images: str | None = None
-    split: str = "val"
-    tta: bool = False  # fit on both views (image and mirror), as predict --tta applies them
-    batch_size: int = 32
-    device: str = "auto"
-    progress: bool = True
-    views: str | None = "frontal"  # the views fitted on, as `evaluate --views`; None or "all": every view
-    uncertain: str = "ignore"  # -1 labels: ignore (unlabelled), zeros or ones
 
 
 def _training_prevalence(meta: CheckpointMeta) -> dict | None:

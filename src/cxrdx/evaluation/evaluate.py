@@ -28,9 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +38,7 @@ from cxrdx.data.leakage import check_patient_overlap
 from cxrdx.errors import ConfigError, DataError
 from cxrdx.evaluation.calibrate import calibration_summary, fit_for
 from cxrdx.evaluation.chexnet import CHEXNET_AUROC, CHEXNET_LABEL
+from cxrdx.evaluation.config import EvaluateConfig
 from cxrdx.evaluation.eval_set import EvalSet, combine, load_eval_set, run_views
 from cxrdx.evaluation.external import at_thresholds, labelled_summary, threshold_shift
 from cxrdx.evaluation.report import write_report
@@ -48,6 +47,7 @@ from cxrdx.metrics.calibration import expected_calibration_error
 from cxrdx.metrics.degenerate import class_flags
 from cxrdx.metrics.thresholds import binary_metrics, choose_thresholds
 from cxrdx.model.card import has_evaluation, training_card
+from cxrdx.reporter import Reporter, reporter_or_default
 
 
 def _nz(v: float | None, digits: int = 6) -> float | None:
@@ -105,34 +105,6 @@ def compute_metrics(
     }
 
 
-@dataclass
-class EvaluateConfig:
-    weights: str
-    data: str
-    out: str
-    images: str | None = None
-    split: str = "test"
-    val: str | None = None
-    val_split: str = "val"
-    val_images: str | None = None
-    target_sensitivity: float | None = None  # None -> Youden's J
-    tta: bool = False
-    ensemble: list[str] = field(default_factory=list)
-    n_boot: int = 1000
-    seed: int = 0
-    batch_size: int = 32
-    device: str = "auto"
-    write_thresholds: bool = False  # store thresholds (and a fitted calibration) into --weights itself
-    out_weights: str | None = None  # ... or into this new checkpoint (same tensors), leaving --weights as is
-    calibrate: bool = False  # fit prior+temperature on the validation data before choosing thresholds
-    allow_patient_overlap: bool = False  # validation and test sharing a patient: refused unless set
-    views: str | None = "frontal"  # the views evaluated (a frontal-film model); None or "all": every view
-    uncertain: str = "ignore"  # -1 labels: ignore (unlabelled), zeros or ones
-    blank: str = "negative"  # CheXpert/MIMIC "not mentioned" cells: negative or unlabelled
-    dataset: str | None = None  # force a label table's layout (cxrdx.data.tables.DATASETS)
-    progress: bool = True
-
-
 def _predictions_frame(es: EvalSet, pos: np.ndarray, probs: np.ndarray, spread: np.ndarray | None, names):
     import pandas as pd
 
@@ -149,7 +121,7 @@ def _predictions_frame(es: EvalSet, pos: np.ndarray, probs: np.ndarray, spread: 
     return frame
 
 
-def evaluate(config: EvaluateConfig) -> dict:
+def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
     """Run the whole evaluation; returns the metrics dict that is also written to ``metrics.json``."""
     from cxrdx.device import choose_device
     from cxrdx.inference.predictor import Predictor
@@ -207,8 +179,8 @@ def evaluate(config: EvaluateConfig) -> dict:
         except DataError as exc:
             if config.val:  # asked for explicitly: a problem is an error
                 raise
-            print(
-                f"cxrdx evaluate: no validation data ({exc}); thresholds will not be chosen", file=sys.stderr
+            reporter_or_default(reporter, "evaluate").note(
+                f"no validation data ({exc}); thresholds will not be chosen"
             )
 
     leakage = None  # refused before any inference unless allowed

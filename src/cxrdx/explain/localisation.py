@@ -23,6 +23,7 @@ import numpy as np
 from cxrdx.errors import CxrdxError, DataError
 from cxrdx.explain.gradcam import CAM_STRIDE
 from cxrdx.labels import canonical, canonical_list
+from cxrdx.reporter import Reporter, reporter_or_default
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -280,12 +281,13 @@ def score_localisation(
     iou_threshold: float = 0.5,
     limit: int | None = None,
     progress: bool = True,
+    reporter: Reporter | None = None,
 ) -> dict[str, LocalisationScore]:
     """Pointing game and IoU per finding over every boxed (image, finding) pair.
 
     The heatmap is computed for the boxed finding (by name, not argmax) on the
     source image's pixel grid, so the table's boxes apply directly. Images that
-    are missing or unreadable are skipped and listed on stderr.
+    are missing or unreadable are skipped, each a warning to ``reporter``.
     """
     from tqdm import tqdm
 
@@ -315,8 +317,9 @@ def score_localisation(
         scores.setdefault(finding, LocalisationScore(finding)).add(
             name, heatmap, groups[name, finding], iou_threshold, size, tolerance
         )
+    reporter = reporter_or_default(reporter, "explain")
     for line in skipped:
-        print(f"cxrdx explain: skipped {line}", file=sys.stderr)
+        reporter.warn(f"skipped {line}")
     return scores
 
 

@@ -40,6 +40,8 @@ from cxrdx.inference.backends import (
     open_session,
 )
 from cxrdx.metrics.calibration import resolve_calibration
+from cxrdx.reporter import Reporter, reporter_or_default
+from cxrdx.settings import ONNX_OPSET
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
     from cxrdx.model.checkpoint import CheckpointMeta
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = ONNX_OPSET
 EXPORT_TOLERANCE = 1e-4
 CACHE_KEEP = 8  # ONNX exports kept in the cache folder
 # Part of the cache key: bump it when the exported graph changes (2: second output "features";
@@ -371,23 +373,24 @@ def prepare_export(ckpt: str | os.PathLike) -> bool:
     return cached_export_path(sha).is_file()
 
 
-def prepare_export_note(command: str, ckpt: str | os.PathLike) -> None:
-    """``prepare_export`` for a command that just wrote ``ckpt``, with one line on stderr when it exported.
+def prepare_export_note(command: str, ckpt: str | os.PathLike, reporter: Reporter | None = None) -> None:
+    """``prepare_export`` for a command that just wrote ``ckpt``, with one note when it exported.
+
+    The note goes to ``reporter`` (default: logging, logger ``cxrdx.<command>``).
 
     ``CXRDX_EXPORT_ON_WRITE=0`` turns it off (the first predict then runs on PyTorch and exports).
     """
-    import sys
     import time
 
     if os.environ.get("CXRDX_EXPORT_ON_WRITE", "1") == "0":
         return
     start = time.perf_counter()
     if prepare_export(ckpt):
-        print(
-            f"cxrdx {command}: ONNX export of {Path(ckpt).name} cached in {time.perf_counter() - start:.1f} s "
-            "(the first `cxrdx predict` with it needs no export)",
-            file=sys.stderr,
+        note = (
+            f"ONNX export of {Path(ckpt).name} cached in {time.perf_counter() - start:.1f} s "
+            "(the first `cxrdx predict` with it needs no export)"
         )
+        reporter_or_default(reporter, command).note(note)
 
 
 def export_in_background(ckpt: str | os.PathLike) -> None:

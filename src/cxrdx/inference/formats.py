@@ -10,6 +10,7 @@ from typing import Any
 from cxrdx.errors import CxrdxError, ImageReadError
 from cxrdx.inference.prediction import Prediction
 from cxrdx.inference.predictor import ImageLike, Predictor
+from cxrdx.settings import TOP_K
 from cxrdx.spreadsheet import csv_line, safe_cell
 
 NO_THRESHOLDS_NOTE = (
@@ -25,7 +26,7 @@ UNCALIBRATED_NOTE = (
     "probabilities; calibrate it on labelled validation images with "
     "`cxrdx calibrate --weights CKPT --data VAL --out NEW.safetensors`"
 )
-HEATMAP_TOP_K = 3
+HEATMAP_TOP_K = TOP_K
 
 
 def ood_warning(pred: Prediction, threshold: float | None = None) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 class Prediction:
     """One image's result; ``error`` is set (and the rest empty) when it could not be read."""
 
-    source: str
+    image: str  # the file (or "array[i]"): the same name as the "image" of --format json/csv and label tables
     probabilities: dict[str, float] = field(default_factory=dict)
     positive: dict[str, bool] | None = None  # None when the checkpoint has no thresholds
     uncertainty: dict[str, float] | None = None  # spread over test-time-augmentation views
@@ -57,6 +57,15 @@ class Prediction:
         return f"{self.calibration}; score (uncalibrated, not fitted): {', '.join(raw)}"
 
     @property
+    def source(self) -> str:
+        """The former name of ``image`` (the API called it ``source``, the files ``image``); kept for old code."""
+        return self.image
+
+    @source.setter
+    def source(self, value: str) -> None:
+        self.image = value
+
+    @property
     def ok(self) -> bool:
         return self.error is None
 
@@ -66,7 +75,7 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able record with every finding by name (what ``--format json`` writes)."""
         return {
-            "image": self.source,
+            "image": self.image,
             "probabilities": dict(self.probabilities) if self.ok else None,
             "positive": None if self.positive is None else dict(self.positive),
             "uncertainty": None if self.uncertainty is None else dict(self.uncertainty),

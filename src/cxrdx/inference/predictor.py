@@ -7,11 +7,10 @@ from several threads): inference holds no per-call state, Grad-CAM takes a lock
 and runs on its own copy of the network (Grad-CAM's hooks would otherwise see
 other threads' forward passes).
 
-Backends: ``torch`` (eager, channels_last) or ``onnx`` (the same network exported
-once and run by ONNX Runtime, about twice as fast on a CPU) or ``openvino`` (the same
-ONNX file run by OpenVINO, optional and opt-in: bf16 on CPUs with native bf16, so
-probabilities move by ~1e-3; see docs/performance.md). ``auto`` picks ONNX Runtime
-on CPU when it is installed. Grad-CAM always uses the PyTorch network.
+Backends: ``torch`` (eager, channels_last), ``onnx`` (the same network exported once, run by
+ONNX Runtime, about twice as fast on a CPU) or ``openvino`` (the same ONNX file, optional:
+bf16 on CPUs with native bf16, probabilities move by ~1e-3; docs/performance.md). ``auto``
+picks ONNX Runtime on CPU when installed. Grad-CAM always uses the PyTorch network.
 
 Every input is made by the checkpoint's recipe (``Preprocessing``: fit, resize kernel, bit
 depth, normalisation, crops): for our own models the function that made the training
@@ -43,12 +42,12 @@ from cxrdx.inference.prediction import Prediction
 from cxrdx.labels import canonical
 from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta
 from cxrdx.model.ood import DepthOod, OodStats, reference
+from cxrdx.settings import BACKENDS
 
 if TYPE_CHECKING:  # the ONNX path runs without torch and MONAI (they load with the network, on demand)
     import torch
 
 ImageLike = str | os.PathLike | np.ndarray
-BACKENDS = ("auto", "torch", "onnx", "openvino")
 
 
 def default_workers() -> int:

@@ -44,10 +44,10 @@ from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.inference.backends import FEATURES_NAME, GRAY_NAME, OUTPUT_NAME, make_session
 from cxrdx.metrics.auroc import per_finding_auroc
 from cxrdx.metrics.calibration import apply_calibration, resolve_calibration
+from cxrdx.settings import INT8_CALIBRATION_IMAGES, INT8_MAX_AUROC_DROP, PRECISIONS
 
-PRECISIONS = ("fp32", "int8")
-MAX_AUROC_DROP = 0.005  # mean validation AUROC int8 may lose against fp32 (the adoption rule)
-DEFAULT_CALIB = 128  # training images for the activation ranges
+MAX_AUROC_DROP = INT8_MAX_AUROC_DROP  # validation AUROC int8 may lose against fp32
+DEFAULT_CALIB = INT8_CALIBRATION_IMAGES  # training images for the activation ranges
 BATCH = 16
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 MAX_OOD_VERDICTS_CHANGED = 0.05  # validation images whose OOD verdict int8 (own threshold) may flip vs fp32

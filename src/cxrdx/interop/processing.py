@@ -60,7 +60,8 @@ def portable(prediction: Any) -> Any:
     import types
 
     if dataclasses.is_dataclass(prediction):
-        return types.SimpleNamespace(**dataclasses.asdict(prediction))
+        fields = dataclasses.asdict(prediction)
+        return types.SimpleNamespace(**fields, source=fields.get("image"))  # `source`: image's former name
     return prediction
 
 

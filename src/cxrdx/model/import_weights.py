@@ -49,8 +49,9 @@ from cxrdx.model.importers.xrv import (
 )
 from cxrdx.model.networks import ARCHITECTURES, build_model
 from cxrdx.model.pickle_reader import extract_state_dict, load_torch_file
+from cxrdx.settings import IMPORT_SOURCES
 
-KINDS = ("torchvision", "chexnet", "xrv", "keras", "cxrdx")
+KINDS = IMPORT_SOURCES
 
 
 @dataclass

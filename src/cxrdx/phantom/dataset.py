@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import struct
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cxrdx.labels import FINDINGS, NO_FINDING
 from cxrdx.phantom.anatomy import sample_anatomy
 from cxrdx.phantom.config import CHRONIC, PhantomConfig
 from cxrdx.phantom.render import make_phantom
+from cxrdx.reporter import Reporter, reporter_or_default
 
 DATA_ENTRY_COLUMNS = (
     "Image Index",
@@ -146,9 +146,9 @@ def write_dataset(
     config: PhantomConfig | None = None,
     workers: int = 1,
     overwrite: bool = False,
-    progress: bool = False,
+    reporter: Reporter | None = None,
 ) -> Path:
-    """Write ``n`` phantoms in NIH's layout under ``out``; returns ``out``.
+    """Write ``n`` phantoms in NIH's layout under ``out``; returns ``out``; progress goes to ``reporter``.
 
     The result depends only on (n, size, seed, config), not on ``workers``.
     """
@@ -181,28 +181,14 @@ def write_dataset(
 
     specs = plan_dataset(int(n), int(seed), config)
     tasks = [(spec, int(seed), int(size), str(images_dir), config.subtle_fraction) for spec in specs]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tasks), desc="synth", unit="img", file=sys.stderr)
+    reporter = reporter_or_default(reporter, "synth")
     if workers == 1:
-        results = []
-        for t in tasks:
-            results.append(_render(t))
-            if bar:
-                bar.update()
+        results = [_render(t) for t in reporter.progress(tasks, len(tasks), "synth")]
     else:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with ctx.Pool(int(workers)) as pool:
-            results = []
-            for r in pool.imap(_render, tasks, chunksize=16):
-                results.append(r)
-                if bar:
-                    bar.update()
-    if bar:
-        bar.close()
+            results = list(reporter.progress(pool.imap(_render, tasks, chunksize=16), len(tasks), "synth"))
 
     spacing = round(360.0 / size, 4)  # a ~36 cm field of view
     rows = [

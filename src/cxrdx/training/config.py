@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from cxrdx.errors import ConfigError
-from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE
-from cxrdx.labels import canonical_list
+from cxrdx.options import option
+from cxrdx.settings import BLANK_HELP, BLANK_POLICIES
 
 # Files of a run folder.
 STATE_FILE = "last_state.pt"
@@ -28,57 +28,97 @@ HISTORY_FILE = "history.json"
 
 @dataclass
 class TrainConfig:
-    """Every training option. CLI flags override a --config file, which overrides these defaults."""
+    """Every training option, its default and help text (``cxrdx train``'s flags are generated from them).
 
-    data: str | list[str] = (
-        ""  # a `cxrdx prepare` cache folder, or a folder with train.csv + val.csv (or one of those CSVs); or several
+    CLI flags override a --config file, which overrides these defaults. Stdlib-only at import, so
+    ``cxrdx train --help`` loads no numpy or torch.
+    """
+
+    data: str | list[str] = option(
+        "",
+        metavar="CACHE_OR_CSV",
+        help="cache folder from `cxrdx prepare`, or a folder with train.csv and val.csv; several datasets "
+        "at once (each with its own label set and patient-disjoint splits): --data A B",
     )
-    out: str = ""  # run folder: checkpoints, TensorBoard events, config.json
-    images: str | None = None  # CSV data only: folder the image names are relative to
-    arch: str = "densenet121"  # or "densenet-tiny" (tests)
-    init: str | None = None  # ImageNet weights file (torchvision densenet121-*.pth layout)
-    epochs: int = 20
-    batch_size: int = 32  # per process
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    image_size: int | None = None  # None: the cache's size (CSV data: 320)
-    lr_factor: float = 0.1  # ReduceLROnPlateau on val loss
-    lr_patience: int = 1
-    early_stop_patience: int = 5  # epochs without val-loss improvement before stopping
+    labels: list[str] | None = option(
+        None,
+        metavar="NAME",
+        help="the model's outputs (default: every finding the data label, NIH's 14 first)",
+    )
+    uncertain: str = option(
+        "ignore",
+        choices=("ignore", "zeros", "ones"),
+        help="uncertain (-1) labels: ignore = masked, zeros or ones (the CheXpert paper's policies)",
+    )
+    blank: str = option("negative", choices=BLANK_POLICIES, help=BLANK_HELP)
+    views: str = option("frontal", help="views to train on: frontal, all, or a list like PA,AP")
+    out: str = option(
+        "", metavar="RUN_DIR", help="run folder to create (checkpoints, TensorBoard events, config.json)"
+    )
+    images: str | None = option(None, metavar="DIR", help="CSV data: folder the image names are relative to")
+    arch: str = option("densenet121", help="densenet121 or densenet-tiny (tests)")
+    init: str | None = option(
+        None,
+        metavar="FILE|NAME",
+        help="weights to start the features from: a file (torchvision densenet121-*.pth, a cxrdx checkpoint) "
+        "or a registry name (`cxrdx weights list`), e.g. imagenet",
+    )
+    epochs: int = option(20, help="maximum epochs")
+    batch_size: int = option(32, help="images per step per process")
+    lr: float = option(1e-4, help="Adam learning rate")
+    weight_decay: float = option(0.0, help="Adam weight decay")
+    image_size: int | None = option(
+        None, help="input size; must match the cache (default: the cache's; CSV data: 320)"
+    )
+    lr_factor: float = option(0.1, help="ReduceLROnPlateau factor (on val loss)")
+    lr_patience: int = option(1, help="ReduceLROnPlateau patience in epochs")
+    early_stop_patience: int = option(
+        5, flag="--patience", help="early-stopping patience in epochs (without val-loss improvement)"
+    )
     min_delta: float = 0.0
-    flip: bool = True
-    affine: bool = False
+    flip: bool = option(True, negatable=True, help="random horizontal flips")
+    affine: bool = option(False, negatable=True, help="small random rotation/scale/shift")
     affine_degrees: float = 5.0
     affine_translate: float = 0.05  # fraction of the image side
     affine_scale: float = 0.05  # +- fraction
-    findings: list[str] | None = (
-        None  # findings the reported mean AUROC averages over (default: all scorable)
+    findings: list[str] | None = option(
+        None, metavar="NAME", help="findings the reported mean AUROC averages over (default: all scorable)"
     )
-    labels: list[str] | None = None  # model outputs; None: the union of the findings the data label
-    uncertain: str = "ignore"  # uncertain (-1) labels: ignore (masked) | zeros | ones (CheXpert paper)
-    blank: str = "negative"  # CheXpert/MIMIC "not mentioned" cells: negative | unlabelled (data/generic.py)
-    views: str = "frontal"  # views to train on: frontal | all | a list like PA,AP
-    train_split: str = "train"
-    val_split: str = "val"
-    workers: int | None = None  # loader processes; None: 0 on CPU with a cache, else min(8, CPUs)
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16) | bf16 | fp16 | off; CPU is always fp32
-    compile: bool = False
-    channels_last: bool = True
-    sync_bn: bool = False
-    freeze_bn: bool = False
-    allow_patient_overlap: bool = False  # splits sharing a patient: refused unless set (recorded)
-    max_minutes: float | None = None  # time budget: stop when another epoch would not fit
-    max_steps_per_epoch: int | None = None
-    norm_images: int = 2000  # training images sampled for the normalisation mean/std
+    train_split: str = option("train", help="split name for training")
+    val_split: str = option("val", help="split name for validation")
+    workers: int | None = option(
+        None, help="loader processes (default: 0 on CPU with a cache, else min(8, CPUs))"
+    )
+    seed: int = option(0, help="random seed")
+    deterministic: bool = option(False, help="deterministic algorithms (slower)")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N")
+    amp: str = option(
+        "auto",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="mixed precision on CUDA (auto: bf16 where supported, else fp16); CPU is always fp32",
+    )
+    compile: bool = option(False, help="torch.compile the model")
+    channels_last: bool = option(True, negatable=True, help="channels_last memory format")
+    sync_bn: bool = option(False, help="synchronise BatchNorm across GPUs (DDP, CUDA)")
+    freeze_bn: bool = option(
+        False, help="BatchNorm uses the running statistics of --init (required; small batches, exact DDP)"
+    )
+    allow_patient_overlap: bool = option(
+        False,
+        help="train although a patient is in both splits (refused by default; recorded in the checkpoint)",
+    )
+    max_minutes: float | None = option(None, help="time budget: stop when another epoch would not fit")
+    max_steps_per_epoch: int | None = option(None, help="cap steps per epoch (quick runs)")
+    norm_images: int = option(2000, help="training images sampled for the normalisation mean/std")
     log_every: int = 10  # steps between TensorBoard train/loss points
-    progress: bool = True
-    threads: int | None = None  # CPU threads per process (default: CPUs / processes)
+    progress: bool = option(True, flag="--no-progress", help="no progress bar")
+    threads: int | None = option(None, help="CPU threads per process (default: CPUs / processes)")
 
     def validate(self) -> TrainConfig:
         """Check values and combinations; canonicalise finding names. Raises ConfigError/LabelError."""
+        from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE
+        from cxrdx.labels import canonical_list
+
         if not self.data:
             raise ConfigError(
                 "no training data given: pass --data CACHE (from `cxrdx prepare`) or a folder with train.csv and val.csv"
@@ -125,7 +165,7 @@ class TrainConfig:
             raise ConfigError(f"train and validation split are both {self.train_split!r}")
         if self.uncertain not in ("ignore", "zeros", "ones"):
             raise ConfigError(f"--uncertain {self.uncertain!r}: choose ignore, zeros or ones")
-        if self.blank not in ("negative", "unlabelled"):
+        if self.blank not in BLANK_POLICIES:
             raise ConfigError(f"--blank {self.blank!r}: choose negative or unlabelled")
         if isinstance(self.data, list) and (not self.data or len(set(self.data)) != len(self.data)):
             raise ConfigError(f"--data {self.data}: give each dataset once")

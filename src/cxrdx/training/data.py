@@ -9,7 +9,10 @@ tables also work (decoded on the fly), for small experiments without a cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +23,43 @@ from cxrdx.training.augment import random_affine, random_flip
 from cxrdx.training.config import TrainConfig
 
 
-def load_data(cfg: TrainConfig) -> dict:
+@dataclass
+class DatasetPart:
+    """One ``--data`` dataset: source factories (``names -> batch source``), its findings and description."""
+
+    train: Callable[[list[str]], Any]
+    val: Callable[[list[str]], Any]
+    findings: list[str]  # the findings it labels
+    size: int  # image side in px
+    kind: str  # "cache" or "csv"
+    path: str  # resolved folder
+    desc: str  # in words, for the log
+    origin: dict | None  # cxrdx.data.origin: dataset name and kind (phantom/real/unknown)
+    patients: int | None
+    leakage: str | None  # the patient overlap --allow-patient-overlap let through, else None
+    views_dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingData:
+    """What training reads: the batch sources, the model's outputs, and what the data are (for provenance)."""
+
+    train: Any  # batch source of the training split(s)
+    val: Any  # ... of the validation split(s)
+    labels: list[str]  # the model's outputs, in order (NaN targets where a dataset does not label one)
+    size: int
+    kind: str  # "cache", "csv" or several joined by "+"
+    path: str  # one dataset's folder, or several joined by " + "
+    desc: str
+    origin: dict | None
+    patients: int | None
+    leakage: str | None
+    datasets: list[dict] = field(
+        default_factory=list
+    )  # per dataset: path, findings, train, val, views_dropped
+
+
+def load_data(cfg: TrainConfig) -> TrainingData:
     """Training and validation batch sources from one or several datasets (``--data A B``).
 
     Each dataset is a cache (fast) or a folder of split CSVs (decoded on the fly) with its
@@ -35,7 +74,7 @@ def load_data(cfg: TrainConfig) -> dict:
 
     paths = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     parts = [_load_one(Path(p), cfg) for p in paths]
-    union = in_vocabulary_order({f for part in parts for f in part["findings"]})
+    union = in_vocabulary_order({f for part in parts for f in part.findings})
     names = canonical_list(cfg.labels) if cfg.labels else union
     unlabelled = [n for n in names if n not in union]
     if unlabelled:
@@ -43,47 +82,45 @@ def load_data(cfg: TrainConfig) -> dict:
             f"--labels {', '.join(unlabelled)}: no training dataset labels them (the data label "
             f"{', '.join(union)}); a model cannot learn a finding it never sees labelled"
         )
-    sizes = {part["size"] for part in parts}
+    sizes = {part.size for part in parts}
     if len(sizes) > 1:
         raise ConfigError(
-            f"--data: the datasets have different image sizes ({', '.join(f'{p}: {q}' for p, q in zip(paths, [x['size'] for x in parts], strict=True))}); "
+            f"--data: the datasets have different image sizes ({', '.join(f'{p}: {q}' for p, q in zip(paths, [x.size for x in parts], strict=True))}); "
             "prepare them at one --size"
         )
-    sources = {role: [part[role](names) for part in parts] for role in ("train", "val")}
-    if len(parts) == 1:
-        out = dict(parts[0])
-        out["train"], out["val"] = sources["train"][0], sources["val"][0]
-    else:
-        out = {
-            "train": ConcatBatches(sources["train"]),
-            "val": ConcatBatches(sources["val"]),
-            "size": parts[0]["size"],
-            "kind": "+".join(sorted({p["kind"] for p in parts})),
-            "path": " + ".join(p["path"] for p in parts),
-            "desc": " + ".join(p["desc"] for p in parts),
-            "origin": {
-                "dataset": " + ".join(
-                    str((p.get("origin") or {}).get("dataset") or p["path"]) for p in parts
-                ),
-                "kind": "+".join(
-                    sorted({str((p.get("origin") or {}).get("kind", "unknown")) for p in parts})
-                ),
-            },
-            "patients": sum(p.get("patients") or 0 for p in parts),
-            "leakage": "; ".join(p["leakage"] for p in parts if p.get("leakage")) or None,
-        }
-    out["labels"] = names
-    out["datasets"] = [
+    sources = {role: [getattr(part, role)(names) for part in parts] for role in ("train", "val")}
+    datasets = [
         {
-            "path": p["path"],
-            "findings": p["findings"],
+            "path": p.path,
+            "findings": p.findings,
             "train": len(s),
             "val": len(v),
-            "views_dropped": p.get("views_dropped", {}),
+            "views_dropped": p.views_dropped,
         }
         for p, s, v in zip(parts, sources["train"], sources["val"], strict=True)
     ]
-    return out
+    if len(parts) == 1:
+        (p,) = parts
+        return TrainingData(
+            sources["train"][0], sources["val"][0], names, p.size, p.kind, p.path, p.desc, p.origin,
+            p.patients, p.leakage, datasets,
+        )  # fmt: skip
+    return TrainingData(
+        train=ConcatBatches(sources["train"]),
+        val=ConcatBatches(sources["val"]),
+        labels=names,
+        size=parts[0].size,
+        kind="+".join(sorted({p.kind for p in parts})),
+        path=" + ".join(p.path for p in parts),
+        desc=" + ".join(p.desc for p in parts),
+        origin={
+            "dataset": " + ".join(str((p.origin or {}).get("dataset") or p.path) for p in parts),
+            "kind": "+".join(sorted({str((p.origin or {}).get("kind", "unknown")) for p in parts})),
+        },
+        patients=sum(p.patients or 0 for p in parts),
+        leakage="; ".join(p.leakage for p in parts if p.leakage) or None,
+        datasets=datasets,
+    )
 
 
 def _labels_for(table, findings, names) -> np.ndarray:
@@ -94,7 +131,7 @@ def _labels_for(table, findings, names) -> np.ndarray:
     return out
 
 
-def _load_one(path: Path, cfg: TrainConfig) -> dict:
+def _load_one(path: Path, cfg: TrainConfig) -> DatasetPart:
     """One dataset: train/val source factories (``names -> source``), its findings and description."""
     from cxrdx.data.cache import PreparedCache, is_cache, open_cache
     from cxrdx.data.leakage import check_patient_overlap
@@ -125,20 +162,20 @@ def _load_one(path: Path, cfg: TrainConfig) -> dict:
             if len(sub.index) == 0:
                 raise DataError(f"{path}: the {split!r} split is empty")
             subs[role], tables[split] = sub, sub.index
-        return {
-            "train": subs["train"].batches,
-            "val": subs["val"].batches,
-            "findings": list(cache.findings),
-            "size": cache.size,
-            "kind": "cache",
-            "path": str(path.resolve()),
-            "desc": f"cache {path}",
-            "origin": cache.info.get("origin")  # caches made before origins were recorded: look again
+        return DatasetPart(
+            train=subs["train"].batches,
+            val=subs["val"].batches,
+            findings=list(cache.findings),
+            size=cache.size,
+            kind="cache",
+            path=str(path.resolve()),
+            desc=f"cache {path}",
+            origin=cache.info.get("origin")  # caches made before origins were recorded: look again
             or dataset_origin(cache.info.get("sources") or [path], cache.info.get("images_dir")),
-            "patients": _patients(tables),
-            "leakage": check_patient_overlap(tables, allow=cfg.allow_patient_overlap, source=str(path)),
-            "views_dropped": dropped,
-        }
+            patients=_patients(tables),
+            leakage=check_patient_overlap(tables, allow=cfg.allow_patient_overlap, source=str(path)),
+            views_dropped=dropped,
+        )
     # CSV tables: a folder holding TRAIN.csv and VAL.csv, or one of those files.
     folder = path if path.is_dir() else path.parent
     train_csv = folder / f"{cfg.train_split}.csv" if path.is_dir() else path
@@ -179,21 +216,21 @@ def _load_one(path: Path, cfg: TrainConfig) -> dict:
         )
     from cxrdx.labels import in_vocabulary_order
 
-    return {
-        "train": factories["train"],
-        "val": factories["val"],
-        "findings": in_vocabulary_order(findings),
-        "size": size,
-        "kind": "csv",
-        "path": str(folder.resolve()),
-        "desc": f"CSV tables in {folder} (decoded on the fly; `cxrdx prepare` is faster)",
-        "origin": dataset_origin(
+    return DatasetPart(
+        train=factories["train"],
+        val=factories["val"],
+        findings=in_vocabulary_order(findings),
+        size=size,
+        kind="csv",
+        path=str(folder.resolve()),
+        desc=f"CSV tables in {folder} (decoded on the fly; `cxrdx prepare` is faster)",
+        origin=dataset_origin(
             [train_csv, val_csv], cfg.images, [t.attrs.get("dataset") for t in tables.values()]
         ),
-        "patients": _patients(tables),
-        "leakage": check_patient_overlap(tables, allow=cfg.allow_patient_overlap, source=str(folder)),
-        "views_dropped": dropped,
-    }
+        patients=_patients(tables),
+        leakage=check_patient_overlap(tables, allow=cfg.allow_patient_overlap, source=str(folder)),
+        views_dropped=dropped,
+    )
 
 
 def _patients(tables: dict) -> int | None:

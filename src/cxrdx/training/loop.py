@@ -41,12 +41,13 @@ from cxrdx.errors import ConfigError
 from cxrdx.files import atomic_write, atomic_write_json
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.metrics.auroc import mean_auroc, per_finding_auroc
+from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.training.calibration import fit_temperature_into, prior_from_weights
 from cxrdx.training.config import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, STATE_FILE, TrainConfig
 from cxrdx.training.data import load_data, pixel_stats, to_input, train_loader, val_loader
 from cxrdx.training.distributed import agree, all_mean, init_distributed
 from cxrdx.training.loss import WeightedBCEWithLogits, class_weights
-from cxrdx.training.progress import progress_bar, say
+from cxrdx.training.progress import progress_bar
 from cxrdx.training.provenance import finish_model_cards, model_card, provenance
 from cxrdx.training.runtime import choose_amp_dtype, pick_device, restores_torch_globals
 from cxrdx.training.state import (
@@ -77,8 +78,14 @@ class TrainResult:
 
 
 @restores_torch_globals
-def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = False) -> TrainResult:
-    """Train (or resume) a run; returns where the best checkpoint is and how it scored."""
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    debug_dump_weights: bool = False,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train (or resume) a run; returns where the best checkpoint is and how it scored; lines go to ``reporter``."""
+    reporter = reporter_or_default(reporter, "train")
     cfg = config.validate()
     wall_start = time.monotonic()
 
@@ -107,10 +114,10 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
 
     # ---- data: sources, normalisation and class weights from the training split --------
     data = load_data(cfg)
-    train_src, val_src, size = data["train"], data["val"], data["size"]
-    if is_main and data.get("leakage"):
-        say(f"WARNING: {data['leakage']}; allowed by --allow-patient-overlap (recorded in the checkpoint)")
-    state = load_state(run_dir) if resume else None
+    train_src, val_src, size = data.train, data.val, data.size
+    if is_main and data.leakage:
+        reporter.warn(f"{data.leakage}; allowed by --allow-patient-overlap (recorded in the checkpoint)")
+    state = load_state(run_dir, reporter) if resume else None
     if state is not None:
         mean, std = float(state["norm_mean"]), float(state["norm_std"])
         w_pos, w_neg = state["w_pos"].numpy(), state["w_neg"].numpy()
@@ -120,10 +127,12 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
     preprocessing = Preprocessing(size=size, channels=3, pixel_range=(0.0, 1.0), mean=(mean,), std=(std,))
     criterion = WeightedBCEWithLogits(w_pos, w_neg).to(device)
     val_criterion = WeightedBCEWithLogits(w_pos, w_neg, reduction="none").to(device)
-    names = data["labels"]  # model outputs: the findings the data label (or --labels); NaN targets are masked
+    names = data.labels  # model outputs: the findings the data label (or --labels); NaN targets are masked
     untrainable = [n for n, f in zip(names, w_neg, strict=True) if f == 0]
     if is_main and untrainable:
-        say(f"note: no positive training images for {', '.join(untrainable)}; these outputs will not learn")
+        reporter.note(
+            f"note: no positive training images for {', '.join(untrainable)}; these outputs will not learn"
+        )
     train_batches, train_sampler = train_loader(train_src, cfg, device, rank, world)
     val_batches = val_loader(val_src, cfg, device, rank, world)
 
@@ -176,11 +185,11 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         best_val, last_val = held_from_state(state.get("best_val")), held_from_state(state.get("last_val"))
         restore_rng(state["rng"], augment_rng, rank)
         if is_main:
-            reconcile_checkpoints(run_dir, state, cfg, preprocessing, data)
+            reconcile_checkpoints(run_dir, state, cfg, preprocessing, data, reporter)
             atomic_write_json(
                 run_dir / HISTORY_FILE, history
             )  # it too may lag the state (killed while written)
-            say(
+            reporter.note(
                 f"resuming {run_dir} after epoch {start_epoch} (best val loss {best['val_loss']:.4f} at epoch {best['epoch']})"
             )
     del state
@@ -201,8 +210,8 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir), purge_step=global_step + 1 if global_step else None)
-        say(
-            f"training {cfg.arch} on {data['desc']}: {len(train_src)} train / {len(val_src)} val images at {size} px, "
+        reporter.note(
+            f"training {cfg.arch} on {data.desc}: {len(train_src)} train / {len(val_src)} val images at {size} px, "
             f"{world} process(es) x batch {cfg.batch_size}, device {device}"
             f"{', ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}; "
             f"normalisation mean {mean:.4f} std {std:.4f} (training split)"
@@ -341,7 +350,7 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
             writer.add_scalar("lr", lr_now, global_step)
             writer.add_scalar("train/images_per_s", record["train_images_per_s"], global_step)
             writer.flush()
-            say(
+            reporter.note(
                 f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}  val loss {val_loss:.4f}"
                 f"{'  val AUROC ' + format(auroc_mean, '.3f') if auroc_mean is not None else ''}  lr {lr_now:.2g}  "
                 f"{epoch_seconds[-1]:.0f} s{'  (best)' if improved else ''}"
@@ -353,12 +362,12 @@ def train(config: TrainConfig, resume: bool = False, debug_dump_weights: bool = 
         finish_model_cards(run_dir, completed, int(best["epoch"]))
     for file, held in ((BEST_FILE, best_val), (LAST_FILE, last_val)):
         if is_main and held is not None and len(held[1]):
-            where = {"by": "cxrdx train", "dataset": data["path"], "split": cfg.val_split, "epoch": held[2]}
+            where = {"by": "cxrdx train", "dataset": data.path, "split": cfg.val_split, "epoch": held[2]}
             fit_temperature_into(run_dir / file, held[0], held[1], where)
     if is_main and (run_dir / BEST_FILE).is_file():  # OOD reference: train features, val threshold (ood.py)
         from cxrdx.model.ood import fit_ood_into_checkpoint
 
-        where = {"by": "cxrdx train", "dataset": data["path"], "splits": [cfg.train_split, cfg.val_split]}
+        where = {"by": "cxrdx train", "dataset": data.path, "splits": [cfg.train_split, cfg.val_split]}
         fit_ood_into_checkpoint(run_dir / BEST_FILE, train_src, val_src, device=device, fitted_on=where)
     if debug_dump_weights:  # every process writes its own weights (tests compare them across ranks)
         from safetensors.torch import save_file

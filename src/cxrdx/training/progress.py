@@ -1,12 +1,8 @@
-"""What a training run tells the person watching it: log lines on stderr and the per-epoch progress bar."""
+"""The per-epoch progress bar of a training run (its lines go to the job's ``Reporter``)."""
 
 from __future__ import annotations
 
 import sys
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def progress_bar(total: int, desc: str, enabled: bool):

@@ -6,10 +6,14 @@ import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cxrdx.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from cxrdx.training.data import TrainingData
 
 
 def git_commit() -> str | None:
@@ -28,20 +32,20 @@ def git_commit() -> str | None:
 
 
 def provenance(
-    cfg: TrainConfig, data: dict, epoch: int, val_loss: float, auroc: dict, best: dict, world: int
+    cfg: TrainConfig, data: TrainingData, epoch: int, val_loss: float, auroc: dict, best: dict, world: int
 ) -> dict:
     return {
-        "dataset": data["path"],
-        "data_kind": data["kind"],
-        "patient_overlap": data.get("leakage"),  # None: the splits are patient-disjoint
+        "dataset": data.path,
+        "data_kind": data.kind,
+        "patient_overlap": data.leakage,  # None: the splits are patient-disjoint
         "labels": {  # what the outputs were trained on (partial labels, data/tables.py)
-            "outputs": list(data.get("labels") or []),
+            "outputs": list(data.labels or []),
             "uncertain": cfg.uncertain,
             "blank": cfg.blank,
             "views": cfg.views,
-            "datasets": data.get("datasets", []),
+            "datasets": data.datasets,
         },
-        "splits": {cfg.train_split: len(data["train"]), cfg.val_split: len(data["val"])},
+        "splits": {cfg.train_split: len(data.train), cfg.val_split: len(data.val)},
         "epoch": epoch,
         "val_loss": float(val_loss),
         "val_auroc": auroc,
@@ -55,19 +59,19 @@ def provenance(
     }
 
 
-def model_card(cfg: TrainConfig, data: dict, epoch: int) -> dict:
+def model_card(cfg: TrainConfig, data: TrainingData, epoch: int) -> dict:
     """What the model was trained on, in words (CheckpointMeta.model_card; shown by cxrdx.model.card)."""
-    origin = data.get("origin") or {}
-    split = {cfg.train_split: len(data["train"]), cfg.val_split: len(data["val"])}
+    origin = data.origin or {}
+    split = {cfg.train_split: len(data.train), cfg.val_split: len(data.val)}
     return {
-        "dataset": origin.get("dataset") or data["path"],
+        "dataset": origin.get("dataset") or data.path,
         "kind": origin.get("kind", "unknown"),
         "images": sum(split.values()),
-        "patients": data.get("patients"),
+        "patients": data.patients,
         "split": split,
         "epochs": int(epoch),  # epochs trained so far; finish_model_cards sets the run's total at the end
         "weights_epoch": int(epoch),  # the epoch whose weights the file holds
-        "path": data["path"],
+        "path": data.path,
     }
 
 

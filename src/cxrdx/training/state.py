@@ -15,15 +15,19 @@ import math
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cxrdx.errors import ConfigError, DataError
 from cxrdx.labels import FINDINGS
+from cxrdx.reporter import Reporter, reporter_or_default
 from cxrdx.training.config import BEST_FILE, LAST_FILE, STATE_FILE, TrainConfig
-from cxrdx.training.progress import say
 from cxrdx.training.provenance import model_card, provenance
+
+if TYPE_CHECKING:
+    from cxrdx.training.data import TrainingData
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -99,11 +103,11 @@ def held_from_state(saved: dict | None) -> tuple | None:
     return saved["probs"].numpy(), saved["labels"].numpy(), int(saved["epoch"])
 
 
-def load_state(run_dir: Path) -> dict | None:
+def load_state(run_dir: Path, reporter: Reporter | None = None) -> dict | None:
     """The resume state, or None when the run was killed before its first epoch completed."""
     path = run_dir / STATE_FILE
     if not path.is_file():
-        say(
+        reporter_or_default(reporter, "train").note(
             f"note: {run_dir} has no completed epoch yet ({STATE_FILE} is absent); starting it from the beginning"
         )
         return None
@@ -115,7 +119,14 @@ def load_state(run_dir: Path) -> dict | None:
         ) from None
 
 
-def reconcile_checkpoints(run_dir: Path, state: dict, cfg: TrainConfig, preprocessing, data: dict) -> None:
+def reconcile_checkpoints(
+    run_dir: Path,
+    state: dict,
+    cfg: TrainConfig,
+    preprocessing,
+    data: TrainingData,
+    reporter: Reporter | None = None,
+) -> None:
     """Make last/best.safetensors agree with the resume state (they are written after it)."""
     from cxrdx.errors import CheckpointError
     from cxrdx.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
@@ -133,7 +144,7 @@ def reconcile_checkpoints(run_dir: Path, state: dict, cfg: TrainConfig, preproce
         except CheckpointError:
             have = -1
         if have != want:
-            names = data.get("labels") or list(FINDINGS)
+            names = data.labels or list(FINDINGS)
             model = build_model(cfg.arch, len(names), 3)
             model.load_state_dict(state["model"], strict=True)
             auroc = best["auroc"] if name == BEST_FILE else {}
@@ -148,4 +159,6 @@ def reconcile_checkpoints(run_dir: Path, state: dict, cfg: TrainConfig, preproce
                 calibration=prior_from_weights(state["w_pos"].numpy(), state["w_neg"].numpy(), names),
             )
             save_checkpoint(run_dir / name, model, meta)
-            say(f"note: {run_dir / name} was behind the resume state (epoch {have} vs {want}); rewrote it")
+            reporter_or_default(reporter, "train").note(
+                f"note: {run_dir / name} was behind the resume state (epoch {have} vs {want}); rewrote it"
+            )

@@ -1,10 +1,11 @@
-"""The job behind ``cxrdx predict``: findings for many images, streamed, sharded, resumable.
+"""The work of the predict job (``cxrdx.jobs.predict``): findings for many images, streamed, sharded, resumable.
 
 It collects the images, takes this process's shard, loads a Predictor (ONNX where it can: on
 that path neither torch nor MONAI is imported), measures batch size and threads once per
 machine and model (autotune), skips what ``--resume`` finds done, streams csv/jsonl rows per
 batch, merges the shards' parts when the last one finishes and returns a PredictSummary for
-the CLI to print. The dicom/fhir result folder (cxrdx.interop, a higher layer) is passed in.
+the CLI to print. The dicom/fhir result folder (cxrdx.interop) is passed in by the job.
+Heavy at import: ``cxrdx.jobs.predict`` holds the light Config and imports this inside ``run``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from cxrdx.device import available_threads, choose_device
 from cxrdx.errors import ConfigError, CxrdxError
@@ -38,36 +37,16 @@ from cxrdx.inference.prediction import Prediction
 from cxrdx.inference.predictor import Predictor
 from cxrdx.inference.stream import STREAM_FORMATS, ResultStream, read_done
 from cxrdx.model.card import banners
+from cxrdx.reporter import Reporter, reporter_or_default
+from cxrdx.settings import BATCH_SIZE as DEFAULT_BATCH
 
 FOLDER_FORMATS = ("dicom", "fhir")  # cxrdx.interop.result_files.FOLDER_FORMATS
 MAX_FAILURES_SHOWN = 20  # with --out, failures are also listed on stderr, up to this many
 PROGRESS_MIN_IMAGES = 6  # a progress bar for more than a handful of images
-DEFAULT_BATCH = 8
 AUTOTUNE_MIN_IMAGES = 64  # fewer images than this do not pay for measuring (cached settings are still used)
 # --backend auto with a checkpoint not yet exported to ONNX: up to this many images run on PyTorch
 # while the export is made in the background (it costs more than they do); more wait for it
 FIRST_CALL_TORCH_MAX = 16
-
-
-@dataclass
-class PredictJobConfig:
-    """What ``cxrdx predict`` was asked for (its options, one field each)."""
-
-    weights: str
-    paths: list[str]
-    recursive: bool = False
-    format: str = "table"
-    out: str | None = None
-    heatmaps: str | None = None
-    backend: str = "auto"
-    precision: str = "fp32"  # or int8 (the model cxrdx quantize made)
-    device: str = "cpu"
-    batch_size: int | None = None  # None: measured (autotune), else DEFAULT_BATCH
-    autotune: bool = True
-    workers: int | None = None
-    tta: bool = False
-    resume: bool = False
-    shard: str | None = None  # "I/N"; None: torchrun's RANK/WORLD_SIZE, else one shard
 
 
 @dataclass
@@ -89,48 +68,49 @@ class PredictSummary:
     notes: list[str] = field(default_factory=list)  # no thresholds, uncalibrated (not in a table)
 
 
-def wants_torch(config: PredictJobConfig) -> bool:
+def wants_torch(config) -> bool:
     """--heatmaps runs Grad-CAM on the PyTorch network."""
     return bool(config.heatmaps) or config.format == "dicom"  # dicom: secondary captures
 
 
 def predict_job(
-    config: PredictJobConfig,
-    log: Callable[[str], None] | None = None,
+    config,
+    reporter: Reporter | None = None,
     result_folder: Callable[[str, str, Predictor, str], Any] | None = None,
     check_inputs: Callable[[Sequence[Path]], None] | None = None,
 ) -> PredictSummary:
     """Run ``cxrdx predict``; the output is written (--out) or returned in ``text``.
 
-    ``log`` gets the lines to show while it runs (threshold warnings, autotune, --resume).
+    ``reporter`` gets the lines to show while it runs (threshold warnings, autotune, --resume).
     ``result_folder(out, format, predictor, weights)`` makes the dicom/fhir writer
     (cxrdx.interop.result_files.ResultFolder) and ``check_inputs(files)`` checks the inputs
     of --format dicom before any work.
     """
-    log = log or (lambda _line: None)
+    reporter = reporter_or_default(reporter, "predict")
+    log = reporter.note
     if config.workers is not None and config.workers < 0:
-        raise ConfigError(f"--workers must be 0 or more, got {config.workers}")
+        raise ConfigError(f"`workers` must be 0 or more, got {config.workers}")
     folder_out = config.format in FOLDER_FORMATS
     if folder_out and not config.out:
         raise ConfigError(
-            f"--format {config.format} writes files: give --out DIR, the folder to write them in"
+            f"`format` {config.format} writes files: give `out` DIR, the folder to write them in"
         )
     if config.out and Path(config.out).is_dir() and not folder_out:
-        raise ConfigError(f"--out {config.out}: is a folder; give a file name")
+        raise ConfigError(f"`out` {config.out}: is a folder; give a file name")
     if config.out and not folder_out:  # fail before the work, not after it
         try:
             Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"--out {config.out}: its folder cannot be created ({exc.strerror or exc})"
+                f"`out` {config.out}: its folder cannot be created ({exc.strerror or exc})"
             ) from None
     if folder_out and result_folder is None:
         raise ValueError(f"--format {config.format}: predict_job needs result_folder")
     shard, n_shards = shards.parse_shard(config.shard) if config.shard else shards.shard_from_env()
     streamed = config.format in STREAM_FORMATS
     if (config.resume or n_shards > 1) and not (streamed and config.out):
-        what = "--resume" if config.resume else f"shard {shard}/{n_shards}"
-        raise ConfigError(f"{what} needs --out FILE and --format csv or jsonl")
+        what = "`resume`" if config.resume else f"shard {shard}/{n_shards}"
+        raise ConfigError(f"{what} needs `out` FILE and `format` csv or jsonl")
     files, errors = collect_images(config.paths, config.recursive)
     if config.format == "dicom" and check_inputs is not None:
         check_inputs(files)  # PNG/JPEG have no study to put DICOM results in: say so up front
@@ -161,7 +141,7 @@ def predict_job(
     if predictor.precision != "fp32":
         log(_int8_line(predictor))
     for note in predictor.threshold_notes(config.tta):  # e.g. thresholds chosen with TTA, applied without
-        log(f"warning: {note}")
+        reporter.warn(note)
     if predictor.session is None or wants_torch(config):
         import torch
 
@@ -207,12 +187,14 @@ def predict_job(
 
     if done:
         log(f"--resume: {len(files) - len(todo)} image(s) already in {target}")
+    from tqdm import tqdm
+
     bar = tqdm(
         total=len(todo),
         desc="predict" if n_shards == 1 else f"predict {shard}/{n_shards}",
         unit="img",
         file=sys.stderr,
-        disable=len(todo) < PROGRESS_MIN_IMAGES or (not config.shard and shard > 0),
+        disable=not reporter.bars or len(todo) < PROGRESS_MIN_IMAGES or (not config.shard and shard > 0),
     )
     with bar, stream or contextlib.nullcontext():
         for pred in errors:

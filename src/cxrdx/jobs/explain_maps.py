@@ -1,15 +1,15 @@
-"""The job behind ``cxrdx explain``: Grad-CAM heatmaps and overlays per image and finding, with scores.
+"""The work of the explain job (``cxrdx.jobs.explain``): Grad-CAM heatmaps and overlays per image and finding.
 
 It loads a Predictor (inference) and uses explain/ for the maps, overlays and the one
 localisation scorer; explain/ itself never imports inference. It warns and burns in what
 ``cxrdx predict`` says: the model card's banners, and OUT OF DISTRIBUTION per image
-(``formats.overlay_caveats``).
+(``formats.overlay_caveats``). Heavy at import (numpy, the
+predictor): ``cxrdx.jobs.explain`` holds the light Config and imports this inside ``run``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +24,8 @@ from cxrdx.inference.predictor import Predictor
 from cxrdx.labels import canonical_list
 
 
-@dataclass
-class ExplainConfig:
-    weights: str
-    images: list[str]
-    out: str
-    findings: list[str] = field(default_factory=list)
-    top_k: int = 3
-    boxes: str | None = None
-    device: str = "auto"
-    alpha: float = 0.45
-    iou_threshold: float = 0.5
-
-
 def explain(
-    config: ExplainConfig, log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None
+    config, log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None
 ) -> dict:
     """Heatmaps (.npy) and overlays (.png) per image and finding; localisation scores if boxes are given.
 
@@ -50,15 +37,15 @@ def explain(
     warn = warn or (lambda _line: None)
 
     if config.top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {config.top_k}")
+        raise ConfigError(f"`top_k` must be at least 1, got {config.top_k}")
     if not 0.0 < config.iou_threshold <= 1.0:
-        raise ConfigError(f"--iou-threshold must be in (0, 1], got {config.iou_threshold}")
+        raise ConfigError(f"`iou_threshold` must be in (0, 1], got {config.iou_threshold}")
     predictor = Predictor.load(config.weights, device=choose_device(config.device))
     requested = canonical_list(config.findings) if config.findings else []
     not_output = [f for f in requested if f not in predictor.labels]
     if not_output:
         raise ConfigError(
-            f"--finding {', '.join(not_output)}: this model only outputs {', '.join(predictor.labels)}"
+            f"`findings` {', '.join(not_output)}: this model only outputs {', '.join(predictor.labels)}"
         )
     groups: dict[tuple[str, str], list[Box]] = {}
     if config.boxes:
@@ -78,7 +65,7 @@ def explain(
         try:
             image, _ = predictor.read(item)
         except CxrdxError as exc:
-            warn(f"cxrdx explain: skipped {exc}")
+            warn(f"skipped {exc}")
             failures += 1
             continue
         pred = predictor.predict([image], batch_size=1, workers=0)[0]  # one pass: findings and the OOD gate

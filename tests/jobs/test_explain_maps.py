@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-import cxrdx.inference.explain_job as job
+import cxrdx.jobs.explain_maps as job
 from cxrdx.explain.localisation import format_localisation, half_cell_tolerance
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.inference.prediction import Prediction
+from cxrdx.jobs.explain import Config
 from cxrdx.model.checkpoint import CheckpointMeta
 
 SIZE = 128  # model input: a Grad-CAM cell is 32 input px, so half a cell is 16 px on a 128 px image
@@ -58,9 +59,7 @@ def test_half_cell_column_uses_the_tolerance(tmp_path, monkeypatch):
     monkeypatch.setattr(job, "Predictor", _FakePredictor)
     monkeypatch.setattr(job, "read_bboxes", lambda _path: boxes)
     monkeypatch.setattr(job, "overlay_png", lambda *a, **k: None)
-    config = job.ExplainConfig(
-        weights="w", images=[str(tmp_path / "a.png")], out=str(tmp_path / "o"), boxes="b"
-    )
+    config = Config(weights="w", images=[str(tmp_path / "a.png")], out=str(tmp_path / "o"), boxes="b")
     results = job.explain(config)
     nodule, mass = results["localisation"]["Nodule"], results["localisation"]["Mass"]
     assert nodule["pointing_game"] == 0.0

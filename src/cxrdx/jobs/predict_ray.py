@@ -29,17 +29,16 @@ from tqdm import tqdm
 
 from cxrdx.errors import ConfigError, CxrdxError
 from cxrdx.inference.formats import NO_THRESHOLDS_NOTE, UNCALIBRATED_NOTE, collect_images
-from cxrdx.inference.predict_job import (
-    AUTOTUNE_MIN_IMAGES,
-    MAX_FAILURES_SHOWN,
-    PROGRESS_MIN_IMAGES,
-    PredictJobConfig,
-    PredictSummary,
-)
 from cxrdx.inference.prediction import Prediction
 from cxrdx.inference.stream import ResultStream
 from cxrdx.integrations.merge import merge_parts, parts_done, read_out_done
 from cxrdx.integrations.ray import PredictBatch, decode_images, is_uri, predictions_of, worker_env
+from cxrdx.jobs.predict_batch import (
+    AUTOTUNE_MIN_IMAGES,
+    MAX_FAILURES_SHOWN,
+    PROGRESS_MIN_IMAGES,
+    PredictSummary,
+)
 
 RAY_FORMATS = ("csv", "jsonl", "parquet")
 MANIFEST_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
@@ -60,7 +59,7 @@ def ray_available() -> bool:
     return True
 
 
-def check_config(config: PredictJobConfig) -> None:
+def check_config(config: Any) -> None:
     """What --engine ray refuses, before any work."""
     if config.format not in RAY_FORMATS or not config.out:
         raise ConfigError(
@@ -185,13 +184,14 @@ def plan(device: str) -> dict[str, Any]:
 
 
 def predict_on_ray(
-    config: PredictJobConfig,
+    config: Any,
     engine: str = "ray",
     address: str | None = None,
     log: Callable[[str], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> PredictSummary:
-    """Run ``cxrdx predict`` on Ray; the result is merged into ``config.out``.
+    """Run ``cxrdx predict`` on Ray (``config``: a ``cxrdx.jobs.predict.Config``, which imports this module);
+    the result is merged into ``config.out``.
 
     ``on_batch(rows)`` is called after each batch is safely in this run's part (rows so far).
     """
@@ -300,7 +300,7 @@ def predict_on_ray(
     return summary
 
 
-def _results(config: PredictJobConfig, todo: list[str], device: str) -> Iterator[dict]:
+def _results(config: Any, todo: list[str], device: str) -> Iterator[dict]:
     """The dataset of ``todo`` through decode tasks and the predict actors, one result batch at a time."""
     if not todo:
         return
