@@ -6,6 +6,7 @@ import pytest
 
 from cxrdx.errors import ConfigError
 from cxrdx.training.config import TrainConfig
+from cxrdx.training.data import TrainingData
 from cxrdx.training.provenance import provenance
 
 
@@ -14,7 +15,10 @@ def test_blank_policy_is_validated_and_recorded():
         TrainConfig(data="d", out="o", blank="maybe").validate()
     assert TrainConfig(data="d", out="o").blank == "negative"  # the default (README: Blank labels)
     cfg = TrainConfig(data="d", out="o", blank="unlabelled").validate()
-    data = {"path": "d", "kind": "cache", "train": [0], "val": [0], "labels": ["Atelectasis"]}
+    data = TrainingData(
+        train=[0], val=[0], labels=["Atelectasis"], size=32, kind="cache", path="d", desc="d",
+        origin=None, patients=None, leakage=None,
+    )  # fmt: skip
     record = provenance(cfg, data, 1, 0.5, {}, {"epoch": 1, "val_loss": 0.5}, 1)
     assert record["labels"]["blank"] == "unlabelled" and record["labels"]["uncertain"] == "ignore"
     assert record["config"]["blank"] == "unlabelled"
