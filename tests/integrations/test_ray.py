@@ -117,24 +117,11 @@ def single(ckpt, films, tmp_path_factory, cache) -> dict[str, dict[str, dict]]:
     return out
 
 
-def _cli(ckpt, films, out, fmt, *extra) -> int:
+def _cli(ckpt, films, out, fmt) -> int:
+    """The single-process run: the same flags without the engine."""
     from cxrdx.cli import main
 
-    argv = [
-        "predict",
-        "--weights",
-        ckpt,
-        films,
-        "-r",
-        "--format",
-        fmt,
-        "--out",
-        out,
-        "--backend",
-        "onnx",
-        "--no-autotune",
-    ]
-    return main([str(a) for a in [*argv, *extra]])
+    return main([str(a) for a in _argv(ckpt, films, out, fmt)[:-2]])
 
 
 def config(ckpt, paths, out, fmt, **kw) -> PredictJobConfig:
@@ -160,22 +147,10 @@ def test_ray_cli_equals_single_process(ray_local, ckpt, films, single, tmp_path,
 
 
 def _argv(ckpt, films, out, fmt, *extra):
+    """``cxrdx predict`` on Ray; its last two items are the engine flag (the single-process run drops them)."""
     return [
-        "predict",
-        "--weights",
-        ckpt,
-        films,
-        "-r",
-        "--format",
-        fmt,
-        "--out",
-        out,
-        "--backend",
-        "onnx",
-        "--no-autotune",
-        "--engine",
-        "ray",
-        *extra,
+        *("predict", "--weights", ckpt, films, "-r", "--format", fmt, "--out", out),
+        *("--backend", "onnx", "--no-autotune", *extra, "--engine", "ray"),
     ]
 
 
