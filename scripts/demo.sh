@@ -20,7 +20,7 @@ $CX check-leakage "$OUT/split/train.csv" "$OUT/split/val.csv" "$OUT/split/test.c
 step "3/8 prepare: decode once into a uint8 cache at $TRAIN_SIZE px (the training size)"
 $CX prepare --labels "$OUT/split/train.csv" "$OUT/split/val.csv" "$OUT/split/test.csv" \
   --images "$OUT/phantoms/images" --image-size $TRAIN_SIZE --out "$OUT/cache"
-step "4/8 train DenseNet121 from scratch at $TRAIN_SIZE px for $EPOCHS epochs (~3 min on 2 idle cores; cap $MAX_MINUTES min)"
+step "4/8 train DenseNet121 from scratch at $TRAIN_SIZE px for $EPOCHS epochs (2.5 min on 2 idle cores; cap $MAX_MINUTES min)"
 $CX train --data "$OUT/cache" --out "$OUT/run" --image-size $TRAIN_SIZE --epochs $EPOCHS \
   --max-minutes $MAX_MINUTES --batch-size 32 --lr 1e-3 --lr-patience 2 --patience 5
 DONE=$(grep -o '"epoch": [0-9]*' "$OUT/run/history.json" | tail -1 | grep -o '[0-9]*$')

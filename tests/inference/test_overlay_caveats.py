@@ -47,7 +47,7 @@ def test_explain_prints_and_burns_in_the_caveats(demo_ckpt, film, tmp_path, caps
         capsys, ["explain", film, "--weights", demo_ckpt, "--out", tmp_path / "o", "--top-k", "1", "-q"]
     )
     assert rc == 0
-    assert "warning: Trained on synthetic phantoms" in err and "No evaluation is recorded" in err
+    assert "WARNING: Trained on synthetic phantoms" in err and "No evaluation is recorded" in err
     assert "OUT OF DISTRIBUTION" in err and "film.png" in err
     (png,) = (tmp_path / "o").glob("*.png")
     height = Image.open(png).height

@@ -56,7 +56,7 @@ def explain(
     from cxrdx.model.card import banners
 
     for banner in banners(predictor.meta):  # the model card's warnings, as `cxrdx predict` prints them
-        warn(f"cxrdx explain: warning: {banner}")
+        warn(banner)
     ood = predictor.ood
     results: dict = {"images": [], "localisation": {}}
     scores: dict[str, LocalisationScore] = {}
@@ -72,7 +72,7 @@ def explain(
         by_name = dict(pred.probabilities)
         unreliable = ood_warning(pred, None if ood is None else ood.threshold)
         if unreliable:
-            warn(f"cxrdx explain: warning: {item}: {unreliable}")
+            warn(f"{item}: {unreliable}")
         caveats = overlay_caveats(predictor, pred)
         name = Path(item).name
         boxed = sorted({f for (img, f) in groups if img == name and f in predictor.labels})
