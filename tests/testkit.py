@@ -156,3 +156,24 @@ def write_cache(out, images: np.ndarray, labels: np.ndarray, splits: list[str]):
     info = {"format_version": 1, "size": size, "resize": "letterbox", "counts": counts, "failures": []}
     (out / "cache.json").write_text(json.dumps(info))
     return out
+
+
+def keras_seed_model(keras, size: int, seed: int):
+    """The seed notebook's network in Keras (DenseNet121, global average pooling, 14 sigmoid outputs) with
+    random non-trivial weights (BatchNorm statistics and head), for the Keras import tests."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    base = keras.applications.DenseNet121(
+        weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3)
+    )
+    head = keras.layers.Dense(14, activation="sigmoid", name="predictions")(base.output)
+    model = keras.Model(base.input, head)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 1.5, c)])  # fmt: skip
+        elif isinstance(layer, keras.layers.Dense):
+            layer.set_weights([rng.normal(0, 2 / math.sqrt(1024), (1024, 14)), rng.normal(0, 0.3, 14)])
+    return model

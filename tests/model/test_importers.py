@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from testkit import keras_seed_model
 from torch import nn
 
 from cxrdx.cli import main
@@ -595,19 +596,7 @@ def test_real_keras_densenet121_matches(tmp_path):
     keras = pytest.importorskip("keras", reason="keras 3 is a test-only extra: pip install 'keras>=3'")
     if keras.backend.backend() != "torch":
         pytest.skip(f"keras runs on {keras.backend.backend()!r} here; this test needs KERAS_BACKEND=torch")
-    rng = np.random.default_rng(0)
-    base = keras.applications.DenseNet121(
-        weights=None, include_top=False, pooling="avg", input_shape=(64, 64, 3)
-    )
-    head = keras.layers.Dense(14, activation="sigmoid", name="predictions")(base.output)
-    model = keras.Model(base.input, head)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.get_weights()[0].shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                               rng.uniform(0.5, 1.5, c)])  # fmt: skip
-        elif isinstance(layer, keras.layers.Dense):
-            layer.set_weights([rng.normal(0, 2 / math.sqrt(1024), (1024, 14)), rng.normal(0, 0.3, 14)])
+    model = keras_seed_model(keras, 64, seed=0)
     src = tmp_path / "pretrained_model.h5"
     model.save(src)  # Keras' own legacy HDF5 writer
 

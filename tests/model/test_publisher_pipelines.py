@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 from test_importers import TINY, make_tv_state, tv_forward, write_chexnet
+from testkit import keras_seed_model
 
 from cxrdx.inference.predictor import Predictor
 from cxrdx.model.import_weights import import_weights
@@ -203,7 +204,6 @@ def test_chexnet_matches_its_ten_crop_test_transform_on_real_films(films, tmp_pa
 def test_keras_notebook_generators_against_keras_running_the_file(films, tmp_path, norm):
     """The notebook's ImageDataGenerator (samplewise for per-image; featurewise fitted on a training sample)
     and flow_from_dataframe (load_img: RGB, nearest, stretched), then Keras loading the same .h5 file."""
-    import math
     import os
 
     os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -214,19 +214,7 @@ def test_keras_notebook_generators_against_keras_running_the_file(films, tmp_pat
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
     size = 64
-    rng = np.random.default_rng(5)
-    base = keras.applications.DenseNet121(
-        weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3)
-    )
-    head = keras.layers.Dense(14, activation="sigmoid", name="predictions")(base.output)
-    model = keras.Model(base.input, head)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.get_weights()[0].shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                               rng.uniform(0.5, 1.5, c)])  # fmt: skip
-        elif isinstance(layer, keras.layers.Dense):
-            layer.set_weights([rng.normal(0, 2 / math.sqrt(1024), (1024, 14)), rng.normal(0, 0.3, 14)])
+    model = keras_seed_model(keras, size, seed=5)
     src = tmp_path / "pretrained_model.h5"
     model.save(src)
 
