@@ -27,10 +27,11 @@ def to_square_uint8(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_square(path: str, size: int) -> np.ndarray:
-    """Decode one file with read_image and letterbox it (raises ImageReadError)."""
+    """Decode one file with read_image and letterbox it (raises ImageReadError); a large JPEG is
+    decoded at the reduced DCT scale our recipe allows (cxrdx.imaging.jpeg)."""
     from cxrdx.imaging.read import read_image
 
-    image, _ = read_image(path)
+    image, _ = read_image(path, target=Preprocessing(size=size).decode_target)
     return to_square_uint8(image, size)
 
 

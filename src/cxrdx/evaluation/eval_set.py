@@ -13,6 +13,7 @@ import numpy as np
 from cxrdx.data.cache import INDEX_FILE, is_cache, open_cache
 from cxrdx.data.origin import dataset_origin
 from cxrdx.errors import CxrdxError, DataError
+from cxrdx.imaging.jpeg import DecodeTarget, common_target
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,8 +112,11 @@ def _finish_table(es: EvalSet, labels: Sequence[str]) -> EvalSet:
     return es
 
 
-def _iter_images(es: EvalSet, batch_size: int) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """(positions into es.table, their gray images); unreadable rows omitted.
+def _iter_images(
+    es: EvalSet, batch_size: int, target: DecodeTarget | None = None
+) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """(positions into es.table, their gray images); unreadable rows omitted; ``target``: a large JPEG
+    decoded at the reduced DCT scale every predictor's recipe allows (cxrdx.imaging.jpeg).
 
     From a cache: its uint8 squares (our recipe's ``Preprocessing.square``, v meaning v / 255). From
     files: the images as ``read_image`` gives them (8-bit files as uint8, as ``Predictor`` reads them),
@@ -135,7 +139,7 @@ def _iter_images(es: EvalSet, batch_size: int) -> Iterator[tuple[np.ndarray, lis
         if not raw or (es.images_dir is not None and not path.is_absolute() and not path.exists()):
             path = (es.images_dir or Path(".")) / str(es.table["image"].iloc[i])
         try:
-            image, _ = read_image(path, uint8_ok=True)
+            image, _ = read_image(path, uint8_ok=True, target=target)
         except CxrdxError as exc:
             es.notes.append(f"skipped unreadable image: {exc}")
             continue
@@ -180,7 +184,8 @@ def run_views(
     pos_all = []
     _cache_note(predictors, es)
     bar = tqdm(total=len(es.table), desc="evaluate", unit="img", disable=not progress, file=sys.stderr)
-    for pos, images in _iter_images(es, batch_size):
+    target = common_target([p.meta.preprocessing.decode_target for p in predictors])
+    for pos, images in _iter_images(es, batch_size, target):
         for k, p in enumerate(predictors):
             views_all[k].append(p.raw_views(_inputs_for(p, images), tta=tta))
         pos_all.append(pos)

@@ -35,6 +35,7 @@ class ImageMeta:
     modality: str | None = None
     view: str | None = None
     warnings: list[str] = field(default_factory=list)
+    decode_scale: int = 1  # 2, 4 or 8: a JPEG decoded at that reduced DCT scale (cxrdx.imaging.jpeg)
 
 
 def check_dims(name: Any, height: int, width: int, max_pixels: int) -> None:

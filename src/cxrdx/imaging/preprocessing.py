@@ -26,6 +26,7 @@ import numpy as np
 
 from cxrdx.errors import ConfigError
 from cxrdx.imaging.fit import FITS, fit_square
+from cxrdx.imaging.jpeg import DecodeTarget
 from cxrdx.imaging.letterbox import MIN_IMAGE_SIZE, Letterbox, letterbox
 from cxrdx.imaging.resize import KERNELS
 
@@ -34,6 +35,8 @@ from cxrdx.imaging.resize import KERNELS
 LEGACY = "legacy"
 NORMALIZATIONS = ("fixed", "per_image")
 PER_IMAGE_EPS = 1e-6  # Keras ImageDataGenerator's samplewise_std_normalization: x / (std + 1e-6)
+# our own anti-aliased recipe may read a JPEG at a reduced DCT scale; the publishers' recipes decode in full
+REDUCED_DECODE_KERNELS = ("pil", LEGACY)
 _RECIPE_KEYS = ("fit", "resize", "bits", "resize_to", "crops", "normalization")
 
 
@@ -196,6 +199,16 @@ class Preprocessing:
             f"{self.size} px {fit[self.fit]}, resize {self.resize}, {'8-bit' if self.bits == 8 else 'float'}, "
             f"{self.channels} channel(s), pixel range [{lo:g}, {hi:g}], {norm}"
         )  # fmt: skip
+
+    @property
+    def decode_target(self) -> DecodeTarget | None:
+        """What ``square`` resizes a film to, so a large JPEG may be decoded at a reduced DCT scale
+        (``cxrdx.imaging.jpeg``); None where the recipe is a publisher's pipeline that decodes in full."""
+        if self.resize not in REDUCED_DECODE_KERNELS:
+            return None
+        if self.fit == "letterbox":
+            return DecodeTarget(longer=self.size)
+        return DecodeTarget(shorter=self.resize_to or self.size)
 
     @property
     def foldable(self) -> bool:

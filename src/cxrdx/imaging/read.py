@@ -42,6 +42,10 @@ Decisions (why):
   looks like: text, HTML, PDF, ZIP ...), DICOMs without pixel data (structured
   reports) and transfer syntaxes no installed plugin decodes.
 - **EXIF orientation** is applied (phone photos of films), with a warning.
+- **Reduced JPEG decode** (``target``, ``cxrdx.imaging.jpeg``): a caller that only needs the
+  network's input says what the film is resized to next, and a large JPEG is decoded at 1/2,
+  1/4 or 1/8 scale in the DCT domain (``ImageMeta.decode_scale``); without ``target`` (the
+  default) every file is decoded in full.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrdx.errors import ImageReadError
 from cxrdx.imaging.dicom import read_dicom
+from cxrdx.imaging.jpeg import DecodeTarget, draft_reduced
 from cxrdx.imaging.pixels import (
     ARRAY_NAME,
     DEFAULT_MAX_PIXELS,
@@ -71,7 +76,11 @@ from cxrdx.imaging.sniff import DICOM_SUFFIXES, describe_non_image, sniff_image
 
 
 def read_image(
-    source: Any, max_pixels: int = DEFAULT_MAX_PIXELS, *, uint8_ok: bool = False
+    source: Any,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    uint8_ok: bool = False,
+    target: DecodeTarget | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read a file (path), numpy array or PIL image as float32 HxW in [0, 1], bright = dense.
 
@@ -81,6 +90,10 @@ def read_image(
     and float resize cost about a quarter of the decode time, and the letterbox of a
     uint8 image is what the training cache stores anyway. The same pixels give the
     same array whichever form they arrive in, so a file and its array predict alike.
+
+    ``target``: the sides the image is resized to next (``Preprocessing.decode_target``); a
+    large JPEG is then decoded at the reduced DCT scale that keeps enough pixels for that
+    resize (``cxrdx.imaging.jpeg``). None: decoded in full.
     """
     if isinstance(source, np.ndarray):
         image, meta = _read_array(source, max_pixels, uint8_ok)
@@ -93,7 +106,7 @@ def read_image(
             f"cannot read an image from a {type(source).__name__}: pass a file path, a numpy array or a PIL image",
         )
     path = Path(source)
-    image, meta = _guard(path, lambda: _read_path(path, max_pixels, uint8_ok))
+    image, meta = _guard(path, lambda: _read_path(path, max_pixels, uint8_ok, target))
     return (_exact_uint8(image) if uint8_ok else image), meta
 
 
@@ -128,7 +141,9 @@ def _guard(name: Any, fn) -> tuple[np.ndarray, ImageMeta]:
         raise ImageReadError(name, f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_path(path: Path, max_pixels: int, uint8_ok: bool = False) -> tuple[np.ndarray, ImageMeta]:
+def _read_path(
+    path: Path, max_pixels: int, uint8_ok: bool = False, target: DecodeTarget | None = None
+) -> tuple[np.ndarray, ImageMeta]:
     if not path.exists():
         if path.is_symlink():
             raise ImageReadError(path, f"broken symbolic link (points to {os.readlink(path)})")
@@ -173,14 +188,20 @@ def _read_path(path: Path, max_pixels: int, uint8_ok: bool = False) -> tuple[np.
             path, f"not an image file ({what}); readable formats: PNG, JPEG, BMP, TIFF, DICOM"
         ) from exc
     with im:
-        out, meta = _from_pil(im, path, str(path), max_pixels, im.format or kind or "image", uint8_ok)
+        out, meta = _from_pil(im, path, str(path), max_pixels, im.format or kind or "image", uint8_ok, target)
     if path.suffix.lower() in DICOM_SUFFIXES:
         meta.warnings.append(f"named {path.suffix} but is a {meta.format} file; read as {meta.format}")
     return out, meta
 
 
 def _from_pil(
-    im: Image.Image, name: Any, path: str | None, max_pixels: int, fmt: str, uint8_ok: bool = False
+    im: Image.Image,
+    name: Any,
+    path: str | None,
+    max_pixels: int,
+    fmt: str,
+    uint8_ok: bool = False,
+    target: DecodeTarget | None = None,
 ):
     """Pillow image (opened lazily) -> gray float, checking size before decoding anything."""
     width, height = im.size
@@ -192,6 +213,7 @@ def _from_pil(
             warnings.append(f"MPO JPEG with {frames} pictures: the first (primary) one was read")
         else:
             raise ImageReadError(name, f"multi-frame image ({frames} frames); export a single frame")
+    decode_scale = draft_reduced(im, target, fmt)
     try:
         im.load()
     except OSError as exc:
@@ -221,6 +243,7 @@ def _from_pil(
         bit_depth=bit_depth,
         photometric=photometric,
         warnings=warnings,
+        decode_scale=decode_scale,
     )
     return gray, meta
 

@@ -264,15 +264,15 @@ class Predictor:
             )
         return notes
 
-    def read(self, item: ImageLike, uint8_ok: bool = False) -> tuple[np.ndarray, list[str]]:
-        """A [0, 1] gray image and reader warnings, from a path or an array.
-
-        ``uint8_ok``: an 8-bit file stays uint8 (v meaning v / 255), which ``prepare``
-        letterboxes in 8-bit: a quarter less decode time (see cxrdx.imaging.letterbox).
-        """
+    def read(
+        self, item: ImageLike, uint8_ok: bool = False, reduced: bool = False
+    ) -> tuple[np.ndarray, list[str]]:
+        """A [0, 1] gray image and reader warnings; ``uint8_ok``: an 8-bit file stays uint8 (v meaning
+        v / 255); ``reduced``: a large JPEG at the recipe's reduced DCT scale (cxrdx.imaging.jpeg)."""
         from cxrdx.imaging.read import read_image
 
-        image, info = read_image(item, uint8_ok=uint8_ok)
+        target = self.meta.preprocessing.decode_target if reduced else None
+        image, info = read_image(item, uint8_ok=uint8_ok, target=target)
         return image, list(info.warnings)
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
@@ -398,7 +398,7 @@ class Predictor:
         """Decode + preprocess one item (in a worker thread); errors become a message.
         ``gray``: letterbox only, for a folded graph."""
         try:
-            image, warnings = self.read(item, uint8_ok=True)
+            image, warnings = self.read(item, uint8_ok=True, reduced=True)
             prep = self.meta.preprocessing
             x = (prep.gray_views(image) if gray else prep.views(image))[0]
             return (x[0] if len(x) == 1 else x), warnings, None

@@ -95,7 +95,8 @@ class TrainConfig:
     amp: str = option(
         "auto",
         choices=("auto", "bf16", "fp16", "off"),
-        help="mixed precision on CUDA (auto: bf16 where supported, else fp16); CPU is always fp32",
+        help="mixed precision (autocast; weights and loss stay fp32): CUDA auto = bf16 where supported, "
+        "else fp16; CPU: bf16 (fast on AMX/AVX512-BF16 CPUs), auto/off = fp32",
     )
     compile: bool = option(False, help="torch.compile the model")
     channels_last: bool = option(True, negatable=True, help="channels_last memory format")

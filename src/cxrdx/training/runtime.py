@@ -40,11 +40,36 @@ def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
     return device
 
 
+# ``--amp auto`` on a CPU with native bf16: see docs/performance.md "bf16 training on CPU"
+CPU_AUTO_BF16 = False
+
+
+def cpu_bf16_native() -> bool:
+    """True when this CPU does bf16 matrix maths in hardware (AMX or AVX512-BF16) and oneDNN uses it:
+    where bf16 autocast is fast; elsewhere PyTorch emulates bf16 and it is slower than fp32."""
+    from cxrdx.device import cpu_info
+
+    if not {"amx_bf16", "avx512_bf16"} & cpu_info()[1]:
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch without the (private) probe
+        return False
+
+
 def choose_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the forward pass, or None for fp32. Weights, optimizer state, the loss
+    and checkpoints stay fp32 whatever is chosen (autocast only runs the layers in lower precision)."""
+    if device.type == "cpu":
+        if cfg.amp == "fp16":
+            raise ConfigError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 (or auto, or off)")
+        if cfg.amp == "bf16" or (cfg.amp == "auto" and CPU_AUTO_BF16 and cpu_bf16_native()):
+            return torch.bfloat16
+        return None
     if device.type != "cuda":
         if cfg.amp in ("bf16", "fp16"):
             raise ConfigError(
-                f"--amp {cfg.amp} needs a CUDA GPU; on CPU training runs in fp32 (use --amp auto or off)"
+                f"--amp {cfg.amp} needs a CUDA GPU or a CPU; on {device.type} training runs in fp32"
             )
         return None
     if cfg.amp == "off":
