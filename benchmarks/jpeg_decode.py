@@ -7,7 +7,7 @@ For each network size it prints, full decode vs the reduced decode ``Preprocessi
 asks for (the scale ``cxrdx.imaging.jpeg`` picks):
 
 - decode ms per film (``read_image`` alone) and decode + square ms (what a predict worker does),
-  median over ``--repeats`` passes;
+  the best of ``--repeats`` passes;
 - the network squares' difference (uint8 levels: max and mean |delta|);
 - the model's outputs: max |delta p| and max |delta logit| between the two decodes, and calls
   flipped at 0.5 (and at the checkpoint's own thresholds when it has them).
@@ -24,7 +24,6 @@ Run:  .venv/bin/python benchmarks/jpeg_decode.py --n 24 --sizes 224 320 --weight
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -60,13 +59,13 @@ def make_jpegs(n: int, sides: list[int], workdir: Path) -> dict[str, list[Path]]
 
 
 def timed(fn, files: list[Path], repeats: int) -> tuple[float, list]:
-    """Median over repeats of the per-file mean ms, and the last pass's results."""
+    """The best (least disturbed, on a shared machine) of the repeats' per-file mean ms, and the last results."""
     passes, results = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         results = [fn(f) for f in files]
         passes.append((time.perf_counter() - t0) * 1000 / len(files))
-    return statistics.median(passes), results
+    return min(passes), results
 
 
 def _logit(p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
