@@ -80,3 +80,22 @@ def test_no_target_or_no_jpeg_decodes_in_full(phantom_jpeg, tmp_path):
     Image.open(phantom_jpeg).save(png)
     image, meta = read_image(png, target=DecodeTarget(longer=32))
     assert (meta.decode_scale, image.shape) == (1, (1024, 1024))
+
+
+def test_predict_and_prepare_read_reduced_explain_reads_in_full(phantom_jpeg, tmp_path):
+    """The network-input paths pass the recipe's target (a 32 px network: 1,024 px decodes at 1/4,
+    256 >= 8 x 32); ``Predictor.read``, which explain and the overlays use, keeps the film's own grid."""
+    from testkit import tiny_checkpoint
+
+    from cxrdx.data.loaders import load_square, to_square_uint8
+    from cxrdx.inference.predictor import Predictor
+
+    prep = Preprocessing(size=32)
+    reduced, meta = read_image(phantom_jpeg, uint8_ok=True, target=prep.decode_target)
+    assert meta.decode_scale == 4
+    np.testing.assert_array_equal(load_square(str(phantom_jpeg), 32), to_square_uint8(reduced, 32))
+    predictor = Predictor.load(tiny_checkpoint(tmp_path / "t.safetensors", size=32), backend="torch")
+    from_file = predictor.predict([phantom_jpeg], workers=0)[0].probabilities
+    from_array = predictor.predict([reduced], workers=0)[0].probabilities
+    assert from_file == from_array
+    assert predictor.read(phantom_jpeg)[0].shape == (1024, 1024)
