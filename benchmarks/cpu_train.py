@@ -57,8 +57,18 @@ def _worker(spec: dict) -> dict:
         loss.backward()
         optimizer.step()
 
-    times = time_steps(step, warmup=spec["warmup"], steps=spec["steps"], items_per_step=batch)
-    return {**spec, "img_s": times.rate, "best_img_s": times.best_rate, "torch": torch.__version__}
+    for _ in range(spec["warmup"]):
+        step()
+    cpu0 = time.process_time()
+    times = time_steps(step, warmup=0, steps=spec["steps"], items_per_step=batch)
+    cpu = time.process_time() - cpu0
+    return {
+        **spec,
+        "img_s": times.rate,
+        "best_img_s": times.best_rate,
+        "img_per_cpu_s": batch * spec["steps"] / cpu,
+        "torch": torch.__version__,
+    }
 
 
 def main() -> None:
@@ -111,14 +121,17 @@ def main() -> None:
             for precision in args.precisions:
                 r = got[precision]
                 ratio = r["img_s"] / got["fp32"]["img_s"] if "fp32" in got else float("nan")
+                per_cpu = r["img_per_cpu_s"] / got["fp32"]["img_per_cpu_s"] if "fp32" in got else float("nan")
                 rows.append(
                     [size, batch, precision, f"{r['img_s']:.2f}", f"{r['best_img_s']:.2f}", f"{ratio:.2f}x"]
+                    + [f"{r['img_per_cpu_s']:.2f}", f"{per_cpu:.2f}x"]
                 )
     print(f"machine: {machine_line()}")
     print(
         f"load average before {load_before}, after {load_average()}; {args.steps} timed steps after {args.warmup} warmup"
     )
-    print_table(["size", "batch", "precision", "img/s (median step)", "img/s (best step)", "vs fp32"], rows)
+    headers = ["size", "batch", "precision", "img/s (median step)", "img/s (best step)", "vs fp32"]
+    print_table([*headers, "img per CPU-s", "vs fp32"], rows)
 
 
 if __name__ == "__main__":

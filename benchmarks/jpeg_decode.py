@@ -6,8 +6,8 @@ and saved at JPEG quality 95, plus the same films at their original 1024 px (qua
 For each network size it prints, full decode vs the reduced decode ``Preprocessing.decode_target``
 asks for (the scale ``cxrdx.imaging.jpeg`` picks):
 
-- decode ms per film (``read_image`` alone) and decode + square ms (what a predict worker does),
-  the best of ``--repeats`` passes;
+- decode CPU ms per film (``read_image`` alone) and decode + square CPU ms (what a predict worker
+  does), the best of ``--repeats`` passes;
 - the network squares' difference (uint8 levels: max and mean |delta|);
 - the model's outputs: max |delta p| and max |delta logit| between the two decodes, and calls
   flipped at 0.5 (and at the checkpoint's own thresholds when it has them).
@@ -59,12 +59,13 @@ def make_jpegs(n: int, sides: list[int], workdir: Path) -> dict[str, list[Path]]
 
 
 def timed(fn, files: list[Path], repeats: int) -> tuple[float, list]:
-    """The best (least disturbed, on a shared machine) of the repeats' per-file mean ms, and the last results."""
+    """The best of the repeats' per-file mean CPU ms (this process's CPU time: decoding and resizing are
+    single-threaded, and CPU time is not inflated by waiting for a core on a shared machine)."""
     passes, results = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         results = [fn(f) for f in files]
-        passes.append((time.perf_counter() - t0) * 1000 / len(files))
+        passes.append((time.process_time() - t0) * 1000 / len(files))
     return min(passes), results
 
 
