@@ -6,8 +6,9 @@ on fp32 logits (``cxrdx.training.loss.WeightedBCEWithLogits``, outside autocast)
 backward, Adam on the fp32 master weights -- on a fixed random batch, model and input
 in channels_last. Each (precision, size, batch) runs in its own subprocess so one
 cannot warm the other's allocator; the order alternates so a load change on a shared
-machine does not favour one precision. Prints img/s (median step) and the best step,
-with the CPU's flags and the load average before and after.
+machine does not favour one precision. Prints img/s (median step) and the best step, and images
+per CPU-second of the process over the timed steps (less disturbed by other processes on a shared
+machine, though it counts OpenMP's spin-waiting too), with the CPU's flags and the load average.
 
 Run:  .venv/bin/python benchmarks/cpu_train.py                      (320 px, batch 8 and 16)
       .venv/bin/python benchmarks/cpu_train.py --sizes 64 --batches 32 --steps 10
