@@ -65,7 +65,9 @@ class Record:
     @classmethod
     def from_json(cls, data: Any, where: str = "metrics.json") -> typing.Self:
         if not isinstance(data, Mapping):
-            raise DataError(f"{where}: expected an object, got {type(data).__name__}; re-run `cxrdx evaluate`")
+            raise DataError(
+                f"{where}: expected an object, got {type(data).__name__}; re-run `cxrdx evaluate`"
+            )
         hints = _hints(cls)
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
@@ -108,7 +110,10 @@ def _load(tp: Any, value: Any, where: str) -> Any:
         for a in options:
             base = typing.get_origin(a) or a
             fits = (
-                (isinstance(value, Mapping) and (base is dict or (isinstance(base, type) and issubclass(base, Record))))
+                (
+                    isinstance(value, Mapping)
+                    and (base is dict or (isinstance(base, type) and issubclass(base, Record)))
+                )
                 or (isinstance(value, list) and base in (tuple, list))
                 or (not isinstance(value, Mapping | list) and base not in (dict, tuple, list))
             )
@@ -319,7 +324,9 @@ class MetricsRecord(Record):
 
     model: ModelInfo | None = absent()
     dataset: DatasetInfo | None = absent()
-    classes: dict[str, FindingMetrics] = field(default_factory=dict)  # the evaluated findings, in output order
+    classes: dict[str, FindingMetrics] = field(
+        default_factory=dict
+    )  # the evaluated findings, in output order
     mean_auroc: float | None = None  # over the defined findings
     mean_auroc_ci: tuple[float | None, ...] | None = None
     mean_auroc_classes: tuple[str, ...] = ()
@@ -383,7 +390,9 @@ def read_metrics(path: str | os.PathLike) -> MetricsRecord:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise DataError(f"{p}: cannot read an evaluation's metrics.json ({exc}); run `cxrdx evaluate`") from None
+        raise DataError(
+            f"{p}: cannot read an evaluation's metrics.json ({exc}); run `cxrdx evaluate`"
+        ) from None
     return MetricsRecord.from_json(data, str(p))
 
 
