@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     cmp = compare([work / "eval_a", work / "eval_b"], work / "comparison", ["A (internal)", "B (external)"])
     print(format_comparison(cmp))
-    print("skipped on B:", ", ".join(f"{k} ({v})" for k, v in list(ext["skipped"].items())[:3]), "...")
+    print("skipped on B:", ", ".join(f"{k} ({v})" for k, v in list(ext.skipped.items())[:3]), "...")
     print("\nA's val thresholds moved to B (sensitivity / specificity, source -> target):")
-    for name, row in ext.get("source_thresholds", {}).get("shift", {}).items():
+    for name, row in (ext.source_thresholds.shift if ext.source_thresholds else {}).items():
         print(
-            f"  {name:<14} sens {row['sensitivity_source']:.3f} -> {row['sensitivity_target']:.3f}   "
-            f"spec {row['specificity_source']:.3f} -> {row['specificity_target']:.3f}"
+            f"  {name:<14} sens {row.sensitivity_source:.3f} -> {row.sensitivity_target:.3f}   "
+            f"spec {row.specificity_source:.3f} -> {row.specificity_target:.3f}"
         )
     print(
         f"\nA: {args.n_a} images at {args.size} px; B: {args.n_b} images at {size_b} px, contrast 0.7, gamma 1.3, "
