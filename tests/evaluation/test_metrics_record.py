@@ -211,3 +211,23 @@ def test_every_field_type_is_one_the_reader_understands():
                 assert origin is not list, (
                     f"{cls.__name__}.{name}: a list field (use tuple: records are frozen)"
                 )
+
+
+def test_old_dict_lookups_still_work_with_a_deprecation_warning():
+    record = MetricsRecord.from_json(_v1("external"))
+    with pytest.warns(DeprecationWarning, match=r'metrics\["classes"\] is deprecated.*metrics.classes'):
+        assert record["classes"]["Effusion"]["auroc"] == _v1("external")["classes"]["Effusion"]["auroc"]
+
+
+def test_no_cxrdx_code_reads_the_metrics_by_string_key():
+    """Readers use attributes, so a renamed field is an AttributeError everywhere, not a KeyError on one branch."""
+    root = Path(__file__).resolve().parents[2]
+    lookup = re.compile(r"""\bmetrics(\.get\(|\[["'])""")
+    found = [
+        f"{p.relative_to(root)}:{i}"
+        for folder in ("src", "benchmarks", "scripts")
+        for p in sorted((root / folder).rglob("*.py"))
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if lookup.search(line) and p.name != "metrics_record.py"  # its deprecated __getitem__ names them
+    ]
+    assert found == []

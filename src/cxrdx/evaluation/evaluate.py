@@ -213,7 +213,7 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> Metric
     cals, fitted = _calibrations(config, predictors, val, v_views, v_pos, names)
     probs, spread = combine(predictors, views, cals)
     raw = combine(predictors, views, [None] * len(predictors))[0]  # before calibration
-    # partial labels: score only the outputs the test set labels (the rest: metrics["skipped"], external.py)
+    # partial labels: score only the outputs the test set labels (the rest: the record's ``skipped``, external.py)
     keep = [c for c, n in enumerate(names) if n not in test.skipped]
     probs, raw = probs[:, keep], raw[:, keep]
     spread = None if spread is None else spread[:, keep]

@@ -27,6 +27,7 @@ import json
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -358,6 +359,16 @@ class MetricsRecord(Record):
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **super().to_json()}
+
+    def __getitem__(self, key: str) -> Any:
+        """``metrics["classes"]``: the file's dict, for code written when ``evaluate`` returned one (deprecated)."""
+        warnings.warn(
+            f'metrics["{key}"] is deprecated: evaluate returns a MetricsRecord; read its attributes '
+            f"(metrics.{key}), or metrics.to_json() for the dict metrics.json holds",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.to_json()[key]
 
     @classmethod
     def from_json(cls, data: Any, where: str = "metrics.json") -> MetricsRecord:
