@@ -150,6 +150,14 @@ def test_a_wrong_shape_is_a_data_error_naming_the_key():
     bad["classes"] = ["Effusion"]
     with pytest.raises(CxrdxError, match="m.json: classes: expected an object"):
         MetricsRecord.from_json(bad, "m.json")
+    bad = _v1("external")
+    bad["thresholds"] = ["youden"]
+    with pytest.raises(DataError, match="m.json: thresholds: unexpected list"):
+        MetricsRecord.from_json(bad, "m.json")
+    bad = _v1("external")
+    bad["classes"]["Effusion"]["auroc_ci"] = 0.5
+    with pytest.raises(DataError, match=r"m.json: classes.Effusion: auroc_ci: unexpected float"):
+        MetricsRecord.from_json(bad, "m.json")
 
 
 def test_compare_refuses_a_newer_file_in_one_line(tmp_path, capsys):

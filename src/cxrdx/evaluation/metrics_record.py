@@ -120,7 +120,7 @@ def _load(tp: Any, value: Any, where: str) -> Any:
             )
             if fits:
                 return _load(a, value, where)
-        return value
+        raise DataError(f"{where}: unexpected {type(value).__name__}; re-run `cxrdx evaluate`")
     if isinstance(tp, type) and issubclass(tp, Record):
         return tp.from_json(value, where)
     if origin is dict:
