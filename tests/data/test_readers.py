@@ -114,3 +114,16 @@ def test_a_new_dataset_is_one_registration(tmp_path, monkeypatch):
     path.write_text("toy_id,effusion\na,y\nb,n\n")
     table = read_label_table(path)
     assert table.dataset == "toy" and table.format == "toy" and table.frame["Effusion"].tolist() == [1.0, 0.0]
+
+
+def test_forcing_another_layout_says_what_is_missing(tmp_path):
+    """--dataset NAME on a table of another layout: the forced reader names the columns it lacks."""
+    path, _ = _write(tmp_path, "generic")
+    with pytest.raises(
+        DataError, match=r"labels\.csv: missing labels: a 'Finding Labels' column.*--dataset generic"
+    ):
+        read_label_table(path, dataset="nih")
+    with pytest.raises(
+        DataError, match=r"not a VinDr-CXR table: missing column\(s\) image_id, class_name, rad_id"
+    ):
+        read_label_table(path, dataset="vindr")
