@@ -30,9 +30,8 @@ class EvalSet:
     images_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     origin: dict = field(default_factory=dict)  # {"dataset", "kind": phantom|real|unknown} (data.origin)
-    findings: tuple[str, ...] | None = (
-        None  # what the label table labels (LabelTable.findings); None: its columns
-    )
+    # what the label table labels (LabelTable.findings); None: the columns named like a model output
+    findings: tuple[str, ...] | None = None
     views_dropped: dict[str, int] = field(default_factory=dict)  # view -> images the view filter left out
     skipped: dict = field(default_factory=dict)  # model outputs this set does not label -> why (external.py)
 
@@ -71,8 +70,14 @@ def load_eval_set(
         origin = cache.info.get("origin") or dataset_origin(  # caches made before origins were recorded
             cache.info.get("sources") or [p], cache.info.get("images_dir")
         )
-        es = EvalSet(desc, table.reset_index(drop=True), cache_images=cache.images, origin=origin)
-        es.views_dropped = dict(selection.dropped) if selection else {}
+        dropped = dict(selection.dropped) if selection else {}
+        es = EvalSet(
+            desc,
+            table.reset_index(drop=True),
+            cache_images=cache.images,
+            origin=origin,
+            views_dropped=dropped,
+        )
         return _finish_table(es, labels)
     if p.is_dir():
         raise DataError(
@@ -85,8 +90,14 @@ def load_eval_set(
     read = read_label_table(p, images, uncertain=uncertain, views=views, dataset=dataset, blank=blank)
     images_dir = Path(images) if images else None
     origin = dataset_origin([p], images, [read.dataset])
-    es = EvalSet(str(p), read.frame, images_dir=images_dir, origin=origin, findings=read.findings)
-    es.views_dropped = read.views_dropped
+    es = EvalSet(
+        str(p),
+        read.frame,
+        images_dir=images_dir,
+        origin=origin,
+        findings=read.findings,
+        views_dropped=read.views_dropped,
+    )
     return _finish_table(es, labels)
 
 
