@@ -2,6 +2,6 @@
 
 ``codes`` (the coded concepts), ``study`` (the source's study and THE result UIDs), ``sr``
 (the TID 1500 Structured Report; ``results_for``), ``secondary_capture`` (Grad-CAM pictures as
-DICOM), ``fhir`` (R4 DiagnosticReport + Observations + Device + Provenance; ``fhir_ai``: AI Transparency on FHIR), ``result_files`` (``predict --format
+DICOM), ``fhir`` (R4 DiagnosticReport + Observations), ``result_files`` (``predict --format
 dicom|fhir``); the node's files sit beside them. Above inference and explain, below app and cli.
 """
