@@ -16,6 +16,7 @@ import torch
 from test_importers import TINY, XRV_NIH_FILE, make_tv_state, tv_to_keras, write_chexnet, write_keras2_h5
 
 from cxrdx import settings
+from cxrdx.cli import main
 from cxrdx.errors import CheckpointError, ConfigError
 from cxrdx.jobs import import_weights as job
 from cxrdx.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
@@ -87,6 +88,32 @@ def test_each_source_detects_its_own_file_only_and_imports_it(name, tmp_path):
     if importer.preprocessing is not None:  # the publisher's recipe is the one recorded
         expected = importer.preprocessing(registry.Request(sample))
         assert meta.preprocessing.to_dict() == expected.to_dict()
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_without_from_the_source_is_recognised(name, tmp_path):
+    sample = SAMPLES[name](tmp_path)
+    result = import_weights(None, sample, tmp_path / "auto.safetensors")
+    assert result.notes[0].startswith(f"recognised as --from {name} ")
+    given = import_weights(name, sample, tmp_path / "given.safetensors")
+    a, b = read_checkpoint(result.out), read_checkpoint(given.out)
+    assert a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+    assert a[1].preprocessing.to_dict() == b[1].preprocessing.to_dict() and a[1].labels == b[1].labels
+
+
+def test_a_file_nothing_recognises_needs_from(tmp_path, capsys):
+    src = (
+        tmp_path / "weights.pt"
+    )  # a plain state dict under a generic name: any torch source could have made it
+    torch.save(make_tv_state(TINY, 3, 14, seed=6), src)
+    assert registry.detect(src) == []
+    with pytest.raises(ConfigError, match=r"cannot tell which source .* give `kind`, one of torchvision"):
+        import_weights(None, src, tmp_path / "x.safetensors")
+    assert main(["import", str(src), "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "give --from, one of" in err and "Traceback" not in err
+    assert main(["import", str(_xrv(tmp_path)), "--out", str(tmp_path / "x.safetensors")]) == 0
+    assert "recognised as --from xrv" in capsys.readouterr().out
 
 
 def test_a_file_given_as_the_wrong_source_names_the_right_one(tmp_path):

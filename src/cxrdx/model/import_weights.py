@@ -142,7 +142,7 @@ def _parse_labels(text: str | Iterable[str] | None) -> list[str] | None:
 
 
 def import_weights(
-    kind: str,
+    kind: str | None,
     source: str | os.PathLike,
     out: str | os.PathLike,
     trust_pickle: bool = False,
@@ -154,15 +154,33 @@ def import_weights(
 ) -> ImportResult:
     """Convert ``source`` (a file of the given ``kind``) into a cxrdx checkpoint at ``out``.
 
+    ``kind`` None: the one source whose files ``source`` looks like (``registry.detect``: its name
+    or first bytes), else an error asking for it.
+
     ``inert_pickle``: a whole pickled model is read structurally, never fully unpickled
     (``cxrdx.model.pretrained`` uses this for the files it downloads). ``keras_norm``: the Keras
     model's test-time normalisation (``importers.keras.keras_preprocessing``): imagenet (default),
     per-image, or the training sample's "MEAN,STD".
     """
-    importer = registry.get(kind)
+    importer = registry.get(kind) if kind is not None else None
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    detected: list[str] = []
+    if importer is None:
+        detected = registry.detect(path)
+        if len(detected) != 1:
+            looks = (
+                f"it looks like {' and '.join(detected)}"
+                if detected
+                else "its name and first bytes match none"
+            )
+            raise ConfigError(
+                f"{path}: cannot tell which source this file is from ({looks}); give `kind`, one of "
+                f"{', '.join(registry.importers())}"
+            )
+        kind = detected[0]
+        importer = registry.get(kind)
     out = Path(out)
     if out.resolve() == path.resolve():
         raise ConfigError(f"--out {out} is the source file itself; choose another output path")
@@ -175,13 +193,15 @@ def import_weights(
             raise ConfigError(f"{OPTION_FLAGS[option]} applies to --from {' / '.join(owners)} only")
     sha = file_sha256(path)
 
+    said = [f"recognised as --from {kind} ({importer.title}) by the file"] if detected else []
+
     if importer.convert is not None:
         tensors, meta = _explained(importer, path, lambda: importer.convert(request, out, sha))
-        return ImportResult(out, meta, tensors, ["validated and re-saved"])
+        return ImportResult(out, meta, tensors, [*said, "validated and re-saved"])
 
     assert importer.read is not None and importer.preprocessing is not None
     weights: SourceWeights = _explained(importer, path, lambda: importer.read(request))
-    mapped, notes = weights.mapped, weights.notes
+    mapped, notes = weights.mapped, [*said, *weights.notes]
     conv0 = mapped.get("features.conv0.weight")
     if conv0 is None or conv0.ndim != 4:
         raise CheckpointError(
