@@ -124,6 +124,8 @@ def test_a_file_given_as_the_wrong_source_names_the_right_one(tmp_path):
 def test_source_options_belong_to_their_source(tmp_path):
     with pytest.raises(ConfigError, match="--keras-norm applies to --from keras only"):
         import_weights("chexnet", _chexnet(tmp_path), tmp_path / "x.safetensors", keras_norm="per-image")
+    with pytest.raises(ConfigError, match="--xrv-weights applies to --from xrv only"):
+        import_weights("keras", _keras(tmp_path), tmp_path / "x.safetensors", xrv_weights="nih")
     with pytest.raises(ConfigError, match="--from 'nope' is unknown; choose one of torchvision, chexnet"):
         import_weights("nope", _chexnet(tmp_path), tmp_path / "x.safetensors")
 

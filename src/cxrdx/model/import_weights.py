@@ -187,7 +187,7 @@ def import_weights(
     request = Request(
         path, trust_pickle, inert_pickle, _parse_labels(source_labels), xrv_weights, keras_norm, size
     )
-    for option in ("keras_norm",):  # a source-specific option given for another source
+    for option in OPTION_FLAGS:  # a source-specific option given for another source is a mistake
         if getattr(request, option) is not None and option not in importer.options:
             owners = [n for n, i in registry.importers().items() if option in i.options]
             raise ConfigError(f"{OPTION_FLAGS[option]} applies to --from {' / '.join(owners)} only")
