@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(3)
     for f in B_FINDINGS:  # ~5% of B's labels are uncertain (-1): ignored, never counted as negatives
         generic.loc[rng.random(len(generic)) < 0.05, f] = -1.0
-    generic.attrs["findings"] = B_FINDINGS
     b_csv = write_labels(generic, work / "b_labels" / "test.csv")
     prepare_cache(
         [b_csv], work / "cache_b", size=args.size, images=b / "images", progress=False, overwrite=True

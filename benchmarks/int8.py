@@ -1,6 +1,6 @@
 """``cxrdx predict --precision int8`` against fp32: agreement on a trained model, and speed end to end.
 
-The int8 model is the product's (``cxrdx.inference.quantize``): ONNX Runtime static QDQ,
+The int8 model is the product's (``cxrdx.jobs.quantize_build``): ONNX Runtime static QDQ,
 per-channel int8 weights (7-bit on x86 without VNNI), uint8 activations, MinMax-calibrated on
 ``--calib`` training-split images of ``--cache``, kept only when its mean *validation* AUROC is
 within 0.005 of fp32's. Then, with a checkpoint *trained on that cache's training split*
@@ -56,7 +56,7 @@ def quantized(ckpt: Path, cache: str, n_calib: int, gate: bool = True):
     ``gate=False`` keeps the int8 model whatever the validation check says (for speed only).
     """
     from cxrdx.inference.predictor import Predictor
-    from cxrdx.inference.quantize import MAX_AUROC_DROP, QuantizeConfig, quantize
+    from cxrdx.jobs.quantize_build import MAX_AUROC_DROP, QuantizeConfig, quantize
 
     config = QuantizeConfig(str(ckpt), cache, n_calib=n_calib, max_auroc_drop=MAX_AUROC_DROP if gate else 1.0)
     report = quantize(config, log=say)

@@ -32,5 +32,9 @@ IMPORT_SOURCES = (
 )  # where `cxrdx import` takes weights from
 XRV_VARIANTS = ("all", "nih", "pc", "chex", "rsna", "mimic_nb", "mimic_ch")  # torchxrayvision's DenseNet121s
 
+# the FHIR Patient identifier's system when the source DICOM names no issuer of its Patient ID
+# (`--fhir-patient-system`; a hospital sets its own namespace)
+FHIR_PATIENT_SYSTEM = "urn:cxrdx:patient-id"
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts that only this machine can reach
 MAX_UPLOAD_MB = 50  # the largest file the web app accepts

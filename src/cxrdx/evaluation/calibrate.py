@@ -188,7 +188,7 @@ def calibrate(config: CalibrateConfig) -> dict:
         "out": str(config.out),
         "data": es.description,
         "n_images": int(len(pos)),
-        "views_dropped": es.table.attrs.get("views", {}).get("dropped") or {},
+        "views_dropped": dict(es.views_dropped),
         "previous": old["method"],
         "calibration": new,
         "summary": summary,

@@ -232,7 +232,7 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> Metric
         )
 
     notes = list(test.notes[:20])
-    dropped = test.table.attrs.get("views", {}).get("dropped")
+    dropped = test.views_dropped
     if dropped:
         shown = ", ".join(f"{n} {v or '(none)'}" for v, n in dropped.items())
         notes.append(f"views not evaluated (--views {config.views}): {shown}")

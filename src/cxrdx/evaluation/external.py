@@ -27,9 +27,13 @@ from cxrdx.evaluation.metrics_record import Labelled, ShiftRow, read_metrics
 from cxrdx.metrics.thresholds import binary_metrics
 
 
-def shared_findings(table, names: Sequence[str], description: str) -> tuple[list[str], dict[str, str]]:
-    """(model outputs the table labels, {skipped output: why}); DataError when they share none."""
-    findings = table.attrs.get("findings") if hasattr(table, "attrs") else None
+def shared_findings(
+    table, names: Sequence[str], description: str, findings: Sequence[str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """(model outputs the table labels, {skipped output: why}); DataError when they share none.
+
+    ``findings``: what the table labels (``LabelTable.findings``); None: the columns named like an output.
+    """
     labelled = set(findings) if findings else {n for n in names if n in table.columns}
     shared, skipped = [], {}
     for n in names:

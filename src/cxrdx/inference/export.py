@@ -280,7 +280,7 @@ def _prune(folder: Path, keep: int) -> None:
 def cached_export_path(sha: str, precision: str = "fp32") -> Path:
     """The cache file of a checkpoint's export (by its sha256), without importing torch.
 
-    ``precision``: ``fp32``, or an int8 variant of inference/quantize.py (``int8`` / ``int8r7``).
+    ``precision``: ``fp32``, or an int8 variant of inference/int8.py (``int8`` / ``int8r7``).
     """
     from importlib.metadata import version
 

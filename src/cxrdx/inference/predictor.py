@@ -148,7 +148,7 @@ class Predictor:
             )
         on_cpu = str(device).split(":")[0] == "cpu"
         if precision != "fp32":
-            from cxrdx.inference.quantize import int8_meta, int8_session
+            from cxrdx.inference.int8 import int8_meta, int8_session
 
             session, variant = int8_session(path, precision, backend, device, threads)
             meta = int8_meta(meta, session)  # the OOD threshold refitted for int8's features

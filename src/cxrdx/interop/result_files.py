@@ -69,15 +69,22 @@ class ResultFolder:
         *,
         allow_demo: bool = False,
         send_ood_findings: bool = False,
+        fhir_patient_system: str | None = None,
     ) -> None:
         """``allow_demo``: write a phantom-trained or never-evaluated model's results (stamped) instead of
         refusing; ``send_ood_findings``: report an out-of-distribution image's findings (marked) instead of
-        "not evaluated"."""
+        "not evaluated"; ``fhir_patient_system``: the Patient identifier's system when a DICOM names no
+        issuer (cxrdx.interop.fhir.patient_identifier)."""
         from cxrdx.interop.sr import algorithm_for
         from cxrdx.model.card import require_not_demo
 
         if fmt not in FOLDER_FORMATS:
             raise ConfigError(f"--format {fmt}: not a folder format ({', '.join(FOLDER_FORMATS)})")
+        self.patient_system = fhir_patient_system
+        if fmt == "fhir" and fhir_patient_system is not None:
+            from cxrdx.interop.fhir import check_patient_system
+
+            check_patient_system(fhir_patient_system)  # before any image is read
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {out}: --format {fmt} writes a folder, and this is a file")
@@ -157,7 +164,13 @@ class ResultFolder:
             if not str(source.get("SOPInstanceUID", "") or "").strip():
                 source = None  # no instance UID to key on: treat it like a picture
         source_id = None if source is not None else f"sha256:{file_sha256(path)}"
-        bundle = fhir_bundle(pred, algorithm=self.algorithm, source=source, source_id=source_id)
+        bundle = fhir_bundle(
+            pred,
+            algorithm=self.algorithm,
+            source=source,
+            source_id=source_id,
+            patient_system=self.patient_system,
+        )
         target = self.out / f"{self._stem(pred.source)}.fhir.json"
         atomic_write_text(target, json.dumps(bundle, indent=1) + "\n")
         self.written.append(target)

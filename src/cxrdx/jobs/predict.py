@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from cxrdx.options import option
 from cxrdx.reporter import Reporter
-from cxrdx.settings import BACKENDS, BATCH_SIZE, PRECISIONS, TOP_K
+from cxrdx.settings import BACKENDS, BATCH_SIZE, FHIR_PATIENT_SYSTEM, PRECISIONS, TOP_K
 
 if TYPE_CHECKING:
     from cxrdx.jobs.predict_batch import PredictSummary as Result
@@ -52,6 +52,12 @@ class Config:
         False,
         help="dicom/fhir: report an out-of-distribution image's findings and heatmaps anyway, marked "
         "(default: its SR/FHIR say it was not evaluated, and no heatmaps are written)",
+    )
+    fhir_patient_system: str = option(
+        FHIR_PATIENT_SYSTEM,
+        metavar="URI",
+        help="fhir: the system (namespace URI) of the Patient identifier when the DICOM names no issuer of its "
+        "Patient ID (0010,0021 / 0010,0024, used when it is an OID); set your hospital's, e.g. urn:oid:1.2.3",
     )
     heatmaps: str | None = option(
         None, metavar="DIR", help=f"write Grad-CAM overlays of the top {TOP_K} findings"
@@ -124,7 +130,10 @@ def run(config: Config, reporter: Reporter | None = None) -> Result:
         from cxrdx.interop.result_files import ResultFolder, check_dicom_inputs
 
         result_folder = functools.partial(
-            ResultFolder, allow_demo=config.allow_demo_model, send_ood_findings=config.send_ood_findings
+            ResultFolder,
+            allow_demo=config.allow_demo_model,
+            send_ood_findings=config.send_ood_findings,
+            fhir_patient_system=config.fhir_patient_system,
         )
         check_inputs = check_dicom_inputs
     return predict_job(config, reporter, result_folder=result_folder, check_inputs=check_inputs)

@@ -257,7 +257,7 @@ def predict_job(
 
 def _int8_line(predictor: Predictor) -> str:
     """What the int8 model was checked on (its record from cxrdx quantize), for the log."""
-    from cxrdx.inference.quantize import int8_record
+    from cxrdx.inference.int8 import int8_record
 
     r = int8_record(predictor.session) or {}
     if "drop" not in r:
