@@ -45,7 +45,7 @@ def _by_finding(sr) -> dict[str, dict]:
 @pytest.mark.filterwarnings("ignore:Invalid value for VR AS")  # the source's age is invalid on purpose
 def test_sr_is_in_the_source_study_with_its_patient(tmp_path):
     source = phantom_dicom(3, PatientAge="45", PatientWeight=70)
-    (sr,) = results_for(source, prediction(), overlays={}, algorithm=ALGORITHM)
+    sr, _seg = results_for(source, prediction(), overlays={}, algorithm=ALGORITHM)
     back = _write_read(sr, tmp_path / "sr.dcm")
     assert back.SOPClassUID == ComprehensiveSRStorage and back.Modality == "SR"
     assert back.StudyInstanceUID == source.StudyInstanceUID
@@ -171,7 +171,7 @@ def test_sr_passes_dciodvfy_and_dcmtk(tmp_path):
 @pytest.mark.realdata
 def test_sr_of_the_real_siim_dicom(shared_data, tmp_path):
     source = pydicom.dcmread(shared_data / "dicom" / "siim_pneumothorax_sample.dcm")
-    (sr,) = results_for(source, prediction(), overlays={}, algorithm=ALGORITHM)
+    sr, _seg = results_for(source, prediction(), overlays={}, algorithm=ALGORITHM)
     path = tmp_path / "sr.dcm"
     back = _write_read(sr, path)
     assert back.StudyInstanceUID == source.StudyInstanceUID and back.PatientID == source.PatientID

@@ -99,7 +99,9 @@ def heatmap_segmentation(
             )
         frames[0, :, :, i] = np.clip(np.nan_to_num(heat), 0.0, 1.0)
     src_uid = str(header.SOPInstanceUID)
-    descriptions = [_segment(i + 1, name, prediction, algorithm, hold, src_uid) for i, name in enumerate(names)]
+    descriptions = [
+        _segment(i + 1, name, prediction, algorithm, hold, src_uid) for i, name in enumerate(names)
+    ]
     ref = seg_reference(header, algorithm)
     seg = hd.seg.Segmentation(
         source_images=[_pixel_header(header)],
@@ -131,7 +133,9 @@ def heatmap_segmentation(
 
         seg.CodingSchemeIdentificationSequence = [
             CodingSchemeIdentificationItem(
-                designator=codes.PRIVATE_SCHEME, name=codes.PRIVATE_SCHEME_NAME, responsible_organization="cxrdx"
+                designator=codes.PRIVATE_SCHEME,
+                name=codes.PRIVATE_SCHEME_NAME,
+                responsible_organization="cxrdx",
             )
         ]
     if str(header.get("LossyImageCompression", "")) == "01":
@@ -166,7 +170,11 @@ def _segment(number: int, name: str, prediction: Any, algorithm: Mapping, hold: 
     )
     p = prediction.probabilities.get(name)
     call = None if hold else (prediction.positive or {}).get(name)
-    said = "not evaluated" if hold else ("no threshold" if call is None else ("positive" if call else "negative"))
+    said = (
+        "not evaluated"
+        if hold
+        else ("no threshold" if call is None else ("positive" if call else "negative"))
+    )
     score = "" if p is None or hold else f", score {p:.2f}"
     description.SegmentDescription = f"{name} ({said}{score}). {SALIENCY_NOTE}"
     return description
@@ -189,7 +197,11 @@ def _lab(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
     xyz = m @ c / np.array([0.95047, 1.0, 1.08883])
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
     lab = (116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]))
-    return float(np.clip(lab[0], 0, 100)), float(np.clip(lab[1], -128, 127)), float(np.clip(lab[2], -128, 127))
+    return (
+        float(np.clip(lab[0], 0, 100)),
+        float(np.clip(lab[1], -128, 127)),
+        float(np.clip(lab[2], -128, 127)),
+    )
 
 
 def _cc(concept: codes.Concept):

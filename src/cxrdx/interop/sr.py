@@ -211,7 +211,9 @@ def structured_report(
             # PS3.3 C.18.3.1 (Image SOP Instance Reference macro): Referenced Frame Number and Referenced
             # Segment Number are exclusive; the segment says it all (its frame is frame i)
             del segment[0].ReferencedSOPSequence[0].ReferencedFrameNumber
-            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common))
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common)
+            )
         else:
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common, source_images=image_ref()))
     ood = _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref)

@@ -37,7 +37,7 @@ class Config:
         "table",
         choices=FORMATS,
         help="output format; jsonl = JSON Lines, one image per line; dicom = a TID 1500 SR and "
-        "Grad-CAM secondary captures in each DICOM input's study; fhir = an R4 DiagnosticReport bundle "
+        "the Grad-CAM heatmaps as a DICOM Segmentation in each DICOM input's study; fhir = an R4 DiagnosticReport bundle "
         "per image (PNG/JPEG too). dicom and fhir need --out DIR; parquet: --engine ray only",
     )
     out: str | None = option(
@@ -52,6 +52,11 @@ class Config:
         False,
         help="dicom/fhir: report an out-of-distribution image's findings and heatmaps anyway, marked "
         "(default: its SR/FHIR say it was not evaluated, and no heatmaps are written)",
+    )
+    secondary_capture: bool = option(
+        False,
+        help="dicom: also write one JPEG secondary capture per finding (the Grad-CAM overlay for the "
+        "positive ones, a card saying why there is none for the others)",
     )
     heatmaps: str | None = option(
         None, metavar="DIR", help=f"write Grad-CAM overlays of the top {TOP_K} findings"
@@ -124,7 +129,10 @@ def run(config: Config, reporter: Reporter | None = None) -> Result:
         from cxrdx.interop.result_files import ResultFolder, check_dicom_inputs
 
         result_folder = functools.partial(
-            ResultFolder, allow_demo=config.allow_demo_model, send_ood_findings=config.send_ood_findings
+            ResultFolder,
+            allow_demo=config.allow_demo_model,
+            send_ood_findings=config.send_ood_findings,
+            secondary_capture=config.secondary_capture,
         )
         check_inputs = check_dicom_inputs
     return predict_job(config, reporter, result_folder=result_folder, check_inputs=check_inputs)
