@@ -13,10 +13,13 @@ there is always something to show) as a FRACTIONAL Segmentation (PS3.3 A.51) of 
   "Morphologically abnormal structure" (SCT 49755003), type the finding's code; algorithm type
   AUTOMATIC with the algorithm identification of the SR (cxrdx, its version, the checkpoint's
   file name and SHA-256 as parameters);
-- JPEG 2000 lossless (highdicom encodes it; the maps are smooth and compress about 10:1).
+- every note of the SR (demo stamp, OOD verdict, model card's caveats, research use) in Image Comments;
+- JPEG-LS lossless (highdicom encodes it with pyjpegls): the smooth maps compress about 8:1, about three
+  times faster than JPEG 2000 lossless (which compresses 30 % better), and Orthanc's own DCMTK decodes it
+  (JPEG 2000 needs Orthanc's GDCM plugin), as do OHIF's codecs.
 
 An out-of-distribution image whose findings are withheld (``study.withheld``) still gets its SEG,
-with the same segments and empty maps saying "not evaluated", so that the result set of an image is
+with the same segments and empty maps saying "not evaluated" (Content Description, Image Comments), so that the result set of an image is
 always the same instances (``study``) and a re-analysis leaves nothing stale. Its UIDs are
 ``study.result_uid`` of the source instance, the checkpoint and the role "seg".
 """
@@ -32,8 +35,10 @@ from pydicom.dataset import Dataset
 from cxrdx.interop import codes
 from cxrdx.interop.study import (
     MANUFACTURER,
+    RESEARCH_USE,
     SEG_SERIES_NUMBER,
     copy_patient_study,
+    result_notes,
     result_uid,
     withheld,
 )
@@ -41,6 +46,7 @@ from cxrdx.settings import TOP_K
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
 SEG_SERIES_DESCRIPTION = "cxrdx Grad-CAM heatmaps (research use only)"
+DEMO_SEG_SERIES_DESCRIPTION = "cxrdx DEMO model heatmaps (meaningless)"
 ABNORMAL = codes.Concept("SCT", "49755003", "Morphologically abnormal structure")  # CID 7150 category
 SALIENCY_NOTE = (
     "Grad-CAM saliency scaled to 0-255 (relative to this finding's strongest region), not a probability "
@@ -122,7 +128,7 @@ def heatmap_segmentation(
         content_description=("NOT EVALUATED (out of distribution). " if hold else "") + "Grad-CAM heatmaps",
         transfer_syntax_uid=JPEGLSLossless,
         omit_empty_frames=False,  # one frame per segment, always: the SR points at frame i for segment i
-        series_description=SEG_SERIES_DESCRIPTION,
+        series_description=DEMO_SEG_SERIES_DESCRIPTION if algorithm.get("demo") else SEG_SERIES_DESCRIPTION,
         content_qualification="RESEARCH",
     )
     copy_patient_study(header, seg)
@@ -138,6 +144,7 @@ def heatmap_segmentation(
                 responsible_organization="cxrdx",
             )
         ]
+    seg.ImageComments = " ".join([*result_notes(prediction, algorithm), SALIENCY_NOTE, RESEARCH_USE])[:10240]
     if str(header.get("LossyImageCompression", "")) == "01":
         seg.LossyImageCompression = "01"  # derived from a lossy source (PS3.3 C.7.6.1.1.5)
     return seg
