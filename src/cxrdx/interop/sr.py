@@ -142,13 +142,22 @@ def results_for(
 
 
 def structured_report(
-    source: Dataset, prediction: Any, *, algorithm: Mapping, segments: list[str] | tuple[str, ...] = ()
+    source: Dataset,
+    prediction: Any,
+    *,
+    algorithm: Mapping,
+    segments: list[str] | tuple[str, ...] = (),
+    checked: bool = False,
 ) -> Dataset:
     """The TID 1500 Comprehensive SR for one prediction (``source``: its image's header).
 
     ``segments``: the findings of the heatmap SEG, in segment order (``segmentation.segment_findings``);
     each one's measurement group is then a TID 1410 planar ROI group that references its segment
     (segment i = frame i of the SEG), the others TID 1501 groups on the source image.
+
+    The content tree is built by highdicom's templates (which check it); ``checked``: also let
+    highdicom's ComprehensiveSR copy, re-parse and check the whole tree (about 3/4 of the cost, so
+    only in tests, which hold the two documents equal element for element).
     """
     import highdicom as hd
 
@@ -231,7 +240,7 @@ def structured_report(
     )
     notes = [*result_notes(prediction, algorithm), RESEARCH_USE]
     with quiet_person_names():
-        return _document(header, observer, groups, algorithm, used, src_uid, sha, notes, seg)
+        return _document(header, observer, groups, algorithm, used, src_uid, sha, notes, seg, checked)
 
 
 def _finding_measurements(name: str, p: float, prediction: Any, algorithm: Mapping, used: list) -> list:
@@ -248,7 +257,7 @@ def _finding_measurements(name: str, p: float, prediction: Any, algorithm: Mappi
     ]
 
 
-def _document(header, observer, groups, algorithm, used, src_uid, sha, notes, seg=None):
+def _document(header, observer, groups, algorithm, used, src_uid, sha, notes, seg=None, checked=False):
     import highdicom as hd
 
     report = _measurement_report(observer, groups, header)
@@ -260,20 +269,30 @@ def _document(header, observer, groups, algorithm, used, src_uid, sha, notes, se
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[header] if seg is None else [header, seg],
-        content=report[0],
-        series_instance_uid=result_uid(src_uid, "sr-series", sha),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=result_uid(src_uid, "sr", sha),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        series_description=DEMO_SERIES_DESCRIPTION if algorithm.get("demo") else SR_SERIES_DESCRIPTION,
-        manufacturer_model_name="cxrdx",
-        software_versions=str(algorithm.get("version", "")),
-        content_qualification="RESEARCH",
-        coding_schemes=_private_scheme() if codes.uses_private(used) else None,
-    )
+    document = {
+        "evidence": [header] if seg is None else [header, seg],
+        "series_instance_uid": result_uid(src_uid, "sr-series", sha),
+        "series_number": SR_SERIES_NUMBER,
+        "sop_instance_uid": result_uid(src_uid, "sr", sha),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "series_description": DEMO_SERIES_DESCRIPTION if algorithm.get("demo") else SR_SERIES_DESCRIPTION,
+        "manufacturer_model_name": "cxrdx",
+        "software_versions": str(algorithm.get("version", "")),
+        "content_qualification": "RESEARCH",
+        "coding_schemes": _private_scheme() if codes.uses_private(used) else None,
+    }
+    root = report[0]
+    if checked:  # highdicom copies, re-parses and checks the whole content tree: ~3/4 of the cost
+        sr = hd.sr.ComprehensiveSR(content=root, **document)
+    else:  # the document's modules around the root with its first item only, then the whole tree
+        shell = Dataset()
+        for elem in root:
+            if elem.keyword != "ContentSequence":
+                shell.add(elem)
+        shell.ContentSequence = [root.ContentSequence[0]]
+        sr = hd.sr.ComprehensiveSR(content=shell, **document)
+        sr.ContentSequence = root.ContentSequence
     copy_patient_study(header, sr)
     return sr
 
