@@ -1,9 +1,11 @@
 """Results as DICOM: a Comprehensive SR following TID 1500 (highdicom's measurement report).
 
 ``results_for(source, prediction, overlays=..., algorithm=...)`` gives the objects a
-PACS stores beside the source image, in its study: the SR first, then one secondary
-capture per overlay (``cxrdx.interop.secondary_capture``). The SR holds, per finding,
-one TID 1501 measurement group (finding type = the finding's code, tracking
+PACS stores beside the source image, in its study: the SR first, then the heatmap SEG
+(``cxrdx.interop.segmentation``), then, on request, one secondary capture per finding
+(``cxrdx.interop.secondary_capture``): the same instances for every analysis of an image by a
+checkpoint. The SR holds, per finding, one measurement group (TID 1410 referencing the finding's
+segment of the SEG when it has one, else TID 1501 on the source image; finding type = the finding's code, tracking
 identifier, algorithm identification, the source image) with
 
 - a qualitative evaluation: the finding's code = Present / Absent by the checkpoint's
