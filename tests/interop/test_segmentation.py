@@ -131,3 +131,28 @@ def test_the_result_set_of_the_real_siim_film_is_valid_and_small(shared_data, tm
         assert dciodvfy(path) == [], obj.Modality
     assert [o.Modality for o in objects] == ["SR", "SEG"]
     assert total < 2_000_000  # the budget for the SIIM film's objects
+
+
+def test_the_fast_seg_equals_the_one_highdicom_builds_from_the_maps_element_for_element():
+    from cxrdx.interop.segmentation import heatmap_segmentation
+    from cxrdx.interop.study import source_header
+
+    header = source_header(phantom_dicom(35, 80))
+    pred = prediction()
+    heat = {name: _heat(80, 80, k) for k, name in enumerate(segment_findings(pred))}
+    checked = heatmap_segmentation(header, pred, heatmaps=heat, algorithm=ALGORITHM, checked=True)
+    fast = heatmap_segmentation(header, pred, heatmaps=heat, algorithm=ALGORITHM)
+    clock = {"00080012", "00080013", "00080023", "00080033", "0018A002"}  # creation/content/contribution time
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in clock}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    def plain(ds):
+        return strip(ds.to_json_dict(bulk_data_threshold=1 << 30))
+
+    assert plain(fast) == plain(checked)  # Pixel Data included (inline base64)
+    assert fast.file_meta.TransferSyntaxUID == checked.file_meta.TransferSyntaxUID
+    empty = heatmap_segmentation(header, pred, heatmaps={}, algorithm=ALGORITHM)
+    assert plain(empty) != plain(checked)  # control: the pixels are compared

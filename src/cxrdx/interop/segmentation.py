@@ -83,9 +83,20 @@ def seg_reference(header: Dataset, algorithm: Mapping) -> Dataset:
 
 
 def heatmap_segmentation(
-    header: Dataset, prediction: Any, *, heatmaps: Mapping[str, np.ndarray], algorithm: Mapping
+    header: Dataset,
+    prediction: Any,
+    *,
+    heatmaps: Mapping[str, np.ndarray],
+    algorithm: Mapping,
+    checked: bool = False,
 ) -> Dataset:
-    """The fractional SEG of ``segment_findings(prediction)``; a finding without a map gets an empty one."""
+    """The fractional SEG of ``segment_findings(prediction)``; a finding without a map gets an empty one.
+
+    highdicom builds the object around all-zero maps (its checks of the values, a sort of every pixel,
+    cost more than the maps' encoding), then the maps are scaled to 0-255 as highdicom does (rounded) and
+    encoded by highdicom's own ``encode_frame``. ``checked``: let highdicom build it from the maps (tests
+    hold the two equal element for element, pixel data included).
+    """
     import highdicom as hd
     from pydicom.uid import JPEGLSLossless
 
@@ -104,6 +115,7 @@ def heatmap_segmentation(
                 "a SEG of a radiograph must be on the source's pixel grid"
             )
         frames[0, :, :, i] = np.clip(np.nan_to_num(heat), 0.0, 1.0)
+    maps = frames if checked else np.zeros_like(frames)
     src_uid = str(header.SOPInstanceUID)
     descriptions = [
         _segment(i + 1, name, prediction, algorithm, hold, src_uid) for i, name in enumerate(names)
@@ -111,7 +123,7 @@ def heatmap_segmentation(
     ref = seg_reference(header, algorithm)
     seg = hd.seg.Segmentation(
         source_images=[_pixel_header(header)],
-        pixel_array=frames,
+        pixel_array=maps,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         segment_descriptions=descriptions,
         series_instance_uid=ref.SeriesInstanceUID,
@@ -131,6 +143,11 @@ def heatmap_segmentation(
         series_description=DEMO_SEG_SERIES_DESCRIPTION if algorithm.get("demo") else SEG_SERIES_DESCRIPTION,
         content_qualification="RESEARCH",
     )
+    if not checked:
+        _encode_frames(seg, frames[0])
+    dimensions = result_uid(src_uid, "seg-dimensions", str(algorithm.get("checkpoint_sha256", "")))
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        item.DimensionOrganizationUID = dimensions  # not a random one: the same analysis, the same object
     copy_patient_study(header, seg)
     orientation = header.get("PatientOrientation")
     seg.PatientOrientation = orientation if orientation and len(orientation) == 2 else ""  # Type 2C: no FoR
@@ -148,6 +165,26 @@ def heatmap_segmentation(
     if str(header.get("LossyImageCompression", "")) == "01":
         seg.LossyImageCompression = "01"  # derived from a lossy source (PS3.3 C.7.6.1.1.5)
     return seg
+
+
+def _encode_frames(seg: Dataset, maps: np.ndarray) -> None:
+    """The SEG's Pixel Data: each map (H, W, segment) as highdicom stores a fractional frame."""
+    from highdicom.frame import encode_frame
+    from pydicom.encaps import encapsulate
+
+    scale = float(seg.MaximumFractionalValue)
+    frames = [
+        encode_frame(
+            np.around(maps[:, :, k] * scale).astype(np.uint8),
+            transfer_syntax_uid=seg.file_meta.TransferSyntaxUID,
+            bits_allocated=seg.BitsAllocated,
+            bits_stored=seg.BitsStored,
+            photometric_interpretation=seg.PhotometricInterpretation,
+            pixel_representation=seg.PixelRepresentation,
+        )
+        for k in range(maps.shape[-1])
+    ]
+    seg.PixelData = encapsulate(frames)
 
 
 def _segment(number: int, name: str, prediction: Any, algorithm: Mapping, hold: bool, src: str):
