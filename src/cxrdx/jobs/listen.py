@@ -2,8 +2,8 @@
 
 A PACS or modality sends CR/DX images to this node's AE title; each one is spooled durably
 before it is acknowledged, read by the model, and the results (a TID 1500 Structured Report, the
-Grad-CAM heatmaps as one Segmentation and, on request, secondary captures, in the image's study) are sent to ``send_to`` by C-STORE, with
-retries. A restart resumes the spool. Local only (127.0.0.1) unless ``allow_remote``; no
+Grad-CAM heatmaps as one Segmentation and, on request, secondary captures, in the image's study)
+are sent to ``send_to`` by C-STORE, with retries. A restart resumes the spool. Local only (127.0.0.1) unless ``allow_remote``; no
 authentication beyond AE titles: use it on a trusted network.
 
 ``start`` wires the node (predictor, result processing, Storage SCP) and returns it listening;
@@ -50,7 +50,7 @@ class Config:
     workers: int | None = option(None, help="image decoding threads (default: CPUs - 1, at least 1)")
     result_workers: int | None = option(
         None,
-        help="processes building the SR and secondary captures while the network runs "
+        help="processes building the result objects (SR, SEG, pictures) while the network runs "
         "(default: half the CPUs, 1 to 4; 0: in the main process)",
     )
     heatmaps: bool = option(
