@@ -140,7 +140,7 @@ def secondary_captures(
     for number, finding in enumerate(prediction.probabilities, start=1):
         overlay = overlays.get(finding) if finding in pictured else None
         if overlay is None:
-            picture, scale = _card(finding, prediction, algorithm, pictured), 0.0
+            picture, scale = _card(), 0.0
         else:
             overlay = np.asarray(overlay)
             if overlay.ndim == 3:
@@ -198,9 +198,8 @@ def _no_heatmap(finding: str, prediction: Any, algorithm: Mapping) -> str:
     return f"cxrdx: {said} No heatmap pictured. Research use only."
 
 
-def _card(finding: str, prediction: Any, algorithm: Mapping, pictured: list[str]) -> np.ndarray:
-    """A dark grey panel for a finding that has no picture (the bands carry the words)."""
-    del finding, prediction, algorithm, pictured
+def _card() -> np.ndarray:
+    """A dark grey panel for a finding that has no picture (the bands below it carry the words)."""
     return np.full((CARD_SIDE // 4, CARD_SIDE, 3), 32, dtype=np.uint8)
 
 
