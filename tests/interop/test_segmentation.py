@@ -89,10 +89,15 @@ def test_a_withheld_image_gets_the_same_seg_with_empty_maps_saying_not_evaluated
     assert all("(not evaluated" in s.SegmentDescription for s in seg.SegmentSequence)
 
 
-def test_a_heatmap_off_the_source_grid_is_refused():
+def test_a_heatmap_off_the_source_grid_is_put_onto_it():
     source = phantom_dicom(33, 64)
-    with pytest.raises(ValueError, match="source's pixel grid"):
-        results_for(source, prediction(), overlays={"Cardiomegaly": _heat(32, 32, 0)}, algorithm=ALGORITHM)
+    half = np.zeros((32, 32), np.float32)
+    half[:, 16:] = 1.0  # the right half, at half the source's resolution
+    pred = prediction(calls={"Cardiomegaly": True})
+    (seg,) = results_for(source, pred, overlays={"Cardiomegaly": half}, algorithm=ALGORITHM)[1:]
+    frame = seg.pixel_array.reshape(-1, 64, 64)[segment_findings(pred).index("Cardiomegaly")]
+    assert frame.shape == (64, 64)
+    assert frame[:, :30].max() == 0 and frame[:, 34:].min() == 255  # the same half, at the source's grid
 
 
 def test_the_sender_decodes_the_seg_for_a_peer_without_jpeg_ls(tmp_path):

@@ -5,7 +5,8 @@
 there is always something to show) as a FRACTIONAL Segmentation (PS3.3 A.51) of the source image:
 
 - one frame per segment, on the source's own pixel grid (a projection radiograph has no Frame
-  of Reference, so a SEG of it must have the source's Rows and Columns, PS3.3 C.8.20.2);
+  of Reference, so a SEG of it must have the source's Rows and Columns, PS3.3 C.8.20.2; a map
+  on another grid, e.g. from an image decoded at a reduced scale, is resized onto it);
 - Segmentation Fractional Type PROBABILITY, Maximum Fractional Value 255: the Grad-CAM map in
   [0, 1] scaled to 0-255. It is a relative saliency, not a probability of disease, and the
   segment and content descriptions say so;
@@ -109,11 +110,10 @@ def heatmap_segmentation(
         if heat is None or hold:
             continue
         heat = np.asarray(heat, dtype=np.float32)
-        if heat.shape != (rows, cols):
-            raise ValueError(
-                f"the {name} heatmap is {heat.shape[0]}x{heat.shape[1]}, the source image {rows}x{cols}: "
-                "a SEG of a radiograph must be on the source's pixel grid"
-            )
+        if heat.ndim != 2:
+            continue  # an already composed picture (secondary captures only): no map to store
+        if heat.shape != (rows, cols):  # e.g. decoded at a reduced scale: onto the source's grid
+            heat = _resize(heat, rows, cols)
         frames[0, :, :, i] = np.clip(np.nan_to_num(heat), 0.0, 1.0)
     maps = frames if checked else np.zeros_like(frames)
     src_uid = str(header.SOPInstanceUID)
@@ -165,6 +165,13 @@ def heatmap_segmentation(
     if str(header.get("LossyImageCompression", "")) == "01":
         seg.LossyImageCompression = "01"  # derived from a lossy source (PS3.3 C.7.6.1.1.5)
     return seg
+
+
+def _resize(heat: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A map onto the source's pixel grid (bilinear): a SEG of a radiograph has the source's Rows and Columns."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(heat).resize((cols, rows), Image.Resampling.BILINEAR))
 
 
 def _encode_frames(seg: Dataset, maps: np.ndarray) -> None:

@@ -132,8 +132,7 @@ def results_for(
     objects: list[Dataset] = [structured_report(header, prediction, algorithm=algorithm, segments=segments)]
     with quiet_person_names():
         if segmentation:
-            heat = {k: v for k, v in overlays.items() if np.ndim(v) == 2}
-            objects.append(heatmap_segmentation(header, prediction, heatmaps=heat, algorithm=algorithm))
+            objects.append(heatmap_segmentation(header, prediction, heatmaps=overlays, algorithm=algorithm))
         if secondary_capture:
             from cxrdx.interop.secondary_capture import secondary_captures
 
