@@ -17,7 +17,8 @@ there is always something to show) as a FRACTIONAL Segmentation (PS3.3 A.51) of 
 - every note of the SR (demo stamp, OOD verdict, model card's caveats, research use) in Image Comments;
 - JPEG-LS lossless (highdicom encodes it with pyjpegls): the smooth maps compress about 8:1, about three
   times faster than JPEG 2000 lossless (which compresses 30 % better), and Orthanc's own DCMTK decodes it
-  (JPEG 2000 needs Orthanc's GDCM plugin), as do OHIF's codecs.
+  (JPEG 2000 needs Orthanc's GDCM plugin). Viewers: 3D Slicer and Weasis show fractional SEGs; OHIF shows
+  binary ones only (its issue #1346), and Parametric Maps since 3.9 (README, "In the hospital").
 
 An out-of-distribution image whose findings are withheld (``study.withheld``) still gets its SEG,
 with the same segments and empty maps saying "not evaluated" (Content Description, Image Comments), so that the result set of an image is
