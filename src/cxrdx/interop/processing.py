@@ -2,15 +2,15 @@
 
 :class:`Processing` turns a list of spooled DICOM files into, for each file, either the
 encoded result objects (``cxrdx.interop.sr.results_for``: the SR, the heatmap SEG, and with
-``secondary_capture`` the secondary captures) or the reason it could not be processed. Images are decoded ahead in threads and run
-through the network in batches exactly as ``cxrdx predict`` does (``Predictor.iter_predict``),
-so the node keeps ``predict``'s throughput. Grad-CAM maps are computed only for the findings
+``secondary_capture`` the secondary captures) or the reason it could not be processed.
+Images are decoded ahead in threads and run through the network in batches exactly as
+``cxrdx predict`` does (``Predictor.iter_predict``), so the node keeps ``predict``'s throughput. Grad-CAM maps are computed only for the findings
 the SEG holds (``segmentation.heatmap_findings``: the positive ones plus the top three; none for
 an out-of-distribution image, whose SR says "not evaluated", unless the algorithm record says to
 send its findings).
 
-Building the objects (the SR, the SEG's compressed frames, the pictures, encoding) is pure Python and costs
-about as much as a small network's inference. With ``result_workers`` > 0 it runs in
+Building the objects (the SR, the SEG's compressed frames, the pictures, encoding) costs about
+as much as a mid-sized network's inference (``benchmarks/result_objects_cost.py``). With ``result_workers`` > 0 it runs in
 that many worker processes (spawned, so they share nothing with the network's threads),
 while this process goes on with the next images: inference and result building overlap.
 """
@@ -182,6 +182,7 @@ class Processing:
             )
         try:
             overlays, image = self.overlays(path, prediction)
+            image = image if self.secondary_capture else None  # only pictures need it (not sent to workers)
             pool = self._executor()
             options = {"segmentation": self.heatmaps, "secondary_capture": self.secondary_capture}
             if pool is None:
