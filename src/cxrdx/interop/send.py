@@ -102,9 +102,12 @@ class Sender:
             return self._assoc
         self.close()
         wanted = self._contexts | needed
-        # one context per (SOP class, transfer syntax) the files have: they are streamed as stored
+        # one context per (SOP class, transfer syntax) the files have: they are streamed as stored; for a
+        # compressed one (the heatmap SEG's JPEG-LS) also Explicit VR Little Endian, sent decoded to a peer
+        # that takes no compressed syntax (see _payload)
         self.ae.requested_contexts = []
-        for sop, ts in sorted(wanted)[:128]:
+        plain = {(sop, EXPLICIT) for sop, ts in wanted if ts not in UNCOMPRESSED}
+        for sop, ts in sorted(wanted | plain)[:128]:
             self.ae.add_requested_context(sop, [ts])
         d = self.destination
         try:
@@ -158,10 +161,10 @@ class Sender:
             )
             return False
         needed = {(sop, ts) for sop, _, ts in objects}
-        for path, (sop, uid, _) in zip(files, objects, strict=True):
+        for path, (sop, uid, ts) in zip(files, objects, strict=True):
             assoc = self._association(needed)
             try:
-                status = assoc.send_c_store(path)
+                status = assoc.send_c_store(_payload(assoc, path, sop, ts))
             except (OSError, RuntimeError) as exc:
                 self.close()
                 raise DestinationUnavailable(f"{self.destination}: {exc}") from None
@@ -258,3 +261,19 @@ class Sender:
                 stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
         self.close()
+
+
+EXPLICIT = "1.2.840.10008.1.2.1"  # Explicit VR Little Endian
+UNCOMPRESSED = {"1.2.840.10008.1.2", EXPLICIT, "1.2.840.10008.1.2.2"}
+
+
+def _payload(assoc, path: Path, sop: str, ts: str):
+    """The file as stored, or decoded to Explicit VR Little Endian when the peer took only that context for it."""
+    accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
+    if ts in UNCOMPRESSED or (sop, ts) in accepted or (sop, EXPLICIT) not in accepted:
+        return path  # as stored (no accepted context at all: pynetdicom says so, the caller refuses it)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.decompress()  # e.g. the SEG's JPEG-LS frames, for a PACS without that codec
+    return ds

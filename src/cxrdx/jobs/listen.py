@@ -1,9 +1,9 @@
-"""``listen``: a DICOM node. Receives chest radiographs by C-STORE, sends back SR + secondary captures.
+"""``listen``: a DICOM node. Receives chest radiographs by C-STORE, sends back an SR and a heatmap SEG.
 
 A PACS or modality sends CR/DX images to this node's AE title; each one is spooled durably
-before it is acknowledged, read by the model, and the results (a TID 1500 Structured Report and
-Grad-CAM secondary captures, in the image's study) are sent to ``send_to`` by C-STORE, with
-retries. A restart resumes the spool. Local only (127.0.0.1) unless ``allow_remote``; no
+before it is acknowledged, read by the model, and the results (a TID 1500 Structured Report, the
+Grad-CAM heatmaps as one Segmentation and, on request, secondary captures, in the image's study)
+are sent to ``send_to`` by C-STORE, with retries. A restart resumes the spool. Local only (127.0.0.1) unless ``allow_remote``; no
 authentication beyond AE titles: use it on a trusted network.
 
 ``start`` wires the node (predictor, result processing, Storage SCP) and returns it listening;
@@ -50,11 +50,16 @@ class Config:
     workers: int | None = option(None, help="image decoding threads (default: CPUs - 1, at least 1)")
     result_workers: int | None = option(
         None,
-        help="processes building the SR and secondary captures while the network runs "
+        help="processes building the result objects (SR, SEG, pictures) while the network runs "
         "(default: half the CPUs, 1 to 4; 0: in the main process)",
     )
     heatmaps: bool = option(
-        True, flag="--no-heatmaps", help="send the SR only: no Grad-CAM secondary captures (faster)"
+        True, flag="--no-heatmaps", help="send the SR only: no Grad-CAM heatmap SEG (faster)"
+    )
+    secondary_capture: bool = option(
+        False,
+        help="also send one JPEG secondary capture per finding: the Grad-CAM overlay for the positive ones, "
+        "a card saying why there is none for the others (for viewers that cannot show the SEG)",
     )
     max_per_peer: int = option(
         8, metavar="N", help="connections one peer address may hold at once; more are closed as they arrive"
@@ -161,6 +166,7 @@ def start(config: Config, reporter: Reporter | None = None) -> Listener:
         batch_size=config.batch_size,
         workers=config.workers,
         heatmaps=config.heatmaps,
+        secondary_capture=config.secondary_capture,
         result_workers=(
             min(4, max(1, available_threads() // 2))
             if config.result_workers is None

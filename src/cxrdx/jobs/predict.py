@@ -37,7 +37,7 @@ class Config:
         "table",
         choices=FORMATS,
         help="output format; jsonl = JSON Lines, one image per line; dicom = a TID 1500 SR and "
-        "Grad-CAM secondary captures in each DICOM input's study; fhir = an R4 DiagnosticReport bundle "
+        "the Grad-CAM heatmaps as a DICOM Segmentation in each DICOM input's study; fhir = an R4 DiagnosticReport bundle "
         "per image (PNG/JPEG too). dicom and fhir need --out DIR; parquet: --engine ray only",
     )
     out: str | None = option(
@@ -58,6 +58,11 @@ class Config:
         metavar="URI",
         help="fhir: the system (namespace URI) of the Patient identifier when the DICOM names no issuer of its "
         "Patient ID (0010,0021 / 0010,0024, used when it is an OID); set your hospital's, e.g. urn:oid:1.2.3",
+    )
+    secondary_capture: bool = option(
+        False,
+        help="dicom: also write one JPEG secondary capture per finding (the Grad-CAM overlay for the "
+        "positive ones, a card saying why there is none for the others)",
     )
     heatmaps: str | None = option(
         None, metavar="DIR", help=f"write Grad-CAM overlays of the top {TOP_K} findings"
@@ -134,6 +139,7 @@ def run(config: Config, reporter: Reporter | None = None) -> Result:
             allow_demo=config.allow_demo_model,
             send_ood_findings=config.send_ood_findings,
             fhir_patient_system=config.fhir_patient_system,
+            secondary_capture=config.secondary_capture,
         )
         check_inputs = check_dicom_inputs
     return predict_job(config, reporter, result_folder=result_folder, check_inputs=check_inputs)
