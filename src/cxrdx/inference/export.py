@@ -340,6 +340,9 @@ def export_to_cache(sha: str, model: torch.nn.Module, meta: CheckpointMeta) -> b
     with contextlib.suppress(OSError, CxrdxError):  # read-only cache folder: atomic_write says CxrdxError
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
         _prune(path.parent, keep=CACHE_KEEP)
+        from cxrdx.inference.reference import prune
+
+        prune(path.parent)  # the pruned exports' reference images
     return data
 
 
@@ -370,6 +373,11 @@ def prepare_export(ckpt: str | os.PathLike) -> bool:
         export_to_cache(sha, model, meta)
     except CxrdxError:
         return False
+    if os.environ.get("CXRDX_AUTOTUNE_ON_WRITE", "1") != "0":
+        from cxrdx.inference.choose import at_export
+
+        with contextlib.suppress(Exception):  # predict measures it then
+            at_export(ckpt, meta, sha)  # backend, precision, batch size: the first predict needs no tune
     return cached_export_path(sha).is_file()
 
 
