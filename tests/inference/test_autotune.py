@@ -219,11 +219,11 @@ def test_cli_tunes_once_then_uses_the_cache_and_can_be_turned_off(tmp_path, caps
     not (onnxruntime_available() and openvino_available()), reason="onnxruntime and openvino are needed"
 )
 def test_the_choice_is_made_when_the_export_is_written_and_recorded(tmp_path, capsys, monkeypatch):
-    """prepare_export measures the default choice: the first predict job finds it cached."""
-    from cxrdx.inference import export
+    """prepare_export_note measures the default choice: the first predict job finds it cached."""
+    from cxrdx.inference import on_write
 
     ckpt, folder = _tiny(tmp_path)
-    assert export.prepare_export(ckpt)
+    on_write.prepare_export_note("import", ckpt)
     saved = json.loads((tmp_path / "cache" / "autotune.json").read_text())
     (entry,) = saved.values()
     assert {"onnx fp32", "openvino fp32"} <= set(entry["rates"])

@@ -213,12 +213,3 @@ def record(tuned: autotune.Tuned | None) -> str | None:
     c = tuned.checks.get(tuned.candidate)
     how = f"; {reference.Check(**c).line()}" if c and tuned.precision != "fp32" else ""
     return f"chosen by measurement on this machine{how}"
-
-
-def at_export(ckpt: str | os.PathLike, meta: Any, sha: str) -> None:
-    """Measure the default choice when the export is written, so the first predict job needs no tune."""
-    from cxrdx.device import available_threads
-    from cxrdx.inference.predictor import Predictor
-
-    predictor = Predictor(None, meta, session=object(), checkpoint=ckpt)
-    tune(predictor, sha, candidates(sha), available_threads())

@@ -373,11 +373,6 @@ def prepare_export(ckpt: str | os.PathLike) -> bool:
         export_to_cache(sha, model, meta)
     except CxrdxError:
         return False
-    if os.environ.get("CXRDX_AUTOTUNE_ON_WRITE", "1") != "0":
-        from cxrdx.inference.choose import at_export
-
-        with contextlib.suppress(Exception):  # predict measures it then
-            at_export(ckpt, meta, sha)  # backend, precision, batch size: the first predict needs no tune
     return cached_export_path(sha).is_file()
 
 
@@ -416,7 +411,7 @@ def export_in_background(ckpt: str | os.PathLike) -> None:
 
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-m", "cxrdx.inference.export", str(Path(ckpt).resolve())],
+            [sys.executable, "-m", "cxrdx.inference.on_write", str(Path(ckpt).resolve())],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
