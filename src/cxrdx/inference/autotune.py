@@ -36,6 +36,7 @@ from cxrdx.device import available_threads, cpu_info
 from cxrdx.files import atomic_write_json, cache_root
 
 BATCH = 8  # the batch the candidates are timed at; the winner is also timed at batch 1
+TIME_IMAGES = 16  # the reference images each candidate is timed on (after one untimed batch)
 SINGLE_RUNS = 3  # timed batch-1 runs of the winner
 DECODE_IMAGES = 4  # the job's images timed for the decode threads
 REVISION = 3  # part of the cache key: bump when what is measured changes (3: backend and precision too)
@@ -116,8 +117,9 @@ def measure(
     """Time every candidate on the reference inputs ``x`` and keep the fastest one ``check`` admits.
 
     ``make_session(name)`` opens a candidate; ``run(session, batch)`` returns its raw outputs;
-    ``check(name, outputs)`` compares all of ``x``'s outputs with fp32 (a Check dict with "passed",
-    or None for the exact baseline, always admitted). Each candidate's first batch sets up its
+    ``check(name, outputs)`` compares the outputs of the first ``len(outputs)`` images of ``x`` with
+    fp32 (a Check dict with "passed", or None: always admitted): all of them for a reduced precision,
+    the ``TIME_IMAGES`` timed ones for an fp32 candidate. Each candidate's first batch sets up its
     buffers and is not timed; its rate is its best batch. Returns (settings, the winner's session).
     """
     start = time.perf_counter()
@@ -129,10 +131,12 @@ def measure(
         session = make_session(name)
         run(session, x[:BATCH])
         outs, steps = [], []
-        for i in range(0, len(x), BATCH):
+        # an exact (fp32) candidate is checked on the timed images only, a reduced one on all of them
+        stop = min(len(x), TIME_IMAGES) if name.endswith(" fp32") else len(x)
+        for i in range(0, stop, BATCH):
             t0 = time.perf_counter()
             outs.append(np.asarray(run(session, x[i : i + BATCH]), dtype=np.float32))
-            if i + BATCH <= len(x) or not steps:
+            if i < TIME_IMAGES and (i + BATCH <= len(x) or not steps):
                 steps.append((time.perf_counter() - t0) / len(x[i : i + BATCH]))
         rates[name] = 1.0 / max(min(steps), 1e-9)
         verdict = check(name, np.concatenate(outs))
