@@ -253,11 +253,15 @@ def bench_cli(args, files: list[Path], size: int, workdir: Path) -> list[list[ob
             (folder / f.name).symlink_to(f.resolve())
     n = len(files)
 
-    def job(ckpt: Path, env: dict, label: str, images: Path = folder, count: int = n) -> float:
+    def job(
+        ckpt: Path, env: dict, label: str, images: Path = folder, count: int = n, extra: tuple = ()
+    ) -> float:
         out = workdir / "cli-out.csv"
         t0 = time.perf_counter()
         done = subprocess.run(
-            cxrdx_cmd("predict", "--weights", str(ckpt), str(images), "--format", "csv", "--out", str(out)),
+            cxrdx_cmd(
+                "predict", "--weights", str(ckpt), str(images), "--format", "csv", "--out", str(out), *extra
+            ),
             env=env,
             capture_output=True,
             text=True,
@@ -305,6 +309,22 @@ def bench_cli(args, files: list[Path], size: int, workdir: Path) -> list[list[ob
             rows.append(
                 ["cxrdx predict: warm, minus a 1-image job", min(warm) - start, n / (min(warm) - start)]
             )
+            from cxrdx.inference.choose import bf16_native
+
+            # the precisions by name (the default above is whatever passed the check for these weights)
+            for prec in ("fp32", "bf16") if bf16_native() else ("fp32",):
+                extra = ("--precision", prec)
+                job(ckpt, env, f"--precision {prec}, first", extra=extra)  # its own tune (64+ images)
+                forced = min(
+                    job(ckpt, env, f"--precision {prec}, warm", extra=extra) for _ in range(args.repeats)
+                )
+                rows.append(
+                    [
+                        f"cxrdx predict --precision {prec}: warm, minus a 1-image job",
+                        forced - start,
+                        n / (forced - start),
+                    ]
+                )
     os.environ.pop("CXRDX_CACHE", None)
     return rows
 

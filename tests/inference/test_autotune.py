@@ -222,6 +222,7 @@ def test_the_choice_is_made_when_the_export_is_written_and_recorded(tmp_path, ca
     """prepare_export_note measures the default choice: the first predict job finds it cached."""
     from cxrdx.inference import on_write
 
+    monkeypatch.setenv("CXRDX_AUTOTUNE_ON_WRITE", "1")
     ckpt, folder = _tiny(tmp_path)
     on_write.prepare_export_note("import", ckpt)
     saved = json.loads((tmp_path / "cache" / "autotune.json").read_text())
