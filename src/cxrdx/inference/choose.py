@@ -213,3 +213,21 @@ def record(tuned: autotune.Tuned | None) -> str | None:
     c = tuned.checks.get(tuned.candidate)
     how = f"; {reference.Check(**c).line()}" if c and tuned.precision != "fp32" else ""
     return f"chosen by measurement on this machine{how}"
+
+
+def load_args(weights: str, backend: str, precision: str, cores: int) -> tuple[str, str]:
+    """(backend, precision) for ``Predictor.load`` that open the cached choice at once (no session
+    opened twice); the arguments as given when nothing is cached."""
+    from cxrdx.files import file_sha256
+    from cxrdx.inference.export import cached_export_path
+
+    if backend == "torch" or not Path(weights).is_file():
+        return backend, precision
+    sha = file_sha256(weights)
+    names = candidates(sha, backend, precision)
+    if not names or not cached_export_path(sha).is_file():
+        return backend, precision
+    tuned = autotune.load_cached(autotune.cache_key(cached_export_path(sha).name, names, cores))
+    if tuned is None:
+        return backend, precision
+    return tuned.runtime, "int8" if tuned.precision.startswith("int8") else tuned.precision

@@ -136,8 +136,11 @@ def predict_job(
             # a new checkpoint and a few images: PyTorch now, the ONNX export in the background
             backend = "torch"
             export.export_in_background(config.weights)
+    precision = config.precision
+    if config.autotune and str(device) == "cpu":  # the choice cached for this machine, opened at once
+        backend, precision = choose.load_args(config.weights, backend, precision, threads)
     predictor = Predictor.load(
-        config.weights, device=device, backend=backend, threads=threads, precision=config.precision
+        config.weights, device=device, backend=backend, threads=threads, precision=precision
     )
     for note in predictor.threshold_notes(config.tta):  # e.g. thresholds chosen with TTA, applied without
         reporter.warn(note)
