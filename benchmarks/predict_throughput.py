@@ -7,8 +7,15 @@ One run, the same images for every configuration, at each size:
 - ``torch channels_last bs8 + pool``: ``Predictor`` with the torch backend;
 - ``onnx bs1/bs8 + pool``: ``Predictor`` with ONNX Runtime (what ``--backend auto`` picks);
 - ``onnx bs8, no overlap``: decoding inline (shows what the decode thread pool buys);
-- ``openvino bs8 + pool``: the optional OpenVINO backend (bf16 where the CPU has it),
-  when OpenVINO is installed;
+- ``autotuned ... = predict default``: the backend, precision and batch size ``cxrdx predict``
+  chooses (cxrdx.inference.choose: measured on the reference images, reduced precision checked);
+- ``openvino bs8 + pool``: OpenVINO (bf16 where the CPU has it);
+
+and first (``cxrdx predict`` itself, unless ``--no-cli``): the command end to end in a fresh cache,
+after the checkpoint was written as ``cxrdx train``/``import`` write it (export + the backend
+measured): the first folder job against warm jobs, a 1-image job (start-up), ``--precision fp32``
+and ``bf16`` by name, and the first job when the export was written without the measurement;
+beside the peers' loop at the same size. ``--cli-only`` runs only that part.
 
 plus decode+preprocess alone (the float path and the uint8 path ``Predictor`` uses),
 the network alone per backend, and a large fp32 matmul: the compute limit is
@@ -21,7 +28,7 @@ gives (an upper bound: it assumes both cores stay busy). The end-to-end rows tim
 ``Predictor.iter_predict``, the loop ``cxrdx predict`` runs (process start-up and
 output formatting excluded). Weights are random (speed does not depend on them).
 
-    python benchmarks/predict_throughput.py [--images DIR] [--n 32] [--sizes 224 320] [--repeats 3]
+    python benchmarks/predict_throughput.py [--images DIR] [--n 32] [--sizes 224 320] [--repeats 3] [--cli-only]
 """
 
 from __future__ import annotations
@@ -252,6 +259,8 @@ def bench_cli(args, files: list[Path], size: int, workdir: Path) -> list[list[ob
         for f in files:
             (folder / f.name).symlink_to(f.resolve())
     n = len(files)
+    for f in files:  # in the page cache before the first job, as for every later one
+        f.read_bytes()
 
     def job(
         ckpt: Path, env: dict, label: str, images: Path = folder, count: int = n, extra: tuple = ()
