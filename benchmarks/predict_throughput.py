@@ -266,6 +266,7 @@ def bench_cli(args, files: list[Path], size: int, workdir: Path) -> list[list[ob
         ckpt: Path, env: dict, label: str, images: Path = folder, count: int = n, extra: tuple = ()
     ) -> float:
         out = workdir / "cli-out.csv"
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         done = subprocess.run(
             cxrdx_cmd(
@@ -276,13 +277,18 @@ def bench_cli(args, files: list[Path], size: int, workdir: Path) -> list[list[ob
             text=True,
         )
         wall = time.perf_counter() - t0
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)  # robust to other people's load
         if done.returncode:
             sys.exit(f"cxrdx predict failed: {done.stderr[-2000:]}")
         lines = [ln for ln in done.stderr.splitlines() if "autotune:" in ln or "backend" in ln]
-        say(f"  {size} px cli {label}: {wall:.2f} s, {count / wall:.1f} img/s (load {load_average()})")
+        say(
+            f"  {size} px cli {label}: {wall:.2f} s, {count / wall:.1f} img/s, {cpu:.2f} CPU-s "
+            f"(load {load_average()})"
+        )
         for ln in lines:
             say(f"      {ln.strip()}")
-        rows.append([f"cxrdx predict: {label}", wall, count / wall])
+        rows.append([f"cxrdx predict: {label}", wall, count / wall, cpu])
         return wall
 
     for mode in ("tuned on write", "exported on write, not tuned"):
@@ -316,7 +322,7 @@ def bench_cli(args, files: list[Path], size: int, workdir: Path) -> list[list[ob
                 f"({n} images in {min(warm):.2f} s - {start:.2f} s for a 1-image job)"
             )
             rows.append(
-                ["cxrdx predict: warm, minus a 1-image job", min(warm) - start, n / (min(warm) - start)]
+                ["cxrdx predict: warm, minus a 1-image job", min(warm) - start, n / (min(warm) - start), ""]
             )
             from cxrdx.inference.choose import bf16_native
 
@@ -332,6 +338,7 @@ def bench_cli(args, files: list[Path], size: int, workdir: Path) -> list[list[ob
                         f"cxrdx predict --precision {prec}: warm, minus a 1-image job",
                         forced - start,
                         n / (forced - start),
+                        "",
                     ]
                 )
     os.environ.pop("CXRDX_CACHE", None)
@@ -384,7 +391,7 @@ def main() -> None:
                 print(f"\n## `cxrdx predict` end to end, {size} px (load average now {load_average()})")
                 print(f"peers' loop (torch eager bs1, float decode, no overlap): {peers:.2f} img/s")
                 print_table(
-                    ["run", "wall s", "img/s", "x peers' loop"],
+                    ["run", "wall s", "img/s", "CPU-s", "x peers' loop"],
                     [[*r, f"{r[2] / peers:.2f}x"] for r in cli_rows],
                 )
             if args.cli_only:
