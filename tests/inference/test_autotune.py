@@ -239,3 +239,29 @@ def test_the_choice_is_made_when_the_export_is_written_and_recorded(tmp_path, ca
         capsys, ["predict", "--weights", ckpt, folder, "--format", "json", "--precision", "fp32"]
     )
     assert rc == 0 and "(backend onnx)" in err or "(backend openvino)" in err  # never bf16 nor int8
+
+
+@pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
+def test_precision_by_name(tmp_path):
+    """bf16 runs OpenVINO in bf16 (where the CPU has it; OpenVINO's own default there), fp32 stays exact."""
+    from cxrdx.errors import ConfigError
+    from cxrdx.inference.predictor import Predictor
+
+    ckpt, folder = _tiny(tmp_path, n_images=2)
+    files = sorted(folder.iterdir())
+    exact = Predictor.load(ckpt, backend="openvino", precision="fp32")
+    assert exact.backend == "openvino" and exact.session.precision == "f32"
+    bf16 = Predictor.load(ckpt, precision="bf16")
+    assert bf16.backend == "openvino bf16"
+    if choose.bf16_native():
+        assert bf16.session.precision == "bf16"
+    p32 = Predictor.load(ckpt, backend="onnx").predict(files)
+    p16 = bf16.predict(files)
+    diff = max(
+        abs(a.probabilities[n] - b.probabilities[n])
+        for a, b in zip(p32, p16, strict=True)
+        for n in a.probabilities
+    )
+    assert diff < 0.05  # bf16 keeps 8 bits of mantissa: close, not equal
+    with pytest.raises(ConfigError, match="bf16 runs on OpenVINO"):
+        Predictor.load(ckpt, backend="onnx", precision="bf16")
