@@ -7,7 +7,7 @@ Runtime fp32, OpenVINO fp32, OpenVINO bf16 where the CPU has native bf16, the in
 quantize`` made) runs the checkpoint's reference images (``inference/reference.py``) in batches:
 that times its network and gives its outputs, which a reduced precision must match against the
 stored fp32 outputs before it may be chosen. The fastest admitted candidate wins; its batch size
-is 1 or ``BATCH``, whichever ran faster. The result is cached in ``<cxrdx cache>/autotune.json``
+is ``BATCH``, or 1 where that ran >= 10 % faster. The result is cached in ``<cxrdx cache>/autotune.json``
 under a key of the machine (CPU model, flags, usable CPUs), the export and the candidates, with
 every candidate's rate and check (the record of the choice). It is measured when the export is
 written (``cxrdx train``/``import``/``calibrate``), else at the first large enough predict; a
@@ -38,6 +38,7 @@ from cxrdx.files import atomic_write_json, cache_root
 BATCH = 8  # the batch the candidates are timed at; the winner is also timed at batch 1
 TIME_IMAGES = 16  # the reference images each candidate is timed on (after one untimed batch)
 SINGLE_RUNS = 3  # timed batch-1 runs of the winner
+SINGLE_MARGIN = 1.1  # batch 1 only when that much faster: 3 runs against 2 batches is a noisy comparison
 DECODE_IMAGES = 4  # the job's images timed for the decode threads
 REVISION = 3  # part of the cache key: bump when what is measured changes (3: backend and precision too)
 
@@ -153,7 +154,7 @@ def measure(
         run(session, x[k : k + 1])
         single.append(time.perf_counter() - t0)
     rate1 = 1.0 / max(min(single), 1e-9)
-    bs, rate = (1, rate1) if rate1 > rates[best] else (BATCH, rates[best])
+    bs, rate = (1, rate1) if rate1 > SINGLE_MARGIN * rates[best] else (BATCH, rates[best])
     tuned = Tuned(bs, cores, 1, rate, 0.0, time.perf_counter() - start, _load(), best, rates, checks)
     return tuned, session
 
