@@ -198,10 +198,13 @@ def for_job(
     apply(predictor, tuned, session, sha, cores)
     step = max(1, len(files) // autotune.DECODE_IMAGES)
     sample = list(files)[::step][: autotune.DECODE_IMAGES]
-    tuned.decode_ms = autotune.decode_ms(
-        [lambda f=f: predictor.prepare(predictor.read(f, uint8_ok=True)[0]) for f in sample]
-    )
-    tuned.workers = autotune.workers_for(tuned.decode_ms, tuned.net_img_per_s, cores)
+    try:
+        tuned.decode_ms = autotune.decode_ms(
+            [lambda f=f: predictor.prepare(predictor.read(f, uint8_ok=True)[0]) for f in sample]
+        )
+        tuned.workers = autotune.workers_for(tuned.decode_ms, tuned.net_img_per_s, cores)
+    except Exception:  # noqa: BLE001 - an unreadable image (its row says why): all CPUs but one decode
+        tuned.decode_ms, tuned.workers = 0.0, max(1, cores - 1)
     log(autotune.describe(tuned, fresh))
     return tuned
 
