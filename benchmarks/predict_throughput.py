@@ -120,14 +120,15 @@ def float_peer_loop(model: torch.nn.Module, meta, files: list[Path]) -> None:
             torch.sigmoid(model(torch.from_numpy(x[None]))).numpy()
 
 
-def peer_loop(args, files: list[Path], size: int, workdir: Path) -> float:
-    """img/s of the peers' loop (torch eager, batch 1, float decode, no overlap), median of the repeats."""
+def peer_loop(args, files: list[Path], size: int, workdir: Path) -> tuple[float, float]:
+    """(img/s, img per CPU-s) of the peers' loop (torch eager, batch 1, float decode, no overlap)."""
     from cxrdx.model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(make_checkpoint(workdir / f"peer-{size}.safetensors", args.arch, size))
     model.eval()
     float_peer_loop(model, meta, files[:2])
-    return measure(lambda: float_peer_loop(model, meta, files), len(files), args.repeats)[0]
+    wall, _best, per_cpu = measure(lambda: float_peer_loop(model, meta, files), len(files), args.repeats)
+    return wall, per_cpu
 
 
 def bench_size(args, files: list[Path], size: int, workdir: Path, cores: int) -> list[list[object]]:
@@ -387,12 +388,18 @@ def main() -> None:
             if not args.no_cli:
                 cli_rows = bench_cli(args, files, size, Path(tmp))
                 os.environ["CXRDX_CACHE"] = cache
-                peers = peer_loop(args, files, size, Path(tmp))
+                peers, peers_cpu = peer_loop(args, files, size, Path(tmp))
                 print(f"\n## `cxrdx predict` end to end, {size} px (load average now {load_average()})")
-                print(f"peers' loop (torch eager bs1, float decode, no overlap): {peers:.2f} img/s")
+                print(
+                    f"peers' loop (torch eager bs1, float decode, no overlap): {peers:.2f} img/s, "
+                    f"{peers_cpu:.2f} img per CPU-s"
+                )
                 print_table(
-                    ["run", "wall s", "img/s", "CPU-s", "x peers' loop"],
-                    [[*r, f"{r[2] / peers:.2f}x"] for r in cli_rows],
+                    ["run", "wall s", "img/s", "CPU-s", "x peers' loop (wall)", "img/CPU-s"],
+                    [
+                        [*r, f"{r[2] / peers:.2f}x", f"{r[2] * r[1] / r[3]:.2f}" if r[3] else ""]
+                        for r in cli_rows
+                    ],
                 )
             if args.cli_only:
                 continue
