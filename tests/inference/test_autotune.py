@@ -144,6 +144,26 @@ def test_the_reference_check_counts_differences_flips_and_auroc():
     assert same.passed and same.calls_flipped is None and same.auroc_diff == pytest.approx(0.0)
 
 
+def test_the_reference_check_counts_flipped_ood_verdicts():
+    class SumScore:  # an OOD scorer: the sum of the features, in distribution up to 1.0
+        threshold = 1.0
+
+        def score(self, f: np.ndarray) -> np.ndarray:
+            return f.sum(axis=1)
+
+    n = 20
+    fp32 = np.full((n, 1), 0.3, np.float32)
+    feats = np.tile(np.array([[0.2, 0.3]], np.float32), (n, 1))  # score 0.5: in
+    feats[:4] = [0.6, 0.6]  # score 1.2: out
+    ref = reference.Reference(np.zeros((n, 4, 4), np.uint8), fp32, np.full((n, 1), np.nan), ["A"], feats)
+    moved = feats.copy()
+    moved[:2] = [0.3, 0.3]  # two out-of-distribution films now read as in: 2 of 20 verdicts flip
+    c = reference.check(ref, np.concatenate([fp32, moved], axis=1), lambda p: p, None, SumScore())
+    assert c.ood_flipped == pytest.approx(0.10) and not c.passed and "OOD verdicts" in c.reason
+    same = reference.check(ref, np.concatenate([fp32, feats], axis=1), lambda p: p, None, SumScore())
+    assert same.ood_flipped == 0.0 and same.passed
+
+
 def test_candidates_follow_the_cpu_flags_the_flags_and_the_int8_file(monkeypatch, tmp_path):
     from cxrdx.inference import export
 

@@ -22,6 +22,7 @@ from cxrdx.device import cpu_info
 from cxrdx.errors import CheckpointError, ConfigError
 from cxrdx.inference import autotune, reference
 from cxrdx.inference.backends import (
+    FEATURES_NAME,
     INPUT_NAME,
     OUTPUT_NAME,
     onnxruntime_available,
@@ -114,7 +115,9 @@ def reduced_session(
 
 
 def _run(session: Any, x: np.ndarray) -> np.ndarray:
-    return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    """(N, L + F): the outputs, then the pooled features (one pass, as a predict job with an OOD gate)."""
+    probs, feats = session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
+    return np.concatenate([np.asarray(probs, np.float32), np.asarray(feats, np.float32)], axis=1)
 
 
 def tune(
@@ -132,7 +135,12 @@ def tune(
     if not path.is_file() or not names:
         return None, False, None  # an export kept in memory only (read-only cache)
     prep = predictor.meta.preprocessing
-    labels, cal, thresholds = predictor.labels, predictor.calibration, predictor.thresholds
+    labels, cal, thresholds, ood = (
+        predictor.labels,
+        predictor.calibration,
+        predictor.thresholds,
+        predictor.ood,
+    )
 
     def measure() -> tuple[autotune.Tuned, Any]:
         fp32: list[Any] = []
@@ -145,7 +153,11 @@ def tune(
         x = reference.inputs(ref.images, predictor.prepare)
 
         def check(name: str, outputs: np.ndarray) -> dict:
-            c = reference.check(ref, outputs, lambda raw: apply_calibration(raw, cal, labels), thresholds)
+            # int8's OOD agreement was checked by `cxrdx quantize`, with the threshold it refitted for int8
+            gate = None if name.split()[1].startswith("int8") else ood
+            c = reference.check(
+                ref, outputs, lambda raw: apply_calibration(raw, cal, labels), thresholds, gate
+            )
             if name == BASELINE or len(names) == 1:  # the reference's maker; a precision asked for by name
                 c.passed = True
             return c.to_dict()

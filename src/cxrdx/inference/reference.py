@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from cxrdx.settings import (
     REDUCED_MAX_ABS_DIFF,
     REDUCED_MAX_AUROC_DIFF,
     REDUCED_MAX_CALLS_FLIPPED,
+    REDUCED_MAX_OOD_FLIPPED,
     REFERENCE_IMAGES,
 )
 
@@ -41,10 +43,9 @@ BATCH = 8
 class Reference:
     images: np.ndarray  # (N, S, S) uint8 gray films at the network's input size
     outputs: np.ndarray  # (N, L) float32 raw sigmoid scores of the fp32 export, labels' order
-    labels: (
-        np.ndarray
-    )  # (N, L) float32 ground truth per output (1/0), NaN where the phantom has no such finding
+    labels: np.ndarray  # (N, L) float32 ground truth (1/0), NaN where the phantom has no such finding
     names: list[str]  # the outputs' labels
+    features: np.ndarray | None = None  # (N, F) float32 fp32 pooled features (the OOD score's input)
 
 
 @dataclass
@@ -57,10 +58,12 @@ class Check:
     auroc_diff: float | None  # mean AUROC - mean AUROC fp32 (phantom labels); None without both classes
     passed: bool
     reason: str = ""  # why it failed
+    ood_flipped: float | None = None  # share of out-of-distribution verdicts that differ (None: no gate)
 
     def line(self) -> str:
         calls = "" if self.calls_flipped is None else f", calls flipped {self.calls_flipped:.2%}"
         auroc = "" if self.auroc_diff is None else f", AUROC {self.auroc_diff:+.4f}"
+        auroc += "" if self.ood_flipped is None else f", OOD verdicts flipped {self.ood_flipped:.2%}"
         verdict = "passed" if self.passed else f"REJECTED ({self.reason})"
         return f"{self.n_images} reference images: max |dp| {self.max_abs_diff:.4f}{calls}{auroc}: {verdict}"
 
@@ -102,6 +105,7 @@ def inputs(images: np.ndarray, prepare: Callable[[np.ndarray], tuple[np.ndarray,
 
 
 def run_all(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    """``run`` over ``x`` in batches: (N, L + F), the outputs then the features."""
     return np.concatenate(
         [np.asarray(run(x[i : i + batch]), dtype=np.float32) for i in range(0, len(x), batch)]
     )
@@ -114,9 +118,11 @@ def make_reference(
     names: Sequence[str],
     n: int = REFERENCE_IMAGES,
 ) -> Reference:
-    """Draw the phantoms and record ``run``'s (the fp32 export's) raw outputs on them."""
+    """Draw the phantoms and record ``run``'s (the fp32 export's) raw outputs and features on them.
+    ``run(x)`` returns (N, L + F): the L outputs, then the features."""
     images, labels = phantom_films(size, names, n)
-    return Reference(images, run_all(run, inputs(images, prepare)), labels, list(names))
+    both = run_all(run, inputs(images, prepare))
+    return Reference(images, both[:, : len(names)], labels, list(names), both[:, len(names) :])
 
 
 def save(ref: Reference, path: str | os.PathLike) -> None:
@@ -126,8 +132,14 @@ def save(ref: Reference, path: str | os.PathLike) -> None:
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
+            feats = ref.features if ref.features is not None else np.zeros((len(ref.images), 0), np.float32)
             np.savez_compressed(
-                f, images=ref.images, outputs=ref.outputs, labels=ref.labels, names=np.array(ref.names)
+                f,
+                images=ref.images,
+                outputs=ref.outputs,
+                labels=ref.labels,
+                names=np.array(ref.names),
+                features=feats,
             )
 
     with contextlib.suppress(OSError, CxrdxError):
@@ -137,7 +149,8 @@ def save(ref: Reference, path: str | os.PathLike) -> None:
 def load(path: str | os.PathLike) -> Reference | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Reference(z["images"], z["outputs"], z["labels"], [str(s) for s in z["names"]])
+            feats = z["features"] if "features" in z.files and z["features"].shape[1] else None
+            return Reference(z["images"], z["outputs"], z["labels"], [str(s) for s in z["names"]], feats)
     except (OSError, ValueError, KeyError):
         return None
 
@@ -152,7 +165,8 @@ def ensure(
     """The export's stored reference, made (and stored) first when there is none or it is for other labels."""
     path = reference_path(export_path)
     ref = load(path)
-    if ref is None or ref.names != list(names) or ref.images.shape[1:] != (size, size):
+    stale = ref is None or ref.names != list(names) or ref.images.shape[1:] != (size, size)
+    if stale or ref.features is None:
         ref = make_reference(run_fp32, prepare, size, names)
         save(ref, path)
     return ref
@@ -179,10 +193,18 @@ def check(
     outputs: np.ndarray,
     calibrate: Callable[[np.ndarray], np.ndarray],
     thresholds: dict[str, float] | None,
+    ood: Any = None,
 ) -> Check:
     """Compare a backend's raw ``outputs`` on the first ``len(outputs)`` of ``ref.images`` with the stored
-    fp32 ones (both calibrated)."""
-    n = len(outputs)
+    fp32 ones (both calibrated). ``outputs`` may carry the features after the L outputs: with ``ood``
+    (the checkpoint's scorer, cxrdx.model.ood) the verdicts on both sets of features are compared."""
+    n, width = len(outputs), len(ref.names)
+    outputs = np.asarray(outputs)
+    feats, outputs = outputs[:, width:], outputs[:, :width]
+    ood_flipped = None
+    if ood is not None and ood.threshold is not None and ref.features is not None and feats.shape[1]:
+        v32 = ood.score(ref.features[:n]) <= ood.threshold
+        ood_flipped = float(np.mean((ood.score(feats) <= ood.threshold) != v32))
     ref = Reference(ref.images[:n], ref.outputs[:n], ref.labels[:n], ref.names)
     p32 = np.asarray(calibrate(ref.outputs), dtype=np.float64)
     p = np.asarray(calibrate(np.asarray(outputs)), dtype=np.float64)
@@ -206,4 +228,6 @@ def check(
         reasons.append(f"calls flipped {flipped:.2%} > {REDUCED_MAX_CALLS_FLIPPED:.0%}")
     if auroc_diff is not None and abs(auroc_diff) > REDUCED_MAX_AUROC_DIFF:
         reasons.append(f"|AUROC diff| {abs(auroc_diff):.4f} > {REDUCED_MAX_AUROC_DIFF}")
-    return Check(len(ref.images), diff, flipped, auroc_diff, not reasons, "; ".join(reasons))
+    if ood_flipped is not None and ood_flipped > REDUCED_MAX_OOD_FLIPPED:
+        reasons.append(f"OOD verdicts flipped {ood_flipped:.2%} > {REDUCED_MAX_OOD_FLIPPED:.0%}")
+    return Check(len(ref.images), diff, flipped, auroc_diff, not reasons, "; ".join(reasons), ood_flipped)
