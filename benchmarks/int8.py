@@ -67,23 +67,19 @@ def quantized(ckpt: Path, cache: str, n_calib: int, gate: bool = True):
 
 
 def tuned(predictor, ckpt: Path, files: list[Path], cores: int):
-    """``predictor`` with the batch size and threads ``cxrdx predict`` would measure for it (autotune)."""
-    from cxrdx.inference import autotune
-    from cxrdx.inference.backends import INPUT_NAME, OUTPUT_NAME, open_session
-    from cxrdx.inference.predictor import Predictor
+    """``predictor`` with the batch size ``cxrdx predict`` would measure for it (autotune on the reference images)."""
+    from cxrdx.files import file_sha256
+    from cxrdx.inference import autotune, choose
 
-    prep = predictor.meta.preprocessing
-    path = _file(ckpt, predictor.precision)
-    t = autotune.measure(
-        lambda threads: open_session(path, threads, prep=prep),
-        lambda session, x: session.run([OUTPUT_NAME], {INPUT_NAME: x}),
-        (prep.channels, prep.size, prep.size),
-        lambda: predictor.prepare(predictor.read(files[0], uint8_ok=True)[0]),
-        cores,
+    sha = file_sha256(ckpt)
+    name = choose.current(predictor)
+    t, _fresh, session = choose.tune(predictor, sha, [name], cores)
+    choose.apply(predictor, t, session, sha, cores)
+    t.decode_ms = autotune.decode_ms(
+        [lambda f=f: predictor.prepare(predictor.read(f, uint8_ok=True)[0]) for f in files[:4]]
     )
-    out = Predictor(None, predictor.meta, session=open_session(path, t.threads, prep=prep), checkpoint=ckpt)
-    out.precision = predictor.precision
-    return out, t
+    t.workers = autotune.workers_for(t.decode_ms, t.net_img_per_s, cores)
+    return predictor, t
 
 
 def main() -> None:

@@ -340,6 +340,9 @@ def export_to_cache(sha: str, model: torch.nn.Module, meta: CheckpointMeta) -> b
     with contextlib.suppress(OSError, CxrdxError):  # read-only cache folder: atomic_write says CxrdxError
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
         _prune(path.parent, keep=CACHE_KEEP)
+        from cxrdx.inference.reference import prune
+
+        prune(path.parent)  # the pruned exports' reference images
     return data
 
 
@@ -408,7 +411,7 @@ def export_in_background(ckpt: str | os.PathLike) -> None:
 
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-m", "cxrdx.inference.export", str(Path(ckpt).resolve())],
+            [sys.executable, "-m", "cxrdx.inference.on_write", str(Path(ckpt).resolve())],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -130,9 +130,9 @@ class Predictor:
     ) -> Predictor:
         """Load a checkpoint (a path, or a pretrained name such as ``xrv-nih``) once.
 
-        ``backend`` is torch, onnx or auto (onnx on CPU when installed). ``precision="int8"``
-        runs the int8 model ``cxrdx quantize`` made and checked for this checkpoint (ONNX
-        Runtime on CPU; Grad-CAM stays fp32 on PyTorch).
+        ``backend`` is torch, onnx, openvino or auto (onnx on CPU when installed). ``precision="int8"``
+        runs the int8 model ``cxrdx quantize`` made and checked for this checkpoint (ONNX Runtime on
+        CPU), ``"bf16"`` OpenVINO bf16 (CPU); Grad-CAM stays fp32 on PyTorch.
         """
         from cxrdx.inference import backends, export
         from cxrdx.model.pretrained import resolve_weights
@@ -147,11 +147,10 @@ class Predictor:
                 "train one with `cxrdx train --init` or import a chest X-ray checkpoint"
             )
         on_cpu = str(device).split(":")[0] == "cpu"
-        if precision != "fp32":
-            from cxrdx.inference.int8 import int8_meta, int8_session
+        if precision not in ("fp32", "auto"):  # auto: fp32 here; `cxrdx predict` measures the choice
+            from cxrdx.inference.choose import reduced_session
 
-            session, variant = int8_session(path, precision, backend, device, threads)
-            meta = int8_meta(meta, session)  # the OOD threshold refitted for int8's features
+            session, variant, meta = reduced_session(path, meta, precision, backend, device, threads)
             predictor = cls(None, meta, device, session=session, checkpoint=path)
             predictor.precision = variant
             return predictor

@@ -35,7 +35,7 @@ class Result:
 
 def run(config: Config, reporter: Reporter | None = None) -> Result:
     from cxrdx.evaluation.calibrate import calibrate
-    from cxrdx.inference.export import prepare_export_note
+    from cxrdx.inference.on_write import prepare_export_note
 
     reporter = reporter_or_default(reporter, "calibrate")
     r = calibrate(config)

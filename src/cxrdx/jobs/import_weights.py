@@ -58,7 +58,7 @@ class Config:
 
 
 def run(config: Config, reporter: Reporter | None = None) -> Result:
-    from cxrdx.inference.export import prepare_export_note
+    from cxrdx.inference.on_write import prepare_export_note
     from cxrdx.model.import_weights import import_weights
 
     reporter = reporter_or_default(reporter, "import")

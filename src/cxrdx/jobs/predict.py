@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from cxrdx.options import option
 from cxrdx.reporter import Reporter
-from cxrdx.settings import BACKENDS, BATCH_SIZE, FHIR_PATIENT_SYSTEM, PRECISIONS, TOP_K
+from cxrdx.settings import BACKENDS, BATCH_SIZE, FHIR_PATIENT_SYSTEM, PRECISION, PRECISIONS, TOP_K
 
 if TYPE_CHECKING:
     from cxrdx.jobs.predict_batch import PredictSummary as Result
@@ -70,13 +70,16 @@ class Config:
     backend: str = option(
         "auto",
         choices=BACKENDS,
-        help="auto = onnx on CPU when installed; openvino is optional (bf16 where the CPU has it)",
+        help="auto = the fastest of onnx and openvino measured on this machine (see --precision); "
+        "onnx / openvino: that runtime only",
     )
     precision: str = option(
-        "fp32",
+        PRECISION,
         choices=PRECISIONS,
-        help="int8: the model `cxrdx quantize` made and checked on validation for this checkpoint "
-        "(ONNX Runtime, CPU; heatmaps stay fp32; see docs/performance.md for its speed here)",
+        help="auto = the fastest that keeps the numbers: fp32, OpenVINO bf16 (CPUs with AMX/AVX512-BF16) or "
+        "the int8 model of `cxrdx quantize`, a reduced one only when it matches the fp32 outputs stored "
+        "with the export (max |dp|, calls flipped, AUROC); fp32 = exact; bf16 / int8 = that one "
+        "(heatmaps stay fp32; docs/performance.md)",
     )
     device: str = option("cpu", help="cpu or cuda[:N] (torch backend only)")
     batch_size: int | None = option(
@@ -86,8 +89,8 @@ class Config:
     autotune: bool = option(
         True,
         flag="--no-autotune",
-        help="do not measure batch size and threads at first use (a few seconds, then cached per "
-        "machine and model); use the defaults",
+        help="do not measure backend, precision and batch size (done when the export is written, or at "
+        "the first large predict, then cached per machine and model); use onnx fp32 and the defaults",
     )
     workers: int | None = option(None, help="image decoding threads (default: CPUs - 1, at least 1)")
     tta: bool = option(False, help="average over the image and its mirror; report the spread")
