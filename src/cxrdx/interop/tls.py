@@ -116,6 +116,10 @@ def _reason(exc: BaseException, timeout: float) -> str:
     text = str(text)
     if "WRONG_VERSION_NUMBER" in text.upper() or "HTTP_REQUEST" in text.upper():
         return f"not a TLS connection ({text}): a peer without TLS?"
+    if "EOF" in text.upper():
+        return (
+            f"the peer closed the connection during the handshake ({text}); a port probe, or it refused ours"
+        )
     if "CERTIFICATE" in text.upper():
         return f"certificate refused ({text}): its certificate must be signed by --tls-ca"
     return text
