@@ -288,3 +288,37 @@ def test_sigkill_while_the_stow_rs_endpoint_is_down_then_restart(tmp_path):
         again.stop()
         if orthanc is not None:
             orthanc.stop()
+
+
+def test_predict_format_dicom_sends_by_stow_rs(tmp_path, capsys, monkeypatch):
+    (tmp_path / "orthanc").mkdir()
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True, users=USERS)
+    try:
+        ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
+        source = phantom_dicom(3600)
+        source.save_as(tmp_path / "film.dcm", enforce_file_format=True)
+        argv = [
+            "predict",
+            "--weights",
+            ckpt,
+            tmp_path / "film.dcm",
+            "--format",
+            "dicom",
+            "--out",
+            tmp_path / "out",
+        ]
+        rc, _, err = run_cli(capsys, [*argv, "--send-to", orthanc.dicomweb_url])
+        assert rc != 0 and "HTTP 401" in err, "no credentials: refused, and said so in one line"
+        monkeypatch.setenv("CXRDX_DICOMWEB_USER", "cxrdx")
+        monkeypatch.setenv("CXRDX_DICOMWEB_PASSWORD", USERS["cxrdx"])
+        rc, _, err = run_cli(capsys, [*argv, "--send-to", orthanc.dicomweb_url])
+        assert rc == 0, err
+        written = sorted((tmp_path / "out").glob("*.dcm"))
+        assert "by STOW-RS" in err and f"sent {len(written)} result file(s)" in err
+        for path in written:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            assert orthanc.find(SOPInstanceUID=uid), f"{path.name} in Orthanc"
+        rc, _, err = run_cli(capsys, [*argv, "--format", "csv", "--send-to", orthanc.dicomweb_url])
+        assert rc == 2 and "--format dicom" in err
+    finally:
+        orthanc.stop()

@@ -194,3 +194,16 @@ def test_cxrdx_listen_over_tls(work, pki, orthanc):
         assert "(DICOM TLS)" in node.text()
     finally:
         node.stop()
+
+
+def test_predict_format_dicom_sends_over_dicom_tls(work, pki, orthanc, capsys):
+    from testkit import run_cli
+
+    ckpt = tiny_checkpoint(work / "tiny-predict.safetensors")
+    source = phantom_dicom(3104)
+    source.save_as(work / "film.dcm", enforce_file_format=True)
+    argv = ["predict", "--weights", ckpt, work / "film.dcm", "--format", "dicom", "--out", work / "out"]
+    rc, _, err = run_cli(capsys, [*argv, "--send-to", orthanc.destination, *pki.node.options()])
+    assert rc == 0, err
+    assert "by C-STORE over TLS" in err
+    assert orthanc.find(StudyInstanceUID=str(source.StudyInstanceUID), Modality="SR")

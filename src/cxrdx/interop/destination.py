@@ -27,6 +27,10 @@ class DestinationUnavailable(Exception):
     """No connection, or it was lost, or the destination is not ready: wait and try again."""
 
 
+class CredentialsRefused(DestinationUnavailable):
+    """The service refused the credentials (HTTP 401/403): the node waits for new ones; a one-off send stops."""
+
+
 @dataclass(frozen=True)
 class Destination:
     """A DICOM peer, sent to by C-STORE."""

@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrdx.errors import ConfigError
-from cxrdx.interop.destination import CREDENTIALS_HELP, DestinationUnavailable, WebDestination
+from cxrdx.interop.destination import (
+    CREDENTIALS_HELP,
+    CredentialsRefused,
+    DestinationUnavailable,
+    WebDestination,
+)
 from cxrdx.interop.tls import TlsFiles
 
 log = logging.getLogger("cxrdx.node")
@@ -175,7 +180,7 @@ class StowRs:
                 have = (
                     f"{self.credentials.kind} from {self.credentials.source}" if self.credentials else "none"
                 )
-                raise DestinationUnavailable(
+                raise CredentialsRefused(
                     f"{dest}: HTTP {code}, the service refused the credentials ({have}); {CREDENTIALS_HELP}"
                 ) from None
             if code in UNAVAILABLE_HTTP or code >= 500:

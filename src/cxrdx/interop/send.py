@@ -31,8 +31,9 @@ import threading
 import time
 from pathlib import Path
 
-from cxrdx.errors import ConfigError
+from cxrdx.errors import ConfigError, CxrdxError
 from cxrdx.interop.destination import (  # noqa: F401 - Destination, parse_destination: used from here too
+    CredentialsRefused,
     Destination,
     DestinationUnavailable,
     WebDestination,
@@ -214,3 +215,58 @@ class Sender:
                 stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
         self.close()
+
+
+class SendError(CxrdxError):
+    """Result files that could not be delivered (they stay where they were written)."""
+
+
+def send_files(
+    files: list[Path],
+    destination: Destination | WebDestination,
+    *,
+    tls: TlsFiles | None = None,
+    credentials_file: str | os.PathLike | None = None,
+    attempts: int = 5,
+    backoff: tuple[float, float] = (1.0, 8.0),
+    per_request: int = 50,
+) -> int:
+    """Send result files once (``predict --format dicom --send-to``), retrying an unavailable destination.
+
+    ``per_request`` files go in one STOW-RS request or over one association. Returns how many were
+    sent; raises SendError when the destination stays unavailable or refuses a file.
+    """
+    from pydicom.filereader import read_file_meta_info
+
+    transport = transport_for(destination, tls=tls, credentials_file=credentials_file)
+    sent = 0
+    try:
+        for start in range(0, len(files), per_request):
+            chunk = list(files[start : start + per_request])
+            metas = [read_file_meta_info(f) for f in chunk]
+            objects = [
+                (str(m.MediaStorageSOPClassUID), str(m.MediaStorageSOPInstanceUID), str(m.TransferSyntaxUID))
+                for m in metas
+            ]
+            delay = backoff[0]
+            for attempt in range(1, attempts + 1):
+                try:
+                    refused = transport.send(chunk, objects)
+                    break
+                except DestinationUnavailable as exc:
+                    if attempt == attempts or isinstance(exc, CredentialsRefused):
+                        raise SendError(
+                            f"--send-to {destination}: {shown(exc, 300)} ({attempt} tries); {sent} of "
+                            f"{len(files)} result files sent, all of them are in --out for a later send"
+                        ) from None
+                    log.warning("destination unavailable (%s); retrying in %.1f s", shown(exc, 300), delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, backoff[1])
+            if refused:
+                raise SendError(
+                    f"--send-to {destination}: {shown(refused, 300)}; {sent} of {len(files)} result files sent"
+                )
+            sent += len(chunk)
+    finally:
+        transport.close()
+    return sent
