@@ -155,7 +155,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, processor: Processor) -> None:
         if config.destination is None:
-            raise ConfigError("the node needs a destination for its results (--send-to AET@HOST:PORT)")
+            raise ConfigError("the node needs a destination for its results (--send-to AET@HOST:PORT or URL)")
         self.config = config
         self.processor = processor
         self.spool = Spool(config.spool)
