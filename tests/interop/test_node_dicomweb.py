@@ -207,6 +207,43 @@ def test_bearer_token_from_the_environment(tmp_path):
         server.shutdown()
 
 
+def test_https_server_checked_by_the_ca_and_our_client_certificate_shown(tmp_path):
+    """https: --tls-ca checks the DICOMweb server, --tls-cert/--tls-key answer its request for a client certificate."""
+    import ssl
+
+    from tls_kit import make_pki
+
+    from cxrdx.interop.tls import TlsFiles
+
+    pki = make_pki(tmp_path / "pki")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StowStandIn)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    context.load_cert_chain(str(pki.pacs.cert), str(pki.pacs.key))
+    context.verify_mode = ssl.CERT_REQUIRED  # the node's client certificate, signed by the CA
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    StowStandIn.seen = []
+    try:
+        ds = phantom_dicom(3210)
+        path = tmp_path / "film.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        objects = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID), "")]
+        url = WebDestination(f"https://127.0.0.1:{server.server_address[1]}/dicom-web")
+        env = {"CXRDX_DICOMWEB_TOKEN": StowStandIn.token}
+        with pytest.raises(DestinationUnavailable, match="SSL"):  # the system's CAs did not sign it
+            StowRs(url, environ=env).send([path], objects)
+        with pytest.raises(DestinationUnavailable):  # the CA, but no client certificate (a rogue one)
+            StowRs(url, environ=env, tls=TlsFiles(pki.rogue.cert, pki.rogue.key, pki.ca)).send(
+                [path], objects
+            )
+        assert not any(stored for _, stored in StowStandIn.seen)
+        node = StowRs(url, environ=env, tls=TlsFiles(pki.node.cert, pki.node.key, pki.ca))
+        assert node.send([path], objects) is None
+        assert [str(d.SOPInstanceUID) for d in StowStandIn.seen[-1][1]] == [str(ds.SOPInstanceUID)]
+    finally:
+        server.shutdown()
+
+
 # --------------------------------------------------------------------------- a real Orthanc
 
 

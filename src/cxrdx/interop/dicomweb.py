@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,11 @@ class StowRs:
         elif creds is not None:
             session.auth = (creds.user or "", creds.password or "")
         if self.tls is not None and self.destination.https:
+            # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's CA: not --tls-ca
+            session.trust_env = False
+            session.proxies.update(
+                {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https")}
+            )
             session.verify = str(self.tls.ca)
             session.cert = (str(self.tls.cert), str(self.tls.key))
         client = DICOMwebClient(
