@@ -172,7 +172,12 @@ class StowRs:
         import pydicom
         import requests
 
-        datasets = [pydicom.dcmread(f) for f in files]
+        try:
+            datasets = [pydicom.dcmread(f) for f in files]
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a result file that does not parse: never sendable
+            return f"a result file cannot be read back ({type(exc).__name__}: {exc})"
         if self._client is None:
             self._client = self._new_client()
         dest = self.destination

@@ -121,7 +121,8 @@ def check(config: Config) -> None:
     if config.host not in LOOPBACK and not config.allow_remote:
         raise ConfigError(
             f"`host` {config.host} would let other machines send images to this node; add `allow_remote` "
-            "if that is intended (on a trusted network: there is no authentication beyond AE titles), "
+            "if that is intended (on a trusted network, or with DICOM TLS: `tls_cert`, `tls_key`, `tls_ca`; "
+            "without TLS there is no authentication beyond AE titles), "
             "or keep the default `host` 127.0.0.1"
         )
     if not 0 < config.port < 65536:
