@@ -131,7 +131,17 @@ def test_stow_rs_response_outcomes():
     assert "0xA700" in refusal(bad, objects, "D")
 
 
-def test_listen_refuses_credentials_in_the_url(capsys, tmp_path):
+@pytest.fixture
+def node_log_restored():
+    """`cxrdx listen`'s CLI sets up the node's logger on the (captured) stderr: put it back afterwards."""
+    node_log = logging.getLogger("cxrdx.node")
+    handlers, propagate, level = list(node_log.handlers), node_log.propagate, node_log.level
+    yield
+    node_log.handlers[:] = handlers
+    node_log.propagate, node_log.level = propagate, level
+
+
+def test_listen_refuses_credentials_in_the_url(capsys, tmp_path, node_log_restored):
     rc, _, err = run_cli(
         capsys, ["listen", "--weights", tmp_path / "x.safetensors", "--send-to", "https://u:secret@pacs/dw"]
     )
@@ -258,7 +268,8 @@ def test_results_by_stow_rs_with_basic_auth_a_rotated_password_is_picked_up(tmp_
         assert store(node.address[1], sources, "CXRDX") == [0, 0]
         wait_for(lambda: "HTTP 401" in caplog.text, 20, "the refused credentials in the log")
         assert "old-password" not in caplog.text
-        assert node.spool.counts()["outbox"] == 2, "the results wait in the spool"
+        wait_for(lambda: node.spool.counts()["outbox"] == 2, 20, "both result sets waiting in the spool")
+        assert orthanc.get("/instances") == [], "nothing stored with the wrong password"
         credentials_file(creds, "cxrdx", USERS["cxrdx"])  # the site rotates the password
         for ds in sources:
             uid = result_uid(ds.SOPInstanceUID)

@@ -256,7 +256,7 @@ def send_files(
                 except DestinationUnavailable as exc:
                     if attempt == attempts or isinstance(exc, CredentialsRefused):
                         raise SendError(
-                            f"--send-to {destination}: {shown(exc, 300)} ({attempt} tries); {sent} of "
+                            f"--send-to {destination}: {shown(exc, 300)} ({attempt} {'try' if attempt == 1 else 'tries'}); {sent} of "
                             f"{len(files)} result files sent, all of them are in --out for a later send"
                         ) from None
                     log.warning("destination unavailable (%s); retrying in %.1f s", shown(exc, 300), delay)
