@@ -98,7 +98,8 @@ def parse_web_destination(text: str) -> WebDestination:
         )
     if parts.query or parts.fragment:
         raise ConfigError(
-            f"--send-to {url!r}: a DICOMweb base URL has no query or fragment (?... #...); tokens do not "
+            f"--send-to {parts._replace(query='', fragment='').geturl()}?...: a DICOMweb base URL has no query "
+            "or fragment (?... #...; not shown here, it may hold a secret); tokens do not "
             f"belong in it: {CREDENTIALS_HELP}"
         )
     return WebDestination(url.rstrip("/"))
