@@ -101,7 +101,7 @@ def test_a_heatmap_off_the_source_grid_is_put_onto_it():
 
 
 def test_the_sender_decodes_the_seg_for_a_peer_without_jpeg_ls(tmp_path):
-    from cxrdx.interop.send import EXPLICIT, _payload
+    from cxrdx.interop.cstore import EXPLICIT, _payload
 
     source = phantom_dicom(34, 64)
     seg = results_for(source, prediction(), overlays={"Cardiomegaly": _heat(64, 64, 1)}, algorithm=ALGORITHM)[
