@@ -30,7 +30,11 @@ from cxrdx.labels import canonical
 
 if TYPE_CHECKING:
     from cxrdx.imaging.letterbox import Letterbox
-    from cxrdx.inference.predictor import ImageLike, Predictor
+
+# A cxrdx.inference.predictor.Predictor (which imports this module on first use; not imported here) and
+# what it takes as an image: a path or an array.
+Predictor = Any
+ImageLike = Any
 
 CAPTURE_KEEP = 64  # images whose cells a capturing session keeps (14 x 10 x 10 floats each at 320 px)
 
@@ -169,5 +173,7 @@ def heatmaps(predictor: Predictor) -> Heatmaps:
 
 def capture_maps(predictor: Predictor) -> None:
     """From now on every prediction keeps its images' class activation maps, so ``explain`` of an
-    image just predicted needs no network pass (where the maps come from the session)."""
-    heatmaps(predictor).capture()
+    image just predicted needs no network pass (where the maps come from the session). Anything
+    else that explains (a stand-in in a test, a wrapper) is left as it is."""
+    if hasattr(predictor, "_explain_lock") and hasattr(predictor, "session"):  # a cxrdx Predictor
+        heatmaps(predictor).capture()
