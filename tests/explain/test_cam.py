@@ -14,11 +14,11 @@ from torch import nn
 
 from cxrdx.explain.cam import (
     ForwardCam,
-    bilinear_matrix,
     cam_cells,
     cam_squares,
     heatmap_maker,
     linear_head,
+    upsample_bilinear,
 )
 from cxrdx.explain.gradcam import GradCam, to_source
 from cxrdx.imaging.letterbox import letterbox
@@ -131,11 +131,11 @@ def test_cam_cells_by_hand():
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(2, 64), (3, 96), (10, 320), (7, 7), (4, 50)])
-def test_bilinear_matrix_is_torch_interpolate(n_in, n_out):
-    cells = torch.from_numpy(np.random.default_rng(n_in).random((1, 1, n_in, n_in + 1)))
+def test_upsampling_is_torch_interpolate(n_in, n_out):
+    cells = torch.from_numpy(np.random.default_rng(n_in).random((2, 3, n_in, n_in + 1)))
     expected = F.interpolate(cells, size=(n_out, n_out + 3), mode="bilinear", align_corners=False)
-    got = bilinear_matrix(n_in, n_out) @ cells[0, 0].numpy() @ bilinear_matrix(n_in + 1, n_out + 3).T
-    np.testing.assert_allclose(got, expected[0, 0].numpy(), atol=1e-12)
+    got = upsample_bilinear(cells.numpy(), (n_out, n_out + 3))
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-12)
 
 
 def test_cam_squares_relu_then_normalise():

@@ -74,20 +74,29 @@ def cam_cells(acts: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     return F.conv2d(acts, weight[:, :, None, None])
 
 
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D linear interpolation with half-pixel centres, edges clamped.
-
-    PyTorch's ``interpolate(mode="bilinear", align_corners=False)`` (what Grad-CAM upsamples
-    with, ``cxrdx.explain.gradcam.upsample_cams``) is this matrix applied to rows and columns.
-    """
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D linear interpolation with half-pixel centres, edges clamped: output i reads
+    ``(1 - frac) * in[i0] + frac * in[i1]`` (PyTorch's ``align_corners=False``)."""
     src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
-    m = np.zeros((n_out, n_in), np.float64)
-    np.add.at(m, (np.arange(n_out), i0), 1.0 - frac)
-    np.add.at(m, (np.arange(n_out), i1), frac)
-    return m
+    i0 = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+
+
+def upsample_bilinear(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """(..., h, w) -> (..., *size), float64: PyTorch's ``interpolate(mode="bilinear", align_corners=False)``
+    (what Grad-CAM upsamples with, ``cxrdx.explain.gradcam.upsample_cams``), in numpy.
+
+    Gathers and weighted sums, no matrix product: a small BLAS call with threads fighting over
+    a busy CPU took 50-100 ms here, this takes well under one.
+    """
+    out = np.asarray(maps, dtype=np.float64)
+    for axis, n_out in ((-2, size[0]), (-1, size[1])):
+        i0, i1, frac = _linear_taps(out.shape[axis], int(n_out))
+        shape = [1] * out.ndim
+        shape[axis] = len(frac)
+        frac = frac.reshape(shape)
+        out = np.take(out, i0, axis=axis) * (1.0 - frac) + np.take(out, i1, axis=axis) * frac
+    return out
 
 
 def cam_squares(cells: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -95,9 +104,7 @@ def cam_squares(cells: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
     The post-processing of ``GradCam.many``, in numpy (the ONNX path needs no torch).
     """
-    cells = np.asarray(cells, dtype=np.float64)
-    rows, cols = bilinear_matrix(cells.shape[-2], size[0]), bilinear_matrix(cells.shape[-1], size[1])
-    up = rows @ np.maximum(cells, 0.0) @ cols.T
+    up = upsample_bilinear(np.maximum(np.asarray(cells, dtype=np.float64), 0.0), size)
     out = np.empty(up.shape, np.float32)
     for idx in np.ndindex(*up.shape[:2]):
         out[idx] = normalize_map(up[idx])
