@@ -168,3 +168,32 @@ def test_a_head_that_is_not_pool_plus_linear_keeps_the_backward_pass(tmp_path):
     want = to_source(GradCam(model)(torch.from_numpy(x[None]), FINDINGS.index("Mass"))[0], box)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert isinstance(maker._maker, GradCam)
+
+
+def test_the_explain_job_runs_the_network_once_per_film(ckpt, tmp_path, monkeypatch):
+    """`cxrdx explain`'s heatmaps come with the prediction's own pass: one session run per film."""
+    from PIL import Image
+
+    import cxrdx.inference.heatmaps as hm
+    from cxrdx.jobs.explain import Config
+    from cxrdx.jobs.explain_maps import explain
+
+    films = []
+    for seed in range(2):
+        path = tmp_path / f"film{seed}.png"
+        Image.fromarray((_image(seed) * 255).astype(np.uint8)).save(path)
+        films.append(str(path))
+    runs = []
+    original = hm.CamCapture.run
+
+    def counted(self, names, feeds):
+        runs.append(list(names))
+        return original(self, names, feeds)
+
+    monkeypatch.setattr(hm.CamCapture, "run", counted)
+    results = explain(Config(weights=str(ckpt), images=films, out=str(tmp_path / "out"), top_k=3))
+    assert [len(entry["findings"]) for entry in results["images"]] == [3, 3]
+    assert len(runs) == len(films)  # the predictions' passes; the six heatmaps needed none
+    assert all(hm.CAMS_NAME not in names for names in runs)
+    maps = sorted((tmp_path / "out").glob("*.npy"))
+    assert len(maps) == 6 and all(np.load(m).shape == (80, 56) for m in maps)
