@@ -12,15 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrdx.explain.cam import (
-    ForwardCam,
-    cam_cells,
-    cam_squares,
-    heatmap_maker,
-    linear_head,
-    upsample_bilinear,
-)
+from cxrdx.explain.cam import ForwardCam, cam_cells, heatmap_maker, linear_head
 from cxrdx.explain.gradcam import GradCam, to_source
+from cxrdx.explain.maps import cam_squares, upsample_bilinear
 from cxrdx.imaging.letterbox import letterbox
 from cxrdx.labels import FINDINGS
 from cxrdx.model.networks import build_model

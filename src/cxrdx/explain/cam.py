@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from cxrdx.explain.gradcam import GradCam, normalize_map
+from cxrdx.explain.gradcam import GradCam
+from cxrdx.explain.maps import cam_squares
 from cxrdx.model.networks import GRADCAM_LAYER
 
 _PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout)  # identity on an (N, K, 1, 1) / (N, K) tensor in eval
@@ -74,43 +75,6 @@ def cam_cells(acts: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     return F.conv2d(acts, weight[:, :, None, None])
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """1-D linear interpolation with half-pixel centres, edges clamped: output i reads
-    ``(1 - frac) * in[i0] + frac * in[i1]`` (PyTorch's ``align_corners=False``)."""
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
-    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
-
-
-def upsample_bilinear(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """(..., h, w) -> (..., *size), float64: PyTorch's ``interpolate(mode="bilinear", align_corners=False)``
-    (what Grad-CAM upsamples with, ``cxrdx.explain.gradcam.upsample_cams``), in numpy.
-
-    Gathers and weighted sums, no matrix product: a small BLAS call with threads fighting over
-    a busy CPU took 50-100 ms here, this takes well under one.
-    """
-    out = np.asarray(maps, dtype=np.float64)
-    for axis, n_out in ((-2, size[0]), (-1, size[1])):
-        i0, i1, frac = _linear_taps(out.shape[axis], int(n_out))
-        shape = [1] * out.ndim
-        shape[axis] = len(frac)
-        frac = frac.reshape(shape)
-        out = np.take(out, i0, axis=axis) * (1.0 - frac) + np.take(out, i1, axis=axis) * frac
-    return out
-
-
-def cam_squares(cells: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """(N, L, h, w) maps ``M`` -> (N, L, *size) heatmaps in [0, 1]: ReLU, bilinear upsampling, min-max.
-
-    The post-processing of ``GradCam.many``, in numpy (the ONNX path needs no torch).
-    """
-    up = upsample_bilinear(np.maximum(np.asarray(cells, dtype=np.float64), 0.0), size)
-    out = np.empty(up.shape, np.float32)
-    for idx in np.ndindex(*up.shape[:2]):
-        out[idx] = normalize_map(up[idx])
-    return out
-
-
 class ForwardCam:
     """``GradCam.many``'s maps from one forward pass with no autograd, for a network ``linear_head`` accepts.
 
@@ -141,7 +105,7 @@ class ForwardCam:
         """(K, N, S, S) heatmaps in [0, 1], as ``GradCam.many``; ValueError when the logits disagree
         with the maps (the forward is not what the structure says: the caller uses the backward pass)."""
         logits, cells = self.cells(x)
-        bias = self.linear.bias if self.linear.bias is not None else torch.zeros(len(logits[0]))
+        bias = self.linear.bias if self.linear.bias is not None else logits.new_zeros(logits.shape[1])
         rebuilt = cells.sum((2, 3)) + bias.to(cells.dtype)
         if not torch.all((rebuilt - logits).abs() <= LOGIT_TOLERANCE * logits.abs().clamp(min=1.0)):
             raise ValueError("the logits are not the average of the class activation maps")

@@ -112,7 +112,7 @@ class Heatmaps:
 
     def explain(self, image: ImageLike, finding: str) -> np.ndarray:
         """Grad-CAM heatmap for one finding, in [0, 1], on the source image's own pixel grid."""
-        from cxrdx.explain.gradcam import to_source
+        from cxrdx.explain.maps import to_source
 
         p = self.predictor
         finding = canonical(finding)
@@ -126,7 +126,7 @@ class Heatmaps:
         return to_source(square, box)  # normalised over the image, not the letterbox padding
 
     def _from_session(self, image: ImageLike, index: int) -> tuple[np.ndarray, Letterbox]:
-        from cxrdx.explain.cam import cam_squares
+        from cxrdx.explain.maps import cam_squares
 
         p = self.predictor
         # the input exactly as Predictor.iter_predict makes it, so a captured prediction's row matches
