@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(3)
     for f in B_FINDINGS:  # ~5% of B's labels are uncertain (-1): ignored, never counted as negatives
         generic.loc[rng.random(len(generic)) < 0.05, f] = -1.0
-    generic.attrs["findings"] = B_FINDINGS
     b_csv = write_labels(generic, work / "b_labels" / "test.csv")
     prepare_cache(
         [b_csv], work / "cache_b", size=args.size, images=b / "images", progress=False, overwrite=True
@@ -137,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     cmp = compare([work / "eval_a", work / "eval_b"], work / "comparison", ["A (internal)", "B (external)"])
     print(format_comparison(cmp))
-    print("skipped on B:", ", ".join(f"{k} ({v})" for k, v in list(ext["skipped"].items())[:3]), "...")
+    print("skipped on B:", ", ".join(f"{k} ({v})" for k, v in list(ext.skipped.items())[:3]), "...")
     print("\nA's val thresholds moved to B (sensitivity / specificity, source -> target):")
-    for name, row in ext.get("source_thresholds", {}).get("shift", {}).items():
+    for name, row in (ext.source_thresholds.shift if ext.source_thresholds else {}).items():
         print(
-            f"  {name:<14} sens {row['sensitivity_source']:.3f} -> {row['sensitivity_target']:.3f}   "
-            f"spec {row['specificity_source']:.3f} -> {row['specificity_target']:.3f}"
+            f"  {name:<14} sens {row.sensitivity_source:.3f} -> {row.sensitivity_target:.3f}   "
+            f"spec {row.specificity_source:.3f} -> {row.specificity_target:.3f}"
         )
     print(
         f"\nA: {args.n_a} images at {args.size} px; B: {args.n_b} images at {size_b} px, contrast 0.7, gamma 1.3, "

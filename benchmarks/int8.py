@@ -1,6 +1,6 @@
 """``cxrdx predict --precision int8`` against fp32: agreement on a trained model, and speed end to end.
 
-The int8 model is the product's (``cxrdx.inference.quantize``): ONNX Runtime static QDQ,
+The int8 model is the product's (``cxrdx.jobs.quantize_build``): ONNX Runtime static QDQ,
 per-channel int8 weights (7-bit on x86 without VNNI), uint8 activations, MinMax-calibrated on
 ``--calib`` training-split images of ``--cache``, kept only when its mean *validation* AUROC is
 within 0.005 of fp32's. Then, with a checkpoint *trained on that cache's training split*
@@ -56,7 +56,7 @@ def quantized(ckpt: Path, cache: str, n_calib: int, gate: bool = True):
     ``gate=False`` keeps the int8 model whatever the validation check says (for speed only).
     """
     from cxrdx.inference.predictor import Predictor
-    from cxrdx.inference.quantize import MAX_AUROC_DROP, QuantizeConfig, quantize
+    from cxrdx.jobs.quantize_build import MAX_AUROC_DROP, QuantizeConfig, quantize
 
     config = QuantizeConfig(str(ckpt), cache, n_calib=n_calib, max_auroc_drop=MAX_AUROC_DROP if gate else 1.0)
     report = quantize(config, log=say)
@@ -67,23 +67,19 @@ def quantized(ckpt: Path, cache: str, n_calib: int, gate: bool = True):
 
 
 def tuned(predictor, ckpt: Path, files: list[Path], cores: int):
-    """``predictor`` with the batch size and threads ``cxrdx predict`` would measure for it (autotune)."""
-    from cxrdx.inference import autotune
-    from cxrdx.inference.backends import INPUT_NAME, OUTPUT_NAME, open_session
-    from cxrdx.inference.predictor import Predictor
+    """``predictor`` with the batch size ``cxrdx predict`` would measure for it (autotune on the reference images)."""
+    from cxrdx.files import file_sha256
+    from cxrdx.inference import autotune, choose
 
-    prep = predictor.meta.preprocessing
-    path = _file(ckpt, predictor.precision)
-    t = autotune.measure(
-        lambda threads: open_session(path, threads, prep=prep),
-        lambda session, x: session.run([OUTPUT_NAME], {INPUT_NAME: x}),
-        (prep.channels, prep.size, prep.size),
-        lambda: predictor.prepare(predictor.read(files[0], uint8_ok=True)[0]),
-        cores,
+    sha = file_sha256(ckpt)
+    name = choose.current(predictor)
+    t, _fresh, session = choose.tune(predictor, sha, [name], cores)
+    choose.apply(predictor, t, session, sha, cores)
+    t.decode_ms = autotune.decode_ms(
+        [lambda f=f: predictor.prepare(predictor.read(f, uint8_ok=True)[0]) for f in files[:4]]
     )
-    out = Predictor(None, predictor.meta, session=open_session(path, t.threads, prep=prep), checkpoint=ckpt)
-    out.precision = predictor.precision
-    return out, t
+    t.workers = autotune.workers_for(t.decode_ms, t.net_img_per_s, cores)
+    return predictor, t
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``cxrdx listen`` throughput against ``cxrdx predict`` on the same DICOM files (issue 14: >= 85 %).
+"""``cxrdx listen`` throughput against ``cxrdx predict`` on the same DICOM files (issues 14 and 29: >= 85 %).
 
 The listener runs as a user runs it (``cxrdx listen`` in its own process); this script is
 the modality and the PACS: it sends N DICOM files to the node over one association and
@@ -10,9 +10,11 @@ same files, same backend, batch size and decode threads, plus ``ResultFolder`` f
 ``--format dicom``), timed in this process: process start-up and output formatting are
 excluded on both sides (the listener answers C-ECHO before the clock starts).
 
-Two comparisons (``--compare``):
+Three comparisons (``--compare``):
 
-- ``dicom``: the listener as started by default (SR + Grad-CAM secondary captures) against
+- ``seg`` (issue 29's target): the listener as started by default (the SR and the Grad-CAM heatmap
+  SEG) against plain ``cxrdx predict`` (``--format csv``: the network's loop, no result objects);
+- ``dicom``: the listener as started by default (SR + SEG) against
   ``cxrdx predict --format dicom --out DIR`` (the same objects, written to a folder);
 - ``table``: ``cxrdx listen --no-heatmaps`` (SR only) against plain ``cxrdx predict``
   (a table: no result objects at all), i.e. what building and sending the SR costs.
@@ -21,7 +23,11 @@ Each side prints wall img/s and images per CPU-second (the listener's CPU includ
 result workers). On a shared machine wall rates move with other people's load; runs
 alternate (predict, listen, predict, listen) and the best of each is compared.
 
+``--nih N``: the files are N real NIH ChestX-ray14 PNGs (1024 px, ``../shared/data/nih/images``) wrapped
+as DX DICOMs (uncompressed), instead of phantoms.
+
     python benchmarks/listen_throughput.py [--weights CKPT] [--n 32] [--size 512] [--repeats 2]
+    python benchmarks/listen_throughput.py --net-size 320 --nih 16 --compare seg   # issue 29
 """
 
 from __future__ import annotations
@@ -92,6 +98,36 @@ def make_dicoms(folder: Path, n: int, size: int) -> list[Path]:
     return out
 
 
+def make_nih_dicoms(folder: Path, n: int) -> list[Path]:
+    """N real NIH PNGs (gray, 1024 px) as DX DICOM files, each its own patient and study."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    images = sorted((REPO / ".." / "shared" / "data" / "nih" / "images").glob("*.png"))[:n]
+    if len(images) < n:
+        raise SystemExit(f"--nih {n}: only {len(images)} NIH PNGs under ../shared/data/nih/images")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, png in enumerate(images):
+        img = np.asarray(Image.open(png).convert("L"))
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientID, ds.Modality, ds.BodyPartExamined, ds.ViewPosition = f"N{i}", "DX", "CHEST", "PA"
+        ds.set_pixel_data(img, "MONOCHROME2", 8)
+        path = folder / f"{png.stem}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
 def cpu_self() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -139,15 +175,17 @@ class Pacs:
     """The destination: counts SRs and secondary captures as they arrive."""
 
     def __init__(self, port: int) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
         self.sr = 0
+        self.seg = 0
         self.sc = 0
+        self.bytes = 0
         self.last = 0.0
         self.lock = threading.Lock()
         ae = AE(ae_title="BENCH")
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax)
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)  # as a PACS: JPEG-LS SEG too
         self.server = ae.start_server(
             ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
         )
@@ -155,23 +193,28 @@ class Pacs:
     def _store(self, event) -> int:
         sop = str(event.request.AffectedSOPClassUID)
         with self.lock:
+            self.bytes += len(event.request.DataSet.getvalue())
             if sop.startswith("1.2.840.10008.5.1.4.1.1.88"):
                 self.sr += 1
+            elif sop == "1.2.840.10008.5.1.4.1.1.66.4":
+                self.seg += 1
             else:
                 self.sc += 1
             self.last = time.perf_counter()
         return 0
 
 
-def run_listen(node_port: int, node_pid: int, pacs: Pacs, files: list[Path]) -> tuple[float, float]:
-    """(wall s, CPU s of the listener and its workers) for all files' SRs to arrive."""
+def run_listen(
+    node_port: int, node_pid: int, pacs: Pacs, files: list[Path], seg: bool = False
+) -> tuple[float, float]:
+    """(wall s, CPU s of the listener and its workers) for all files' SRs (and with ``seg`` SEGs) to arrive."""
     import pydicom
     from pynetdicom import AE
 
     datasets = [pydicom.dcmread(f) for f in files]
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(datasets[0].SOPClassUID, [datasets[0].file_meta.TransferSyntaxUID])
-    start_sr = pacs.sr
+    start_sr, start_seg = pacs.sr, pacs.seg
     c0 = cpu_of(family(node_pid))
     t0 = time.perf_counter()
     assoc = ae.associate("127.0.0.1", node_port, ae_title="CXRDX")
@@ -181,7 +224,7 @@ def run_listen(node_port: int, node_pid: int, pacs: Pacs, files: list[Path]) -> 
         assert status and status.Status == 0, status
     assoc.release()
     deadline = time.monotonic() + 1800
-    while pacs.sr - start_sr < len(files):
+    while pacs.sr - start_sr < len(files) or (seg and pacs.seg - start_seg < len(files)):
         if time.monotonic() > deadline:
             raise SystemExit("timed out waiting for the listener's results")
         time.sleep(0.02)
@@ -206,8 +249,12 @@ def compare(mode: str, predictor, files: list[Path], work: Path, args) -> str:
     """Alternate predict and listen runs; returns the verdict line. mode: dicom or table (see the top)."""
     n = len(files)
     dicom = mode == "dicom"
-    label = "cxrdx predict --format dicom" if dicom else "cxrdx predict (table)"
-    node_label = "cxrdx listen (SR + Grad-CAM SC)" if dicom else "cxrdx listen --no-heatmaps (SR only)"
+    label = {"dicom": "cxrdx predict --format dicom", "seg": "cxrdx predict --format csv"}.get(
+        mode, "cxrdx predict (table)"
+    )
+    node_label = (
+        "cxrdx listen --no-heatmaps (SR only)" if mode == "table" else "cxrdx listen (SR + heatmap SEG)"
+    )
     print(f"== {node_label} vs {label}", flush=True)
     run_predict(predictor, files[: args.batch_size], args, work / "warm" if dicom else None)  # warm-up
     pacs_port, node_port = free_port(), free_port()
@@ -222,7 +269,7 @@ def compare(mode: str, predictor, files: list[Path], work: Path, args) -> str:
         cmd += ["--workers", str(args.workers)]
     if args.result_workers is not None:
         cmd += ["--result-workers", str(args.result_workers)]
-    if not dicom:
+    if mode == "table":
         cmd.append("--no-heatmaps")
     log_path = work / f"listen-{mode}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
@@ -234,10 +281,11 @@ def compare(mode: str, predictor, files: list[Path], work: Path, args) -> str:
             if node.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"cxrdx listen did not start:\n{log_path.read_text()[-2000:]}")
             time.sleep(0.3)
-        run_listen(node_port, node.pid, pacs, files[: args.batch_size])  # warm-up (workers, sessions)
+        seg = mode != "table"
+        run_listen(node_port, node.pid, pacs, files[: args.batch_size], seg)  # warm-up (workers, sessions)
         for r in range(args.repeats):
             rows["predict"].append(run_predict(predictor, files, args, work / f"out-{r}" if dicom else None))
-            rows["listen"].append(run_listen(node_port, node.pid, pacs, files))
+            rows["listen"].append(run_listen(node_port, node.pid, pacs, files, seg))
             p, q = rows["predict"][-1], rows["listen"][-1]
             print(
                 f"run {r + 1}: predict {n / p[0]:6.2f} img/s ({n / p[1]:.2f} img/CPU-s)   "
@@ -255,7 +303,11 @@ def compare(mode: str, predictor, files: list[Path], work: Path, args) -> str:
     cpu_q = max(n / c for _, c in rows["listen"])
     ratio = best_q / best_p
     print(f"{label}: {best_p:.2f} img/s (best of {args.repeats}); {cpu_p:.2f} img per CPU-second")
-    print(f"{node_label}: {best_q:.2f} img/s; {cpu_q:.2f} img per CPU-second; {pacs.sc} SC received")
+    received = pacs.sr + pacs.seg + pacs.sc
+    print(
+        f"{node_label}: {best_q:.2f} img/s; {cpu_q:.2f} img per CPU-second; {pacs.sr} SR, {pacs.seg} SEG, "
+        f"{pacs.sc} SC received, {pacs.bytes / max(1, received) / 1e3:.0f} KB per object"
+    )
     return (
         f"{node_label} / {label}: {ratio:.0%} wall, {cpu_q / cpu_p:.0%} per CPU-second "
         f"(target >= {TARGET:.0%}: {'met' if ratio >= TARGET else 'NOT met'})"
@@ -273,7 +325,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None, help="decode threads (both sides; default CPUs - 1)")
     ap.add_argument("--result-workers", type=int, default=None, help="`cxrdx listen --result-workers`")
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--compare", nargs="+", choices=("dicom", "table"), default=["dicom", "table"])
+    ap.add_argument("--nih", type=int, default=0, help="use N real NIH PNGs wrapped as DICOM (not phantoms)")
+    ap.add_argument(
+        "--compare", nargs="+", choices=("seg", "dicom", "table"), default=["seg", "dicom", "table"]
+    )
     ap.add_argument("--work", help="work folder (default: a temporary one)")
     args = ap.parse_args()
 
@@ -288,11 +343,15 @@ def main() -> int:
     args.weights = (
         Path(args.weights) if args.weights else make_weights(work / "densenet121.safetensors", args.net_size)
     )
-    files = make_dicoms(work / "dicom", args.n, args.size)
+    if args.nih:
+        args.n, args.size = args.nih, 1024
+        files = make_nih_dicoms(work / "dicom", args.nih)
+    else:
+        files = make_dicoms(work / "dicom", args.n, args.size)
     predictor = Predictor.load(args.weights, backend=args.backend)
     print(f"machine: {machine_line()}")
     print(
-        f"{args.n} DX files {args.size} px, {predictor.meta.architecture} at {predictor.meta.preprocessing.size} px, "
+        f"{args.n} DX files {args.size} px ({'real NIH PNGs' if args.nih else 'phantoms'}), {predictor.meta.architecture} at {predictor.meta.preprocessing.size} px, "
         f"backend {predictor.backend}, batch {args.batch_size}",
         flush=True,
     )

@@ -12,6 +12,8 @@ checkout (``PYTHONPATH=OLD/src``). Defaults are the node's own (backoff 0.5 s do
   the processor (inference) in ``--seconds``, and the status a new C-STORE gets meanwhile.
 - ``idle``: an attacker keeps 16 idle TCP connections open (re-opening any the node closes)
   from ``--attacker`` while a modality at 127.0.0.1 sends 36 C-ECHOs, one every 0.5 s.
+- ``tls-silent``: a DICOM TLS node, one connection that sends nothing, 12 TLS C-ECHOs from a
+  modality (``--accept-loop-handshake``: pynetdicom's own handshake, for comparison).
 - ``big``: one ``--big-mb`` MB uncompressed instance C-STOREd to a node in its own process;
   the status it gets and the node's peak RSS above its resting RSS.
 
@@ -205,6 +207,45 @@ def idle(attacker: str, folder: Path) -> str:
     )
 
 
+def tls_silent(folder: Path, accept_loop_handshake: bool = False) -> str:
+    """A DICOM TLS node; one connection that connects and sends nothing, while a modality sends 12 TLS C-ECHOs.
+
+    ``accept_loop_handshake``: pynetdicom's own way (the handshake in the accepting thread), for comparison.
+    """
+    import cxrdx.interop.node as node_module
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from node_kit import echo
+    from tls_kit import make_pki
+
+    from cxrdx.interop.node import Node, NodeConfig
+    from cxrdx.interop.send import Destination
+    from cxrdx.interop.tls import TlsFiles
+
+    pki = make_pki(folder / "pki")
+    if accept_loop_handshake:
+        node_module.handshake_in_the_connection_thread = lambda *a: None
+    node = Node(
+        NodeConfig(
+            port=free_port(),
+            destination=Destination("PACS", "127.0.0.1", Pacs().port),
+            spool=folder / "spool",
+            tls=TlsFiles(pki.node.cert, pki.node.key, pki.ca),
+        ),
+        results,
+    )
+    node.start()
+    ok, start = 0, time.monotonic()
+    with socket.create_connection(node.address):  # silent
+        for _ in range(12):
+            ok += echo(node.address[1], tls_args=pki.modality.client_args())  # 5 s limit each
+            time.sleep(0.5)
+    took = time.monotonic() - start
+    node.stop()
+    how = "pynetdicom's handshake in the accept loop" if accept_loop_handshake else "the node's"
+    return f"tls-silent ({how}): {ok} of 12 TLS C-ECHOs answered in {took:.0f} s beside one silent connection"
+
+
 def child_node(spool: str) -> None:
     """The node alone in this process: prints its port and resting RSS, then its peak RSS at stdin's end."""
     import logging
@@ -255,7 +296,14 @@ def big(megabytes: int, folder: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=("readonly", "full", "idle", "big", "all"), default="all")
+    ap.add_argument(
+        "--scenario", choices=("readonly", "full", "idle", "big", "tls-silent", "all"), default="all"
+    )
+    ap.add_argument(
+        "--accept-loop-handshake",
+        action="store_true",
+        help="tls-silent: pynetdicom's own handshake, to compare",
+    )
     ap.add_argument("--big-mb", type=int, default=300)
     ap.add_argument("--child-node", metavar="SPOOL", help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -272,13 +320,16 @@ def main() -> None:
     print(machine_line())
     print(f"cxrdx from {Path(cxrdx.__file__).parent}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("readonly", "full", "idle", "big") if args.scenario == "all" else (args.scenario,):
+        every = ("readonly", "full", "idle", "big", "tls-silent")
+        for name in every if args.scenario == "all" else (args.scenario,):
             folder = Path(tmp) / name
             folder.mkdir()
             if name == "idle":
                 print(idle(args.attacker, folder), flush=True)
             elif name == "big":
                 print(big(args.big_mb, folder), flush=True)
+            elif name == "tls-silent":
+                print(tls_silent(folder, args.accept_loop_handshake), flush=True)
             else:
                 print({"readonly": readonly, "full": full}[name](args.seconds, folder), flush=True)
 

@@ -159,7 +159,9 @@ def main() -> int:
             ["evaluate", "--weights", str(run / "best.safetensors"), "--data", str(work / "cache"),
              "--split", "test", "--val-split", "val", "--out", str(work / "report"), "--no-progress"],
         )  # fmt: skip
-        metrics = json.loads((work / "report" / "metrics.json").read_text())
+        from cxrdx.evaluation.metrics_record import read_metrics
+
+        metrics = read_metrics(work / "report")
         history = json.loads((run / "history.json").read_text())
         from cxrdx.model.checkpoint import read_checkpoint
 
@@ -189,18 +191,18 @@ def main() -> int:
             f"train {times['train'] / 60:.1f} min ({len(history)} epochs), total {sum(times.values()) / 60:.1f} min"
         )
         print("\nper-finding TEST AUROC (95% patient-bootstrap CI):")
-        for name, c in metrics["classes"].items():
-            if c["auroc"] is not None:
-                lo, hi = c["auroc_ci"]
-                print(f"  {name:<20s} {c['auroc']:.3f} ({lo:.3f}-{hi:.3f})  n_pos {c['n_pos']}")
-        test_mean, ci = metrics["mean_auroc"], metrics.get("mean_auroc_ci") or [None, None]
+        for name, c in metrics.classes.items():
+            if c.auroc is not None and c.auroc_ci is not None:
+                lo, hi = c.auroc_ci
+                print(f"  {name:<20s} {c.auroc:.3f} ({lo:.3f}-{hi:.3f})  n_pos {c.n_pos}")
+        test_mean, ci = metrics.mean_auroc, metrics.mean_auroc_ci or (None, None)
         verdict = "met" if test_mean >= args.target else "NOT met"
         print(
             f"validation (model selection): mean AUROC over {len(drawn)} drawn findings = {mean:.3f} "
             f"at epoch {meta.provenance['epoch']}"
         )
         print(
-            f"RESULT: mean TEST AUROC over {len(metrics['mean_auroc_classes'])} findings = {test_mean:.3f} "
+            f"RESULT: mean TEST AUROC over {len(metrics.mean_auroc_classes)} findings = {test_mean:.3f} "
             f"(95% patient-bootstrap CI {ci[0]:.3f}-{ci[1]:.3f}) (target >= {args.target}: {verdict})"
         )
         return 0 if test_mean >= args.target else 1

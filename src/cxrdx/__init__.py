@@ -2,7 +2,7 @@
 
 The public API (everything else is internal and may change)::
 
-    from cxrdx import FINDINGS, Predictor, read_image, read_labels, train, TrainConfig
+    from cxrdx import FINDINGS, Predictor, read_image, read_labels, read_label_table, train, TrainConfig
     from cxrdx import evaluate, EvaluateConfig, import_weights
 
 Every command is also a job with the same settings as its flags: ``cxrdx.jobs.<command>`` has
@@ -31,6 +31,7 @@ _API = {
     "Prediction": "cxrdx.inference.predictor",
     "read_image": "cxrdx.imaging.read",
     "read_labels": "cxrdx.data.tables",
+    "read_label_table": "cxrdx.data.tables",
     "train": "cxrdx.training.loop",
     "TrainConfig": "cxrdx.training.config",
     "evaluate": "cxrdx.evaluation.evaluate",
@@ -39,7 +40,7 @@ _API = {
 }
 
 if TYPE_CHECKING:
-    from cxrdx.data.tables import read_labels
+    from cxrdx.data.tables import read_label_table, read_labels
     from cxrdx.evaluation.config import EvaluateConfig
     from cxrdx.evaluation.evaluate import evaluate
     from cxrdx.imaging.read import read_image
@@ -67,6 +68,7 @@ __all__ = [  # noqa: F822 (resolved lazily by __getattr__)
     "evaluate",
     "import_weights",
     "read_image",
+    "read_label_table",
     "read_labels",
     "train",
 ]

@@ -50,20 +50,24 @@ def _sr_values(sr) -> dict[str, float]:
     return out
 
 
-def test_dicom_format_writes_sr_and_secondary_capture_per_input(capsys, ckpt, dicoms, tmp_path):
+def test_dicom_format_writes_sr_seg_and_on_request_secondary_captures_per_input(
+    capsys, ckpt, dicoms, tmp_path
+):
     out = tmp_path / "results"
-    rc, stdout, err = run_cli(
-        capsys,
-        ["predict", "--weights", ckpt, *dicoms, "--format", "dicom", "--allow-demo-model", "--out", out],
-    )
+    argv = ["predict", "--weights", ckpt, *dicoms, "--format", "dicom", "--allow-demo-model", "--out", out]
+    rc, stdout, err = run_cli(capsys, argv)
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
-        f"film{i}.{kind}.dcm" for i in range(2) for kind in (f"sc-{POSITIVE}", "sr")
+        f"film{i}.{kind}.dcm" for i in range(2) for kind in ("seg", "sr")
     ]
     assert stdout.split() == [
-        str(out / n)
-        for n in ("film0.sr.dcm", f"film0.sc-{POSITIVE}.dcm", "film1.sr.dcm", f"film1.sc-{POSITIVE}.dcm")
+        str(out / n) for n in ("film0.sr.dcm", "film0.seg.dcm", "film1.sr.dcm", "film1.seg.dcm")
     ]
+    seg = pydicom.dcmread(out / "film0.seg.dcm")
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "FRACTIONAL"
+    rc, stdout, err = run_cli(capsys, [*argv, "--secondary-capture"])
+    assert rc == 0, err
+    assert len(list(out.glob("film0.sc-*.dcm"))) == len(FINDINGS)  # one per finding: a fixed set
     rc, table, _ = run_cli(capsys, ["predict", "--weights", ckpt, dicoms[0], "--format", "json"])
     expected = json.loads(table)[0]["probabilities"]
     source = pydicom.dcmread(dicoms[0])
@@ -80,12 +84,10 @@ def test_dicom_format_writes_sr_and_secondary_capture_per_input(capsys, ckpt, di
         assert values[finding_concept(name).code] == pytest.approx(expected[name], abs=1e-6)
     params = [i.TextValue for i in _walk(sr) if i.ValueType == "TEXT"]
     assert f"checkpoint-sha256={file_sha256(ckpt)}" in params
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
     # a second run gives the very same UIDs: a PACS replaces instead of duplicating
     uids = {p.name: pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()}
-    rc, _, _ = run_cli(
-        capsys,
-        ["predict", "--weights", ckpt, *dicoms, "--format", "dicom", "--allow-demo-model", "--out", out],
-    )
+    rc, _, _ = run_cli(capsys, [*argv, "--secondary-capture"])
     assert rc == 0 and {p.name: pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()} == uids
 
 
@@ -181,7 +183,7 @@ def test_dicom_without_a_study_uid_fails_its_row_only(capsys, ckpt, dicoms, tmp_
     )
     assert rc == 1
     assert "nostudy.dcm: has no StudyInstanceUID" in err and "1 image(s) predicted, 1 failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["film0.sc-Cardiomegaly.dcm", "film0.sr.dcm"]
+    assert sorted(p.name for p in out.iterdir()) == ["film0.seg.dcm", "film0.sr.dcm"]
 
 
 @pytest.mark.realdata

@@ -12,7 +12,7 @@ from testkit import run_cli
 
 from cxrdx.data import label_map
 from cxrdx.data.stats import label_stats
-from cxrdx.data.tables import read_labels, write_labels
+from cxrdx.data.tables import read_label_table, read_labels, write_labels
 from cxrdx.data.vindr import read_boxes
 from cxrdx.errors import ConfigError, DataError, LabelError
 from cxrdx.labels import ALL_FINDINGS, FINDINGS
@@ -69,20 +69,21 @@ def test_chexpert_layout_paths_policies_and_views(tmp_path, pixels):
     csv.write_text(CHEXPERT)
     for i, line in enumerate(CHEXPERT.splitlines()[1:]):
         _save(pixels[i], root / line.split(",")[0], "JPEG")
-    df = read_labels(csv)  # default: uncertain ignored (NaN), every view
-    assert df.attrs["dataset"] == "chexpert"
-    assert df.attrs["findings"] == ["Cardiomegaly", "Effusion", "Lung_Opacity", "Support_Devices"]
+    table = read_label_table(csv)  # default: uncertain ignored (NaN), every view
+    df = table.frame
+    assert table.dataset == "chexpert"
+    assert table.findings == ("Cardiomegaly", "Effusion", "Lung_Opacity", "Support_Devices")
     assert (df["path"] != "").all()  # found beside the CSV, one folder up
     assert df["patient"].tolist() == ["patient00001", "patient00002", "patient00002", "patient00003"]
     assert df["study"].tolist()[1] == "patient00002/study2"
     assert df["view"].tolist() == ["AP", "PA", "LATERAL", "FRONTAL"]
     assert df["sex"].tolist() == ["F", "M", "M", ""] and df["age"].tolist()[:2] == [68, 87]
-    assert all(df[f].dtype == np.float32 for f in df.attrs["findings"])
+    assert all(df[f].dtype == np.float32 for f in table.findings)
     # row 0 is No Finding = 1: its blank Cardiomegaly is negative whatever --blank says
     assert df.loc[0, "Cardiomegaly"] == 0 and df.loc[0, "Effusion"] == 0 and np.isnan(df.loc[1, "Effusion"])
     assert read_labels(csv, blank="unlabelled").loc[0, "Cardiomegaly"] == 0
     # row 1 is not No Finding: its blank Support Devices is "not mentioned", read as --blank says
-    assert df.loc[1, "Support_Devices"] == 0 and df.attrs["blank"] == "negative"
+    assert df.loc[1, "Support_Devices"] == 0 and table.blank == "negative"
     assert np.isnan(read_labels(csv, blank="unlabelled").loc[1, "Support_Devices"])
     assert read_labels(csv, blank="keep").loc[1, "Support_Devices"] == -2
     assert df["no_finding"].tolist() == [1.0, 0.0, 0.0, 0.0]
@@ -100,9 +101,9 @@ def test_chexpert_layout_paths_policies_and_views(tmp_path, pixels):
     inside = read_labels(csv, images_dir=csv.parent)
     assert (inside["path"] != "").all()
     # round trip through the generic format keeps NaN and findings
-    masked = read_labels(csv, blank="unlabelled")
-    back = read_labels(write_labels(masked, tmp_path / "again.csv"))
-    assert back.attrs["findings"] == df.attrs["findings"] and np.isnan(back.loc[1, "Support_Devices"])
+    masked = read_label_table(csv, blank="unlabelled")
+    back = read_label_table(write_labels(masked, tmp_path / "again.csv"))
+    assert back.findings == table.findings and np.isnan(back.frame.loc[1, "Support_Devices"])
 
 
 def test_mimic_layout_joins_metadata_and_split(tmp_path, pixels):
@@ -124,14 +125,15 @@ def test_mimic_layout_joins_metadata_and_split(tmp_path, pixels):
         "d3,57375967,10000764,test\n"
     )
     _save(pixels[0], root / "files/p10/p10000032/s50414267/d1.jpg", "JPEG")
-    df = read_labels(root / "mimic-cxr-2.0.0-chexpert.csv")
-    assert df.attrs["dataset"] == "mimic" and df.attrs["format"] == "mimic-chexpert"
+    table = read_label_table(root / "mimic-cxr-2.0.0-chexpert.csv")
+    df = table.frame
+    assert table.dataset == "mimic" and table.format == "mimic-chexpert"
     assert df["image"].tolist()[0] == "files/p10/p10000032/s50414267/d1.jpg"
     assert df["path"].tolist()[0].endswith("d1.jpg") and df["path"].tolist()[1] == ""
     assert df["view"].tolist() == ["PA", "LATERAL", "AP"]
     assert df["official_split"].tolist() == ["train", "train", "test"]
     assert df["Cardiomegaly"].tolist()[:2] == [1.0, 1.0] and np.isnan(df.loc[0, "Effusion"])
-    assert any("have no labels" in n for n in df.attrs["notes"])
+    assert any("have no labels" in n for n in table.notes)
     # the CheXpert labeler's No Finding rule, and --blank for the other blanks (both label files)
     assert df.loc[2, "Cardiomegaly"] == 0 and df.loc[2, "Effusion"] == 0  # study 2: No Finding = 1
     assert df.loc[0, "Atelectasis"] == 0 and df["no_finding"].tolist() == [0.0, 0.0, 1.0]
@@ -139,9 +141,9 @@ def test_mimic_layout_joins_metadata_and_split(tmp_path, pixels):
 
     shutil.copy(root / "mimic-cxr-2.0.0-chexpert.csv", root / "mimic-cxr-2.0.0-negbio.csv")
     for name in ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-negbio.csv"):
-        masked = read_labels(root / name, blank="unlabelled")
-        assert np.isnan(masked.loc[0, "Atelectasis"]) and masked.loc[2, "Cardiomegaly"] == 0
-    assert masked.attrs["format"] == "mimic-negbio"
+        masked = read_label_table(root / name, blank="unlabelled")
+        assert np.isnan(masked.frame.loc[0, "Atelectasis"]) and masked.frame.loc[2, "Cardiomegaly"] == 0
+    assert masked.format == "mimic-negbio"
     assert len(read_labels(root / "mimic-cxr-2.0.0-chexpert.csv", views="frontal")) == 2
     (root / "mimic-cxr-2.0.0-metadata.csv.gz").unlink()
     with pytest.raises(DataError, match="mimic-cxr-2.0.0-metadata.csv"):
@@ -160,19 +162,18 @@ def test_padchest_layout(tmp_path, pixels):
         "d.png,1,20150101,s3,p3,1960.0,F,PA,[],RNN_model\n"
     )
     _save(pixels[0], root / "0" / "a.png")
-    df = read_labels(csv, images_dir=root)
-    assert df.attrs["dataset"] == "padchest"
+    table = read_label_table(csv, images_dir=root)
+    df = table.frame
+    assert table.dataset == "padchest"
     assert df["image"].tolist()[0] == "0/a.png" and df["path"].tolist()[0].endswith("a.png")
     assert df.loc[0, "Effusion"] == 1 and df.loc[0, "Cardiomegaly"] == 1 and df.loc[0, "Atelectasis"] == 0
-    assert df.loc[1, df.attrs["findings"]].sum() == 0  # normal: every mapped finding negative
+    assert df.loc[1, list(table.findings)].sum() == 0  # normal: every mapped finding negative
     assert np.isnan(df.loc[2, "Effusion"])  # the documented choice: blunting is an uncertain Effusion
     assert read_labels(csv, uncertain="keep").loc[2, "Effusion"] == -1
-    assert df["no_finding"].tolist() == [0.0, 1.0, 0.0, 0.0] and df.attrs["unmapped_terms"] == {
-        "scoliosis": 1
-    }
-    assert df.loc[3, df.attrs["findings"]].isna().all()  # empty list: unlabelled, not negative
+    assert df["no_finding"].tolist() == [0.0, 1.0, 0.0, 0.0] and table.unmapped_terms == {"scoliosis": 1}
+    assert df.loc[3, list(table.findings)].isna().all()  # empty list: unlabelled, not negative
     assert df["age"].tolist()[:3] == [64, 64, 55] and df["label_method"].tolist()[2] == "RNN_model"
-    assert any("scoliosis" in n for n in df.attrs["notes"])
+    assert any("scoliosis" in n for n in table.notes)
     assert read_labels(csv, views="frontal")["image"].tolist() == ["0/a.png", "1/c.png", "1/d.png"]
 
 
@@ -192,8 +193,9 @@ def test_vindr_layout_rules_and_boxes(tmp_path, pixels):
     csv = tmp_path / "train.csv"
     csv.write_text(VINDR)
     _save(pixels[0], tmp_path / "train" / "img1.png")  # found by stem
-    df = read_labels(csv, images_dir=tmp_path / "train")
-    assert df.attrs["dataset"] == "vindr" and df["image"].tolist() == ["img1", "img2"]
+    table = read_label_table(csv, images_dir=tmp_path / "train")
+    df = table.frame
+    assert table.dataset == "vindr" and df["image"].tolist() == ["img1", "img2"]
     assert df["path"].tolist()[0].endswith("img1.png")
     assert df.loc[0, "Effusion"] == 1 and df.loc[0, "Cardiomegaly"] == 1 and df.loc[1, "Effusion"] == 0
     majority = read_labels(csv, vindr_rule="majority")
@@ -220,9 +222,10 @@ def test_google_relabels_layout(tmp_path):
         "00000013_008.png,No Finding,8,13,60,M,AP,NO,NO,YES,NO,test\n"
         "00000013_026.png,Cardiomegaly,26,13,57,M,AP,NO,YES,NO,NO,val\n"
     )
-    df = read_labels(csv)
-    assert df.attrs["dataset"] == "google"
-    assert df.attrs["findings"] == ["Pneumothorax", "Lung_Opacity", "Nodule_Mass", "Fracture"]
+    table = read_label_table(csv)
+    df = table.frame
+    assert table.dataset == "google"
+    assert table.findings == ("Pneumothorax", "Lung_Opacity", "Nodule_Mass", "Fracture")
     assert "Cardiomegaly" not in df.columns  # NIH's own NLP labels are not mixed in
     assert df["Lung_Opacity"].tolist() == [1, 0] and df["official_split"].tolist() == ["test", "val"]
 
@@ -230,12 +233,9 @@ def test_google_relabels_layout(tmp_path):
 def test_generic_subset_and_forced_dataset(tmp_path):
     csv = tmp_path / "h.csv"
     csv.write_text("image,patient,Pleural Effusion,pneumothorax,Fracture\na.png,1,1,,-1\nb.png,2,0,1.0,\n")
-    df = read_labels(csv)
-    assert df.attrs["format"] == "generic" and df.attrs["findings"] == [
-        "Effusion",
-        "Pneumothorax",
-        "Fracture",
-    ]
+    table = read_label_table(csv)
+    df = table.frame
+    assert table.format == "generic" and table.findings == ("Effusion", "Pneumothorax", "Fracture")
     assert np.isnan(df.loc[0, "Pneumothorax"]) and np.isnan(df.loc[0, "Fracture"])
     with pytest.raises(DataError, match="not a CheXpert table: missing column.*Path"):
         read_labels(csv, dataset="chexpert")
@@ -248,7 +248,7 @@ def test_stats_counts_each_label_state(tmp_path, capsys):
     csv.write_text(
         "image,patient,view,Effusion,Pneumothorax\na.png,1,PA,1,\nb.png,1,LL,-1,0\nc.png,2,AP,0,1\n"
     )
-    stats = label_stats(read_labels(csv, uncertain="keep"))
+    stats = label_stats(read_label_table(csv, uncertain="keep"))
     assert stats["per_finding"]["Effusion"] == {
         "positives": 1,
         "negatives": 1,
@@ -274,8 +274,8 @@ def test_stats_real_chexpert_and_vindr(shared_data, capsys):
     assert any(line.split()[:1] == ["Effusion"] for line in out.splitlines())
     rc, out, _ = run_cli(capsys, ["stats", "--labels", shared_data / "vindr" / "vinbigdata-train.csv.gz"])
     assert rc == 0 and "images    15,000" in out
-    boxes_df = read_labels(shared_data / "vindr" / "vinbigdata-train.csv.gz")
-    assert len(boxes_df) == 15_000 and len(boxes_df.attrs["findings"]) == 14
+    boxes_table = read_label_table(shared_data / "vindr" / "vinbigdata-train.csv.gz")
+    assert len(boxes_table.frame) == 15_000 and len(boxes_table.findings) == 14
     google = read_labels(shared_data / "nih" / "google2019_nih-chest-xray-labels.csv.gz")
     assert len(google) == 4_376 and set(google["official_split"]) == {"val", "test"}
     assert (google["official_split"] == "val").sum() == 2_414
@@ -283,9 +283,10 @@ def test_stats_real_chexpert_and_vindr(shared_data, capsys):
 
 @pytest.mark.realdata
 def test_real_chexpert_frontal_filter(shared_data):
-    df = read_labels(shared_data / "chexpert" / "chexpert_train.csv.gz", views="frontal")
+    table = read_label_table(shared_data / "chexpert" / "chexpert_train.csv.gz", views="frontal")
+    df = table.frame
     assert len(df) == 191_010 and df["patient"].nunique() <= 64_540  # 191,027 marked Frontal, 17 say LL/RL
-    assert set(FINDINGS) - set(df.attrs["findings"]) == {
+    assert set(FINDINGS) - set(table.findings) == {
         "Emphysema",
         "Fibrosis",
         "Hernia",

@@ -26,7 +26,7 @@ import pytest
 from testkit import run_cli
 
 from cxrdx.data.stats import label_stats
-from cxrdx.data.tables import read_labels
+from cxrdx.data.tables import read_label_table, read_labels
 from cxrdx.data.views import filter_views
 
 pytestmark = pytest.mark.realdata
@@ -159,12 +159,13 @@ def _terms(cell) -> list[str]:
 def padchest(shared_data):
     raw = pd.read_csv(shared_data / PADCHEST, usecols=["ImageID", "Projection", "Labels"], dtype=str)
     terms = [_terms(c) for c in raw["Labels"]]
-    df = read_labels(shared_data / PADCHEST, uncertain="keep")
-    return raw, terms, df
+    table = read_label_table(shared_data / PADCHEST, uncertain="keep")
+    return raw, terms, table
 
 
 def test_padchest_child_terms_are_positive_for_their_mapped_ancestor(padchest):
-    raw, terms, df = padchest
+    raw, terms, table = padchest
+    df = table.frame
     parents, mapping = _tree(), _padchest_map()
     checked = 0
     for child in {t for ts in terms for t in ts}:
@@ -196,13 +197,14 @@ def test_padchest_child_terms_are_positive_for_their_mapped_ancestor(padchest):
 
 
 def test_padchest_no_substring_matches_normal_and_empty_rows(padchest):
-    raw, terms, df = padchest
+    raw, terms, table = padchest
+    df = table.frame
     nodule_terms = {"nodule", "multiple nodules"}
     pseudo = np.array(["pseudonodule" in ts and not nodule_terms & set(ts) for ts in terms])
     assert pseudo.sum() > 2_000 and (df["Nodule"].to_numpy()[pseudo] == 0).all()
     sub = np.array(["subcutaneous emphysema" in ts and "emphysema" not in ts for ts in terms])
     assert sub.sum() > 150 and (df["Emphysema"].to_numpy()[sub] == 0).all()
-    findings = df.attrs["findings"]
+    findings = list(table.findings)
     only_normal = np.array([ts == ["normal"] for ts in terms])
     assert only_normal.sum() > 40_000 and (df.loc[only_normal, findings].to_numpy() == 0).all()
     empty = np.array([not ts for ts in terms])
@@ -217,9 +219,10 @@ def test_padchest_no_substring_matches_normal_and_empty_rows(padchest):
 
 
 def test_padchest_independent_reader_agrees_cell_for_cell(padchest):
-    raw, terms, df = padchest
+    raw, terms, table = padchest
+    df = table.frame
     parents, mapping = _tree(), _padchest_map()
-    findings = df.attrs["findings"]
+    findings = list(table.findings)
     col = {f: i for i, f in enumerate(findings)}
     mine = np.full((len(terms), len(findings)), np.nan)
     cache: dict[tuple[str, ...], np.ndarray] = {}
@@ -242,7 +245,8 @@ def test_padchest_independent_reader_agrees_cell_for_cell(padchest):
 
 
 def test_padchest_views_and_unmapped_terms_file(shared_data, padchest, capsys, tmp_path):
-    raw, terms, df = padchest
+    raw, terms, table = padchest
+    df = table.frame
     frontal = filter_views(df, "frontal")
     counts = frontal["view"].value_counts()
     assert counts["AP_HORIZONTAL"] == int((raw["Projection"] == "AP_horizontal").sum()) == 14_346
@@ -268,7 +272,7 @@ def test_padchest_views_and_unmapped_terms_file(shared_data, padchest, capsys, t
 def test_google_relabels_have_no_no_finding_and_show_the_split(shared_data, capsys):
     path = shared_data / "nih" / "google2019_nih-chest-xray-labels.csv.gz"
     raw = pd.read_csv(path)
-    stats = label_stats(read_labels(path))
+    stats = label_stats(read_label_table(path))
     assert stats["no_finding"] is None
     assert stats["splits"] == {k: int(v) for k, v in raw["Set Id"].value_counts().items()}
     rc, out, _ = run_cli(capsys, ["stats", "--labels", path])

@@ -12,7 +12,7 @@ from testkit import run_cli
 
 from cxrdx.data.boxes import read_bboxes
 from cxrdx.data.stats import label_stats
-from cxrdx.data.tables import LABEL_COLUMNS, read_labels, write_labels
+from cxrdx.data.tables import LABEL_COLUMNS, read_label_table, read_labels, write_labels
 from cxrdx.errors import DataError, LabelError
 from cxrdx.labels import FINDINGS, parse_finding_labels
 
@@ -20,22 +20,25 @@ from cxrdx.labels import FINDINGS, parse_finding_labels
 
 
 @pytest.fixture(scope="module")
-def nih(shared_data):
-    return read_labels(shared_data / "nih" / "Data_Entry_2017_v2020.csv.gz", shared_data / "nih" / "images")
+def nih_table(shared_data):
+    return read_label_table(
+        shared_data / "nih" / "Data_Entry_2017_v2020.csv.gz", shared_data / "nih" / "images"
+    )
 
 
 @pytest.mark.realdata
-def test_read_real_nih_table(nih):
+def test_read_real_nih_table(nih_table):
+    nih = nih_table.frame
     assert list(nih.columns) == list(LABEL_COLUMNS)
-    assert nih.attrs["format"] == "nih"
-    stats = label_stats(nih)
+    assert nih_table.format == "nih" and nih_table.dataset == "nih"
+    stats = label_stats(nih_table)
     assert stats["images"] == 112_120
     assert stats["patients"] == 30_805
     assert stats["positives"]["Hernia"] == 227
     assert stats["positives"]["Infiltration"] == 19_894
     assert stats["resolved"] == 200  # the 200 sample PNGs are found, the rest stay ""
     assert all(nih[f].dtype == np.float32 for f in FINDINGS)  # 1 / 0 / NaN; NIH labels all 14
-    assert nih.attrs["findings"] == list(FINDINGS) and not nih[list(FINDINGS)].isna().any().any()
+    assert nih_table.findings == FINDINGS and not nih[list(FINDINGS)].isna().any().any()
     first = nih.iloc[0]
     assert first["image"] == "00000001_000.png" and first["patient"] == "1" and first["Cardiomegaly"] == 1
     assert set(nih["view"]) == {"PA", "AP"} and set(nih["sex"]) == {"M", "F"}
@@ -93,8 +96,9 @@ def test_generic_finding_labels_with_aliases(tmp_path):
         "b.png,7,No Finding,y\n"
         "c.png,p3,Effusion,z\n"
     )
-    df = read_labels(p)
-    assert df.attrs["format"] == "finding-labels"
+    table = read_label_table(p)
+    df = table.frame
+    assert table.format == "finding-labels"
     assert df["image"].tolist() == ["a.png", "b.png", "c.png"]
     assert df["patient"].tolist() == ["7", "7", "p3"]  # numeric ids lose leading zeros
     assert df.loc[0, "Infiltration"] == 1 and df.loc[0, "Pleural_Thickening"] == 1
@@ -180,8 +184,9 @@ def test_generic_binary_columns_gz_and_round_trip(tmp_path):
     p = tmp_path / "bin.csv.gz"
     with gzip.open(p, "wt") as fh:
         fh.write("\n".join(",".join(r) for r in [header, *rows]) + "\n")
-    df = read_labels(p)
-    assert df.attrs["format"] == "binary"
+    table = read_label_table(p)
+    df = table.frame
+    assert table.format == "binary"
     assert df["image"].tolist() == ["x/1.png", "x/2.png"]
     assert [df.loc[0, f] for f in FINDINGS] == [1 if i % 3 == 0 else 0 for i in range(14)]
     assert df.loc[1, list(FINDINGS)].sum() == 0

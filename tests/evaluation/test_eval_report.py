@@ -10,6 +10,7 @@ import pytest
 
 from cxrdx.evaluation.chexnet import CHEXNET_AUROC
 from cxrdx.evaluation.evaluate import compute_metrics
+from cxrdx.evaluation.metrics_record import MetricsRecord
 from cxrdx.evaluation.report import write_report
 from cxrdx.labels import FINDINGS
 from cxrdx.metrics.thresholds import choose_thresholds
@@ -27,7 +28,7 @@ def test_undefined_classes_are_named_and_left_out_of_the_mean():
     y, probs, patients = _random_set(rng)
     y[:, FINDINGS.index("Hernia")] = 0
     y[:, FINDINGS.index("Edema")] = 1
-    metrics = compute_metrics(y, probs, patients, FINDINGS, n_boot=20)
+    metrics = compute_metrics(y, probs, patients, FINDINGS, n_boot=20).to_json()  # as metrics.json holds it
     assert metrics["undefined_classes"] == ["Edema", "Hernia"]
     assert metrics["mean_auroc_classes"] == [n for n in FINDINGS if n not in ("Edema", "Hernia")]
     used = [metrics["classes"][k]["auroc"] for k in metrics["mean_auroc_classes"]]
@@ -50,7 +51,7 @@ def test_report_html_references_every_png(tmp_path):
     y, probs, patients = _random_set(rng)
     y[:, FINDINGS.index("Hernia")] = 0
     th = choose_thresholds(y, probs, FINDINGS)
-    metrics = compute_metrics(y, probs, patients, FINDINGS, th, n_boot=30)
+    metrics = compute_metrics(y, probs, patients, FINDINGS, th, n_boot=30).to_json()
     metrics |= {
         "model": {
             "weights": "m.safetensors",
@@ -76,7 +77,13 @@ def test_report_html_references_every_png(tmp_path):
         "notes": [],
     }
     report = write_report(
-        tmp_path, metrics, y, probs, FINDINGS, spread=rng.random(y.shape) * 0.1, spread_kind="tta"
+        tmp_path,
+        MetricsRecord.from_json(metrics),
+        y,
+        probs,
+        FINDINGS,
+        spread=rng.random(y.shape) * 0.1,
+        spread_kind="tta",
     )
     html = report.read_text()
     pngs = {p.name for p in tmp_path.glob("*.png")}

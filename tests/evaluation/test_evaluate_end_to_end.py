@@ -208,7 +208,11 @@ def test_evaluate_ensemble_spread_and_resized_cache(tmp_path):
             progress=False,
         )
     )
-    assert "2 checkpoints" in metrics["model"]["uncertainty"]
+    assert "2 checkpoints" in metrics.model.uncertainty
+    assert (
+        json.loads((tmp_path / "r" / "metrics.json").read_text())["model"]["uncertainty"]
+        == metrics.model.uncertainty
+    )
     preds = pd.read_csv(tmp_path / "r" / "predictions.csv")
     assert (preds["Mass_spread"] > 0).any()
     from cxrdx.model.checkpoint import read_checkpoint

@@ -29,7 +29,7 @@ def model(tmp_path_factory):
 
 def test_external_evaluation_skips_unlabelled_outputs_and_moves_thresholds(model, capsys):
     root, a, ckpt = model
-    internal = evaluate(
+    evaluate(
         EvaluateConfig(
             weights=str(ckpt),
             data=str(a),
@@ -43,10 +43,11 @@ def test_external_evaluation_skips_unlabelled_outputs_and_moves_thresholds(model
             out_weights=str(root / "with_thresholds.safetensors"),
         )
     )
+    internal = json.loads((root / "int" / "metrics.json").read_text())  # as a user reads it
     assert internal["skipped"] == {} and set(internal["classes"]) == set(FINDINGS)
     assert internal["threshold_shift"]["Cardiomegaly"]["sensitivity_source"] is not None
     b = _partial_cache(root / "b", ["Cardiomegaly", "Effusion"], seed=5, uncertain_every=4)
-    external = evaluate(
+    evaluate(
         EvaluateConfig(
             weights=str(root / "with_thresholds.safetensors"),
             data=str(b),
@@ -58,6 +59,7 @@ def test_external_evaluation_skips_unlabelled_outputs_and_moves_thresholds(model
             device="cpu",
         )
     )
+    external = json.loads((root / "ext" / "metrics.json").read_text())
     assert set(external["classes"]) == {"Cardiomegaly", "Effusion"}
     assert external["skipped"]["Mass"].startswith("not labelled in")
     card = external["classes"]["Effusion"]
@@ -90,8 +92,8 @@ def test_lateral_films_of_an_external_table_are_left_out_by_default_and_noted(mo
     index.loc[index.index % 4 == 0, "view"] = "LL"  # a quarter of the films are laterals
     index.to_csv(c / "index.csv", index=False)
     common = dict(weights=str(ckpt), data=str(c), split="val", val_split="none", n_boot=0, progress=False)
-    frontal = evaluate(EvaluateConfig(out=str(root / "frontal"), device="cpu", **common))
-    every = evaluate(EvaluateConfig(out=str(root / "every"), device="cpu", views=None, **common))
+    frontal = evaluate(EvaluateConfig(out=str(root / "frontal"), device="cpu", **common)).to_json()
+    every = evaluate(EvaluateConfig(out=str(root / "every"), device="cpu", views=None, **common)).to_json()
     n_val = int((index["split"] == "val").sum())
     n_lateral = int(((index["split"] == "val") & (index["view"] == "LL")).sum())
     assert every["classes"]["Cardiomegaly"]["n"] == n_val

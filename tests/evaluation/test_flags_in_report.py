@@ -85,6 +85,7 @@ def test_explain_flags_a_pointing_game_below_its_chance_rate():
 
 
 def test_report_tables_mark_false_positive_thresholds_bound_temperatures_and_unfitted_findings():
+    from cxrdx.evaluation.metrics_record import CalibrationSummary, FindingMetrics, Thresholds
     from cxrdx.evaluation.report import _calibration, _thresholds
 
     at = {"tp": 5, "fp": 133, "fn": 2, "tn": 900, "sensitivity": 0.7, "specificity": 0.87}
@@ -94,7 +95,7 @@ def test_report_tables_mark_false_positive_thresholds_bound_temperatures_and_unf
         "Mass": {"threshold": 0.1, "at_threshold": at},
         "Nodule": {"threshold": 0.2, "at_threshold": {**at, "tp": 60}},
     }
-    html = _thresholds(th, cls)
+    html = _thresholds(Thresholds.from_json(th), {n: FindingMetrics.from_json(c) for n, c in cls.items()})
     mass, nodule = (
         html.split("<tr><td>Mass")[1].split("</tr>")[0],
         html.split("<tr><td>Nodule")[1].split("</tr>")[0],
@@ -117,7 +118,7 @@ def test_report_tables_mark_false_positive_thresholds_bound_temperatures_and_unf
         "mean_ece_after": 0.003,
     }
     flags = {"Pleural_Thickening": ["temperature at its bound (T = 20.000, range 0.05-20.0): ..."]}
-    html = _calibration(cal, {}, flags)
+    html = _calibration(CalibrationSummary.from_json(cal), flags)
     pt = html.split("<tr><td>Pleural_Thickening")[1].split("</tr>")[0]
     assert "\u26a0 flagged" in pt and "T = 20.000" in pt
     assert "Hernia (not calibrated: a score)" in html

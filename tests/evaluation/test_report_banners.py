@@ -5,21 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from cxrdx.evaluation.evaluate import compute_metrics
+from cxrdx.evaluation.metrics_record import MetricsRecord
 from cxrdx.evaluation.report import render_html
 from cxrdx.labels import FINDINGS
 from cxrdx.metrics.thresholds import choose_thresholds
 from cxrdx.model.card import PHANTOM_BANNER
 
 
-def _metrics(kind: str, model_kind: str = "phantom", evaluated_before: bool = False) -> dict:
+def _metrics(kind: str, model_kind: str = "phantom", evaluated_before: bool = False) -> MetricsRecord:
     rng = np.random.default_rng(3)
     y = (rng.random((200, len(FINDINGS))) < 0.3).astype(np.int64)
     probs = np.clip(0.3 * y + rng.random(y.shape) * 0.7, 0, 1)
     patients = rng.integers(0, 60, len(y)).astype(str)
     th = choose_thresholds(y, probs, FINDINGS)
     th["Emphysema"] = 0.99999988  # practically never reached
-    metrics = compute_metrics(y, probs, patients, FINDINGS, th, n_boot=10)
-    return metrics | {
+    metrics = compute_metrics(y, probs, patients, FINDINGS, th, n_boot=10).to_json()
+    return MetricsRecord.from_json(metrics | {
         "model": {"weights": "m.safetensors", "architecture": "densenet-tiny", "ensemble": ["m"], "tta": False,
                   "card": {"dataset": "cxrdx synthetic phantoms", "kind": model_kind},
                   "evaluated_before": evaluated_before},
@@ -29,7 +30,7 @@ def _metrics(kind: str, model_kind: str = "phantom", evaluated_before: bool = Fa
                        "undefined": []},
         "bootstrap": {"n_boot": 10, "seed": 0},
         "notes": [],
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def test_phantom_results_show_banners_and_no_chexnet_column():

@@ -12,6 +12,7 @@ import pytest
 from testkit import save_screenshot
 
 from cxrdx.evaluation.evaluate import compute_metrics
+from cxrdx.evaluation.metrics_record import MetricsRecord
 from cxrdx.evaluation.report import write_report
 from cxrdx.labels import FINDINGS
 from cxrdx.metrics.thresholds import choose_thresholds
@@ -32,7 +33,7 @@ def _demo_like_report(out: Path) -> Path:
     patients = rng.integers(0, 120, n).astype(str)
     th = choose_thresholds(y, probs, FINDINGS)
     th["Emphysema"] = 0.99999988
-    metrics = compute_metrics(y, probs, patients, FINDINGS, th, n_boot=50)
+    metrics = compute_metrics(y, probs, patients, FINDINGS, th, n_boot=50).to_json()
     metrics |= {
         "model": {"weights": "demo/run/model.safetensors", "architecture": "densenet121", "ensemble": ["m"],
                   "tta": False, "card": {"dataset": "cxrdx synthetic phantoms", "kind": "phantom"},
@@ -44,7 +45,7 @@ def _demo_like_report(out: Path) -> Path:
         "bootstrap": {"n_boot": 50, "seed": 0},
         "notes": [],
     }  # fmt: skip
-    return write_report(out, metrics, y, probs, FINDINGS)
+    return write_report(out, MetricsRecord.from_json(metrics), y, probs, FINDINGS)
 
 
 def test_report_renders_with_its_banners_and_is_screenshotted(tmp_path):

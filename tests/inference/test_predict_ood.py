@@ -96,7 +96,7 @@ def test_onnx_export_has_the_features_output_and_agrees_with_torch(gated):
     onnx_p = Predictor.load(gated, backend="onnx")
     torch_p = Predictor.load(gated, backend="torch")
     names = [o.name for o in onnx_p.session.get_outputs()]
-    assert names == [OUTPUT_NAME, FEATURES_NAME]
+    assert names == [OUTPUT_NAME, FEATURES_NAME, "cams"]  # cams: class activation maps (issue 31)
     x = np.stack([onnx_p.prepare(im)[0] for im in _phantoms(3, 3)])
     feats = onnx_p.features(x)
     assert feats.shape == (

@@ -10,14 +10,9 @@ from testkit import run_cli, tiny_checkpoint, write_cache
 from cxrdx.errors import CheckpointError, ConfigError
 from cxrdx.inference import export
 from cxrdx.inference.backends import make_session, onnxruntime_available
+from cxrdx.inference.int8 import int8_record, int8_variant
 from cxrdx.inference.predictor import Predictor
-from cxrdx.inference.quantize import (
-    QuantizationRefused,
-    QuantizeConfig,
-    int8_record,
-    int8_variant,
-    quantize,
-)
+from cxrdx.jobs.quantize_build import QuantizationRefused, QuantizeConfig, quantize
 from cxrdx.labels import FINDINGS
 
 pytestmark = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
@@ -69,7 +64,7 @@ def test_norms_as_affine_is_the_same_function(model_and_cache):
     import onnx
 
     from cxrdx.inference.backends import GRAY_NAME
-    from cxrdx.inference.quantize import norms_as_affine
+    from cxrdx.jobs.quantize_build import norms_as_affine
     from cxrdx.model.checkpoint import load_checkpoint
 
     ckpt, _cache = model_and_cache
@@ -111,7 +106,7 @@ def test_int8_needs_onnx_runtime_on_the_cpu(model_and_cache):
 
 
 def test_int8_variant_follows_the_cpu(monkeypatch):
-    from cxrdx.inference import quantize as q
+    from cxrdx.inference import int8 as q
 
     for flags, want in (
         ({"sse2", "avx2"}, "int8r7"),  # AVX2 without VNNI: 7-bit weights against u8 x s8 saturation
@@ -164,7 +159,7 @@ def test_cli_quantize_then_predict_int8(model_and_cache, tmp_path, capsys):
 def test_int8_measures_the_ood_score_and_applies_a_threshold_refitted_for_its_features(tmp_path, monkeypatch):
     """int8 features against the fp32 reference: the shift is measured on validation, the threshold refitted
     (fp32's x the median int8 / fp32 ratio), and Predictor(int8) applies it."""
-    from cxrdx.inference.quantize import ood_agreement
+    from cxrdx.jobs.quantize_build import ood_agreement
     from cxrdx.model.ood import fit_ood_into_checkpoint
 
     rng = np.random.default_rng(0)
@@ -175,7 +170,7 @@ def test_int8_measures_the_ood_score_and_applies_a_threshold_refitted_for_its_fe
     ckpt = tiny_checkpoint(tmp_path / "m.safetensors", size=32)
     squares = [im.astype(np.float32) / 255 for im in images]
     fit_ood_into_checkpoint(ckpt, squares[:30], squares[30:50], fitted_on={"by": "test"})
-    import cxrdx.inference.quantize as q
+    import cxrdx.jobs.quantize_build as q
 
     def disagreeing(ood, f32, f8):  # the real measurement, with half of the verdicts made to differ
         return {**ood_agreement(ood, f32, f8), "verdicts_changed": 0.5}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -21,6 +22,17 @@ from conftest import free_port
 REPO = Path(__file__).resolve().parents[2]
 ORTHANC_BIN = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 DCMTK_ECHOSCU = "/usr/bin/echoscu" if Path("/usr/bin/echoscu").exists() else None  # .venv's is pynetdicom's
+DICOMWEB_PLUGIN = next(
+    (
+        p
+        for p in (
+            Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+            *sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*")),
+        )
+        if p.exists()
+    ),
+    None,
+)  # Debian's orthanc-dicomweb
 TINY_POSITIVE = "Cardiomegaly"  # threshold 0 in the tiny checkpoint: always positive, so one SC per image
 
 
@@ -104,14 +116,32 @@ LUA_ROUTE = (REPO / "docs" / "orthanc-route.lua").read_text()
 class Orthanc:
     """A real Orthanc started from the test: temporary config and storage, loopback ports."""
 
-    def __init__(self, workdir: Path, node_port: int | None = None, route: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        node_port: int | None = None,
+        route: bool = False,
+        *,
+        http_port: int | None = None,
+        dicomweb: bool = False,
+        users: dict[str, str] | None = None,
+        dicom_tls: dict[str, Path] | None = None,
+    ) -> None:
+        """``dicomweb``: load the DICOMweb plugin (under /dicom-web/); ``users``: HTTP basic auth for
+        them; ``dicom_tls``: {"cert", "key", "ca"} PEM paths, DICOM TLS with peers' certificates required."""
         if ORTHANC_BIN is None:
             pytest.skip(
                 "Orthanc is not installed (Debian package `orthanc`; `make test` installs it with apt)"
             )
+        if dicomweb and DICOMWEB_PLUGIN is None:
+            pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian `orthanc-dicomweb`)")
         self.workdir = workdir
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self.dicom_port = free_port()
+        self.auth = None
+        if users:
+            user, password = next(iter(users.items()))
+            self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.aet = "ORTHANC"
         config = {
             "Name": "cxrdx-test",
@@ -134,6 +164,18 @@ class Orthanc:
             "DicomModalities": {"cxrdx": ["CXRDX", "127.0.0.1", node_port or 1]},
             "Plugins": [],
         }
+        if dicomweb:
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        if users:
+            config["AuthenticationEnabled"] = True
+            config["RegisteredUsers"] = dict(users)
+        if dicom_tls:
+            config["DicomTlsEnabled"] = True
+            config["DicomTlsCertificate"] = str(dicom_tls["cert"])
+            config["DicomTlsPrivateKey"] = str(dicom_tls["key"])
+            config["DicomTlsTrustedCertificates"] = str(dicom_tls["ca"])
+            config["DicomTlsRemoteCertificateRequired"] = True
         if route:
             (workdir / "route.lua").write_text(LUA_ROUTE)
             config["LuaScripts"] = [str(workdir / "route.lua")]
@@ -159,17 +201,23 @@ class Orthanc:
     def destination(self) -> str:
         return f"{self.aet}@127.0.0.1:{self.dicom_port}"
 
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def _request(self, path: str, **kw) -> urllib.request.Request:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", **kw)
+        if self.auth:
+            req.add_header("Authorization", self.auth)
+        return req
+
     def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+        with urllib.request.urlopen(self._request(path), timeout=10) as r:
             body = r.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
     def post(self, path: str, obj):
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}",
-            data=json.dumps(obj).encode(),
-            headers={"Content-Type": "application/json"},
-        )
+        req = self._request(path, data=json.dumps(obj).encode(), headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
@@ -201,8 +249,9 @@ class Listener:
     """``cxrdx listen`` in a subprocess; ready when it answers C-ECHO."""
 
     def __init__(
-        self, weights: Path, send_to: str, spool: Path, port: int | None = None, *extra: str
+        self, weights: Path, send_to: str, spool: Path, port: int | None = None, *extra: str, tls_args=None
     ) -> None:
+        """``tls_args``: (ssl context, host) when the listener takes DICOM TLS only (for the C-ECHO it waits on)."""
         self.port = port or free_port()
         self.log_path = spool.parent / f"{spool.name}-listen-{self.port}-{time.monotonic_ns()}.log"
         self.args = [
@@ -228,7 +277,7 @@ class Listener:
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 90
-        while not echo(self.port):
+        while not echo(self.port, tls_args=tls_args):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 pytest.fail(f"cxrdx listen did not start:\n{self.text()[-3000:]}")
@@ -277,14 +326,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def echo(port: int, ae_title: str = "CXRDX", calling: str = "ECHOSCU") -> bool:
+def echo(port: int, ae_title: str = "CXRDX", calling: str = "ECHOSCU", tls_args=None) -> bool:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5  # connection: the TLS handshake too
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return False
     status = assoc.send_c_echo()

@@ -85,7 +85,7 @@ def test_demo_model_results_in_orthanc_are_stamped_and_ood_films_not_evaluated(t
 
         def arrived():
             got = results_by_study(orthanc)
-            done = got.get(study["in"], {}).get("OT") and got.get(study["out"], {}).get("SR")
+            done = all(got.get(study[k], {}).get("SR") and got.get(study[k], {}).get("SEG") for k in study)
             return got if done else None
 
         wait_for(arrived, 120, "the results of both films in Orthanc")
@@ -101,11 +101,13 @@ def test_demo_model_results_in_orthanc_are_stamped_and_ood_films_not_evaluated(t
         log = node.stop()
         orthanc.stop()
 
-    assert got[study["out"]] == {"SR": 1}, "no heatmap for an out-of-distribution film"
-    assert got[study["in"]] == {"SR": 1, "OT": 1}
+    assert got[study["out"]] == {"SR": 1, "SEG": 1}  # its SEG: empty maps saying not evaluated
+    assert got[study["in"]] == {"SR": 1, "SEG": 1}
     assert "DEMO MODEL" in log and "OUT OF DISTRIBUTION" in log
     sr_in = next(o for o in inside_objects if o.Modality == "SR")
-    sc_in = next(o for o in inside_objects if o.Modality == "OT")
+    seg_in = next(o for o in inside_objects if o.Modality == "SEG")
+    seg_out = next(o for o in outside_objects if o.Modality == "SEG")
+    assert seg_out.ContentDescription.startswith("NOT EVALUATED") and seg_out.pixel_array.max() == 0
     sr_out = next(o for o in outside_objects if o.Modality == "SR")
 
     for sr in (sr_in, sr_out):
@@ -113,7 +115,7 @@ def test_demo_model_results_in_orthanc_are_stamped_and_ood_films_not_evaluated(t
         assert "DEMO" in sr.SeriesDescription
         assert any(t.startswith("DEMO MODEL (trained on synthetic phantoms, never evaluated)") for t in texts)
         assert any("Model card: trained on: cxrdx synthetic phantoms (phantom data)" in t for t in texts)
-    assert "DEMO MODEL" in sc_in.ImageComments and "DEMO" in sc_in.SeriesDescription
+    assert "DEMO MODEL" in seg_in.ImageComments and "DEMO" in seg_in.SeriesDescription
     meanings, _ = content_of(sr_in)
     assert {"Present", "Absent", "Decision threshold (present at or above)"} <= meanings
 

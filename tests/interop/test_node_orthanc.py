@@ -32,6 +32,7 @@ from node_kit import (
     wait_for,
     write_phantoms,
 )
+from results_kit import dciodvfy
 
 pytestmark = pytest.mark.skipif(
     ORTHANC_BIN is None,
@@ -72,13 +73,13 @@ def listener(work, ckpt, orthanc, node_port):
 
 
 def results_by_study(orthanc: Orthanc) -> dict[str, Counter]:
-    """StudyInstanceUID -> Counter of result instances by modality (SR, OT) in it, from two REST calls."""
+    """StudyInstanceUID -> Counter of result instances by modality (SR, SEG, OT) in it, from two REST calls."""
     all_series = orthanc.get("/series?expand")  # before the studies: a study arriving meanwhile is then known
     studies = {s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in orthanc.get("/studies?expand")}
     out: dict[str, Counter] = {}
     for series in all_series:
         modality = series["MainDicomTags"].get("Modality", "")
-        if modality in ("SR", "OT") and series["ParentStudy"] in studies:
+        if modality in ("SR", "SEG", "OT") and series["ParentStudy"] in studies:
             out.setdefault(studies[series["ParentStudy"]], Counter())[modality] += len(series["Instances"])
     return out
 
@@ -94,6 +95,13 @@ def push_to_orthanc(orthanc: Orthanc, files: list[Path]) -> None:
             subprocess.run([*cmd[:1], *opt, *cmd[1:], str(f)], check=True, capture_output=True, timeout=60)
     else:
         assert store(orthanc.dicom_port, files, orthanc.aet) == [0] * len(files)
+
+
+def _items(ds) -> list:
+    out = []
+    for item in ds.get("ContentSequence", []):
+        out += [item, *_items(item)]
+    return out
 
 
 def content_of(sr) -> tuple[set[str], list[str]]:
@@ -134,21 +142,23 @@ def test_round_trip_through_orthanc(orthanc, listener, work):
 
     def arrived():
         got = results_by_study(orthanc)
-        return got if all(got.get(s, {}).get("SR") and got.get(s, {}).get("OT") for s in headers) else None
+        return got if all(got.get(s, {}).get("SR") and got.get(s, {}).get("SEG") for s in headers) else None
 
-    got = wait_for(arrived, 90, "the SR and SC of each routed image in Orthanc")
+    got = wait_for(arrived, 90, "the SR and SEG of each routed image in Orthanc")
     lateral_study = str(pydicom.dcmread(lateral, stop_before_pixels=True).StudyInstanceUID)
     wait_for(lambda: "lateral view (LL)" in listener.text(), 30, "the node to log the lateral")
     assert lateral_study not in results_by_study(orthanc), "a lateral view is not processed"
     for study, source in headers.items():
-        assert got[study] == Counter({"SR": 1, "OT": 1}), f"one SR and one SC ({TINY_POSITIVE}) per image"
+        assert got[study] == Counter({"SR": 1, "SEG": 1}), (
+            "one SR and one heatmap SEG per image (no SC asked)"
+        )
         instances = orthanc.post(
             "/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study}, "Expand": False}
         )
         objects = [pydicom.dcmread(io.BytesIO(orthanc.file(i))) for i in instances]
         sr = next(o for o in objects if o.Modality == "SR")
-        sc = next(o for o in objects if o.Modality == "OT")
-        for obj in (sr, sc):
+        seg = next(o for o in objects if o.Modality == "SEG")
+        for obj in (sr, seg):
             assert obj.StudyInstanceUID == source.StudyInstanceUID
             assert obj.PatientID == source.PatientID
             assert obj.SeriesInstanceUID != source.SeriesInstanceUID
@@ -158,8 +168,20 @@ def test_round_trip_through_orthanc(orthanc, listener, work):
         assert any("RESEARCH USE ONLY" in t for t in texts)
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-        assert sc.BurnedInAnnotation == "YES" and sc.Manufacturer == "cxrdx"
-        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert seg.SegmentationType == "FRACTIONAL" and seg.Manufacturer == "cxrdx"
+        assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == (
+            source.SOPInstanceUID
+        )
+        assert TINY_POSITIVE in {
+            str(s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning) for s in seg.SegmentSequence
+        }
+        refs = [r.ReferencedSOPInstanceUID for i in _items(sr) for r in i.get("ReferencedSOPSequence", [])]
+        assert seg.SOPInstanceUID in refs  # the SR points at the SEG's segments
+        path = work / f"seg-{study}.dcm"
+        path.write_bytes(
+            orthanc.file(next(i for i, o in zip(instances, objects, strict=True) if o.Modality == "SEG"))
+        )
+        assert dciodvfy(path) == []
     if not SIIM.is_file():
         pytest.skip(f"phantoms done; the real SIIM DICOM {SIIM} is absent")
 
@@ -210,10 +232,10 @@ def test_200_instances_over_4_associations(listener, orthanc):
 
     def done():
         got = results_by_study(orthanc)
-        return got if all(got.get(s, {}).get("SR") and got.get(s, {}).get("OT") for s in studies) else None
+        return got if all(got.get(s, {}).get("SR") and got.get(s, {}).get("SEG") for s in studies) else None
 
     got = wait_for(done, 240, "results of all 200 instances in Orthanc", interval=1.0)
-    assert all(got[s] == Counter({"SR": 1, "OT": 1}) for s in studies), "none lost, none duplicated"
+    assert all(got[s] == Counter({"SR": 1, "SEG": 1}) for s in studies), "none lost, none duplicated"
 
 
 def test_sigkill_mid_stream_then_restart_delivers_everything_acknowledged(work, ckpt, orthanc):

@@ -45,7 +45,7 @@ def _by_finding(sr) -> dict[str, dict]:
 @pytest.mark.filterwarnings("ignore:Invalid value for VR AS")  # the source's age is invalid on purpose
 def test_sr_is_in_the_source_study_with_its_patient(tmp_path):
     source = phantom_dicom(3, PatientAge="45", PatientWeight=70)
-    (sr,) = results_for(source, prediction(), overlays={}, algorithm=ALGORITHM)
+    sr, _seg = results_for(source, prediction(), overlays={}, algorithm=ALGORITHM)
     back = _write_read(sr, tmp_path / "sr.dcm")
     assert back.SOPClassUID == ComprehensiveSRStorage and back.Modality == "SR"
     assert back.StudyInstanceUID == source.StudyInstanceUID
@@ -171,10 +171,53 @@ def test_sr_passes_dciodvfy_and_dcmtk(tmp_path):
 @pytest.mark.realdata
 def test_sr_of_the_real_siim_dicom(shared_data, tmp_path):
     source = pydicom.dcmread(shared_data / "dicom" / "siim_pneumothorax_sample.dcm")
-    (sr,) = results_for(source, prediction(), overlays={}, algorithm=ALGORITHM)
+    sr, _seg = results_for(source, prediction(), overlays={}, algorithm=ALGORITHM)
     path = tmp_path / "sr.dcm"
     back = _write_read(sr, path)
     assert back.StudyInstanceUID == source.StudyInstanceUID and back.PatientID == source.PatientID
     assert back.PatientAge == "062Y"  # the file's "62" made valid
     assert dciodvfy(path) == []
     assert dsr2xml(path).returncode == 0
+
+
+def _without_clock(ds) -> dict:
+    """The SR as DICOM JSON, less what the clock writes (creation/content date and time)."""
+    clock = {"00080012", "00080013", "00080023", "00080033", "0018A002"}  # ... and Contribution DateTime
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in clock}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(ds.to_json_dict())
+
+
+@pytest.mark.parametrize("case", ["calls", "no-thresholds", "ood", "withheld"])
+def test_the_fast_sr_equals_the_one_highdicom_checks_element_for_element(case, tmp_path):
+    from cxrdx.interop.segmentation import segment_findings
+
+    source = phantom_dicom(21)
+    made = {
+        "calls": lambda: prediction(),
+        "no-thresholds": lambda: prediction(calls=None, calibration="none"),
+        "ood": lambda: prediction(ood_score=1.0, in_distribution=True),
+        "withheld": lambda: prediction(ood_score=9.0, in_distribution=False),
+    }
+    pred = made[case]()
+    if case == "ood":
+        pred.uncertainty = {"Effusion": 0.05}  # the TTA spread, too
+    algorithm = {**ALGORITHM, "thresholds": {"Cardiomegaly": 0.5, "Effusion": 0.4}, "ood_threshold": 3.0}
+    segments = segment_findings(pred)
+    checked = structured_report(source, pred, algorithm=algorithm, segments=segments, checked=True)
+    fast = structured_report(source, pred, algorithm=algorithm, segments=segments)
+    assert _without_clock(fast) == _without_clock(checked)
+    assert _without_clock(fast) != _without_clock(
+        structured_report(source, pred, algorithm=ALGORITHM)
+    )  # control
+    path = tmp_path / "fast.dcm"
+    fast.save_as(path, enforce_file_format=True)
+    assert dciodvfy(path) == []
+    parsed = dsr2xml(path)
+    assert parsed.returncode == 0 and "error" not in parsed.stderr.lower(), parsed.stderr

@@ -62,8 +62,10 @@ def test_sr_and_sc_carry_no_value_beyond_its_vr(tmp_path):
     assert _too_long(source)  # the source really overflows (positive control)
     before = str(source.PatientName)
     overlay = np.random.default_rng(0).random((64, 64)).astype(np.float32)
-    objects = results_for(source, prediction(), overlays={"Effusion": overlay}, algorithm=ALGORITHM)
-    assert [o.Modality for o in objects] == ["SR", "OT"]
+    objects = results_for(
+        source, prediction(), overlays={"Effusion": overlay}, algorithm=ALGORITHM, secondary_capture=True
+    )
+    assert [o.Modality for o in objects] == ["SR", "SEG"] + ["OT"] * len(prediction().probabilities)
     for k, obj in enumerate(objects):
         assert _too_long(obj) == [], obj.Modality
         assert str(obj.PatientName) == "Doe^" + "J" * 60 and obj.PatientID == "P" * 64

@@ -38,6 +38,7 @@ from cxrdx.model.checkpoint import (
     save_checkpoint,
 )
 from cxrdx.model.import_weights import KINDS, import_weights
+from cxrdx.model.importers import registry
 from cxrdx.model.importers.chexnet import CHEXNET_LABELS
 from cxrdx.model.importers.torchvision import IMAGENET_MEAN, IMAGENET_STD, map_torchvision_key
 from cxrdx.model.importers.xrv import XRV_PATHOLOGIES, XRV_VARIANTS
@@ -347,7 +348,9 @@ def test_code_in_a_pickle_never_runs_without_trust(tmp_path, writer):
         src.write_bytes(pickle.dumps(payload))
     else:
         torch.save(payload, src)
-    for kind in ("chexnet", "torchvision", "xrv"):
+    pickled = [name for name, i in registry.importers().items() if ".pth" in i.suffixes]  # every torch source
+    assert {"chexnet", "torchvision", "xrv"} <= set(pickled)
+    for kind in pickled:
         with pytest.raises(CheckpointError, match="--trust-pickle"):
             import_weights(kind, src, tmp_path / "out.safetensors")
     assert main(["import", "--from", "chexnet", str(src), "--out", str(tmp_path / "o.safetensors")]) == 2

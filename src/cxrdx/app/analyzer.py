@@ -75,7 +75,10 @@ class Analyzer:
     """The app's work, independent of Gradio (so it is testable without a server)."""
 
     def __init__(self, predictor: Predictor) -> None:
+        from cxrdx.inference.heatmaps import capture_maps
+
         self.predictor = predictor
+        capture_maps(predictor)  # a prediction keeps its maps: the overlays then need no network pass
 
     def read(self, path: str) -> tuple[np.ndarray, list[str]]:
         """Read an upload; refuse DICOMs that are not radiographs (the reader only warns)."""

@@ -36,15 +36,15 @@ def render(result: JOB.Result, config: JOB.Config, args: argparse.Namespace) -> 
         f"{'finding':<20} {'prev':>6} {'mean p raw':>10} {'mean p cal':>10} {'ECE raw':>8} {'ECE cal':>8} {'shift':>7} {'T':>6}"
         "  method"
     )
-    for name, row in summary["per_finding"].items():
+    for name, row in summary.per_finding.items():
         print(
-            f"{name:<20} {f(row['prevalence']):>6} {f(row['mean_predicted_before']):>10} "
-            f"{f(row['mean_predicted_after']):>10} {f(row['ece_before']):>8} {f(row['ece_after']):>8} "
+            f"{name:<20} {f(row.prevalence):>6} {f(row.mean_predicted_before):>10} "
+            f"{f(row.mean_predicted_after):>10} {f(row.ece_before):>8} {f(row.ece_after):>8} "
             f"{cal['log_prior_shift'][name]:7.3f} {cal['temperature'][name]:6.3f}  {per.get(name, cal['method'])}"
         )
     print(
-        f"mean ECE {f(summary['mean_ece_before'])} -> {f(summary['mean_ece_after'])}; mean |mean p - prevalence| "
-        f"{f(summary['mean_abs_gap_before'])} -> {f(summary['mean_abs_gap_after'])} (on the fitting data itself; "
+        f"mean ECE {f(summary.mean_ece_before)} -> {f(summary.mean_ece_after)}; mean |mean p - prevalence| "
+        f"{f(summary.mean_abs_gap_before)} -> {f(summary.mean_abs_gap_after)} (on the fitting data itself; "
         "`cxrdx evaluate` measures it on test)"
     )
     if result.thresholds_mapped:

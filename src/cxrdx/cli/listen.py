@@ -10,9 +10,10 @@ from cxrdx.jobs import listen as JOB
 
 DESCRIPTION = (
     "Run a DICOM Storage SCP: C-ECHO, and C-STORE of CR / DX / DX-for-presentation images, which are "
-    "read by the model; the results (SR + secondary captures, same study) go to --send-to by C-STORE. "
-    "Other objects (other modalities, SR, laterals unless --allow-lateral) are acknowledged and logged, "
-    "not processed. No worklist, no authentication beyond AE titles: use it on a trusted network."
+    "read by the model; the results (SR + secondary captures, same study) go to --send-to by C-STORE, "
+    "or by STOW-RS to a DICOMweb URL. Other objects (other modalities, SR, laterals unless "
+    "--allow-lateral) are acknowledged and logged, not processed. No worklist; DICOM TLS with --tls-*, "
+    "else no authentication beyond AE titles: use it on a trusted network."
 )
 
 

@@ -41,6 +41,8 @@ def render(summary: JOB.Result, config: JOB.Config, args: argparse.Namespace) ->
         )
     for b in summary.warnings:  # the model card's banners; a table carries them itself
         print(f"cxrdx predict: WARNING: {b}", file=sys.stderr)
+    if summary.backend_record:
+        print(f"cxrdx predict: backend {summary.backend}: {summary.backend_record}", file=sys.stderr)
     for note in summary.notes:
         print(f"cxrdx predict: note: {note}", file=sys.stderr)
     return 1 if failed else 0

@@ -37,6 +37,7 @@ from cxrdx.data.columns import (
     text_column,
 )
 from cxrdx.data.generic import NOT_MENTIONED, code_columns
+from cxrdx.data.readers import ReadOptions, register
 from cxrdx.errors import DataError
 
 _PATIENT_STUDY = re.compile(r"(?:^|/)(patient\d+)/(study\d+)/")
@@ -82,7 +83,7 @@ def no_finding_rule(
     return flag
 
 
-def read(path: Path, raw: pd.DataFrame) -> Parsed:
+def read(path: Path, raw: pd.DataFrame, options: ReadOptions | None = None) -> Parsed:
     columns = [str(c) for c in raw.columns]
     cols = require_columns(path, columns, ("Path",), "CheXpert")
     images = text_column(raw, cols["Path"], lambda v: v.strip().replace("\\", "/"))
@@ -118,3 +119,17 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
         labels=labels,
         extra={"no_finding": flag} if flag is not None else {},
     )
+
+
+def detect(path: Path, columns: list[str]) -> bool:
+    """CheXpert's header; or a ``Path`` and a ``Pleural Effusion`` column (a table with NIH's ``Finding Labels`` is NIH's)."""
+    if all(_pick(columns, (c,)) for c in SIGNATURE):
+        return True
+    return all(_pick(columns, (c,)) for c in ("Path", "Pleural Effusion")) and not _pick(
+        columns, ("Finding Labels",)
+    )
+
+
+register(
+    "chexpert", detect=detect, read=read, order=50, layout="CheXpert (Path, Frontal/Lateral, observations)"
+)

@@ -191,3 +191,48 @@ def sex_value(text: str) -> str:
     """M / F from M, F, Male, Female (any case); anything else (Unknown, blank) -> ''."""
     t = text.strip().upper()
     return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(t, "")
+
+
+def read_flat(path: Path, raw: pd.DataFrame, has_labels: bool, wanted: str, decode) -> Parsed:
+    """A flat table (one row per image: an image column, a patient column, optional view / age / sex /
+    study / path columns) whose labels ``decode(images, image_col, patient_col) -> (labels, fmt)`` reads.
+
+    ``has_labels``: whether the label column(s) are present; when one of the three is missing the
+    DataError names every one (``wanted`` says which label columns would do).
+    """
+    columns = [str(c) for c in raw.columns]
+    image_col = _pick(columns, IMAGE_COLUMNS)
+    patient_col = _pick(columns, PATIENT_COLUMNS)
+    missing = []
+    if image_col is None:
+        missing.append(f"an image column (one of {', '.join(IMAGE_COLUMNS)})")
+    if patient_col is None:
+        missing.append(
+            f"a patient column (one of {', '.join(PATIENT_COLUMNS)}; "
+            "if every image is a different patient, copy the image column)"
+        )
+    if not has_labels:
+        missing.append(f"labels: {wanted}")
+    if missing or image_col is None or patient_col is None:
+        raise DataError(f"{path}: missing {'; '.join(missing)}. Columns present: {', '.join(columns)}")
+    images = np.asarray([str(v).strip() for v in raw[image_col]], dtype=object)
+    labels, fmt = decode(images, image_col, patient_col)
+
+    def optional(candidates, func) -> np.ndarray | None:
+        col = _pick(columns, candidates)
+        return _map_unique(raw[col], func) if col else None
+
+    path_col = _pick(columns, ("path",))
+    given = raw[path_col].astype(str).str.strip().to_numpy() if path_col and path_col != image_col else None
+    study_col = _pick(columns, ("study", "study_id", "Study ID"))
+    return Parsed(
+        fmt=fmt,
+        image=images,
+        patient=normalize_patient(raw[patient_col]).to_numpy(),
+        study=optional((study_col,), str.strip) if study_col else None,
+        view=optional(VIEW_COLUMNS, lambda v: v.strip().upper()),
+        age=optional(AGE_COLUMNS, _age),
+        sex=optional(SEX_COLUMNS, lambda v: v.strip().upper()),
+        labels=labels,
+        given_path=given,
+    )

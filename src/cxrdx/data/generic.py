@@ -3,7 +3,9 @@
 Each finding column holds 1 (positive), 0 (negative), -1 (uncertain) or blank
 (unlabelled); ``1.0``/``0.0``/``-1.0``, ``yes``/``no`` and ``true``/``false`` are
 accepted too. Column names are any cxrdx finding name or alias (``labels.ALL_FINDINGS``),
-in any case. The codes helpers here are shared by the CheXpert, MIMIC and Google readers.
+in any case. A ``Finding Labels`` column instead is read as NIH's (``nih.decode``). The reader
+registered as ``generic`` is the catch-all, asked last. The codes helpers here are shared by
+the CheXpert, MIMIC and Google readers.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdx.data.columns import _few, _map_unique
+from cxrdx.data import nih
+from cxrdx.data.columns import IMAGE_COLUMNS, Parsed, _few, _map_unique, _pick, read_flat
+from cxrdx.data.readers import ReadOptions, register
 from cxrdx.errors import ConfigError, DataError
-from cxrdx.labels import ALL_FINDINGS, canonical, is_finding
+from cxrdx.labels import ALL_FINDINGS, FINDINGS, canonical, is_finding
 
 NAN = float("nan")
 _CODES = {
@@ -87,3 +91,38 @@ def code_columns(path: Path, raw: pd.DataFrame, columns: dict[str, str]) -> dict
             f"(unlabelled); " + "; ".join(problems)
         )
     return out
+
+
+def read(path: Path, raw: pd.DataFrame, options: ReadOptions) -> Parsed:
+    """Finding columns (1 / 0 / -1 / blank), or a ``Finding Labels`` column (NIH's, which wins when both are there)."""
+    columns = [str(c) for c in raw.columns]
+    labels_col = _pick(columns, (nih.FINDING_LABELS_COLUMN,))
+    binary = finding_columns(path, columns, skip=labels_col)
+
+    def decode(images: np.ndarray, image_col: str, patient_col: str):
+        if labels_col is not None:
+            cells = raw[labels_col]
+            return nih.decode(path, cells, images, options.mixed_no_finding, (image_col, patient_col))
+        return code_columns(path, raw, binary), "binary" if set(binary) == set(FINDINGS) else "generic"
+
+    return read_flat(
+        path,
+        raw,
+        labels_col is not None or bool(binary),
+        f"a '{nih.FINDING_LABELS_COLUMN}' column or finding columns (1 / 0 / -1 / blank) named as "
+        f"any of {', '.join(ALL_FINDINGS)}",
+        decode,
+    )
+
+
+def detect(path: Path, columns: list[str]) -> bool:
+    return _pick(columns, IMAGE_COLUMNS) is not None and bool(finding_columns(path, columns))
+
+
+register(
+    "generic",
+    detect=detect,
+    read=read,
+    order=90,  # the catch-all: any table with an image column and finding columns
+    layout="generic (an image column, a patient column, finding columns)",
+)

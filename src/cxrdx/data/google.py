@@ -26,12 +26,13 @@ from cxrdx.data.columns import (
 )
 from cxrdx.data.generic import code_columns
 from cxrdx.data.label_map import map_name
+from cxrdx.data.readers import ReadOptions, register
 
 NAMES = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 SIGNATURE = ("Image Index", "Set Id", "Airspace opacity")
 
 
-def read(path: Path, raw: pd.DataFrame) -> Parsed:
+def read(path: Path, raw: pd.DataFrame, options: ReadOptions | None = None) -> Parsed:
     columns = [str(c) for c in raw.columns]
     cols = require_columns(path, columns, ("Image Index", "Patient ID", *NAMES), "Google NIH re-label")
     found = {map_name("google", n, str(path)): cols[n] for n in NAMES}
@@ -48,3 +49,12 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
         labels=labels,
         extra={"official_split": text_column(raw, set_col)} if set_col else {},
     )
+
+
+def detect(path: Path, columns: list[str]) -> bool:
+    return all(_pick(columns, (c,)) for c in SIGNATURE)
+
+
+register(
+    "google", detect=detect, read=read, order=40, layout="Google NIH re-labels (+ Set Id, Airspace opacity)"
+)

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from cxrdx.data.chexpert import no_finding_rule, observation_columns
-from cxrdx.data.columns import Parsed, _read_csv, require_columns
+from cxrdx.data.columns import Parsed, _pick, _read_csv, require_columns
 from cxrdx.data.generic import code_columns
+from cxrdx.data.readers import ReadOptions, register
 from cxrdx.errors import DataError
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
@@ -39,7 +40,7 @@ def _ids(values: pd.Series) -> np.ndarray:
     return values.astype(str).str.strip().str.replace(r"\.0$", "", regex=True).to_numpy(dtype=object)
 
 
-def read(path: Path, raw: pd.DataFrame) -> Parsed:
+def read(path: Path, raw: pd.DataFrame, options: ReadOptions | None = None) -> Parsed:
     columns = [str(c) for c in raw.columns]
     cols = require_columns(path, columns, SIGNATURE, "MIMIC-CXR")
     labels = code_columns(path, raw, observation_columns(path, columns, "mimic"))
@@ -104,3 +105,12 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
         extra=extra,
         notes=notes,
     )
+
+
+def detect(path: Path, columns: list[str]) -> bool:
+    return all(_pick(columns, (c,)) for c in SIGNATURE)
+
+
+register(
+    "mimic", detect=detect, read=read, order=30, layout="MIMIC-CXR-JPG (subject_id, study_id, observations)"
+)

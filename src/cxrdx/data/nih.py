@@ -1,8 +1,8 @@
 """NIH ChestX-ray14 label format: one ``Finding Labels`` cell per image, findings joined by ``|``.
 
-Also used by the phantom ``Data_Entry.csv`` and any generic table with a
-``Finding Labels`` column. Other sources (CheXpert, MIMIC, ...) get a module beside
-this one with the same ``label_matrix`` role.
+Also used by the phantom ``Data_Entry.csv`` and any table with a ``Finding Labels`` column
+(the reader registered as ``nih``; the ``generic`` reader decodes such a column the same way).
+Other sources (CheXpert, MIMIC, ...) get a module beside this one that registers its reader.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdx.data.columns import _few, _map_unique
+from cxrdx.data.columns import Parsed, _few, _map_unique, _pick, read_flat
+from cxrdx.data.readers import ReadOptions, register
 from cxrdx.errors import DataError, LabelError
 from cxrdx.labels import FINDINGS, NO_FINDING, _key, is_nih_finding, parse_finding_labels
 
@@ -102,3 +103,30 @@ def label_matrix(
 def format_name(image_col: str, patient_col: str) -> str:
     """``nih`` for NIH's own header, ``finding-labels`` for another table with a Finding Labels column."""
     return "nih" if image_col == NIH_IMAGE_COLUMN and patient_col == NIH_PATIENT_COLUMN else "finding-labels"
+
+
+def decode(path: Path, cells: pd.Series, images: np.ndarray, mixed_no_finding: str, columns: tuple[str, str]):
+    """(finding -> float32 codes, format name) from ``Finding Labels`` cells; ``columns``: (image, patient)."""
+    matrix = label_matrix(path, cells.astype(str), images, mixed_no_finding=mixed_no_finding)
+    labels = {f: matrix[:, i].astype(np.float32) for i, f in enumerate(FINDINGS)}
+    return labels, format_name(*columns)
+
+
+def read(path: Path, raw: pd.DataFrame, options: ReadOptions) -> Parsed:
+    col = _pick([str(c) for c in raw.columns], (FINDING_LABELS_COLUMN,))
+    return read_flat(
+        path,
+        raw,
+        col is not None,
+        f"a '{FINDING_LABELS_COLUMN}' column (a table of finding columns is --dataset generic)",
+        lambda images, image_col, patient_col: decode(
+            path, raw[col], images, options.mixed_no_finding, (image_col, patient_col)
+        ),
+    )
+
+
+def detect(path: Path, columns: list[str]) -> bool:
+    return _pick(columns, (FINDING_LABELS_COLUMN,)) is not None
+
+
+register("nih", detect=detect, read=read, order=60, layout="NIH (Image Index, Finding Labels, Patient ID)")

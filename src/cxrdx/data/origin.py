@@ -5,7 +5,7 @@
 origin in ``cache.json``; ``train`` carries it into the checkpoint's ``model_card``, so a
 model trained on phantoms says so wherever it is used. Without a marker a table is
 ``real`` only when its file is one the project knows (NIH's ``Data_Entry_2017*.csv``,
-or a reader that names its dataset in ``table.attrs["dataset"]``), else ``unknown``.
+or a table a dataset reader read: ``LabelTable.dataset``), else ``unknown``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def dataset_origin(
 ) -> dict:
     """``{"dataset": name, "kind": phantom|real|unknown}`` for label CSVs (and their images folder).
 
-    ``named``: dataset names the table readers reported (``table.attrs["dataset"]``), if any.
+    ``named``: dataset names the table readers reported (``LabelTable.dataset``), if any.
     """
     folders = [Path(p).resolve().parent for p in labels]
     if images is not None:

@@ -33,6 +33,7 @@ import pandas as pd
 from cxrdx.data import label_map
 from cxrdx.data.columns import Parsed, _few, _pick, normalize_patient, require_columns, sex_value, text_column
 from cxrdx.data.padchest_tree import lineage
+from cxrdx.data.readers import ReadOptions, register
 from cxrdx.errors import DataError
 from cxrdx.labels import _key
 
@@ -61,7 +62,7 @@ def _age(study_date: str, birth: str) -> int | None:
         return None
 
 
-def read(path: Path, raw: pd.DataFrame) -> Parsed:
+def read(path: Path, raw: pd.DataFrame, options: ReadOptions | None = None) -> Parsed:
     columns = [str(c) for c in raw.columns]
     cols = require_columns(path, columns, ("ImageID", "ImageDir", "PatientID", "Labels"), "PadChest")
     table = label_map.name_map("padchest")
@@ -135,3 +136,10 @@ def read(path: Path, raw: pd.DataFrame) -> Parsed:
         notes=notes,
         unmapped=dict(unmapped.most_common()),
     )
+
+
+def detect(path: Path, columns: list[str]) -> bool:
+    return all(_pick(columns, (c,)) for c in SIGNATURE)
+
+
+register("padchest", detect=detect, read=read, order=20, layout="PadChest (ImageID, ImageDir, Labels)")

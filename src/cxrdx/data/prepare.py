@@ -82,9 +82,10 @@ def _plan(
     labels: Sequence[str | os.PathLike],
     images: str | os.PathLike | None,
     mixed_no_finding: str = "error",
-) -> pd.DataFrame:
-    """All rows to cache: the label tables, concatenated, with ``split`` from each CSV's stem."""
-    from cxrdx.data.tables import read_labels
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """All rows to cache (the label tables, concatenated, with ``split`` from each CSV's stem),
+    the findings they label (``in_vocabulary_order``) and the dataset each was read as."""
+    from cxrdx.data.tables import read_label_table
 
     if not labels:
         raise DataError("no label CSV given; pass --labels train.csv [val.csv test.csv]")
@@ -98,25 +99,23 @@ def _plan(
         if not Path(csv).is_file():
             raise DataError(f"{csv}: no such label file")
         # uncertain (-1) and "not mentioned" (-2) cells stay raw; open_cache applies the policies asked for
-        table = read_labels(
+        table = read_label_table(
             csv, images_dir=images, mixed_no_finding=mixed_no_finding, uncertain="keep", blank="keep"
         )
-        table = table.copy()
-        table["split"] = stem
-        tables.append(table)
-    plan = pd.concat(tables, ignore_index=True)
+        tables.append(table.with_frame(table.frame.assign(split=stem)))
+    plan = pd.concat([t.frame for t in tables], ignore_index=True)
     from cxrdx.data.tables import table_findings
     from cxrdx.labels import in_vocabulary_order
 
-    plan.attrs["findings"] = in_vocabulary_order({f for t in tables for f in table_findings(t)})
-    plan.attrs["datasets"] = [t.attrs.get("dataset") for t in tables]  # for the model card (data.origin)
+    findings = in_vocabulary_order({f for t in tables for f in table_findings(t)})
+    datasets = [t.dataset for t in tables]  # for the model card (data.origin)
     if plan.empty:
         raise DataError(f"the label file(s) {', '.join(map(str, labels))} list no images")
     if "path" not in plan.columns:
         plan["path"] = ""
     plan["path"] = plan["path"].fillna("").astype(str)
     plan["row"] = np.arange(len(plan), dtype=np.int64)
-    return plan
+    return plan, findings, datasets
 
 
 def _fingerprint(plan: pd.DataFrame, size: int) -> str:
@@ -281,7 +280,7 @@ def prepare_cache(
         raise DataError(f"--images {images}: no such folder")
     start = time.monotonic()
     out = Path(out)
-    plan = _plan(labels, images, mixed_no_finding)
+    plan, findings, datasets = _plan(labels, images, mixed_no_finding)
     leakage = check_patient_overlap(
         {str(s): t for s, t in plan.groupby("split", sort=False)},
         allow=allow_patient_overlap,
@@ -292,9 +291,7 @@ def prepare_cache(
     _check_missing(plan, out, images, allow_missing)
     missing = _drop_missing(plan)  # with --allow-missing: the cache holds only what it can cache
     if missing:
-        attrs = dict(plan.attrs)
         plan = plan.loc[plan["path"] != ""].reset_index(drop=True)
-        plan.attrs = attrs
         plan["row"] = np.arange(len(plan), dtype=np.int64)
     try:  # an unwritable or impossible --out fails here, before any decoding
         out.mkdir(parents=True, exist_ok=True)
@@ -395,8 +392,8 @@ def prepare_cache(
         "blank unlabelled; open_cache applies --uncertain and --blank",
         "sources": [str(Path(p).resolve()) for p in labels],
         "images_dir": str(Path(images).resolve()) if images else None,
-        "findings": list(plan.attrs.get("findings") or []),  # what the cache labels (data/cache.py)
-        "origin": dataset_origin(labels, images, plan.attrs.get("datasets", ())),
+        "findings": list(findings),  # what the cache labels (data/cache.py)
+        "origin": dataset_origin(labels, images, datasets),
         "patient_overlap": leakage,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

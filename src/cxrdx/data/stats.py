@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrdx.data.label_table import LabelTable
 from cxrdx.data.views import is_frontal
 from cxrdx.errors import DataError
 from cxrdx.labels import FINDINGS, NO_FINDING
@@ -15,7 +16,7 @@ from cxrdx.labels import FINDINGS, NO_FINDING
 _COLOURS = ("#4477aa", "#ee7733", "#228833", "#aa3377")
 
 
-def label_stats(df: pd.DataFrame) -> dict:
+def label_stats(table: LabelTable | pd.DataFrame) -> dict:
     """Counts for a label table: images, patients, views, and per finding positives / negatives / uncertain / unlabelled.
 
     Read the table with ``uncertain="keep"`` to count uncertain (-1) labels; with another
@@ -26,10 +27,14 @@ def label_stats(df: pd.DataFrame) -> dict:
     None where the dataset has no such label (the Google re-labels: 4 findings), else the
     images with no positive and no uncertain finding (NIH: its ``No Finding``).
     ``views`` counts every view in the table, ``frontal`` those the frontal filter keeps.
+    A ``LabelTable`` counts the findings it labels; a bare DataFrame the 14 NIH findings it has.
     """
     import numpy as np
 
-    findings = [f for f in (df.attrs.get("findings") or FINDINGS) if f in df.columns]
+    df = table.frame if isinstance(table, LabelTable) else table
+    named = table.findings if isinstance(table, LabelTable) and table.findings else FINDINGS
+    dataset = table.dataset if isinstance(table, LabelTable) else None
+    findings = [f for f in named if f in df.columns]
     values = df[findings].to_numpy(dtype=np.float32) if findings else np.zeros((len(df), 0), np.float32)
     per = {}
     for i, f in enumerate(findings):
@@ -47,7 +52,7 @@ def label_stats(df: pd.DataFrame) -> dict:
     if "no_finding" in df.columns:
         normal: int | None = int((pd.to_numeric(df["no_finding"], errors="coerce") == 1).sum())
         normal_source = "publisher"
-    elif df.attrs.get("dataset") == "google":
+    elif dataset == "google":
         normal, normal_source = None, "not labelled"
     else:
         normal = int(((values == 1) | (values == -1)).sum(axis=1).__eq__(0).sum()) if findings else 0

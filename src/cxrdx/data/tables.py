@@ -2,47 +2,38 @@
 
 Every table that enters the project (NIH's ``Data_Entry_2017*.csv``, a phantom
 ``Data_Entry.csv``, CheXpert, MIMIC-CXR-JPG, PadChest, VinDr-CXR, NIH's Google
-re-labels, a hospital's own CSV, our split files) is read by ``read_labels`` into one
-*label table*: ``image``, ``path``, ``patient``, ``view``, ``age``, ``sex`` (and ``study``
-where the dataset records studies) and one float32 column per finding the dataset labels (``attrs["findings"]``, in
-``labels.ALL_FINDINGS`` order): 1 positive, 0 negative, NaN unlabelled. Uncertain
+re-labels, a hospital's own CSV, our split files) is read by ``read_label_table`` into one
+*label table* (a ``LabelTable``: the rows and what the reading learned; ``read_labels`` gives
+the rows alone): ``image``, ``path``, ``patient``, ``view``, ``age``, ``sex`` (and ``study``
+where the dataset records studies) and one float32 column per finding the dataset labels
+(``LabelTable.findings``, in ``labels.ALL_FINDINGS`` order): 1 positive, 0 negative, NaN unlabelled. Uncertain
 labels (-1) follow the ``uncertain`` policy of the CheXpert paper (``ignore`` -> NaN,
 ``zeros``, ``ones``; ``keep`` leaves -1 for counting and caching). CheXpert and MIMIC-CXR
 cells the labeler left blank on a row that is not the publisher's No Finding ("not mentioned")
 follow the ``blank`` policy (``negative``, the default and the CheXpert paper's baselines, or
 ``unlabelled``; ``keep`` leaves ``generic.NOT_MENTIONED`` for counting and caching); the
-README says what each does to the numbers. NIH tables label all 14. One module per source decodes the cells (``nih``, ``generic``, ``chexpert``,
-``mimic``, ``padchest``, ``vindr``, ``google``); this module detects which (or takes
-``dataset=``) and does what every source shares.
+README says what each does to the numbers. NIH tables label all 14. One module per source
+decodes the cells and registers its reader (``readers.py``: ``nih``, ``generic``, ``chexpert``,
+``mimic``, ``padchest``, ``vindr``, ``google``); this module imports them, asks the registry
+which reads a header (or takes ``dataset=``) and does what every source shares.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxrdx.data import chexpert, generic, google, mimic, nih, padchest, vindr
-from cxrdx.data.columns import (
-    AGE_COLUMNS,
-    IMAGE_COLUMNS,
-    PATIENT_COLUMNS,
-    SEX_COLUMNS,
-    VIEW_COLUMNS,
-    Parsed,
-    _age,
-    _few,
-    _map_unique,
-    _pick,
-    _read_csv,
-    normalize_patient,
-)
+from cxrdx.data import chexpert, generic, google, mimic, nih, padchest, vindr  # noqa: F401 (each registers its reader)
+from cxrdx.data.columns import Parsed, _few, _map_unique, _read_csv
 from cxrdx.data.generic import BLANK_POLICIES, DEFAULT_BLANK, apply_blank, check_blank  # noqa: F401 (re-exported)
-from cxrdx.data.nih import FINDING_LABELS_COLUMN
-from cxrdx.data.views import filter_views
+from cxrdx.data.label_table import LabelTable
+from cxrdx.data.readers import READERS, ReadOptions, detect_layout  # noqa: F401 (detect_layout re-exported)
+from cxrdx.data.views import select_views
 from cxrdx.errors import ConfigError, DataError
 from cxrdx.labels import ALL_FINDINGS, FINDINGS
 from cxrdx.settings import DATASETS
@@ -50,86 +41,6 @@ from cxrdx.settings import DATASETS
 META_COLUMNS = ("image", "path", "patient", "view", "age", "sex")  # + "study" where the dataset has studies
 LABEL_COLUMNS = (*META_COLUMNS, *FINDINGS)
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones", "keep")
-_SIGNATURES = (  # checked in this order; the first whose columns are all present wins
-    ("vindr", vindr.SIGNATURE),
-    ("padchest", padchest.SIGNATURE),
-    ("mimic", mimic.SIGNATURE),
-    ("google", google.SIGNATURE),
-    ("chexpert", chexpert.SIGNATURE),
-)
-
-
-def detect_layout(path: Path, columns: list[str]) -> str:
-    """Which dataset layout a header is (see ``DATASETS``); DataError when none fits."""
-    for name, needed in _SIGNATURES:
-        if all(_pick(columns, (c,)) for c in needed):
-            return name
-    if _pick(columns, (FINDING_LABELS_COLUMN,)):
-        return "nih"
-    if _pick(columns, ("Path",)) and _pick(columns, ("Pleural Effusion",)):
-        return "chexpert"
-    if _pick(columns, IMAGE_COLUMNS) and generic.finding_columns(path, columns):
-        return "generic"
-    raise DataError(
-        f"{path}: unknown label table layout. Known layouts: NIH (Image Index, Finding Labels, Patient ID), "
-        "Google NIH re-labels (+ Set Id, Airspace opacity), CheXpert (Path, Frontal/Lateral, observations), "
-        "MIMIC-CXR-JPG (subject_id, study_id, observations), PadChest (ImageID, ImageDir, Labels), VinDr-CXR "
-        f"(image_id, class_name, rad_id), or generic (an image column, a patient column, finding columns). "
-        f"Columns present: {', '.join(columns)}. Pass --dataset NAME to say which it is"
-    )
-
-
-def _read_generic(path: Path, raw: pd.DataFrame, mixed_no_finding: str) -> Parsed:
-    """NIH ``Finding Labels`` tables and generic finding-column tables (the two original formats)."""
-    columns = [str(c) for c in raw.columns]
-    image_col = _pick(columns, IMAGE_COLUMNS)
-    patient_col = _pick(columns, PATIENT_COLUMNS)
-    labels_col = _pick(columns, (FINDING_LABELS_COLUMN,))
-    binary = generic.finding_columns(path, columns, skip=labels_col)
-    missing = []
-    if image_col is None:
-        missing.append(f"an image column (one of {', '.join(IMAGE_COLUMNS)})")
-    if patient_col is None:
-        missing.append(
-            f"a patient column (one of {', '.join(PATIENT_COLUMNS)}; "
-            "if every image is a different patient, copy the image column)"
-        )
-    if labels_col is None and not binary:
-        missing.append(
-            f"labels: a '{FINDING_LABELS_COLUMN}' column or finding columns (1 / 0 / -1 / blank) named as "
-            f"any of {', '.join(ALL_FINDINGS)}"
-        )
-    if missing:
-        raise DataError(f"{path}: missing {'; '.join(missing)}. Columns present: {', '.join(columns)}")
-    images = np.asarray([str(v).strip() for v in raw[image_col]], dtype=object)
-    if labels_col is not None:
-        matrix = nih.label_matrix(
-            path, raw[labels_col].astype(str), images, mixed_no_finding=mixed_no_finding
-        )
-        labels = {f: matrix[:, i].astype(np.float32) for i, f in enumerate(FINDINGS)}
-        fmt = nih.format_name(image_col, patient_col)
-    else:
-        labels = generic.code_columns(path, raw, binary)
-        fmt = "binary" if set(binary) == set(FINDINGS) else "generic"
-
-    def optional(candidates, func) -> np.ndarray | None:
-        col = _pick(columns, candidates)
-        return _map_unique(raw[col], func) if col else None
-
-    path_col = _pick(columns, ("path",))
-    given = raw[path_col].astype(str).str.strip().to_numpy() if path_col and path_col != image_col else None
-    study_col = _pick(columns, ("study", "study_id", "Study ID"))
-    return Parsed(
-        fmt=fmt,
-        image=images,
-        patient=normalize_patient(raw[patient_col]).to_numpy(),
-        study=optional((study_col,), str.strip) if study_col else None,
-        view=optional(VIEW_COLUMNS, lambda v: v.strip().upper()),
-        age=optional(AGE_COLUMNS, _age),
-        sex=optional(SEX_COLUMNS, lambda v: v.strip().upper()),
-        labels=labels,
-        given_path=given,
-    )
 
 
 def _check_image_paths(path: Path, images: np.ndarray, lines: np.ndarray) -> None:
@@ -152,6 +63,46 @@ def _check_image_paths(path: Path, images: np.ndarray, lines: np.ndarray) -> Non
         )
 
 
+def read_label_table(
+    csv_path: str | os.PathLike,
+    images_dir: str | os.PathLike | None = None,
+    require_images: bool = False,
+    *,
+    mixed_no_finding: str = "error",
+    dataset: str | None = None,
+    uncertain: str = "ignore",
+    views: str | list[str] | None = None,
+    vindr_rule: str = "any",
+    blank: str = DEFAULT_BLANK,
+) -> LabelTable:
+    """Read any supported label table into a ``LabelTable``: the project's label table and its reading.
+
+    The layout is detected from the header by the registered readers (``readers.py``), or
+    forced with ``dataset`` (one of ``DATASETS``). ``.csv.gz`` works. With ``images_dir`` each
+    image is resolved to ``path`` (a path relative to that folder, else one recursive scan by
+    file name); ``require_images=True`` makes a missing file an error. ``views`` filters rows
+    (``"frontal"``, ``"all"``/None, or ``"PA,AP"``; see ``views.py``). ``vindr_rule``:
+    ``any`` or ``majority`` reader. A ``Finding Labels`` cell mixing ``No Finding``
+    with findings is a ``LabelError`` unless ``mixed_no_finding="keep"``. ``blank``: what a
+    CheXpert / MIMIC-CXR "not mentioned" cell means (``BLANK_POLICIES``; module doc).
+    """
+    path = Path(csv_path)
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise ConfigError(f"--uncertain {uncertain!r}: choose one of {', '.join(UNCERTAIN_POLICIES[:3])}")
+    check_blank(blank)
+    if dataset is not None and dataset not in READERS:
+        raise ConfigError(f"--dataset {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
+    raw = _read_csv(path, "label table")
+    if raw.empty:
+        raise DataError(f"label table {path} has a header but no rows")
+    layout = dataset or detect_layout(path, [str(c) for c in raw.columns], DATASETS)
+    options = ReadOptions(mixed_no_finding=mixed_no_finding, vindr_rule=vindr_rule)
+    parsed = READERS[layout].read(path, raw, options)
+    table = _finish(path, parsed, images_dir, require_images, (uncertain, blank), layout)
+    frame, selection = select_views(table.frame, views, str(path))
+    return replace(table, frame=frame, views=selection)
+
+
 def read_labels(
     csv_path: str | os.PathLike,
     images_dir: str | os.PathLike | None = None,
@@ -164,40 +115,25 @@ def read_labels(
     vindr_rule: str = "any",
     blank: str = DEFAULT_BLANK,
 ) -> pd.DataFrame:
-    """Read any supported label table into the project's label table (module doc).
+    """The rows of ``read_label_table`` (same arguments): a pandas DataFrame, one row per image.
 
-    The layout is detected from the header, or forced with ``dataset`` (one of
-    ``DATASETS``). ``.csv.gz`` works. With ``images_dir`` each image is resolved to
-    ``path`` (a path relative to that folder, else one recursive scan by file name);
-    ``require_images=True`` makes a missing file an error. ``views`` filters rows
-    (``"frontal"``, ``"all"``/None, or ``"PA,AP"``; see ``views.py``). ``vindr_rule``:
-    ``any`` or ``majority`` reader. A ``Finding Labels`` cell mixing ``No Finding``
-    with findings is a ``LabelError`` unless ``mixed_no_finding="keep"``. ``blank``: what a
-    CheXpert / MIMIC-CXR "not mentioned" cell means (``BLANK_POLICIES``; module doc).
+    What the reading learned (dataset, findings labelled, notes, views dropped, ...) is on the
+    ``LabelTable`` that ``read_label_table`` returns; this DataFrame carries no metadata.
     """
-    path = Path(csv_path)
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise ConfigError(f"--uncertain {uncertain!r}: choose one of {', '.join(UNCERTAIN_POLICIES[:3])}")
-    check_blank(blank)
-    if dataset is not None and dataset not in DATASETS:
-        raise ConfigError(f"--dataset {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
-    raw = _read_csv(path, "label table")
-    if raw.empty:
-        raise DataError(f"label table {path} has a header but no rows")
-    columns = [str(c) for c in raw.columns]
-    layout = dataset or detect_layout(path, columns)
-    if layout in ("nih", "generic"):
-        parsed = _read_generic(path, raw, mixed_no_finding)
-    elif layout == "vindr":
-        parsed = vindr.read(path, raw, rule=vindr_rule)
-    else:
-        parsed = {"chexpert": chexpert, "mimic": mimic, "padchest": padchest, "google": google}[layout].read(
-            path, raw
-        )
-    return _finish(path, parsed, images_dir, require_images, (uncertain, blank), views, layout)
+    return read_label_table(
+        csv_path,
+        images_dir,
+        require_images,
+        mixed_no_finding=mixed_no_finding,
+        dataset=dataset,
+        uncertain=uncertain,
+        views=views,
+        vindr_rule=vindr_rule,
+        blank=blank,
+    ).frame
 
 
-def _finish(path, parsed: Parsed, images_dir, require_images, policies, views, layout) -> pd.DataFrame:
+def _finish(path, parsed: Parsed, images_dir, require_images, policies, layout) -> LabelTable:
     uncertain, blank = policies
     n = len(parsed.image)
     lines = parsed.lines if parsed.lines is not None else np.arange(n) + 2
@@ -246,19 +182,19 @@ def _finish(path, parsed: Parsed, images_dir, require_images, policies, views, l
     for name, values in parsed.extra.items():
         df[name] = np.asarray(values, dtype=object)
     df["path"] = _resolve_paths(path, df["image"].to_numpy(), parsed.given_path, images_dir, require_images)
-    df.attrs.update(
-        format=parsed.fmt,
+    return LabelTable(
+        frame=df,
         dataset=layout,
+        format=parsed.fmt,
         source=str(path),
-        findings=findings,
+        findings=tuple(findings),
         uncertain=uncertain,
         uncertain_labels=uncertain_count,
         blank=blank,
         blank_labels=blank_count,
-        notes=list(parsed.notes),
+        notes=tuple(parsed.notes),
         unmapped_terms=dict(parsed.unmapped),
     )
-    return filter_views(df, views, str(path))
 
 
 def index_images(images_dir: Path) -> tuple[dict[str, str], set[str]]:
@@ -371,26 +307,33 @@ def _resolve_paths(
     return out
 
 
-def table_findings(df: pd.DataFrame) -> list[str]:
-    """The findings a label table labels: ``attrs['findings']``, else its finding columns (ALL_FINDINGS order)."""
-    named = df.attrs.get("findings")
-    if named:
-        return [f for f in ALL_FINDINGS if f in named and f in df.columns]
-    return [f for f in ALL_FINDINGS if f in df.columns]
+def table_findings(table: LabelTable | pd.DataFrame) -> list[str]:
+    """The findings a label table labels: a ``LabelTable``'s ``findings``, else a frame's finding columns.
+
+    In ``ALL_FINDINGS`` order, and only those with a column.
+    """
+    if isinstance(table, LabelTable):
+        return [f for f in ALL_FINDINGS if f in table.findings and f in table.frame.columns]
+    return [f for f in ALL_FINDINGS if f in table.columns]
 
 
 def _code_text(v: float) -> str:
     return "" if v != v else str(int(v))
 
 
-def write_labels(df: pd.DataFrame, path: str | os.PathLike, absolute_paths: bool = False) -> Path:
+def write_labels(
+    table: LabelTable | pd.DataFrame, path: str | os.PathLike, absolute_paths: bool = False
+) -> Path:
     """Write a label table in the generic format (``.csv`` or ``.csv.gz``): finding cells 1 / 0 / -1 / blank.
+
+    A ``LabelTable`` writes the findings it labels; a bare DataFrame its finding columns.
 
     ``path`` is left out unless ``absolute_paths``: split files then stay valid
     when the images folder moves, and ``read_labels(..., images_dir)`` resolves them.
     """
+    df = table.frame if isinstance(table, LabelTable) else table
     missing = [c for c in ("image", "patient") if c not in df.columns]
-    findings = table_findings(df)
+    findings = table_findings(table)
     if missing or not findings:
         what = ", ".join(missing) if missing else "finding columns"
         raise DataError(f"cannot write {path}: the table lacks {what}")

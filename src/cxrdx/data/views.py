@@ -2,9 +2,10 @@
 
 Each reader writes the dataset's own view code in upper case (NIH ``PA``/``AP``,
 CheXpert ``AP``/``PA``/``FRONTAL``/``LL``/``LATERAL``, MIMIC ``ViewPosition``,
-PadChest ``Projection``). ``filter_views`` keeps rows whose view is in the asked set;
+PadChest ``Projection``). ``select_views`` keeps rows whose view is in the asked set;
 ``"frontal"`` means every frontal code below and keeps rows with *no* view recorded
-(tables without a view column, e.g. VinDr-CXR, are frontal films), ``"all"`` keeps all.
+(tables without a view column, e.g. VinDr-CXR, are frontal films), ``"all"`` keeps all,
+and says what it dropped (``ViewSelection``, kept on the ``LabelTable``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from cxrdx.data.label_table import ViewSelection
 from cxrdx.errors import ConfigError, DataError
 
 FRONTAL_VIEWS = frozenset(
@@ -38,11 +40,13 @@ def parse_views(text: str | Iterable[str] | None) -> frozenset[str] | None:
     return frozenset(out)
 
 
-def filter_views(df: pd.DataFrame, views: str | Iterable[str] | None, what: str = "") -> pd.DataFrame:
-    """Rows whose ``view`` is in ``views`` (see ``parse_views``); the counts dropped go to ``attrs['views']``."""
+def select_views(
+    df: pd.DataFrame, views: str | Iterable[str] | None, what: str = ""
+) -> tuple[pd.DataFrame, ViewSelection | None]:
+    """Rows whose ``view`` is in ``views`` (see ``parse_views``), and what was kept and dropped (None: no filter)."""
     keep_set = parse_views(views)
     if keep_set is None or "view" not in df.columns:
-        return df
+        return df, None
     view = df["view"].fillna("").astype(str).str.upper().to_numpy()
     keep = np.isin(view, list(keep_set))
     if not keep.any():
@@ -52,10 +56,13 @@ def filter_views(df: pd.DataFrame, views: str | Iterable[str] | None, what: str 
             f"(views present: {present}); pass --views all or the views you want"
         )
     out = df.loc[keep].reset_index(drop=True)
-    out.attrs = dict(df.attrs)
-    dropped = pd.Series(view[~keep]).value_counts().to_dict()
-    out.attrs["views"] = {"kept": sorted(v or "(none)" for v in keep_set), "dropped": dropped}
-    return out
+    dropped = {str(k): int(v) for k, v in pd.Series(view[~keep]).value_counts().items()}
+    return out, ViewSelection(tuple(sorted(v or "(none)" for v in keep_set)), dropped)
+
+
+def filter_views(df: pd.DataFrame, views: str | Iterable[str] | None, what: str = "") -> pd.DataFrame:
+    """Rows whose ``view`` is in ``views`` (``select_views`` without the counts)."""
+    return select_views(df, views, what)[0]
 
 
 def is_frontal(view: str) -> bool:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdx.data.columns import Parsed, _few, require_columns
+from cxrdx.data.columns import Parsed, _few, _pick, require_columns
 from cxrdx.data.label_map import findings_of, map_name
+from cxrdx.data.readers import ReadOptions, register
 from cxrdx.errors import ConfigError, DataError
 
 SIGNATURE = ("image_id", "class_name", "rad_id")
@@ -40,7 +41,8 @@ def _mapped(path: Path, raw: pd.DataFrame, cols: dict[str, str]) -> np.ndarray:
     return names.map(mapping).to_numpy(dtype=object)
 
 
-def read(path: Path, raw: pd.DataFrame, rule: str = "any") -> Parsed:
+def read(path: Path, raw: pd.DataFrame, options: ReadOptions | None = None) -> Parsed:
+    rule = (options or ReadOptions()).vindr_rule
     if rule not in RULES:
         raise ConfigError(f"VinDr aggregation rule must be one of {', '.join(RULES)}, not {rule!r}")
     cols = require_columns(path, [str(c) for c in raw.columns], SIGNATURE, "VinDr-CXR")
@@ -114,3 +116,10 @@ def read_boxes(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
         lines = np.flatnonzero(has)[bad.to_numpy()] + 2
         raise DataError(f"{path}: boxes need x_max > x_min and y_max > y_min; line(s) {_few(lines.tolist())}")
     return out.reset_index(drop=True)
+
+
+def detect(path: Path, columns: list[str]) -> bool:
+    return all(_pick(columns, (c,)) for c in SIGNATURE)
+
+
+register("vindr", detect=detect, read=read, order=10, layout="VinDr-CXR (image_id, class_name, rad_id)")

@@ -31,6 +31,7 @@ from cxrdx.data.cache import is_cache
 from cxrdx.errors import ConfigError
 from cxrdx.evaluation.config import CalibrateConfig
 from cxrdx.evaluation.eval_set import load_eval_set, run_views
+from cxrdx.evaluation.metrics_record import CalibrationRow, CalibrationSummary
 from cxrdx.metrics.calibration import (
     ECE_BINS,
     calibration_table,
@@ -95,7 +96,7 @@ def calibration_summary(
     names: Sequence[str],
     cals: Sequence[dict],
     fitted: bool,
-) -> dict:
+) -> CalibrationSummary:
     """metrics.json's "calibration": per finding ECE and mean predicted vs prevalence, before and after."""
     table = calibration_table(y, raw, probs, names)
     rows = [r for r in table.values() if r["prevalence"] is not None]
@@ -110,21 +111,21 @@ def calibration_summary(
         else None
         for when in ("before", "after")
     }
-    return {
-        "bins": ECE_BINS,
-        "binning": "equal-width on [0, 1]",
-        "method": cals[0]["method"] if len(cals) == 1 else [c["method"] for c in cals],
-        "fitted_here": bool(fitted),
+    return CalibrationSummary(
+        bins=ECE_BINS,
+        binning="equal-width on [0, 1]",
+        method=cals[0]["method"] if len(cals) == 1 else tuple(c["method"] for c in cals),
+        fitted_here=bool(fitted),
         # per finding the calibration applied ("none": a score, not fitted); the first checkpoint's
-        "per_finding_method": dict(cals[0].get("per_finding") or {}) if cals and cals[0] else {},
-        "fitted_on": cals[0].get("fitted_on", {}) if len(cals) == 1 else None,
-        "before": "raw network scores (sigmoid of the logits), no calibration",
-        "per_finding": table,
-        "mean_ece_before": mean("ece_before"),
-        "mean_ece_after": mean("ece_after"),
-        "mean_abs_gap_before": gap["before"],
-        "mean_abs_gap_after": gap["after"],
-    }
+        per_finding_method=dict(cals[0].get("per_finding") or {}) if cals and cals[0] else {},
+        fitted_on=cals[0].get("fitted_on", {}) if len(cals) == 1 else None,
+        before="raw network scores (sigmoid of the logits), no calibration",
+        per_finding={n: CalibrationRow(**r) for n, r in table.items()},
+        mean_ece_before=mean("ece_before"),
+        mean_ece_after=mean("ece_after"),
+        mean_abs_gap_before=gap["before"],
+        mean_abs_gap_after=gap["after"],
+    )
 
 
 def calibrate(config: CalibrateConfig) -> dict:
@@ -187,7 +188,7 @@ def calibrate(config: CalibrateConfig) -> dict:
         "out": str(config.out),
         "data": es.description,
         "n_images": int(len(pos)),
-        "views_dropped": es.table.attrs.get("views", {}).get("dropped") or {},
+        "views_dropped": dict(es.views_dropped),
         "previous": old["method"],
         "calibration": new,
         "summary": summary,

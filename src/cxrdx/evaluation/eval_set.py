@@ -31,6 +31,9 @@ class EvalSet:
     images_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     origin: dict = field(default_factory=dict)  # {"dataset", "kind": phantom|real|unknown} (data.origin)
+    # what the label table labels (LabelTable.findings); None: the columns named like a model output
+    findings: tuple[str, ...] | None = None
+    views_dropped: dict[str, int] = field(default_factory=dict)  # view -> images the view filter left out
     skipped: dict = field(default_factory=dict)  # model outputs this set does not label -> why (external.py)
 
 
@@ -50,7 +53,7 @@ def load_eval_set(
     ``views`` keeps those views only (``"frontal"``, ``"PA,AP"``; None: all), ``uncertain`` is the
     policy for -1 labels, ``blank`` for CheXpert / MIMIC-CXR "not mentioned" cells, ``dataset`` forces a CSV's layout (cxrdx.data.tables.read_labels).
     """
-    from cxrdx.data.views import filter_views
+    from cxrdx.data.views import select_views
 
     p = Path(path)
     if is_cache(p):
@@ -64,23 +67,39 @@ def load_eval_set(
             if table.empty:
                 raise DataError(f"{p}: no rows with split {split!r}; the cache holds splits {present}")
         desc = f"{p} (split {split})" if split else str(p)
-        table = filter_views(table, views, desc).reset_index(drop=True)
+        table, selection = select_views(table, views, desc)
         origin = cache.info.get("origin") or dataset_origin(  # caches made before origins were recorded
             cache.info.get("sources") or [p], cache.info.get("images_dir")
         )
-        return _finish_table(EvalSet(desc, table, cache_images=cache.images, origin=origin), labels)
+        dropped = dict(selection.dropped) if selection else {}
+        es = EvalSet(
+            desc,
+            table.reset_index(drop=True),
+            cache_images=cache.images,
+            origin=origin,
+            views_dropped=dropped,
+        )
+        return _finish_table(es, labels)
     if p.is_dir():
         raise DataError(
             f"{p}: a folder without {INDEX_FILE} and images.npy is not a prepared cache; run `cxrdx prepare`"
         )
     if not p.is_file():
         raise DataError(f"{p}: no such label CSV or prepared cache folder")
-    from cxrdx.data.tables import read_labels
+    from cxrdx.data.tables import read_label_table
 
-    table = read_labels(p, images, uncertain=uncertain, views=views, dataset=dataset, blank=blank)
+    read = read_label_table(p, images, uncertain=uncertain, views=views, dataset=dataset, blank=blank)
     images_dir = Path(images) if images else None
-    origin = dataset_origin([p], images, [table.attrs.get("dataset")])
-    return _finish_table(EvalSet(str(p), table, images_dir=images_dir, origin=origin), labels)
+    origin = dataset_origin([p], images, [read.dataset])
+    es = EvalSet(
+        str(p),
+        read.frame,
+        images_dir=images_dir,
+        origin=origin,
+        findings=read.findings,
+        views_dropped=read.views_dropped,
+    )
+    return _finish_table(es, labels)
 
 
 def _finish_table(es: EvalSet, labels: Sequence[str]) -> EvalSet:
@@ -88,7 +107,7 @@ def _finish_table(es: EvalSet, labels: Sequence[str]) -> EvalSet:
 
     table = es.table
     # partial labels: outputs the set does not label are skipped (NaN columns), never scored as negatives
-    shared, es.skipped = shared_findings(table, list(labels), es.description)
+    shared, es.skipped = shared_findings(table, list(labels), es.description, es.findings)
     table = table.assign(**{name: np.nan for name in es.skipped if name not in table.columns})
     if es.skipped:
         es.notes.append(

@@ -26,6 +26,7 @@ Decisions (why):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -41,7 +42,21 @@ from cxrdx.evaluation.chexnet import CHEXNET_AUROC, CHEXNET_LABEL
 from cxrdx.evaluation.config import EvaluateConfig
 from cxrdx.evaluation.eval_set import EvalSet, combine, load_eval_set, run_views
 from cxrdx.evaluation.external import at_thresholds, labelled_summary, threshold_shift
-from cxrdx.evaluation.report import write_report
+from cxrdx.evaluation.metrics_record import (
+    AtThreshold,
+    Bootstrap,
+    ChexnetReference,
+    DatasetInfo,
+    FindingMetrics,
+    LabelPolicy,
+    MetricsRecord,
+    ModelCard,
+    ModelInfo,
+    Origin,
+    SourceThresholds,
+    Thresholds,
+)
+from cxrdx.evaluation.report import write_outputs, write_plots
 from cxrdx.metrics.auroc import auroc_with_ci, mean_auroc, mean_auroc_ci
 from cxrdx.metrics.calibration import expected_calibration_error
 from cxrdx.metrics.degenerate import class_flags
@@ -62,47 +77,48 @@ def compute_metrics(
     thresholds: dict[str, float | None] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
-) -> dict:
-    """Per-class metrics dict (JSON-ready, None for undefined) and the mean AUROC over defined classes."""
+) -> MetricsRecord:
+    """Per-finding figures (None for undefined) and the mean AUROC over defined findings: the record's
+    ``classes`` and mean row; ``evaluate`` fills in the rest."""
     from sklearn.metrics import average_precision_score
 
     aucs = auroc_with_ci(y_true, probs, patients, names, n_boot=n_boot, seed=seed)
     used = [k for k, r in aucs.items() if r.defined]
     left_out = [k for k, r in aucs.items() if not r.defined]
     mean = mean_auroc({k: r.auroc for k, r in aucs.items()})
-    classes: dict[str, dict] = {}
+    classes: dict[str, FindingMetrics] = {}
     for c, name in enumerate(names):
         labelled = ~np.isnan(np.asarray(y_true[:, c], dtype=np.float64))  # NaN = unlabelled: left out
         y, s, r = np.asarray(y_true[labelled, c]).astype(np.int64), probs[labelled, c], aucs[name]
-        entry = {
-            "n": int(len(y)),
-            "n_pos": r.n_pos,
-            "n_neg": r.n_neg,
-            "prevalence": _nz(r.n_pos / len(y)) if len(y) else None,
-            "auroc": _nz(r.auroc),
-            "auroc_ci": [_nz(r.ci_low), _nz(r.ci_high)] if r.defined else None,
-            "n_boot_valid": r.n_boot_valid,
-            "average_precision": _nz(float(average_precision_score(y, s))) if r.n_pos else None,
-            "ece": _nz(expected_calibration_error(y, s)),
-            "chexnet_auroc": CHEXNET_AUROC.get(name),
-            "threshold": None,
-        }
         t = (thresholds or {}).get(name)
+        at = None
         if t is not None:
-            entry["threshold"] = _nz(t, 8)
-            entry["at_threshold"] = {
-                k: (_nz(v) if isinstance(v, float) else v) for k, v in binary_metrics(y, s, t).items()
-            }
-        classes[name] = entry
+            at = AtThreshold(
+                **{k: (_nz(v) if isinstance(v, float) else v) for k, v in binary_metrics(y, s, t).items()}
+            )
+        classes[name] = FindingMetrics(
+            n=int(len(y)),
+            n_pos=r.n_pos,
+            n_neg=r.n_neg,
+            prevalence=_nz(r.n_pos / len(y)) if len(y) else None,
+            auroc=_nz(r.auroc),
+            auroc_ci=(_nz(r.ci_low), _nz(r.ci_high)) if r.defined else None,
+            n_boot_valid=r.n_boot_valid,
+            average_precision=_nz(float(average_precision_score(y, s))) if r.n_pos else None,
+            ece=_nz(expected_calibration_error(y, s)),
+            chexnet_auroc=CHEXNET_AUROC.get(name),
+            threshold=None if t is None else _nz(t, 8),
+            at_threshold=at,
+        )
     ref = [CHEXNET_AUROC[k] for k in used if k in CHEXNET_AUROC]
-    return {
-        "classes": classes,
-        "mean_auroc": _nz(mean),
-        "mean_auroc_ci": [_nz(v) for v in mean_auroc_ci(aucs)] if n_boot else None,
-        "mean_auroc_classes": used,
-        "undefined_classes": left_out,
-        "chexnet_mean_same_classes": _nz(float(np.mean(ref))) if ref else None,
-    }
+    return MetricsRecord(
+        classes=classes,
+        mean_auroc=_nz(mean),
+        mean_auroc_ci=tuple(_nz(v) for v in mean_auroc_ci(aucs)) if n_boot else None,
+        mean_auroc_classes=tuple(used),
+        undefined_classes=tuple(left_out),
+        chexnet_mean_same_classes=_nz(float(np.mean(ref))) if ref else None,
+    )
 
 
 def _predictions_frame(es: EvalSet, pos: np.ndarray, probs: np.ndarray, spread: np.ndarray | None, names):
@@ -121,8 +137,8 @@ def _predictions_frame(es: EvalSet, pos: np.ndarray, probs: np.ndarray, spread: 
     return frame
 
 
-def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
-    """Run the whole evaluation; returns the metrics dict that is also written to ``metrics.json``."""
+def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> MetricsRecord:
+    """Run the whole evaluation; returns the record that is also written to ``metrics.json``."""
     from cxrdx.device import choose_device
     from cxrdx.inference.predictor import Predictor
 
@@ -197,7 +213,7 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
     cals, fitted = _calibrations(config, predictors, val, v_views, v_pos, names)
     probs, spread = combine(predictors, views, cals)
     raw = combine(predictors, views, [None] * len(predictors))[0]  # before calibration
-    # partial labels: score only the outputs the test set labels (the rest: metrics["skipped"], external.py)
+    # partial labels: score only the outputs the test set labels (the rest: the record's ``skipped``, external.py)
     keep = [c for c, n in enumerate(names) if n not in test.skipped]
     probs, raw = probs[:, keep], raw[:, keep]
     spread = None if spread is None else spread[:, keep]
@@ -216,13 +232,19 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
         )
 
     notes = list(test.notes[:20])
-    dropped = test.table.attrs.get("views", {}).get("dropped")
+    dropped = test.views_dropped
     if dropped:
         shown = ", ".join(f"{n} {v or '(none)'}" for v, n in dropped.items())
         notes.append(f"views not evaluated (--views {config.views}): {shown}")
     thresholds: dict[str, float | None] | None = None
     val_classes = None
-    th_info: dict = {"values": None, "method": None}
+    th_info = Thresholds(
+        note=(
+            "Thresholds were not chosen: no validation data was given (--val VAL_CSV, or a cache with a "
+            f"'{config.val_split}' split). They are never chosen on the test data."
+        )
+    )
+    val_at: dict = {}
     if val is not None:
         v_probs, v_spread = combine(predictors, v_views, cals)
         v_probs, v_spread = v_probs[:, keep], (None if v_spread is None else v_spread[:, keep])
@@ -238,22 +260,23 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
             if method == "youden"
             else f"the highest threshold with sensitivity \u2265 {config.target_sensitivity}"
         )
-        th_info = {
-            "values": thresholds,
-            "method": method if method == "youden" else f"sensitivity>={config.target_sensitivity}",
-            "method_text": method_text,
-            "chosen_on": val.description,
-            "n_val_images": int(len(v_pos)),
-            "undefined": [k for k, v in thresholds.items() if v is None],
+        val_at = at_thresholds(v_true, v_probs, names, thresholds)
+        th_info = Thresholds(
+            values=thresholds,
+            method=method if method == "youden" else f"sensitivity>={config.target_sensitivity}",
+            method_text=method_text,
+            chosen_on=val.description,
+            n_val_images=int(len(v_pos)),
+            undefined=tuple(k for k, v in thresholds.items() if v is None),
             # how they were chosen (stored as the checkpoint's threshold_info; predict checks tta/calibration)
-            "split": val.description,
-            "tta": bool(config.tta),
-            "calibration": cals[0]["method"] if cals[0] else "none",
-            "positives": {n: int((v_true[:, c] == 1).sum()) for c, n in enumerate(names)},
-            "negatives": {n: int((v_true[:, c] == 0).sum()) for c, n in enumerate(names)},
-            "val_at_threshold": at_thresholds(v_true, v_probs, names, thresholds),
-            "chosen_by": "cxrdx evaluate",
-        }
+            split=val.description,
+            tta=bool(config.tta),
+            calibration=cals[0]["method"] if cals[0] else "none",
+            positives={n: int((v_true[:, c] == 1).sum()) for c, n in enumerate(names)},
+            negatives={n: int((v_true[:, c] == 0).sum()) for c, n in enumerate(names)},
+            val_at_threshold={n: AtThreshold(**row) for n, row in val_at.items()},
+            chosen_by="cxrdx evaluate",
+        )
         val_classes = {
             n: {
                 "prevalence": float(np.nanmean(v_true[:, c])) if (~np.isnan(v_true[:, c])).any() else None,
@@ -264,90 +287,103 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
         if leakage:
             notes.append(f"WARNING: {leakage}; the thresholds and test metrics are not independent")
         notes += val.notes[:20]
-    else:
-        th_info["note"] = (
-            "Thresholds were not chosen: no validation data was given (--val VAL_CSV, or a cache with a "
-            f"'{config.val_split}' split). They are never chosen on the test data."
-        )
 
-    metrics = compute_metrics(y_true, probs, patients, names, thresholds, config.n_boot, config.seed)
-    metrics = {
-        "model": {
-            "weights": str(config.weights),
-            "architecture": predictors[0].meta.architecture,
-            "ensemble": [str(config.weights), *map(str, config.ensemble)],
-            "tta": bool(config.tta),
-            "uncertainty": spread_kind or None,
-            "card": training_card(predictors[0].meta),  # what it was trained on (model.card)
-            "evaluated_before": has_evaluation(predictors[0].meta),
-        },
-        "dataset": {
-            "description": test.description,
-            "n_images": int(len(pos)),
-            "n_patients": int(len(set(patients))),
-            "n_unreadable": int(len(test.table) - len(pos)),
-            "origin": test.origin or {"dataset": test.description, "kind": "unknown"},
-            "label_policy": dict(labels_how),  # views, uncertain, blank, dataset: how labels were read
-        },
-        **metrics,
-        "skipped": dict(test.skipped),  # model outputs this dataset does not label, and why
-        "labelled": labelled_summary(y_true, names),
-        "thresholds": th_info,
-        "bootstrap": {"unit": "patient", "n_boot": config.n_boot, "level": 0.95, "seed": config.seed},
-        "calibration": calibration_summary(y_true, raw, probs, names, cals, fitted),
-        "chexnet_reference": {"label": CHEXNET_LABEL, "auroc": CHEXNET_AUROC},
-        "notes": notes,
-    }
-    if thresholds is not None:  # the validation set's thresholds moved to this one: sens/spec shift
-        metrics["threshold_shift"] = threshold_shift(
-            th_info["val_at_threshold"], at_thresholds(y_true, probs, names, thresholds)
+    found = compute_metrics(y_true, probs, patients, names, thresholds, config.n_boot, config.seed)
+    calibration = calibration_summary(y_true, raw, probs, names, cals, fitted)
+    classes = {  # the calibration's figures beside each finding's
+        name: dataclasses.replace(
+            c,
+            ece_uncalibrated=_nz(row.ece_before),
+            mean_predicted=_nz(row.mean_predicted_after),
+            mean_predicted_uncalibrated=_nz(row.mean_predicted_before),
         )
+        if (row := calibration.per_finding.get(name)) is not None
+        else c
+        for name, c in found.classes.items()
+    }
+    shift = source = None
+    if thresholds is not None:  # the validation set's thresholds moved to this one: sens/spec shift
+        shift = threshold_shift(val_at, at_thresholds(y_true, probs, names, thresholds))
     elif predictors[0].meta.thresholds:  # no validation here: the checkpoint's (source) thresholds
         src = predictors[0].meta
-        metrics["source_thresholds"] = {
-            "thresholds": {n: t for n, t in src.thresholds.items() if n in names},
-            "method": src.threshold_method,
-            "chosen_on": (src.threshold_info or {}).get("split"),
-            "shift": threshold_shift(
+        source = SourceThresholds(
+            thresholds={n: t for n, t in src.thresholds.items() if n in names},
+            method=src.threshold_method,
+            chosen_on=(src.threshold_info or {}).get("split"),
+            shift=threshold_shift(
                 (src.threshold_info or {}).get("val_at_threshold") or {},
                 at_thresholds(y_true, probs, names, src.thresholds),
             ),
-        }
-    for name, row in metrics["calibration"]["per_finding"].items():
-        metrics["classes"][name].update(
-            ece_uncalibrated=_nz(row["ece_before"]),
-            mean_predicted=_nz(row["mean_predicted_after"]),
-            mean_predicted_uncalibrated=_nz(row["mean_predicted_before"]),
         )
     # numbers that mean nothing, flagged (metrics/degenerate.py): the report shows them, the checkpoint keeps them
-    metrics["flags"] = class_flags(metrics["classes"], cals[0])
+    flags = class_flags({n: c.to_json() for n, c in classes.items()}, cals[0])
+    metrics = dataclasses.replace(
+        found,
+        model=ModelInfo(
+            weights=str(config.weights),
+            architecture=predictors[0].meta.architecture,
+            ensemble=(str(config.weights), *map(str, config.ensemble)),
+            tta=bool(config.tta),
+            uncertainty=spread_kind or None,
+            card=ModelCard.from_json(
+                training_card(predictors[0].meta)
+            ),  # what it was trained on (model.card)
+            evaluated_before=has_evaluation(predictors[0].meta),
+        ),
+        dataset=DatasetInfo(
+            description=test.description,
+            n_images=int(len(pos)),
+            n_patients=int(len(set(patients))),
+            n_unreadable=int(len(test.table) - len(pos)),
+            origin=Origin.from_json(test.origin or {"dataset": test.description, "kind": "unknown"}),
+            label_policy=LabelPolicy(**labels_how),  # how the labels were read
+        ),
+        classes=classes,
+        skipped=dict(test.skipped),  # model outputs this dataset does not label, and why
+        labelled=labelled_summary(y_true, names),
+        thresholds=th_info,
+        bootstrap=Bootstrap(unit="patient", n_boot=config.n_boot, level=0.95, seed=config.seed),
+        calibration=calibration,
+        chexnet_reference=ChexnetReference(label=CHEXNET_LABEL, auroc=dict(CHEXNET_AUROC)),
+        threshold_shift=shift,
+        source_thresholds=source,
+        flags={n: tuple(reasons) for n, reasons in flags.items()},
+    )
     if thresholds is not None:
         chosen = {k: v for k, v in thresholds.items() if v is not None}
         sidecar = {
             "thresholds": chosen,
-            "threshold_method": th_info["method"],
-            "chosen_on": th_info["chosen_on"],
+            "threshold_method": th_info.method,
+            "chosen_on": th_info.chosen_on,
         }
         (out / "thresholds.json").write_text(json.dumps(sidecar, indent=2) + "\n")
         if config.write_thresholds or config.out_weights:
-            _write_checkpoint(
-                config, predictors[0], metrics, chosen, th_info, cals[0] if fitted else None, test, pos
+            dest, replaced = _write_checkpoint(
+                config, predictors[0], metrics, chosen, val_at, cals[0] if fitted else None, test, pos
             )
+            metrics = dataclasses.replace(
+                metrics, thresholds=dataclasses.replace(th_info, written_to=str(dest))
+            )
+            if replaced:
+                notes.append(f"The checkpoint's previous thresholds ({replaced}) were replaced in {dest}.")
         elif len(predictors) > 1:
-            metrics["notes"].append(
+            notes.append(
                 "Ensemble thresholds apply to the ensemble's mean probability; they were written only to "
                 "thresholds.json, not into any single checkpoint."
             )
         else:
-            metrics["notes"].append(
+            notes.append(
                 "The thresholds"
                 + (" and the calibration fitted here" if fitted else "")
                 + " were not stored in the checkpoint (thresholds.json only): pass --out-weights NEW.safetensors "
                 "(or --write-thresholds to update --weights in place) to use them in predict."
             )
     elif config.write_thresholds or config.out_weights:
-        metrics["notes"].append("Nothing was written into a checkpoint: no thresholds were chosen.")
-    write_report(out, metrics, y_true, probs, names, spread, spread_kind, val_classes, raw=raw)
+        notes.append("Nothing was written into a checkpoint: no thresholds were chosen.")
+    metrics = dataclasses.replace(metrics, notes=tuple(notes))
+    plots = write_plots(out, metrics, y_true, probs, names, spread, spread_kind, val_classes, raw=raw)
+    metrics = dataclasses.replace(metrics, plots=tuple(plots))
+    write_outputs(out, metrics)
     return metrics
 
 
@@ -362,37 +398,45 @@ def _calibrations(config, predictors, val, v_views, v_pos, names) -> tuple[list[
     return [fit_for(predictors[0], v_views[0], v_true, val.description, "cxrdx evaluate --calibrate")], True
 
 
-def _write_checkpoint(config, predictor, metrics, chosen, th_info, calibration, test, pos) -> None:
-    """Thresholds (+ provenance, + a calibration fitted here) into --out-weights NEW, or --weights in place."""
+def _write_checkpoint(
+    config, predictor, metrics: MetricsRecord, chosen, val_at, calibration, test, pos
+) -> tuple[str, str | None]:
+    """Thresholds (+ provenance, + a calibration fitted here) into --out-weights NEW, or --weights in place;
+    returns where, and the method of the thresholds it replaced (None: it had none)."""
     from cxrdx.model.checkpoint import update_checkpoint_meta
 
     dest = config.out_weights or config.weights
+    th = metrics.thresholds
+    assert th is not None
     evaluation = {
-        "auroc": {k: v["auroc"] for k, v in metrics["classes"].items()},
-        "mean_auroc": metrics["mean_auroc"],
-        "auroc_ci": {k: v["auroc_ci"] for k, v in metrics["classes"].items()},
-        "mean_auroc_ci": metrics["mean_auroc_ci"],
-        "flags": metrics["flags"],  # degenerate results (metrics/degenerate.py), shown by the app
+        "auroc": {k: v.auroc for k, v in metrics.classes.items()},
+        "mean_auroc": metrics.mean_auroc,
+        "auroc_ci": {k: None if v.auroc_ci is None else list(v.auroc_ci) for k, v in metrics.classes.items()},
+        "mean_auroc_ci": None if metrics.mean_auroc_ci is None else list(metrics.mean_auroc_ci),
+        "flags": {k: list(v) for k, v in metrics.flags.items()},  # degenerate results, shown by the app
         "dataset": test.description,
         "n": int(len(pos)),
         "tta": bool(config.tta),
     }
     info = {
-        k: th_info[k]
-        for k in ("method", "split", "tta", "calibration", "positives", "negatives", "chosen_by")
-        + ("val_at_threshold",)
+        "method": th.method,
+        "split": th.split,
+        "tta": th.tta,
+        "calibration": th.calibration,
+        "positives": th.positives,
+        "negatives": th.negatives,
+        "chosen_by": th.chosen_by,
+        "val_at_threshold": val_at,
     }
     replaced = predictor.meta.thresholds and predictor.meta.threshold_method
 
     def change(meta) -> None:
         meta.thresholds = chosen
-        meta.threshold_method = th_info["method"]
-        meta.threshold_info = {**info, "n_images": th_info["n_val_images"]}
+        meta.threshold_method = th.method
+        meta.threshold_info = {**info, "n_images": th.n_val_images}
         meta.evaluation = evaluation
         if calibration is not None:
             meta.calibration = calibration
 
     update_checkpoint_meta(config.weights, change, out=dest)
-    metrics["thresholds"]["written_to"] = str(dest)
-    if replaced:
-        metrics["notes"].append(f"The checkpoint's previous thresholds ({replaced}) were replaced in {dest}.")
+    return str(dest), replaced or None

@@ -23,12 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from cxrdx.errors import DataError
+from cxrdx.evaluation.metrics_record import Labelled, ShiftRow, read_metrics
 from cxrdx.metrics.thresholds import binary_metrics
 
 
-def shared_findings(table, names: Sequence[str], description: str) -> tuple[list[str], dict[str, str]]:
-    """(model outputs the table labels, {skipped output: why}); DataError when they share none."""
-    findings = table.attrs.get("findings") if hasattr(table, "attrs") else None
+def shared_findings(
+    table, names: Sequence[str], description: str, findings: Sequence[str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """(model outputs the table labels, {skipped output: why}); DataError when they share none.
+
+    ``findings``: what the table labels (``LabelTable.findings``); None: the columns named like an output.
+    """
     labelled = set(findings) if findings else {n for n in names if n in table.columns}
     shared, skipped = [], {}
     for n in names:
@@ -66,8 +71,9 @@ def at_thresholds(y: np.ndarray, probs: np.ndarray, names: Sequence[str], thresh
     return out
 
 
-def threshold_shift(source: Mapping[str, dict], target: Mapping[str, dict]) -> dict:
-    """Per finding: sensitivity and specificity on the source (validation) and the target, and the change."""
+def threshold_shift(source: Mapping[str, Mapping], target: Mapping[str, Mapping]) -> dict[str, ShiftRow]:
+    """Per finding: sensitivity and specificity on the source (validation) and the target, and the change
+    (``at_thresholds`` rows; the source's may come from a checkpoint's ``threshold_info``)."""
     out = {}
     for n, tgt in target.items():
         src = source.get(n) or {}
@@ -76,21 +82,21 @@ def threshold_shift(source: Mapping[str, dict], target: Mapping[str, dict]) -> d
             a, b = src.get(k), tgt.get(k)
             row[f"{k}_source"], row[f"{k}_target"] = a, b
             row[f"{k}_shift"] = None if a is None or b is None else round(b - a, 6)
-        out[n] = row
+        out[n] = ShiftRow(**row)
     return out
 
 
-def labelled_summary(y: np.ndarray, names: Sequence[str]) -> dict:
+def labelled_summary(y: np.ndarray, names: Sequence[str]) -> dict[str, Labelled]:
     """Per finding: images labelled, positives and prevalence among the labelled."""
     out = {}
     for c, n in enumerate(names):
         m = ~np.isnan(y[:, c])
         pos = int((y[m, c] == 1).sum())
-        out[n] = {
-            "n_labelled": int(m.sum()),
-            "n_pos": pos,
-            "prevalence": pos / int(m.sum()) if m.any() else None,
-        }
+        out[n] = Labelled(
+            n_labelled=int(m.sum()),
+            n_pos=pos,
+            prevalence=pos / int(m.sum()) if m.any() else None,
+        )
     return out
 
 
@@ -107,39 +113,33 @@ def compare(reports: Sequence[str | os.PathLike], out: str | os.PathLike, names:
         raise DataError("compare needs at least two evaluations (the internal one first)")
     loaded = []
     for i, r in enumerate(reports):
+        m = read_metrics(r)
+        description = m.dataset.description if m.dataset else ""
         p = Path(r)
-        p = p / "metrics.json" if p.is_dir() else p
-        try:
-            m = json.loads(p.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(
-                f"{p}: cannot read an evaluation's metrics.json ({exc}); run `cxrdx evaluate`"
-            ) from None
-        label = names[i] if i < len(names) else (m.get("dataset", {}).get("description") or p.parent.name)
+        label = names[i] if i < len(names) else (description or (p if p.is_dir() else p.parent).name)
         loaded.append((label, m))
     findings: list[str] = []
     for _, m in loaded:
-        findings += [f for f in m.get("classes", {}) if f not in findings]
+        findings += [f for f in m.classes if f not in findings]
     rows = {}
     internal_label, internal = loaded[0]
     for f in findings:
         row = {}
-        base = (internal.get("classes", {}).get(f) or {}).get("auroc")
+        base = internal.classes[f].auroc if f in internal.classes else None
         for label, m in loaded:
-            c = m.get("classes", {}).get(f)
+            c = m.classes.get(f)
             if c is None:
-                why = (m.get("skipped") or {}).get(f, "not evaluated")
-                row[label] = {"auroc": None, "skipped": why}
+                row[label] = {"auroc": None, "skipped": m.skipped.get(f, "not evaluated")}
                 continue
             row[label] = {
-                "auroc": c.get("auroc"),
-                "auroc_ci": c.get("auroc_ci"),
-                "n_labelled": c.get("n"),
-                "n_pos": c.get("n_pos"),
-                "prevalence": c.get("prevalence"),
+                "auroc": c.auroc,
+                "auroc_ci": None if c.auroc_ci is None else list(c.auroc_ci),
+                "n_labelled": c.n,
+                "n_pos": c.n_pos,
+                "prevalence": c.prevalence,
             }
-            if label != internal_label and base is not None and c.get("auroc") is not None:
-                row[label]["drop"] = round(base - c["auroc"], 6)
+            if label != internal_label and base is not None and c.auroc is not None:
+                row[label]["drop"] = round(base - c.auroc, 6)
         rows[f] = row
     means = {}
     for label, _ in loaded[1:]:

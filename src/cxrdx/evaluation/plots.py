@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrdx.evaluation.metrics_record import MetricsRecord
 from cxrdx.metrics.calibration import ECE_BINS, calibration_bins
 
 
@@ -40,13 +41,15 @@ def _labelled(y_true: np.ndarray, scores: np.ndarray, c: int) -> tuple[np.ndarra
     return y[m].astype(np.int64), np.asarray(scores[:, c])[m]
 
 
-def plot_roc(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: dict) -> Path:
+def plot_roc(
+    out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: MetricsRecord
+) -> Path:
     from sklearn.metrics import roc_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=110)
     for c, (name, color) in enumerate(zip(names, _colors(len(names)), strict=True)):
-        auc = metrics["classes"][name]["auroc"]
+        auc = metrics.classes[name].auroc
         if auc is None:
             continue
         fpr, tpr, _ = roc_curve(*_labelled(y_true, probs, c))
@@ -61,17 +64,19 @@ def plot_roc(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[s
     return _save(fig, out / "roc.png")
 
 
-def plot_pr(out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: dict) -> Path:
+def plot_pr(
+    out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: MetricsRecord
+) -> Path:
     from sklearn.metrics import precision_recall_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=110)
     for c, (name, color) in enumerate(zip(names, _colors(len(names)), strict=True)):
-        ap = metrics["classes"][name]["average_precision"]
+        ap = metrics.classes[name].average_precision
         if ap is None:
             continue
         prec, rec, _ = precision_recall_curve(*_labelled(y_true, probs, c))
-        prev = metrics["classes"][name]["prevalence"]
+        prev = metrics.classes[name].prevalence
         ax.plot(rec, prec, color=color, lw=1.6, label=f"{name} (AP {ap:.3f}, prev {prev:.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
     ax.set_title("Precision-recall curves (average precision and prevalence in legend)")
@@ -85,7 +90,7 @@ def plot_reliability(
     y_true: np.ndarray,
     probs: np.ndarray,
     names: Sequence[str],
-    metrics: dict,
+    metrics: MetricsRecord,
     raw: np.ndarray | None = None,
 ) -> Path:
     """Per finding: the reliability diagram after calibration (blue) and, with ``raw``, before it (grey)."""
@@ -105,8 +110,8 @@ def plot_reliability(
             ax.plot(r["confidence"][r_used], r["frequency"][r_used], "s--", color="0.45", ms=2.5, lw=1)
         ax.plot(b["confidence"][used], b["frequency"][used], "o-", color="#4c78a8", ms=3, lw=1.2)
         ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8)
-        cls = metrics["classes"][name]
-        ece, before = cls["ece"], cls.get("ece_uncalibrated")
+        cls = metrics.classes[name]
+        ece, before = cls.ece, cls.ece_uncalibrated
         title = name
         if ece is not None:
             title += (
@@ -127,15 +132,15 @@ def plot_reliability(
 
 
 def plot_test_val_prevalence(
-    out: Path, metrics: dict, names: Sequence[str], val_classes: dict | None
+    out: Path, metrics: MetricsRecord, names: Sequence[str], val_classes: dict | None
 ) -> Path:
     """Test (and validation) prevalence per finding, drawn by THE prevalence plot of the data layer."""
     from cxrdx.data.stats import plot_prevalence as draw
 
-    series = {"test": {n: metrics["classes"][n]["prevalence"] for n in names}}
+    series = {"test": {n: metrics.classes[n].prevalence for n in names}}
     if val_classes:
         series["val"] = {n: val_classes[n]["prevalence"] for n in names}
-    counts = {n: metrics["classes"][n]["n_pos"] for n in names}
+    counts = {n: metrics.classes[n].n_pos for n in names}
     return draw(series, out / "prevalence.png", title="Class prevalence", counts=counts)
 
 

@@ -23,21 +23,8 @@ import torch
 from torch import nn
 
 from cxrdx.errors import ConfigError
-from cxrdx.imaging.letterbox import Letterbox
+from cxrdx.explain.maps import CAM_STRIDE, normalize_map, to_source  # noqa: F401 - re-exported
 from cxrdx.model.networks import GRADCAM_LAYER
-
-CAM_STRIDE = 32  # DenseNet121 input pixels per cell of the last dense block
-
-
-def normalize_map(cam: np.ndarray) -> np.ndarray:
-    """Min-max scale one map to [0, 1]; a flat or non-finite map becomes zeros (never NaN)."""
-    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if cam.size == 0:
-        return cam
-    lo, hi = float(cam.min()), float(cam.max())
-    if not hi - lo > 1e-12 * max(1.0, abs(hi)):
-        return np.zeros_like(cam, dtype=np.float32)
-    return ((cam - lo) / (hi - lo)).astype(np.float32)
 
 
 def upsample_cams(cams: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -45,12 +32,6 @@ def upsample_cams(cams: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     import torch.nn.functional as F
 
     return F.interpolate(cams, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-def to_source(square: np.ndarray, box: Letterbox) -> np.ndarray:
-    """A map on the (S, S) model input -> the source image's frame, normalised over the image only
-    (the letterbox padding is cut off first): what a heatmap shows and the pointing game scores."""
-    return normalize_map(box.unletterbox(square))
 
 
 class GradCam:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from cxrdx.errors import CxrdxError, DataError
-from cxrdx.explain.gradcam import CAM_STRIDE
+from cxrdx.explain.maps import CAM_STRIDE
 from cxrdx.labels import canonical, canonical_list
 from cxrdx.reporter import Reporter, reporter_or_default
 

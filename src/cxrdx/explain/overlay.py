@@ -38,8 +38,11 @@ def overlay_png(
     h, w = image.shape
     width_in = 6.4
     fig, ax = plt.subplots(figsize=(width_in, max(2.5, width_in * h / w * 0.88) + 0.6), dpi=110)
-    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
-    ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    # One picture, blended once (``overlay_rgb``: what two stacked imshow layers composite to) and
+    # reduced to about the pixels the figure shows: matplotlib resampled two 1024 px layers twice
+    # per file (0.75 s of an overlay's 0.8 s under load); the extent keeps source-pixel coordinates.
+    picture = _at_most(overlay_rgb(image, heatmap, alpha, cmap), int(width_in * 110))
+    ax.imshow(picture, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
     shown = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=cmap)  # opaque bar
     for x, y, bw, bh in boxes:
         ax.add_patch(Rectangle((x, y), bw, bh, fill=False, edgecolor="lime", linewidth=2))
@@ -59,9 +62,23 @@ def overlay_png(
         fig.text(0.5, 0.02, "\n".join(lines), ha="center", va="bottom", color="red", fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(
+        path, pil_kwargs={"compress_level": 1}
+    )  # zlib level 6 took most of the time left, level 1 ~1/3
     plt.close(fig)
     return path
+
+
+def _at_most(picture: np.ndarray, side: int) -> np.ndarray:
+    """An (H, W, 3) uint8 picture shrunk (area-weighted) so its longer side is at most ``side``."""
+    h, w = picture.shape[:2]
+    if max(h, w) <= side:
+        return picture
+    from PIL import Image
+
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.BILINEAR))
 
 
 def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:

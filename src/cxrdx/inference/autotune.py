@@ -1,13 +1,20 @@
-"""Batch size, intra-op threads and decode threads for ``cxrdx predict``, measured on this machine.
+"""Which backend, precision and batch size ``cxrdx predict`` runs, measured on this machine and cached.
 
-The best settings differ between CPUs (on an AVX-512 machine batch 8 beat batch 1, on an
-AVX2 EPYC it was 27 % slower; see docs/performance.md), so they are measured, not tuned by
-constants: at the first ONNX/OpenVINO predict of a model on a machine, a few seconds time
-the pipeline's steady state (a batch in the network while decode threads prepare the next
-one, from the job's own first image) at a few batch sizes and thread counts; the choice is cached in ``<cxrdx cache>/autotune.json`` under a key of the
-machine (CPU model, flags and usable CPUs) and the model (its export, size and runtime).
-Settings measured while the load average exceeded the CPU count are measured again once the
-machine is quiet. ``cxrdx predict --no-autotune`` (or an explicit ``--batch-size``) skips it.
+The fastest setting differs between CPUs (OpenVINO bf16 was 4x ONNX Runtime fp32 on an AMX Xeon;
+batch 8 beat batch 1 on AVX-512 and lost by 27 % on an AVX2 EPYC; docs/performance.md), so it is
+measured, not set by constants. Each candidate the machine offers (``inference/choose.py``: ONNX
+Runtime fp32, OpenVINO fp32, OpenVINO bf16 where the CPU has native bf16, the int8 model ``cxrdx
+quantize`` made) runs the checkpoint's reference images (``inference/reference.py``) in batches:
+that times its network and gives its outputs, which a reduced precision must match against the
+stored fp32 outputs before it may be chosen. The fastest admitted candidate wins; its batch size
+is ``BATCH``, or 1 where that ran >= 10 % faster. The result is cached in ``<cxrdx cache>/autotune.json``
+under a key of the machine (CPU model, flags, usable CPUs), the export and the candidates, with
+every candidate's rate and check (the record of the choice). It is measured when the export is
+written (``cxrdx train``/``import``/``calibrate``), else at the first large enough predict; a
+choice measured while the load average exceeded the CPU count is measured again once quiet.
+
+Per job only the decoding is timed (several of the job's images: one odd film, e.g. RGBA, must not
+decide), to give the decode threads: enough to keep up with the network, leaving it its cores.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +35,34 @@ import numpy as np
 from cxrdx.device import available_threads, cpu_info
 from cxrdx.files import atomic_write_json, cache_root
 
-BATCH_SIZES = (1, 2, 4, 8)
-MIN_SECONDS = 0.2  # per measured configuration (and at least two timed steps)
-BUDGET_SECONDS = 6.0  # the whole measurement stops adding configurations after this
-REVISION = 2  # part of the cache key: bump when what is measured changes (2: decoding alongside)
+BATCH = 8  # the batch the candidates are timed at; the winner is also timed at batch 1
+TIME_IMAGES = 16  # the reference images each candidate is timed on (after one untimed batch)
+SINGLE_RUNS = 3  # timed batch-1 runs of the winner
+SINGLE_MARGIN = 1.1  # batch 1 only when that much faster: 3 runs against 2 batches is a noisy comparison
+DECODE_IMAGES = 4  # the job's images timed for the decode threads
+REVISION = 3  # part of the cache key: bump when what is measured changes (3: backend and precision too)
 
 
 @dataclass
 class Tuned:
     batch_size: int
     threads: int
-    workers: int
-    net_img_per_s: float  # the network at this batch size and thread count, decoding alongside
-    decode_ms: float  # decoding + letterboxing one of the job's images, one thread
+    workers: int  # decode threads (set per job from its decode time)
+    net_img_per_s: float  # the chosen network at its batch size
+    decode_ms: float  # decoding + letterboxing one of the job's images, one thread (median)
     measured_s: float  # what the measurement cost
     load: float = 0.0  # 1-minute load average when measured: a busy machine's choice is measured again
+    candidate: str = "onnx fp32"  # "<runtime> <precision>": the chosen backend
+    rates: dict[str, float] = field(default_factory=dict)  # every candidate's img/s at batch BATCH
+    checks: dict[str, dict] = field(default_factory=dict)  # every candidate's reference check (Check.to_dict)
+
+    @property
+    def runtime(self) -> str:
+        return self.candidate.split()[0]
+
+    @property
+    def precision(self) -> str:
+        return self.candidate.split()[1]
 
 
 def _load() -> float:
@@ -62,6 +82,10 @@ def machine_key() -> str:
     flags = " ".join(sorted(flag_set))
     digest = hashlib.sha256(f"{model}|{flags}|{available_threads()}".encode()).hexdigest()[:16]
     return f"{model} x{available_threads()} {digest}"
+
+
+def cache_key(model_key: str, candidates: Sequence[str], cores: int) -> str:
+    return f"{machine_key()} | {model_key} | {', '.join(candidates)} | {cores} cores | v{REVISION}"
 
 
 def load_cached(key: str) -> Tuned | None:
@@ -84,93 +108,103 @@ def save_cached(key: str, tuned: Tuned) -> None:
 
 
 def measure(
-    make_session: Callable[[int], Any],
-    run: Callable[[Any, np.ndarray], object],
-    input_shape: tuple[int, ...],
-    decode: Callable[[], object] | None,
+    candidates: Sequence[str],
+    make_session: Callable[[str], Any],
+    run: Callable[[Any, np.ndarray], np.ndarray],
+    x: np.ndarray,
+    check: Callable[[str, np.ndarray], dict | None],
     cores: int | None = None,
-) -> Tuned:
-    """Time the pipeline's steady state at BATCH_SIZES for ``cores`` and ``cores - 1`` intra-op threads.
+) -> tuple[Tuned, Any]:
+    """Time every candidate on the reference inputs ``x`` and keep the fastest one ``check`` admits.
 
-    ``make_session(threads)`` builds a session; ``run(session, batch)`` runs one batch;
-    ``decode()`` decodes one of the job's images. Each timed step is what ``iter_predict``
-    does once it is running: one batch in the network while the decode threads prepare the
-    next batch's images, so the network is measured with the decoding competing for the
-    cores. The rate of a configuration is its best step (other work only adds time).
+    ``make_session(name)`` opens a candidate; ``run(session, batch)`` returns its raw outputs;
+    ``check(name, outputs)`` compares the outputs of the first ``len(outputs)`` images of ``x`` with
+    fp32 (a Check dict with "passed", or None: always admitted): all of them for a reduced precision,
+    the ``TIME_IMAGES`` timed ones for an fp32 candidate. Each candidate's first batch sets up its
+    buffers and is not timed; its rate is its best batch. Returns (settings, the winner's session).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     start = time.perf_counter()
     cores = cores or available_threads()
-    decode_s = 0.0
-    if decode is not None:
-        times = []
-        for _ in range(3):
+    rates: dict[str, float] = {}
+    checks: dict[str, dict] = {}
+    sessions: dict[str, Any] = {}
+    for name in candidates:
+        session = make_session(name)
+        run(session, x[:BATCH])
+        outs, steps = [], []
+        # an exact (fp32) candidate is checked on the timed images only, a reduced one on all of them
+        stop = min(len(x), TIME_IMAGES) if name.endswith(" fp32") else len(x)
+        for i in range(0, stop, BATCH):
             t0 = time.perf_counter()
-            decode()
-            times.append(time.perf_counter() - t0)
-        decode_s = float(np.median(times))
-    workers = max(1, cores - 1)
-    rates: dict[tuple[int, int], float] = {}
-    rng = np.random.default_rng(0)
-    with ThreadPoolExecutor(workers, thread_name_prefix="cxrdx-autotune") as pool:
+            outs.append(np.asarray(run(session, x[i : i + BATCH]), dtype=np.float32))
+            if i < TIME_IMAGES and (i + BATCH <= len(x) or not steps):
+                steps.append((time.perf_counter() - t0) / len(x[i : i + BATCH]))
+        rates[name] = 1.0 / max(min(steps), 1e-9)
+        verdict = check(name, np.concatenate(outs))
+        if verdict is not None:
+            checks[name] = verdict
+        if verdict is None or verdict.get("passed"):
+            sessions[name] = session
+    best = max(sessions, key=lambda n: rates[n])
+    session = sessions[best]
+    run(session, x[:1])
+    single = []
+    for k in range(min(SINGLE_RUNS, len(x))):
+        t0 = time.perf_counter()
+        run(session, x[k : k + 1])
+        single.append(time.perf_counter() - t0)
+    rate1 = 1.0 / max(min(single), 1e-9)
+    bs, rate = (1, rate1) if rate1 > SINGLE_MARGIN * rates[best] else (BATCH, rates[best])
+    tuned = Tuned(bs, cores, 1, rate, 0.0, time.perf_counter() - start, _load(), best, rates, checks)
+    return tuned, session
 
-        def step(session: Any, x: np.ndarray) -> float:
-            t0 = time.perf_counter()
-            pending = [pool.submit(decode) for _ in range(len(x))] if decode is not None else []
-            run(session, x)
-            for f in pending:
-                f.result()
-            return time.perf_counter() - t0
 
-        for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
-            session = make_session(threads)
-            for bs in BATCH_SIZES:
-                if time.perf_counter() - start > BUDGET_SECONDS and rates:
-                    break
-                x = rng.standard_normal((bs, *input_shape)).astype(np.float32)
-                run(session, x)  # this shape's first run sets up its buffers: not timed
-                steps, t0 = [], time.perf_counter()
-                while len(steps) < 2 or time.perf_counter() - t0 < MIN_SECONDS:
-                    steps.append(step(session, x))
-                rates[(threads, bs)] = bs / min(steps)
-    (threads, bs), rate = max(rates.items(), key=lambda kv: kv[1])
-    # decode threads: enough to decode as fast as the network runs, leaving it its cores
-    need = math.ceil(decode_s * rate) if decode_s > 0 else 1
-    return Tuned(
-        bs, threads, max(1, min(need, workers)), rate, 1000 * decode_s, time.perf_counter() - start, _load()
-    )
+def decode_ms(decoders: Sequence[Callable[[], object]]) -> float:
+    """Median ms to decode + letterbox each of several images (one thread)."""
+    times = []
+    for decode in decoders:
+        t0 = time.perf_counter()
+        decode()
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times)) if times else 0.0
+
+
+def workers_for(decode_ms: float, net_img_per_s: float, cores: int) -> int:
+    """Decode threads that keep up with the network, at most all CPUs but one, at least one."""
+    need = math.ceil(decode_ms / 1000 * net_img_per_s) if decode_ms > 0 else 1
+    return max(1, min(need, cores - 1))
 
 
 def tuned_for(
     model_key: str,
-    make_session: Callable[[int], Any],
-    run: Callable[[Any, np.ndarray], object],
-    input_shape: tuple[int, ...],
-    decode: Callable[[], object] | None,
+    candidates: Sequence[str],
+    measure_fn: Callable[[], tuple[Tuned, Any]],
     cores: int | None = None,
     measure_now: bool = True,
-) -> tuple[Tuned | None, bool]:
-    """The cached settings for (this machine, model, cores), measuring them first when there are none.
+) -> tuple[Tuned | None, bool, Any]:
+    """The cached choice for (this machine, model, candidates, cores), measured first when there is none.
 
-    Returns (settings, whether they were measured now); (None, False) when none are cached and
-    ``measure_now`` is False (a job too small to pay for the measurement).
+    Returns (settings, whether measured now, the winner's session when measured now, else None);
+    (None, False, None) when none is cached and ``measure_now`` is False.
     """
     cores = cores or available_threads()
-    key = f"{machine_key()} | {model_key} | {cores} cores | v{REVISION}"
+    key = cache_key(model_key, candidates, cores)
     cached = load_cached(key)
     if cached is not None and cached.load > cores and _load() <= cores and measure_now:
         cached = None  # measured while other work shared the CPUs; now it is quiet enough to redo
     if cached is not None or not measure_now:
-        return cached, False
-    tuned = measure(make_session, run, input_shape, decode, cores)
+        return cached, False, None
+    tuned, session = measure_fn()
     save_cached(key, tuned)
-    return tuned, True
+    return tuned, True, session
 
 
 def describe(t: Tuned, fresh: bool) -> str:
     how = f"measured in {t.measured_s:.1f} s" if fresh else "cached for this machine and model"
+    others = ", ".join(f"{n} {r:.1f}" for n, r in sorted(t.rates.items(), key=lambda kv: -kv[1]))
+    rejected = [n for n, c in t.checks.items() if not c.get("passed")]
+    no = f"; rejected by the reference check: {', '.join(rejected)}" if rejected else ""
     return (
-        f"autotune: batch {t.batch_size}, {t.threads} network thread(s), {t.workers} decode thread(s) "
-        f"({how}: network {t.net_img_per_s:.1f} img/s, decode {t.decode_ms:.0f} ms/img); --no-autotune to skip"
+        f"autotune: {t.candidate}, batch {t.batch_size}, {t.threads} network thread(s), {t.workers} decode "
+        f"thread(s) ({how}: img/s {others}{no}; decode {t.decode_ms:.0f} ms/img); --no-autotune to skip"
     )

@@ -2,7 +2,8 @@
 
 Why ONNX Runtime: on a CPU it runs DenseNet121 about twice as fast as eager PyTorch
 (fused conv+BN+ReLU, better thread use), so the predict CLI and the app use it by
-default when it is installed. OpenVINO is opt-in (bf16 on CPUs that have it).
+default when it is installed. OpenVINO runs the same file, in fp32 or (asked for) bf16;
+``cxrdx predict`` picks among them by measurement (inference/autotune.py, inference/choose.py).
 The PyTorch path itself lives in ``Predictor._forward``.
 """
 
@@ -65,25 +66,27 @@ def make_session(
 
 
 def openvino_available() -> bool:
+    """Installed (found, not imported: importing OpenVINO costs about a second, more on a busy machine)."""
+    import importlib.util
+
     try:
-        import openvino  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 class OpenVinoSession:
     """An OpenVINO CPU model behind ONNX Runtime's ``run(outputs, feeds)``, so Predictor takes either.
 
-    Optional (``pip install openvino``), opt-in with ``--backend openvino``. On CPUs with
-    native bf16 (AMX / AVX512-BF16) OpenVINO runs in bf16 unless ``precision="f32"``:
-    about 2.7x ONNX Runtime fp32 per CPU-second here, with probabilities within ~1e-3
-    of fp32 (see docs/performance.md). ``auto`` never picks it: fp32 stays the default.
+    ``precision``: ``f32`` (exact, the default) or ``bf16`` (CPUs with AMX / AVX512-BF16: about
+    4x ONNX Runtime fp32 here, probabilities within ~1e-3; docs/performance.md), or ``auto``
+    (OpenVINO's own default, which is bf16 on such CPUs). ``cxrdx predict`` chooses bf16 only
+    after the reference check (inference/reference.py).
     One infer request per thread, because the web app predicts from several threads.
     """
 
     def __init__(
-        self, model_source: str | os.PathLike | bytes, threads: int | None = None, precision: str = "auto"
+        self, model_source: str | os.PathLike | bytes, threads: int | None = None, precision: str = "f32"
     ) -> None:
         import openvino as ov
 
@@ -155,14 +158,17 @@ def open_session(
     threads: int | None = None,
     runtime: str = "onnx",
     prep: Preprocessing | None = None,
+    precision: str = "fp32",
 ) -> Any:
     """An ORT (or OpenVINO) session on an exported file; a folded graph comes wrapped in ``GrayFeed``.
 
     ``prep``: the checkpoint's preprocessing; read from the file's metadata when not given.
+    ``precision``: OpenVINO's inference precision, fp32 or bf16 (ONNX Runtime runs the file as it is).
     """
-    session = (
-        make_session(model_source, threads) if runtime == "onnx" else OpenVinoSession(model_source, threads)
-    )
+    if runtime == "onnx":
+        session = make_session(model_source, threads)
+    else:
+        session = OpenVinoSession(model_source, threads, "bf16" if precision == "bf16" else "f32")
     if runtime == "onnx":
         input_name = session.get_inputs()[0].name
     else:

@@ -1,7 +1,10 @@
 """A checkpoint as a self-describing ONNX file, the check against PyTorch, and the export cache.
 
-The exported graph outputs *probabilities* (sigmoid applied inside) and, second, the
-pooled ``features`` the classifier reads (for the out-of-distribution score), has a dynamic
+The exported graph outputs *probabilities* (sigmoid applied inside), second the
+pooled ``features`` the classifier reads (for the out-of-distribution score) and, third, where
+the network ends in average pool + linear (``cxrdx.explain.cam.linear_head``), the class
+activation maps ``cams`` (N, L, h, w) whose ReLU is Grad-CAM on the cells (heatmaps with no
+backward pass, ``cxrdx.inference.heatmaps``); it has a dynamic
 batch axis and a fixed square input of the checkpoint's size, and carries in its
 ``metadata_props`` everything needed to use it without cxrdx: label order, size, the
 preprocessing (normalisation) record, thresholds and the sha256 of the checkpoint it
@@ -54,8 +57,10 @@ EXPORT_TOLERANCE = 1e-4
 CACHE_KEEP = 8  # ONNX exports kept in the cache folder
 # Part of the cache key: bump it when the exported graph changes (2: second output "features";
 # 3: the normalisation and the gray channels folded into the first convolution, input "gray";
-# 4: "features" holds several depths, cxrdx.model.networks.depth_features_and_logits).
-EXPORT_REVISION = 4
+# 4: "features" holds several depths, cxrdx.model.networks.depth_features_and_logits;
+# 5: third output "cams", the class activation maps, cxrdx.explain.cam).
+EXPORT_REVISION = 5
+CAMS_NAME = "cams"  # (N, L, h, w) class activation maps: ReLU of them is Grad-CAM at class_layers.relu
 
 
 @dataclass
@@ -68,7 +73,9 @@ class ExportReport:
     max_abs_diff: float | None  # over the probe inputs; None when the check was skipped
 
 
-def onnx_metadata(meta: CheckpointMeta, source_sha256: str, fold: bool = False) -> dict[str, str]:
+def onnx_metadata(
+    meta: CheckpointMeta, source_sha256: str, fold: bool = False, cams: bool = False
+) -> dict[str, str]:
     """The key/value strings embedded in the ONNX file (all JSON or plain text)."""
     from cxrdx import __version__
 
@@ -81,7 +88,15 @@ def onnx_metadata(meta: CheckpointMeta, source_sha256: str, fold: bool = False) 
         "the normalisation in 'preprocessing' and the gray-to-C-channel copy are folded into the "
         "first convolution"
     )
+    cams_note = {
+        CAMS_NAME: (
+            "third output (N, L, h, w): the class activation maps M_c = sum_k w_ck A_k / (h w) of the last "
+            "feature map A (class_layers.relu) and the classifier's weights w, before any ReLU; sum over the "
+            "cells + the classifier's bias = the logit; Grad-CAM on the cells is ReLU(M_c) (cxrdx.explain.cam)"
+        )
+    }
     return {
+        **(cams_note if cams else {}),
         "cxrdx_version": __version__,
         "architecture": meta.architecture,
         "labels": json.dumps(list(meta.labels)),
@@ -107,21 +122,44 @@ def onnx_metadata(meta: CheckpointMeta, source_sha256: str, fold: bool = False) 
     }
 
 
-def _with_sigmoid(model: torch.nn.Module) -> torch.nn.Module:
+def _with_sigmoid(model: torch.nn.Module, cams: bool = False) -> torch.nn.Module:
+    """The graph's outputs: probabilities, features and, with ``cams``, the class activation maps
+    (only for a network ``cxrdx.explain.cam.linear_head`` accepts)."""
     import torch
+
+    from cxrdx.explain.cam import cam_cells, linear_head
+    from cxrdx.model.networks import GRADCAM_LAYER, depth_features_and_logits
+
+    linear = linear_head(model) if cams else None
+    if cams and linear is None:
+        raise CheckpointError("this network has no average-pool + linear head: no class activation maps")
 
     class _Probabilities(torch.nn.Module):
         def __init__(self, net: torch.nn.Module) -> None:
             super().__init__()
             self.net = net
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            from cxrdx.model.networks import depth_features_and_logits
-
-            features, logits = depth_features_and_logits(self.net, x)  # the same pass as self.net(x)
-            return torch.sigmoid(logits), features
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if linear is None:
+                features, logits = depth_features_and_logits(self.net, x)  # the same pass as self.net(x)
+                return torch.sigmoid(logits), features
+            acts: list[torch.Tensor] = []  # the target layer's output, from the same pass
+            layer = self.net.get_submodule(GRADCAM_LAYER)
+            handle = layer.register_forward_hook(lambda _m, _i, out: acts.append(out))
+            try:
+                features, logits = depth_features_and_logits(self.net, x)
+            finally:
+                handle.remove()
+            return torch.sigmoid(logits), features, cam_cells(acts[-1], linear)
 
     return _Probabilities(model).eval()
+
+
+def exports_cams(model: torch.nn.Module) -> bool:
+    """Whether the export of this network has the ``cams`` output (its head is average pool + linear)."""
+    from cxrdx.explain.cam import linear_head
+
+    return linear_head(model) is not None
 
 
 def onnx_bytes(
@@ -130,11 +168,13 @@ def onnx_bytes(
     source_sha256: str,
     opset: int = DEFAULT_OPSET,
     fold: bool = False,
+    cams: bool | None = None,
 ) -> bytes:
     """Serialise the network (probabilities out, dynamic batch) with metadata, in memory.
 
     ``fold``: the graph takes (N, 1, S, S) gray in [0, 1] as ``gray``, the normalisation and the
-    channel copies folded into the first convolution (inference/fold.py, exact).
+    channel copies folded into the first convolution (inference/fold.py, exact). ``cams``: add the
+    third output ``cams`` (None: where the network's head allows it, ``exports_cams``).
     """
     import onnx
     import torch
@@ -145,7 +185,9 @@ def onnx_bytes(
         from cxrdx.inference.fold import fold_input
 
         model, channels, input_name = fold_input(model, meta.preprocessing), 1, GRAY_NAME
-    wrapped = _with_sigmoid(model)
+    cams = exports_cams(model) if cams is None else cams
+    wrapped = _with_sigmoid(model, cams)
+    outputs = [OUTPUT_NAME, FEATURES_NAME] + ([CAMS_NAME] if cams else [])
     was_training = model.training
     buf = io.BytesIO()
     try:
@@ -163,12 +205,8 @@ def onnx_bytes(
                 buf,
                 dynamo=False,
                 input_names=[input_name],
-                output_names=[OUTPUT_NAME, FEATURES_NAME],
-                dynamic_axes={
-                    input_name: {0: "batch"},
-                    OUTPUT_NAME: {0: "batch"},
-                    FEATURES_NAME: {0: "batch"},
-                },
+                output_names=outputs,
+                dynamic_axes={input_name: {0: "batch"}} | {name: {0: "batch"} for name in outputs},
                 opset_version=opset,
                 do_constant_folding=True,
             )
@@ -180,7 +218,7 @@ def onnx_bytes(
     finally:
         model.train(was_training)  # the exporter restores the *wrapper's* mode onto the network
     proto = onnx.load_from_string(buf.getvalue())
-    for key, value in onnx_metadata(meta, source_sha256, fold).items():
+    for key, value in onnx_metadata(meta, source_sha256, fold, cams).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = "cxrdx chest X-ray findings model; see metadata_props"
@@ -280,7 +318,7 @@ def _prune(folder: Path, keep: int) -> None:
 def cached_export_path(sha: str, precision: str = "fp32") -> Path:
     """The cache file of a checkpoint's export (by its sha256), without importing torch.
 
-    ``precision``: ``fp32``, or an int8 variant of inference/quantize.py (``int8`` / ``int8r7``).
+    ``precision``: ``fp32``, or an int8 variant of inference/int8.py (``int8`` / ``int8r7``).
     """
     from importlib.metadata import version
 
@@ -340,6 +378,9 @@ def export_to_cache(sha: str, model: torch.nn.Module, meta: CheckpointMeta) -> b
     with contextlib.suppress(OSError, CxrdxError):  # read-only cache folder: atomic_write says CxrdxError
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
         _prune(path.parent, keep=CACHE_KEEP)
+        from cxrdx.inference.reference import prune
+
+        prune(path.parent)  # the pruned exports' reference images
     return data
 
 
@@ -408,7 +449,7 @@ def export_in_background(ckpt: str | os.PathLike) -> None:
 
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-m", "cxrdx.inference.export", str(Path(ckpt).resolve())],
+            [sys.executable, "-m", "cxrdx.inference.on_write", str(Path(ckpt).resolve())],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

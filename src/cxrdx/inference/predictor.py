@@ -10,7 +10,7 @@ other threads' forward passes).
 Backends: ``torch`` (eager, channels_last), ``onnx`` (the same network exported once, run by
 ONNX Runtime, about twice as fast on a CPU) or ``openvino`` (the same ONNX file, optional:
 bf16 on CPUs with native bf16, probabilities move by ~1e-3; docs/performance.md). ``auto``
-picks ONNX Runtime on CPU when installed. Grad-CAM always uses the PyTorch network.
+picks ONNX Runtime on CPU when installed. Heatmaps: cxrdx.inference.heatmaps (the graph's ``cams``).
 
 Every input is made by the checkpoint's recipe (``Preprocessing``: fit, resize kernel, bit
 depth, normalisation, crops): for our own models the function that made the training
@@ -23,8 +23,6 @@ multi-core CPU decoding hides behind inference.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import os
 import threading
 import warnings as _warnings
@@ -39,7 +37,6 @@ from cxrdx.device import available_threads
 from cxrdx.errors import CheckpointError, ConfigError, CxrdxError
 from cxrdx.imaging.letterbox import Letterbox
 from cxrdx.inference.prediction import Prediction
-from cxrdx.labels import canonical
 from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta
 from cxrdx.model.ood import DepthOod, OodStats, reference
 from cxrdx.settings import BACKENDS
@@ -85,8 +82,7 @@ class Predictor:
         self.session = session  # an onnxruntime.InferenceSession, or None for the torch backend
         self.precision = "fp32"  # or the int8 variant of the session's file (Predictor.load(precision=...))
         self._explain_lock = threading.Lock()
-        self._gradcam = None
-        self._cams: tuple[bytes, np.ndarray] | None = None  # (input digest, every finding's square map)
+        self._heatmaps = None  # cxrdx.inference.heatmaps.Heatmaps, made on the first explain
 
     @property
     def device(self) -> torch.device:
@@ -130,9 +126,9 @@ class Predictor:
     ) -> Predictor:
         """Load a checkpoint (a path, or a pretrained name such as ``xrv-nih``) once.
 
-        ``backend`` is torch, onnx or auto (onnx on CPU when installed). ``precision="int8"``
-        runs the int8 model ``cxrdx quantize`` made and checked for this checkpoint (ONNX
-        Runtime on CPU; Grad-CAM stays fp32 on PyTorch).
+        ``backend`` is torch, onnx, openvino or auto (onnx on CPU when installed). ``precision="int8"``
+        runs the int8 model ``cxrdx quantize`` made and checked for this checkpoint (ONNX Runtime on
+        CPU), ``"bf16"`` OpenVINO bf16 (CPU); Grad-CAM stays fp32 on PyTorch.
         """
         from cxrdx.inference import backends, export
         from cxrdx.model.pretrained import resolve_weights
@@ -147,11 +143,10 @@ class Predictor:
                 "train one with `cxrdx train --init` or import a chest X-ray checkpoint"
             )
         on_cpu = str(device).split(":")[0] == "cpu"
-        if precision != "fp32":
-            from cxrdx.inference.quantize import int8_meta, int8_session
+        if precision not in ("fp32", "auto"):  # auto: fp32 here; `cxrdx predict` measures the choice
+            from cxrdx.inference.choose import reduced_session
 
-            session, variant = int8_session(path, precision, backend, device, threads)
-            meta = int8_meta(meta, session)  # the OOD threshold refitted for int8's features
+            session, variant, meta = reduced_session(path, meta, precision, backend, device, threads)
             predictor = cls(None, meta, device, session=session, checkpoint=path)
             predictor.precision = variant
             return predictor
@@ -473,28 +468,8 @@ class Predictor:
         return list(self.iter_predict(items, batch_size=batch_size, tta=tta, workers=workers))
 
     def explain(self, image: ImageLike, finding: str) -> np.ndarray:
-        """Grad-CAM heatmap for one finding, in [0, 1], on the source image's own pixel grid."""
-        from cxrdx.explain.gradcam import GradCam, to_source
+        """Grad-CAM heatmap for one finding, in [0, 1], on the source image's own pixel grid: from the
+        forward pass where the network allows it (cxrdx.inference.heatmaps)."""
+        from cxrdx.inference.heatmaps import heatmaps
 
-        finding = canonical(finding)
-        if finding not in self.labels:
-            raise CxrdxError(f"this model does not output {finding}; it outputs {', '.join(self.labels)}")
-        if not isinstance(image, np.ndarray) or image.dtype != np.float32 or image.ndim != 2:
-            image, _ = self.read(image)
-        import torch
-
-        x, box = self.prepare(image)
-        with self._explain_lock:
-            if self._gradcam is None:
-                # Grad-CAM's hooks stay on the network it wraps; with the torch backend other
-                # threads run that network, so it gets a private copy.
-                net = self.model if self.session is not None else copy.deepcopy(self.model)
-                self._gradcam = GradCam(net)
-            # One forward gives every finding's map (GradCam.many); the app and --heatmaps ask for
-            # the top 3 of the same image one after another, so the last image's maps are kept.
-            digest = hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).digest()
-            if self._cams is None or self._cams[0] != digest:
-                batch = torch.from_numpy(x[None]).to(self.device)
-                self._cams = (digest, self._gradcam.many(batch, range(len(self.labels)))[:, 0])
-            square = self._cams[1][self.labels.index(finding)]
-        return to_source(square, box)  # normalised over the image, not the letterbox padding
+        return heatmaps(self).explain(image, finding)

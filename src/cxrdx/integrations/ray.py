@@ -173,6 +173,7 @@ class PredictBatch:
         if device != "cpu" and backend == "auto":
             backend = "torch"
         self.column, self.tta, self.weights = column, tta, str(weights)
+        self.backend, self.precision = backend, precision
         self.id_column = id_column or column
         self.record = record
         self.threads = threads or available_threads()
@@ -223,37 +224,30 @@ class PredictBatch:
         return result_columns(done, self.labels, self.thresholds, self.tta, record=self.record)
 
     def _autotune(self, sample: Any) -> None:
-        """The batch size `cxrdx predict` measured for this machine and model (measured now if none)."""
-        from cxrdx.files import file_sha256
-        from cxrdx.inference import autotune, export
-        from cxrdx.inference.backends import INPUT_NAME, OUTPUT_NAME, open_session
+        """The backend, precision and batch size `cxrdx predict` measured for this machine and model
+        (cxrdx.inference.choose; measured now if none)."""
+        from cxrdx.inference import choose
 
         self._tune = False
-        predictor = self.predictor
-        if not Path(self.weights).is_file():
-            return
-        path = export.cached_export_path(file_sha256(self.weights), predictor.precision)
-        if not path.is_file():
-            return
-        runtime = "openvino" if predictor.backend == "openvino" else "onnx"
-        prep = predictor.meta.preprocessing
         try:
-            image = predictor.read(sample, uint8_ok=True)[0]
-            tuned, _ = autotune.tuned_for(
-                f"{path.name} {runtime}",
-                lambda threads: open_session(path, threads, runtime, prep=prep),
-                lambda session, x: session.run([OUTPUT_NAME], {INPUT_NAME: x}),
-                (prep.channels, prep.size, prep.size),
-                lambda: predictor.prepare(image),
-                cores=self.threads,
+            tuned = choose.for_job(
+                self.predictor,
+                self.weights,
+                [sample],
+                self.threads,
+                self.backend,
+                self.precision,
+                True,
+                log=_quiet,
             )
         except Exception:  # noqa: BLE001 - the defaults will do
             return
-        if tuned is None:
-            return
-        self.batch_size = tuned.batch_size
-        if tuned.threads != self.threads:
-            predictor.session = open_session(path, tuned.threads, runtime, prep=prep)
+        if tuned is not None:
+            self.batch_size = tuned.batch_size
+
+
+def _quiet(_line: str) -> None:
+    """Autotune's log line, not shown inside a Ray worker."""
 
 
 def _gpu_given() -> bool:

@@ -1,15 +1,17 @@
-"""Results as FHIR R4: a DiagnosticReport with one Observation per finding, in a transaction Bundle.
+"""Results as FHIR R4: a DiagnosticReport with one Observation per finding, its Device and Provenance, in a Bundle.
 
 Models and validation: ``fhir.resources`` (8.x), whose R4-line models are the
 ``fhir.resources.R4B`` package (its top level is R5; there is no separate R4 package).
-R4B changed nothing in DiagnosticReport, Observation, Device or Bundle that we use, so
+R4B changed nothing in DiagnosticReport, Observation, Device, Provenance or Bundle that we use, so
 what is written here is also valid R4. Every resource is validated with its own model
 class (``fhir.resources`` does not validate a Bundle's entries by itself) and the Bundle
 with its own; codes from required value sets are ours to get right and the tests check them.
 
 What is written, for one image:
 
-- ``Device``: cxrdx, its version, the checkpoint's SHA-256 as an identifier;
+- ``Device`` (HL7 AI Transparency on FHIR's AI-Device; cxrdx.interop.fhir_ai): cxrdx, its version,
+  the checkpoint's SHA-256 as an identifier, the demo stamp / model card line / research use in
+  ``note`` and ``safety``;
 - one ``Observation`` per finding: code = the finding's coded concept (SNOMED CT, DICOM
   or ``urn:cxrdx:code``; cxrdx.interop.codes), ``valueQuantity`` = the probability
   (unit "probability", or "score (uncalibrated)" for a finding that is not calibrated; UCUM "1"),
@@ -22,7 +24,15 @@ What is written, for one image:
   ``imagingStudy`` (a logical reference: identifier ``urn:dicom:uid`` = ``urn:oid:<Study UID>``),
   the patient as ``subject`` (a logical reference by Patient ID) for a DICOM source, the
   demo stamp, the OOD verdict, the model card's banners and training-data line and the
-  research-use disclaimer in ``conclusion`` (the Device's notes repeat the model's).
+  research-use disclaimer in ``conclusion`` (the Device's notes repeat the model's);
+- ``Provenance`` (AI-Provenance): target the report and every Observation, agent the Device,
+  entity the source study; the report and the Observations carry the ``AIAST`` security label.
+
+The patient is a logical reference by identifier: ``value`` the Patient ID as the SR carries it,
+``system`` from the source's Issuer of Patient ID (its qualifiers' Universal Entity ID when of type
+ISO/URI/UUID, else the issuer itself when it is an OID, as ``urn:oid:``), else ``patient_system``
+(``--fhir-patient-system``; default ``settings.FHIR_PATIENT_SYSTEM``), with a non-OID issuer kept
+as the identifier's ``assigner.display``.
 
 A PNG/JPEG source has no study or patient, so those references are left out. Resource ids
 are name-based UUIDs of the source (SOP Instance UID, or the file's SHA-256) and the
@@ -32,13 +42,16 @@ checkpoint, and the Bundle PUTs them: sending the same result twice replaces, ne
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from pydicom.dataset import Dataset
 
+from cxrdx.errors import ConfigError
 from cxrdx.interop import codes
+from cxrdx.interop.fhir_ai import ai_device, ai_provenance, label
 from cxrdx.interop.study import (
     CALIBRATION_WORDS,
     RESEARCH_USE,
@@ -50,12 +63,15 @@ from cxrdx.interop.study import (
     result_uid,
     withheld,
 )
+from cxrdx.settings import FHIR_PATIENT_SYSTEM
 
 FHIR_VERSION = "R4 (fhir.resources.R4B models)"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxrdx:fhir")
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 
 
 def fhir_bundle(
@@ -64,13 +80,16 @@ def fhir_bundle(
     algorithm: Mapping,
     source: Dataset | None = None,
     source_id: str | None = None,
+    patient_system: str | None = None,
 ) -> dict:
     """The validated transaction Bundle (a JSON-able dict) for one prediction.
 
     ``source``: the DICOM header of the image, when it is a DICOM; else ``source_id``
     names the image for the ids (e.g. ``sha256:<file digest>``), and no study or patient
-    is referenced.
+    is referenced. ``patient_system``: the Patient identifier's system when the source names no
+    issuer (default ``settings.FHIR_PATIENT_SYSTEM``).
     """
+    patient_system = check_patient_system(patient_system or FHIR_PATIENT_SYSTEM)
     sha = str(algorithm.get("checkpoint_sha256", ""))
     key = str(source.SOPInstanceUID) if source is not None else str(source_id or prediction.source)
 
@@ -89,7 +108,10 @@ def fhir_bundle(
             }
         patient_id = str(fit_value(str(source.get("PatientID", "") or ""), "LO"))  # as the SR carries it
         if patient_id:
-            subject: dict[str, Any] = {"type": "Patient", "identifier": {"value": patient_id}}
+            subject: dict[str, Any] = {
+                "type": "Patient",
+                "identifier": patient_identifier(source, patient_id, patient_system),
+            }
             name = str(fit_value(str(source.get("PatientName", "") or ""), "PN"))
             if name:
                 subject["display"] = name
@@ -99,17 +121,10 @@ def fhir_bundle(
             context["effectiveDateTime"] = effective
 
     device_id = rid("device")
-    device = {
-        "resourceType": "Device",
-        "id": device_id,
-        "identifier": [{"system": "urn:cxrdx:checkpoint-sha256", "value": sha or "unknown"}],
-        "manufacturer": "cxrdx",
-        "deviceName": [{"name": str(algorithm.get("name", "cxrdx")), "type": "model-name"}],
-        "version": [{"value": str(algorithm.get("version", "unknown"))}],
-        "note": [{"text": n} for n in [*result_notes(None, algorithm), RESEARCH_USE]],
-    }
-    if algorithm.get("checkpoint"):
-        device["modelNumber"] = str(algorithm["checkpoint"])
+    stamp = [str(algorithm["demo"])] if algorithm.get("demo") else []
+    device = ai_device(
+        device_id, algorithm, [*result_notes(None, algorithm), RESEARCH_USE], [*stamp, RESEARCH_USE]
+    )
     calibrated = is_calibrated(prediction, algorithm)
     hold = withheld(prediction, algorithm)  # out of distribution: not evaluated
     notes = result_notes(prediction, algorithm)
@@ -155,7 +170,10 @@ def fhir_bundle(
         ]  # the SR's SOP Instance UID: the same result, in the other standard
     if study_ref is not None:
         report["imagingStudy"] = [study_ref]
-    resources = [report, *observations, device]
+    for resource in (report, *observations):
+        label(resource)  # AI asserted
+    provenance = ai_provenance(rid("provenance"), [report, *observations], device_id, now, study_ref)
+    resources = [report, *observations, device, provenance]
     bundle = {
         "resourceType": "Bundle",
         "id": rid("bundle"),
@@ -171,6 +189,39 @@ def fhir_bundle(
     }
     validate(bundle)
     return bundle
+
+
+def check_patient_system(system: str) -> str:
+    """An absolute URI (``urn:oid:...``, ``https://...``), else a ConfigError naming the parameter."""
+    if not _URI.match(system or ""):
+        raise ConfigError(
+            f"`fhir_patient_system` {system!r} is not an absolute URI; give the namespace of your Patient IDs, "
+            "e.g. urn:oid:1.2.3.4 or https://hospital.example/patient-id"
+        )
+    return system
+
+
+def patient_identifier(source: Dataset, patient_id: str, default_system: str) -> dict:
+    """The Patient identifier: ``system`` from the source's issuer of the Patient ID, else ``default_system``."""
+    issuer = str(source.get("IssuerOfPatientID", "") or "").strip()
+    system = None
+    for qualifiers in source.get("IssuerOfPatientIDQualifiersSequence", None) or []:
+        uid = str(qualifiers.get("UniversalEntityID", "") or "").strip()
+        kind = str(qualifiers.get("UniversalEntityIDType", "") or "").strip().upper()
+        if kind == "ISO" and _OID.match(uid):
+            system = f"urn:oid:{uid}"
+        elif kind == "UUID" and uid:
+            system = f"urn:uuid:{uid.lower()}"
+        elif kind == "URI" and _URI.match(uid):
+            system = uid
+        if system:
+            break
+    if system is None and _OID.match(issuer.removeprefix("urn:oid:")):
+        system = f"urn:oid:{issuer.removeprefix('urn:oid:')}"
+    identifier: dict[str, Any] = {"system": system or default_system, "value": patient_id}
+    if issuer and not _OID.match(issuer.removeprefix("urn:oid:")):
+        identifier["assigner"] = {"display": issuer}  # the issuer's name, for a person to read
+    return identifier
 
 
 def validate(bundle: dict) -> None:

@@ -8,7 +8,8 @@
   closes a connection that sends no A-ASSOCIATE-RQ within ``request_timeout`` seconds (the
   node sets it); the guard logs it as what it is, an idle connection, not a rejected AE title.
 - **Non-DICOM traffic** (an HTTP request, a TLS hello, a port probe that sends bytes) ends the
-  connection at its first bytes and is logged as such.
+  connection at its first bytes and is logged as such. With DICOM TLS, a failed handshake (no
+  certificate, one the CA did not sign, a peer without TLS) is logged by :meth:`Guard.tls_failed`.
 - **A cap on one instance**: the bytes an association sends for one message are counted as they
   arrive; past ``max_instance_bytes`` the association is aborted, before the whole object sits
   in memory.
@@ -106,6 +107,23 @@ class Guard:
                 more,
             )
         return False
+
+    def tls_failed(self, client_address, reason: str) -> None:
+        """A connection admitted by :meth:`verify` whose TLS handshake failed: it is closed, before any DICOM."""
+        peer = str(client_address[0])
+        with self._lock:
+            self._admitted[peer] = max(0, self._admitted.get(peer, 0) - 1)
+        if self.quiet:
+            return
+        more = self._say(("tls", peer))
+        if more is not None:
+            log.warning(
+                "connection from %s:%s closed: TLS handshake failed: %s%s",
+                shown(peer),
+                client_address[1] if len(client_address) > 1 else "?",
+                shown(reason, 300),
+                more,
+            )
 
     def _forget(self, key: int) -> None:
         self._live.pop(key, None)

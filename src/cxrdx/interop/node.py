@@ -23,8 +23,11 @@ Three parts, each in its own thread(s), joined by the spool (``cxrdx.interop.spo
 3. **Sending** (one thread, ``cxrdx.interop.send.Sender``): C-STOREs the results to the
    destination with retries and backoff.
 
-There is no authentication beyond AE titles (``allow_calling`` limits who may connect)
-and no TLS: run it on a trusted network. It binds to 127.0.0.1 unless told otherwise.
+Without TLS there is no authentication beyond AE titles (``allow_calling`` limits who may
+connect): run it on a trusted network. With ``tls`` (cxrdx.interop.tls) it takes TLS
+connections only, from peers whose certificate the CA signed, and sends over TLS; the
+destination may also be a DICOMweb service (STOW-RS, cxrdx.interop.dicomweb). It binds to
+127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from pathlib import Path
 
 from cxrdx.errors import ConfigError
 from cxrdx.interop.guard import Guard, Throttle, shown
-from cxrdx.interop.send import Destination, Sender
+from cxrdx.interop.send import Destination, Sender, WebDestination
 from cxrdx.interop.spool import Spool
+from cxrdx.interop.tls import TlsFiles, handshake_in_the_connection_thread
 
 log = logging.getLogger("cxrdx.node")
 
@@ -67,7 +71,7 @@ class NodeConfig:
     ae_title: str = "CXRDX"
     host: str = "127.0.0.1"
     port: int = 11112
-    destination: Destination | None = None
+    destination: Destination | WebDestination | None = None
     spool: Path = Path("cxrdx-spool")
     allow_calling: list[str] | None = None  # None: any calling AE title
     allow_lateral: bool = False
@@ -80,6 +84,8 @@ class NodeConfig:
     max_per_peer: int = 8  # connections one peer address may hold at once
     request_timeout: float = 10.0  # seconds a new connection has to send its association request
     max_instance_mb: float = 128.0  # the largest object accepted (bytes on the wire)
+    tls: TlsFiles | None = None  # DICOM TLS for receiving and for C-STORE (https too)
+    credentials_file: Path | None = None  # DICOMweb credentials (else the environment)
 
 
 def not_processed_reason(ds, allow_lateral: bool) -> str | None:
@@ -149,7 +155,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, processor: Processor) -> None:
         if config.destination is None:
-            raise ConfigError("the node needs a destination for its results (--send-to AET@HOST:PORT)")
+            raise ConfigError("the node needs a destination for its results (--send-to AET@HOST:PORT or URL)")
         self.config = config
         self.processor = processor
         self.spool = Spool(config.spool)
@@ -159,6 +165,8 @@ class Node:
             ae_title=config.ae_title,
             backoff=config.backoff,
             max_refusals=config.max_refusals,
+            tls=config.tls,
+            credentials_file=config.credentials_file,
         )
         self.stopping = threading.Event()
         self._work = threading.Event()
@@ -391,9 +399,13 @@ class Node:
             (evt.EVT_REJECTED, self._on_rejected),
             *self.guard.handlers(),
         ]
+        tls = self.config.tls
         try:
             self._server = ae.start_server(
-                (self.config.host, self.config.port), block=False, evt_handlers=handlers
+                (self.config.host, self.config.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=tls.server_context() if tls else None,
             )
         except OSError as exc:
             raise ConfigError(
@@ -401,6 +413,10 @@ class Node:
                 "is another program using the port? Choose another with --port"
             ) from None
         self.guard.install(self._server)
+        if tls is not None:
+            handshake_in_the_connection_thread(
+                self._server, self.config.request_timeout, self.guard.tls_failed
+            )
         self._threads = [
             threading.Thread(target=self._work_loop, name="cxrdx-node-work", daemon=True),
             threading.Thread(

@@ -1,16 +1,16 @@
 """What the DICOM node does with received images: inference, Grad-CAM, the result objects as bytes.
 
 :class:`Processing` turns a list of spooled DICOM files into, for each file, either the
-encoded result objects (SR + secondary captures, from ``cxrdx.interop.sr.results_for``)
-or the reason it could not be processed. Images are decoded ahead in threads and run
-through the network in batches exactly as ``cxrdx predict`` does (``Predictor.iter_predict``),
-so the node keeps ``predict``'s throughput. Grad-CAM maps are computed only for the findings
-the secondary captures show (``secondary_capture.pictured_findings``: the positive ones, or
-the top three for a checkpoint without thresholds; none for an out-of-distribution image, whose
-SR says "not evaluated", unless the algorithm record says to send its findings).
+encoded result objects (``cxrdx.interop.sr.results_for``: the SR, the heatmap SEG, and with
+``secondary_capture`` the secondary captures) or the reason it could not be processed.
+Images are decoded ahead in threads and run through the network in batches exactly as
+``cxrdx predict`` does (``Predictor.iter_predict``), so the node keeps ``predict``'s throughput. Grad-CAM maps are computed only for the findings
+the SEG holds (``segmentation.heatmap_findings``: the positive ones plus the top three; none for
+an out-of-distribution image, whose SR says "not evaluated", unless the algorithm record says to
+send its findings).
 
-Building the objects (highdicom's SR, the pictures, encoding) is pure Python and costs
-about as much as a small network's inference. With ``result_workers`` > 0 it runs in
+Building the objects (the SR, the SEG's compressed frames, the pictures, encoding) costs about
+as much as a mid-sized network's inference (``benchmarks/result_objects_cost.py``). With ``result_workers`` > 0 it runs in
 that many worker processes (spawned, so they share nothing with the network's threads),
 while this process goes on with the next images: inference and result building overlap.
 """
@@ -43,14 +43,31 @@ def encode(ds: Any) -> bytes:
 
 
 def make_results(
-    results_fn: ResultsFn, path: str, prediction: Any, overlays: dict, image: Any, algorithm: dict
+    results_fn: ResultsFn,
+    path: str,
+    prediction: Any,
+    overlays: dict,
+    image: Any,
+    algorithm: dict,
+    *,
+    segmentation: bool = True,
+    secondary_capture: bool = False,
 ) -> list[bytes]:
     """Read the source, build its result objects, encode them (here or in a worker process)."""
     import pydicom
 
-    # the pixels are only needed to draw on when the caller did not pass the decoded image
-    source = pydicom.dcmread(path, stop_before_pixels=bool(image is not None or not overlays))
-    datasets = results_fn(source, prediction, overlays=overlays, algorithm=algorithm, image=image)
+    # the pixels are only needed to draw pictures on when the caller did not pass the decoded image
+    pixels = secondary_capture and bool(overlays) and image is None
+    source = pydicom.dcmread(path, stop_before_pixels=not pixels)
+    datasets = results_fn(
+        source,
+        prediction,
+        overlays=overlays,
+        algorithm=algorithm,
+        image=image if secondary_capture else None,
+        segmentation=segmentation,
+        secondary_capture=secondary_capture,
+    )
     return [encode(ds) for ds in datasets]
 
 
@@ -100,7 +117,10 @@ class Processing:
         workers: int | None = None,
         heatmaps: bool = True,
         result_workers: int = 0,
+        secondary_capture: bool = False,
     ) -> None:
+        """``heatmaps``: Grad-CAM maps and their SEG (else the SR only); ``secondary_capture``: also the
+        pictures (``secondary_capture.secondary_captures``)."""
         self.predictor = predictor
         self.results_fn = results_fn
         self.algorithm = algorithm
@@ -108,6 +128,7 @@ class Processing:
         self.workers = workers
         self.heatmaps = heatmaps
         self.result_workers = result_workers
+        self.secondary_capture = secondary_capture and heatmaps
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor | None:
@@ -135,10 +156,10 @@ class Processing:
             self._pool = None
 
     def overlays(self, path: Path, prediction: Any) -> tuple[dict[str, Any], Any]:
-        """Grad-CAM maps ([0, 1], source pixel grid) of the pictured findings, and the image read."""
-        from cxrdx.interop.secondary_capture import pictured_findings
+        """Grad-CAM maps ([0, 1], source pixel grid) of the SEG's findings, and the image read."""
+        from cxrdx.interop.segmentation import heatmap_findings
 
-        names = pictured_findings(prediction, algorithm=self.algorithm) if self.heatmaps else []
+        names = heatmap_findings(prediction, self.algorithm) if self.heatmaps else []
         if not names:
             return {}, None
         image, _ = self.predictor.read(str(path))
@@ -161,11 +182,15 @@ class Processing:
             )
         try:
             overlays, image = self.overlays(path, prediction)
+            image = image if self.secondary_capture else None  # only pictures need it (not sent to workers)
             pool = self._executor()
+            options = {"segmentation": self.heatmaps, "secondary_capture": self.secondary_capture}
             if pool is None:
-                return make_results(self.results_fn, str(path), prediction, overlays, image, self.algorithm)
+                return make_results(
+                    self.results_fn, str(path), prediction, overlays, image, self.algorithm, **options
+                )
             args = (self.results_fn, str(path), portable(prediction), overlays, image, self.algorithm)
-            return pool.submit(make_results, *args)
+            return pool.submit(make_results, *args, **options)
         except FileNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - one odd instance must not stop the node

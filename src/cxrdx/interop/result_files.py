@@ -1,8 +1,9 @@
 """``cxrdx predict --format dicom|fhir --out DIR``: each image's results as files in one folder.
 
-``dicom`` (DICOM inputs only): ``<stem>.sr.dcm``, the TID 1500 SR, and
-``<stem>.sc-<Finding>.dcm``, one Grad-CAM secondary capture per pictured finding
-(cxrdx.interop.secondary_capture.pictured_findings), all in the input's study; ready
+``dicom`` (DICOM inputs only): ``<stem>.sr.dcm``, the TID 1500 SR, ``<stem>.seg.dcm``, the
+Grad-CAM heatmaps as one fractional Segmentation (cxrdx.interop.segmentation), and with
+``secondary_capture`` ``<stem>.sc-<Finding>.dcm``, one secondary capture per finding of the model
+(cxrdx.interop.secondary_capture), all in the input's study; ready
 for ``storescu`` or any PACS import. ``fhir``: ``<stem>.fhir.json``, the transaction
 Bundle (cxrdx.interop.fhir), for DICOM and PNG/JPEG inputs alike. As for ``cxrdx listen``: a
 phantom-trained or never-evaluated model is refused unless ``allow_demo`` (then every object is
@@ -69,15 +70,23 @@ class ResultFolder:
         *,
         allow_demo: bool = False,
         send_ood_findings: bool = False,
+        fhir_patient_system: str | None = None,
+        secondary_capture: bool = False,
     ) -> None:
-        """``allow_demo``: write a phantom-trained or never-evaluated model's results (stamped) instead of
+        """``secondary_capture``: also write the secondary captures (dicom). ``allow_demo``: write a phantom-trained or never-evaluated model's results (stamped) instead of
         refusing; ``send_ood_findings``: report an out-of-distribution image's findings (marked) instead of
-        "not evaluated"."""
+        "not evaluated"; ``fhir_patient_system``: the Patient identifier's system when a DICOM names no
+        issuer (cxrdx.interop.fhir.patient_identifier)."""
         from cxrdx.interop.sr import algorithm_for
         from cxrdx.model.card import require_not_demo
 
         if fmt not in FOLDER_FORMATS:
             raise ConfigError(f"--format {fmt}: not a folder format ({', '.join(FOLDER_FORMATS)})")
+        self.patient_system = fhir_patient_system
+        if fmt == "fhir" and fhir_patient_system is not None:
+            from cxrdx.interop.fhir import check_patient_system
+
+            check_patient_system(fhir_patient_system)  # before any image is read
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {out}: --format {fmt} writes a folder, and this is a file")
@@ -98,6 +107,7 @@ class ResultFolder:
             thresholds=predictor.thresholds,
             send_ood_findings=send_ood_findings,
         )
+        self.secondary_capture = secondary_capture
         self.written: list[Path] = []
         self._stems: dict[str, int] = {}
 
@@ -123,22 +133,31 @@ class ResultFolder:
     def _dicom(self, pred: Any) -> None:
         import pydicom
 
-        from cxrdx.interop.secondary_capture import pictured_findings
+        from cxrdx.interop.segmentation import heatmap_findings
         from cxrdx.interop.sr import results_for
         from cxrdx.interop.study import source_header
 
         path = Path(pred.source)
         source = pydicom.dcmread(path, stop_before_pixels=True)
         source_header(source, where=str(path))  # no study UID: say so before Grad-CAM runs
-        wanted = pictured_findings(pred, algorithm=self.algorithm)  # none for an OOD image (study.withheld)
+        wanted = heatmap_findings(pred, self.algorithm)  # none for an OOD image (study.withheld)
         image = None
         overlays = {}
         if wanted:
             image, _ = self.predictor.read(path)
             overlays = {name: self.predictor.explain(image, name) for name in wanted}
-        objects = results_for(source, pred, overlays=overlays, algorithm=self.algorithm, image=image)
+        objects = results_for(
+            source,
+            pred,
+            overlays=overlays,
+            algorithm=self.algorithm,
+            image=image,
+            secondary_capture=self.secondary_capture,
+        )
         stem = self._stem(pred.source)
-        names = [f"{stem}.sr.dcm"] + [f"{stem}.sc-{name}.dcm" for name in overlays]
+        names = [f"{stem}.sr.dcm", f"{stem}.seg.dcm"]
+        if self.secondary_capture:
+            names += [f"{stem}.sc-{name}.dcm" for name in pred.probabilities]
         for ds, name in zip(objects, names, strict=True):
             target = self.out / name
             atomic_write(target, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
@@ -157,7 +176,13 @@ class ResultFolder:
             if not str(source.get("SOPInstanceUID", "") or "").strip():
                 source = None  # no instance UID to key on: treat it like a picture
         source_id = None if source is not None else f"sha256:{file_sha256(path)}"
-        bundle = fhir_bundle(pred, algorithm=self.algorithm, source=source, source_id=source_id)
+        bundle = fhir_bundle(
+            pred,
+            algorithm=self.algorithm,
+            source=source,
+            source_id=source_id,
+            patient_system=self.patient_system,
+        )
         target = self.out / f"{self._stem(pred.source)}.fhir.json"
         atomic_write_text(target, json.dumps(bundle, indent=1) + "\n")
         self.written.append(target)

@@ -1,7 +1,14 @@
-"""Grad-CAM pictures as DICOM Secondary Capture images, in the source's study.
+"""Grad-CAM pictures as DICOM Secondary Capture images, in the source's study (optional: ``--secondary-capture``).
 
-One SC image per pictured finding (``pictured_findings``: every positive finding, or,
-for a checkpoint without thresholds, the top three): the Grad-CAM overlay
+The heatmaps' standard object is the SEG (``cxrdx.interop.segmentation``); these pictures are for
+viewers that show nothing else. The set is fixed per (image, model), so a re-analysis replaces
+every one of them: one SC per finding of the model, instance number = the finding's place in
+the model's findings. A pictured finding (``pictured_findings``: every positive finding, or, for
+a checkpoint without thresholds, the top three) gets the Grad-CAM overlay; every other finding
+gets a small card (``CARD_SIDE`` wide, text only) saying it has no heatmap and why (called negative,
+not among the top three, not evaluated), so an earlier positive picture of it never survives a
+re-analysis that turned it negative. JPEG baseline (lossy, quality ``JPEG_QUALITY``, YBR_FULL_422):
+an RGB picture for people, not pixels to measure; Lossy Image Compression says so. The overlay picture is the Grad-CAM overlay
 (``cxrdx.explain.overlay.overlay_rgb``) on the source image, RGB 8-bit, with a black
 band above saying "NOT FOR DIAGNOSTIC USE" (plus DEMO MODEL / OUT OF DISTRIBUTION when
 they apply) and bands below naming the finding, its probability, the call and its threshold,
@@ -36,6 +43,8 @@ from cxrdx.interop.study import (
 
 MAX_SIDE = 1024
 MIN_SIDE = 512
+CARD_SIDE = 512
+JPEG_QUALITY = 95  # highdicom's JPEG baseline encoder quality
 TOP_WITHOUT_THRESHOLDS = 3
 BANNER = "NOT FOR DIAGNOSTIC USE"
 SC_SERIES_DESCRIPTION = "cxrdx Grad-CAM (NOT FOR DIAGNOSTIC USE)"
@@ -120,29 +129,35 @@ def secondary_captures(
 ) -> list[Dataset]:
     """One SC image per overlay (finding -> heatmap on the source grid, or a composed RGB picture)."""
     import highdicom as hd
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import JPEGBaseline8Bit
 
     from cxrdx.explain.overlay import overlay_rgb
 
     sha = str(algorithm.get("checkpoint_sha256", ""))
     src_uid = str(header.SOPInstanceUID)
+    pictured = pictured_findings(prediction, algorithm=algorithm)
     out = []
-    for number, (finding, overlay) in enumerate(overlays.items(), start=1):
-        overlay = np.asarray(overlay)
-        if overlay.ndim == 3:
-            picture = overlay.astype(np.uint8)
+    for number, finding in enumerate(prediction.probabilities, start=1):
+        overlay = overlays.get(finding) if finding in pictured else None
+        if overlay is None:
+            picture, scale = _card(), 0.0
         else:
-            if image is None:
-                image = _gray_from(source)
-            picture = overlay_rgb(image, overlay)
-        picture, scale = _fit(picture)
-        pixels = burn_in(
-            picture, top_banner(prediction, algorithm), caption_lines(finding, prediction, algorithm)
-        )
+            overlay = np.asarray(overlay)
+            if overlay.ndim == 3:
+                picture = overlay.astype(np.uint8)
+            else:
+                if image is None:
+                    image = _gray_from(source)
+                picture = overlay_rgb(image, overlay)
+            picture, scale = _fit(picture)
+        lines = caption_lines(finding, prediction, algorithm)
+        if overlay is None:
+            lines = [_no_heatmap(finding, prediction, algorithm), *lines[1:]]
+        pixels = burn_in(picture, top_banner(prediction, algorithm), lines)
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=header,
             pixel_array=pixels,
-            photometric_interpretation="RGB",
+            photometric_interpretation="YBR_FULL_422",
             bits_allocated=8,
             coordinate_system="PATIENT",
             series_instance_uid=result_uid(src_uid, "sc-series", sha),
@@ -151,19 +166,53 @@ def secondary_captures(
             instance_number=number,
             manufacturer=MANUFACTURER,
             patient_orientation=("L", "F"),  # replaced below by the source's own (or empty)
-            transfer_syntax_uid=ExplicitVRLittleEndian,
+            transfer_syntax_uid=JPEGBaseline8Bit,
             series_description=SC_SERIES_DESCRIPTION,
             content_qualification="RESEARCH",
             manufacturer_model_name="cxrdx",
             software_versions=str(algorithm.get("version", "")),
         )
         copy_patient_study(header, sc)
-        _describe(sc, header, finding, scale, result_notes(prediction, algorithm))
+        _describe(
+            sc,
+            header,
+            finding,
+            scale,
+            result_notes(prediction, algorithm),
+            pictured=overlay is not None,
+            said=lines[0],
+        )
         out.append(sc)
     return out
 
 
-def _describe(sc: Dataset, header: Dataset, finding: str, scale: float, notes: list[str]) -> None:
+def _no_heatmap(finding: str, prediction: Any, algorithm: Mapping) -> str:
+    """Why a finding's picture is a card: its call (or "not evaluated"), in the caption's words."""
+    if withheld(prediction, algorithm):
+        return f"cxrdx: {finding} not evaluated (out of distribution): no heatmap. Research use only."
+    said = (
+        caption(finding, prediction, algorithm)
+        .removeprefix("cxrdx Grad-CAM: ")
+        .removesuffix(" Research use only.")
+    )
+    return f"cxrdx: {said} No heatmap pictured. Research use only."
+
+
+def _card() -> np.ndarray:
+    """A dark grey panel for a finding that has no picture (the bands below it carry the words)."""
+    return np.full((CARD_SIDE // 4, CARD_SIDE, 3), 32, dtype=np.uint8)
+
+
+def _describe(
+    sc: Dataset,
+    header: Dataset,
+    finding: str,
+    scale: float,
+    notes: list[str],
+    *,
+    pictured: bool = True,
+    said: str = "",
+) -> None:
     orientation = header.get("PatientOrientation")
     sc.PatientOrientation = orientation if orientation and len(orientation) == 2 else ""
     body = str(header.get("BodyPartExamined", "") or "").strip()
@@ -175,13 +224,20 @@ def _describe(sc: Dataset, header: Dataset, finding: str, scale: float, notes: l
     if any(n.startswith("DEMO MODEL") for n in notes):
         sc.SeriesDescription = "cxrdx Grad-CAM DEMO MODEL (NOT FOR DIAGNOSTIC USE)"
     sc.ConversionType = "WSD"  # made on a workstation, not scanned
-    sc.ImageComments = " ".join([f"Grad-CAM heatmap for {finding}. {BANNER}: research use only.", *notes])
-    sc.DerivationDescription = f"Grad-CAM overlay for {finding} on the source image (cxrdx)"
+    what = f"Grad-CAM heatmap for {finding}" if pictured else f"No heatmap for {finding} ({said})"
+    sc.ImageComments = " ".join([f"{what}. {BANNER}: research use only.", *notes])
+    sc.DerivationDescription = (
+        f"Grad-CAM overlay for {finding} on the source image (cxrdx)"
+        if pictured
+        else f"Text card for {finding}: no heatmap pictured (cxrdx)"
+    )
     spacing = header.get("PixelSpacing")
-    if spacing and len(spacing) == 2:
+    if pictured and spacing and len(spacing) == 2:
         sc.PixelSpacing = [round(float(v) / scale, 6) for v in spacing]
-    if str(header.get("LossyImageCompression", "")) == "01":
-        sc.LossyImageCompression = "01"  # drawn from a lossy source: say so (PS3.3 C.7.6.1.1.5)
+    sc.LossyImageCompression = "01"  # JPEG baseline (PS3.3 C.7.6.1.1.5)
+    sc.LossyImageCompressionMethod = "ISO_10918_1"
+    raw = int(sc.Rows) * int(sc.Columns) * 3
+    sc.LossyImageCompressionRatio = f"{raw / max(1, len(_frame_bytes(sc))):.2f}"
     ref = Dataset()
     ref.ReferencedSOPClassUID = header.SOPClassUID
     ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
@@ -190,6 +246,13 @@ def _describe(sc: Dataset, header: Dataset, finding: str, scale: float, notes: l
     purpose.CodeMeaning = "Source image for image processing operation"
     ref.PurposeOfReferenceCodeSequence = [purpose]
     sc.SourceImageSequence = [ref]
+
+
+def _frame_bytes(sc: Dataset) -> bytes:
+    """The one JPEG frame of an encapsulated SC."""
+    from pydicom.encaps import generate_frames
+
+    return next(generate_frames(sc.PixelData, number_of_frames=1))
 
 
 def _fit(picture: np.ndarray) -> tuple[np.ndarray, float]:

@@ -1,15 +1,19 @@
-"""Sending the node's results to the destination (a PACS) by C-STORE, with retries and backoff.
+"""Sending the node's results to the destination, with retries and backoff: C-STORE or STOW-RS.
 
 The :class:`Sender` takes result folders from the spool's outbox, oldest first, and sends
-every file in one over an association it keeps open while there is work. A folder is
-removed from the spool only after the destination answered Success (or a Warning) for
-each of its files, so a crash or a lost connection at any point means the folder is sent
+every file in one through its transport: C-STORE over an association it keeps open while
+there is work (cxrdx.interop.cstore, DICOM TLS optional), or one STOW-RS request per folder to
+a DICOMweb service (cxrdx.interop.dicomweb). A folder is
+removed from the spool only after the destination accepted each of its files (C-STORE
+Success or a Warning; STOW-RS: listed as stored), so a crash or a lost connection at any
+point means the folder is sent
 again: delivery is *at least once*. The objects' UIDs are derived from the source
 instance, so a second copy replaces the first at the destination.
 
-When the destination cannot be reached or drops the association, the sender waits
+When the destination cannot be reached or drops the association (for DICOMweb also: HTTP
+5xx, 429, refused credentials), the sender waits
 (0.5 s, doubling, at most 30 s by default) and tries again, for ever: results wait in the
-spool meanwhile. A destination that answers with a failure status for a folder's file
+spool meanwhile. A destination that refuses a folder's file
 ``max_refusals`` times in a row is refusing that object, not unavailable: the folder is
 parked in ``undeliverable/`` with the reason, and the rest of the queue moves on.
 
@@ -22,45 +26,47 @@ more (at least once), which the stable UIDs make harmless.
 from __future__ import annotations
 
 import logging
-import re
+import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from cxrdx.errors import ConfigError
+from cxrdx.errors import ConfigError, CxrdxError
+from cxrdx.interop.destination import (  # noqa: F401 - Destination, parse_destination: used from here too
+    CredentialsRefused,
+    Destination,
+    DestinationUnavailable,
+    WebDestination,
+    parse_destination,
+)
 from cxrdx.interop.guard import shown
 from cxrdx.interop.spool import Spool
+from cxrdx.interop.tls import TlsFiles
 
 log = logging.getLogger("cxrdx.node")
 
-_DEST = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
-SUCCESS_OR_WARNING = {0x0000, 0x0001, 0xB000, 0xB006, 0xB007}
 
+def transport_for(
+    destination: Destination | WebDestination,
+    *,
+    ae_title: str = "CXRDX",
+    timeout: float = 30.0,
+    tls: TlsFiles | None = None,
+    credentials_file: str | os.PathLike | None = None,
+):
+    """The transport that sends to ``destination``: CStore or StowRs (their ``send`` and ``close``)."""
+    if isinstance(destination, WebDestination):
+        from cxrdx.interop.dicomweb import StowRs
 
-@dataclass(frozen=True)
-class Destination:
-    ae_title: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
-
-
-def parse_destination(text: str) -> Destination:
-    """``AET@HOST:PORT`` -> Destination (ConfigError with an example otherwise)."""
-    m = _DEST.match(text.strip())
-    if not m or not (0 < int(m["port"]) < 65536) or not m["aet"].strip():
+        return StowRs(destination, credentials_file=credentials_file, timeout=timeout, tls=tls)
+    if credentials_file is not None:
         raise ConfigError(
-            f"--send-to {text!r}: expected AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242 "
-            "(the destination's AE title, at most 16 characters, its host and DICOM port)"
+            "--send-credentials is for a DICOMweb destination (an http(s):// --send-to); a DICOM peer "
+            "(AET@HOST:PORT) is authenticated by TLS certificates (--tls-cert, --tls-key, --tls-ca)"
         )
-    return Destination(m["aet"].strip(), m["host"].strip("[]"), int(m["port"]))
+    from cxrdx.interop.cstore import CStore
 
-
-class DestinationUnavailable(Exception):
-    """No association, or it was lost: wait and try again."""
+    return CStore(destination, ae_title=ae_title, timeout=timeout, tls=tls)
 
 
 class Sender:
@@ -69,63 +75,31 @@ class Sender:
     def __init__(
         self,
         spool: Spool,
-        destination: Destination,
+        destination: Destination | WebDestination,
         *,
         ae_title: str = "CXRDX",
         backoff: tuple[float, float] = (0.5, 30.0),
         max_refusals: int = 5,
         timeout: float = 30.0,
         idle_release: float = 2.0,
+        tls: TlsFiles | None = None,
+        credentials_file: str | os.PathLike | None = None,
     ) -> None:
-        from pynetdicom import AE
-
         self.spool = spool
         self.destination = destination
         self.backoff = backoff
         self.max_refusals = max_refusals
         self.idle_release = idle_release
-        self.ae = AE(ae_title=ae_title)
-        self.ae.acse_timeout = timeout
-        self.ae.dimse_timeout = timeout
-        self.ae.network_timeout = timeout
-        self._assoc = None
-        self._contexts: set[tuple[str, str]] = set()  # (SOP class, transfer syntax) asked for
+        self.transport = transport_for(
+            destination, ae_title=ae_title, timeout=timeout, tls=tls, credentials_file=credentials_file
+        )
         self._refusals: dict[str, int] = {}
         self.wake = threading.Event()
         self.unremoved: set[str] = set()  # delivered folders the spool could not drop: never resent
         self.delivered = 0  # result folders delivered by this process (for logs and tests)
 
-    # ------------------------------------------------------------------ one association
-
-    def _association(self, needed: set[tuple[str, str]]):
-        if self._assoc is not None and self._assoc.is_established and needed <= self._contexts:
-            return self._assoc
-        self.close()
-        wanted = self._contexts | needed
-        # one context per (SOP class, transfer syntax) the files have: they are streamed as stored
-        self.ae.requested_contexts = []
-        for sop, ts in sorted(wanted)[:128]:
-            self.ae.add_requested_context(sop, [ts])
-        d = self.destination
-        try:
-            assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise DestinationUnavailable(f"cannot connect to {d}: {exc}") from None
-        if not assoc.is_established:
-            why = "association rejected" if assoc.is_rejected else "no answer / connection refused"
-            raise DestinationUnavailable(f"{d}: {why}")
-        self._assoc = assoc
-        self._contexts = wanted
-        return assoc
-
     def close(self) -> None:
-        if self._assoc is not None:
-            try:
-                if self._assoc.is_established:
-                    self._assoc.release()
-            except Exception:  # noqa: BLE001 - closing a broken association
-                pass
-            self._assoc = None
+        self.transport.close()
 
     # ------------------------------------------------------------------ one folder
 
@@ -135,10 +109,7 @@ class Sender:
         Raises DestinationUnavailable when the destination cannot be reached or drops the association.
         """
         from pydicom.filereader import read_file_meta_info
-        from pynetdicom import _config
 
-        # Send each file's bytes as they are on disk (no decoding and re-encoding in this process).
-        _config.STORE_SEND_CHUNKED_DATASET = True
         try:
             files = self.spool.result_files(results)
             metas = [read_file_meta_info(f) for f in files]
@@ -157,24 +128,10 @@ class Sender:
                 self.spool.undeliverable,
             )
             return False
-        needed = {(sop, ts) for sop, _, ts in objects}
-        for path, (sop, uid, _) in zip(files, objects, strict=True):
-            assoc = self._association(needed)
-            try:
-                status = assoc.send_c_store(path)
-            except (OSError, RuntimeError) as exc:
-                self.close()
-                raise DestinationUnavailable(f"{self.destination}: {exc}") from None
-            except (ValueError, AttributeError) as exc:  # no accepted context for it, or it cannot be read
-                self._refused(results, f"{path.name} ({sop}) cannot be sent to {self.destination}: {exc}")
-                return False
-            code = int(status.Status) if "Status" in status else None
-            if code is None:  # aborted, timed out or no valid answer
-                self.close()
-                raise DestinationUnavailable(f"{self.destination}: no answer to C-STORE of {path.name}")
-            if code not in SUCCESS_OR_WARNING:
-                self._refused(results, f"{self.destination} refused {uid} ({sop}) with status 0x{code:04X}")
-                return False
+        refused = self.transport.send(files, objects)
+        if refused:
+            self._refused(results, refused)
+            return False
         self._refusals.pop(results.name, None)
         self.delivered += 1
         log.info(
@@ -229,7 +186,7 @@ class Sender:
                 removal_delay = min(removal_delay * 2, self.backoff[1]) if self.unremoved else self.backoff[0]
             items = [p for p in self.spool.outgoing() if p.name not in self.unremoved]
             if not items:
-                if self._assoc is not None and time.monotonic() - idle_since > self.idle_release:
+                if self.transport.connected and time.monotonic() - idle_since > self.idle_release:
                     self.close()
                 wait = max(0.01, min(0.5, removal_due - time.monotonic())) if self.unremoved else 0.5
                 self.wake.wait(wait)
@@ -258,3 +215,58 @@ class Sender:
                 stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
         self.close()
+
+
+class SendError(CxrdxError):
+    """Result files that could not be delivered (they stay where they were written)."""
+
+
+def send_files(
+    files: list[Path],
+    destination: Destination | WebDestination,
+    *,
+    tls: TlsFiles | None = None,
+    credentials_file: str | os.PathLike | None = None,
+    attempts: int = 5,
+    backoff: tuple[float, float] = (1.0, 8.0),
+    per_request: int = 50,
+) -> int:
+    """Send result files once (``predict --format dicom --send-to``), retrying an unavailable destination.
+
+    ``per_request`` files go in one STOW-RS request or over one association. Returns how many were
+    sent; raises SendError when the destination stays unavailable or refuses a file.
+    """
+    from pydicom.filereader import read_file_meta_info
+
+    transport = transport_for(destination, tls=tls, credentials_file=credentials_file)
+    sent = 0
+    try:
+        for start in range(0, len(files), per_request):
+            chunk = list(files[start : start + per_request])
+            metas = [read_file_meta_info(f) for f in chunk]
+            objects = [
+                (str(m.MediaStorageSOPClassUID), str(m.MediaStorageSOPInstanceUID), str(m.TransferSyntaxUID))
+                for m in metas
+            ]
+            delay = backoff[0]
+            for attempt in range(1, attempts + 1):
+                try:
+                    refused = transport.send(chunk, objects)
+                    break
+                except DestinationUnavailable as exc:
+                    if attempt == attempts or isinstance(exc, CredentialsRefused):
+                        raise SendError(
+                            f"--send-to {destination}: {shown(exc, 300)} ({attempt} {'try' if attempt == 1 else 'tries'}); {sent} of "
+                            f"{len(files)} result files sent, all of them are in --out for a later send"
+                        ) from None
+                    log.warning("destination unavailable (%s); retrying in %.1f s", shown(exc, 300), delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, backoff[1])
+            if refused:
+                raise SendError(
+                    f"--send-to {destination}: {shown(refused, 300)}; {sent} of {len(files)} result files sent"
+                )
+            sent += len(chunk)
+    finally:
+        transport.close()
+    return sent

@@ -1,9 +1,11 @@
 """Results as DICOM: a Comprehensive SR following TID 1500 (highdicom's measurement report).
 
 ``results_for(source, prediction, overlays=..., algorithm=...)`` gives the objects a
-PACS stores beside the source image, in its study: the SR first, then one secondary
-capture per overlay (``cxrdx.interop.secondary_capture``). The SR holds, per finding,
-one TID 1501 measurement group (finding type = the finding's code, tracking
+PACS stores beside the source image, in its study: the SR first, then the heatmap SEG
+(``cxrdx.interop.segmentation``), then, on request, one secondary capture per finding
+(``cxrdx.interop.secondary_capture``): the same instances for every analysis of an image by a
+checkpoint. The SR holds, per finding, one measurement group (TID 1410 referencing the finding's
+segment of the SEG when it has one, else TID 1501 on the source image; finding type = the finding's code, tracking
 identifier, algorithm identification, the source image) with
 
 - a qualitative evaluation: the finding's code = Present / Absent by the checkpoint's
@@ -110,29 +112,57 @@ def results_for(
     overlays: Mapping[str, np.ndarray],
     algorithm: Mapping,
     image: np.ndarray | None = None,
+    segmentation: bool = True,
+    secondary_capture: bool = False,
 ) -> list[Dataset]:
-    """The SR and one secondary capture per overlay, for one source image and its Prediction.
+    """THE result set of one source image and its Prediction: the SR, the heatmap SEG, the secondary captures.
 
     ``overlays``: finding -> Grad-CAM heatmap in [0, 1] on the source's pixel grid
-    (``Predictor.explain``), or an (H, W, 3) uint8 picture already composed. ``image``:
-    the [0, 1] gray image the prediction was made from (decoded from ``source`` when
-    omitted and needed). ``algorithm``: see ``algorithm_for``.
+    (``Predictor.explain``) for ``segmentation.heatmap_findings``. ``segmentation``: also the
+    fractional SEG of the heatmaps, which the SR references (one segment per finding of
+    ``segment_findings``). ``secondary_capture``: also one compressed secondary capture per
+    finding of the model (``secondary_capture.secondary_captures``), so the set is the same
+    for every analysis. ``image``: the [0, 1] gray image the prediction was made from (decoded
+    from ``source`` when omitted and needed). ``algorithm``: see ``algorithm_for``.
     """
-    from cxrdx.interop.secondary_capture import secondary_captures
+    from cxrdx.interop.segmentation import heatmap_segmentation, segment_findings
 
     header = source_header(source)
-    objects: list[Dataset] = [structured_report(header, prediction, algorithm=algorithm)]
-    if overlays:
-        with quiet_person_names():
+    segments = segment_findings(prediction) if segmentation else []
+    objects: list[Dataset] = [structured_report(header, prediction, algorithm=algorithm, segments=segments)]
+    with quiet_person_names():
+        if segmentation:
+            objects.append(heatmap_segmentation(header, prediction, heatmaps=overlays, algorithm=algorithm))
+        if secondary_capture:
+            from cxrdx.interop.secondary_capture import secondary_captures
+
             objects += secondary_captures(
                 source, header, prediction, overlays=overlays, algorithm=algorithm, image=image
             )
     return objects
 
 
-def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -> Dataset:
-    """The TID 1500 Comprehensive SR for one prediction (``source``: its image's header)."""
+def structured_report(
+    source: Dataset,
+    prediction: Any,
+    *,
+    algorithm: Mapping,
+    segments: list[str] | tuple[str, ...] = (),
+    checked: bool = False,
+) -> Dataset:
+    """The TID 1500 Comprehensive SR for one prediction (``source``: its image's header).
+
+    ``segments``: the findings of the heatmap SEG, in segment order (``segmentation.segment_findings``);
+    each one's measurement group is then a TID 1410 planar ROI group that references its segment
+    (segment i = frame i of the SEG), the others TID 1501 groups on the source image.
+
+    The content tree is built by highdicom's templates (which check it); ``checked``: also let
+    highdicom's ComprehensiveSR copy, re-parse and check the whole tree (about 3/4 of the cost, so
+    only in tests, which hold the two documents equal element for element).
+    """
     import highdicom as hd
+
+    from cxrdx.interop.segmentation import seg_reference
 
     header = source_header(source)
     sha = str(algorithm.get("checkpoint_sha256", ""))
@@ -145,6 +175,9 @@ def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -
 
     def image_ref() -> list:
         return [hd.sr.SourceImageForMeasurementGroup.from_source_image(header)]
+
+    seg = seg_reference(header, algorithm) if segments else None
+    numbers = {name: i + 1 for i, name in enumerate(segments)}
 
     groups = []
     used = [codes.CHEST_XRAY]
@@ -168,18 +201,31 @@ def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -
                 )
             )
             used.append(codes.THRESHOLD)
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=result_uid(src_uid, f"track:{name}", sha), identifier=f"cxrdx {name}"
-                ),
-                finding_type=_cc(concept),
-                algorithm_id=algo,
-                measurements=measurements,
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=_cc(concept), value=_cc(value))],
-                source_images=image_ref(),
+        common = {
+            "tracking_identifier": hd.sr.TrackingIdentifier(
+                uid=result_uid(src_uid, f"track:{name}", sha), identifier=f"cxrdx {name}"
+            ),
+            "finding_type": _cc(concept),
+            "algorithm_id": algo,
+            "measurements": measurements,
+            "qualitative_evaluations": [hd.sr.QualitativeEvaluation(name=_cc(concept), value=_cc(value))],
+        }
+        if name in numbers:  # its heatmap is a segment of the SEG: a TID 1410 group pointing at it
+            segment = hd.sr.ReferencedSegmentationFrame(
+                sop_class_uid=seg.SOPClassUID,
+                sop_instance_uid=seg.SOPInstanceUID,
+                frame_number=numbers[name],
+                segment_number=numbers[name],
+                source_image=hd.sr.SourceImageForSegmentation.from_source_image(header),
             )
-        )
+            # PS3.3 C.18.3.1 (Image SOP Instance Reference macro): Referenced Frame Number and Referenced
+            # Segment Number are exclusive; the segment says it all (its frame is frame i)
+            del segment[0].ReferencedSOPSequence[0].ReferencedFrameNumber
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common)
+            )
+        else:
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common, source_images=image_ref()))
     ood = _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref)
     if ood is not None:
         groups.append(ood)
@@ -195,7 +241,7 @@ def structured_report(source: Dataset, prediction: Any, *, algorithm: Mapping) -
     )
     notes = [*result_notes(prediction, algorithm), RESEARCH_USE]
     with quiet_person_names():
-        return _document(header, observer, groups, algorithm, used, src_uid, sha, notes)
+        return _document(header, observer, groups, algorithm, used, src_uid, sha, notes, seg, checked)
 
 
 def _finding_measurements(name: str, p: float, prediction: Any, algorithm: Mapping, used: list) -> list:
@@ -212,7 +258,7 @@ def _finding_measurements(name: str, p: float, prediction: Any, algorithm: Mappi
     ]
 
 
-def _document(header, observer, groups, algorithm, used, src_uid, sha, notes):
+def _document(header, observer, groups, algorithm, used, src_uid, sha, notes, seg=None, checked=False):
     import highdicom as hd
 
     report = _measurement_report(observer, groups, header)
@@ -224,20 +270,30 @@ def _document(header, observer, groups, algorithm, used, src_uid, sha, notes):
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[header],
-        content=report[0],
-        series_instance_uid=result_uid(src_uid, "sr-series", sha),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=result_uid(src_uid, "sr", sha),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        series_description=DEMO_SERIES_DESCRIPTION if algorithm.get("demo") else SR_SERIES_DESCRIPTION,
-        manufacturer_model_name="cxrdx",
-        software_versions=str(algorithm.get("version", "")),
-        content_qualification="RESEARCH",
-        coding_schemes=_private_scheme() if codes.uses_private(used) else None,
-    )
+    document = {
+        "evidence": [header] if seg is None else [header, seg],
+        "series_instance_uid": result_uid(src_uid, "sr-series", sha),
+        "series_number": SR_SERIES_NUMBER,
+        "sop_instance_uid": result_uid(src_uid, "sr", sha),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "series_description": DEMO_SERIES_DESCRIPTION if algorithm.get("demo") else SR_SERIES_DESCRIPTION,
+        "manufacturer_model_name": "cxrdx",
+        "software_versions": str(algorithm.get("version", "")),
+        "content_qualification": "RESEARCH",
+        "coding_schemes": _private_scheme() if codes.uses_private(used) else None,
+    }
+    root = report[0]
+    if checked:  # highdicom copies, re-parses and checks the whole content tree: ~3/4 of the cost
+        sr = hd.sr.ComprehensiveSR(content=root, **document)
+    else:  # the document's modules around the root with its first item only, then the whole tree
+        shell = Dataset()
+        for elem in root:
+            if elem.keyword != "ContentSequence":
+                shell.add(elem)
+        shell.ContentSequence = [root.ContentSequence[0]]
+        sr = hd.sr.ComprehensiveSR(content=shell, **document)
+        sr.ContentSequence = root.ContentSequence
     copy_patient_study(header, sr)
     return sr
 

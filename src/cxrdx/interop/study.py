@@ -27,6 +27,7 @@ from cxrdx.errors import DataError
 MANUFACTURER = "cxrdx"
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
+SEG_SERIES_NUMBER = 9903
 RESEARCH_USE = (
     "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE. Produced by the cxrdx research software, "
     "not a medical device: it has not been cleared or approved by any regulator, and its "

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrdx.evaluation.config import CalibrateConfig as Config
 from cxrdx.reporter import Reporter, reporter_or_default
+
+if TYPE_CHECKING:
+    from cxrdx.evaluation.metrics_record import CalibrationSummary
 
 __all__ = ["Config", "Result", "run"]
 
@@ -24,7 +27,7 @@ class Result:
     views_dropped: dict[str, int]  # views left out by ``views`` -> how many images
     previous: str  # the calibration method the input checkpoint had
     calibration: dict[str, Any]  # method, log_prior_shift, temperature, fitted_on (the checkpoint's record)
-    summary: dict[str, Any]  # ECE and mean p before/after, per finding and on average
+    summary: CalibrationSummary  # ECE and mean p before/after, per finding and on average (metrics.json's)
     thresholds_mapped: bool  # the checkpoint's thresholds were moved onto the calibrated scale
     thresholds_chosen_with_tta: bool
     ood: dict[str, Any] | None  # the out-of-distribution reference fitted for an import, if any
@@ -32,7 +35,7 @@ class Result:
 
 def run(config: Config, reporter: Reporter | None = None) -> Result:
     from cxrdx.evaluation.calibrate import calibrate
-    from cxrdx.inference.export import prepare_export_note
+    from cxrdx.inference.on_write import prepare_export_note
 
     reporter = reporter_or_default(reporter, "calibrate")
     r = calibrate(config)

@@ -1,6 +1,8 @@
 """The work of the explain job (``cxrdx.jobs.explain``): Grad-CAM heatmaps and overlays per image and finding.
 
-It loads a Predictor (inference) and uses explain/ for the maps, overlays and the one
+It loads a Predictor (inference), whose prediction of each image keeps the class activation maps
+(``capture_maps``: the heatmaps then cost no network pass beyond the prediction's, on the fast
+backend; cxrdx.inference.heatmaps), and uses explain/ for the overlays and the one
 localisation scorer; explain/ itself never imports inference. It warns and burns in what
 ``cxrdx predict`` says: the model card's banners, and OUT OF DISTRIBUTION per image
 (``formats.overlay_caveats``). Heavy at import (numpy, the
@@ -20,6 +22,7 @@ from cxrdx.errors import ConfigError, CxrdxError, DataError
 from cxrdx.explain.localisation import Box, LocalisationScore, group_boxes, half_cell_tolerance
 from cxrdx.explain.overlay import overlay_png, overlay_title
 from cxrdx.inference.formats import ood_warning, overlay_caveats
+from cxrdx.inference.heatmaps import capture_maps
 from cxrdx.inference.predictor import Predictor
 from cxrdx.labels import canonical_list
 
@@ -41,6 +44,7 @@ def explain(
     if not 0.0 < config.iou_threshold <= 1.0:
         raise ConfigError(f"`iou_threshold` must be in (0, 1], got {config.iou_threshold}")
     predictor = Predictor.load(config.weights, device=choose_device(config.device))
+    capture_maps(predictor)  # the prediction's pass also gives every finding's map
     requested = canonical_list(config.findings) if config.findings else []
     not_output = [f for f in requested if f not in predictor.labels]
     if not_output:

@@ -21,11 +21,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Config:
-    kind: str = option(flag="--from", choices=IMPORT_SOURCES, help="layout of SOURCE")
     source: str = option(
         positional=True, metavar="SOURCE", help="the weights file (.pth, .pth.tar, .pt, .h5, .safetensors)"
     )
     out: Path = option(metavar="CKPT", help="where to write the cxrdx checkpoint")
+    kind: str | None = option(
+        None,
+        flag="--from",
+        choices=IMPORT_SOURCES,
+        help="layout of SOURCE (default: recognised from the file's name or first bytes: torchvision's and "
+        "torchxrayvision's release names, CheXNet's model.pth.tar, Keras HDF5, a cxrdx checkpoint)",
+    )
     trust_pickle: bool = option(
         False,
         help="allow full unpickling of files that hold a whole pickled model; it can run code from the file",
@@ -52,7 +58,7 @@ class Config:
 
 
 def run(config: Config, reporter: Reporter | None = None) -> Result:
-    from cxrdx.inference.export import prepare_export_note
+    from cxrdx.inference.on_write import prepare_export_note
     from cxrdx.model.import_weights import import_weights
 
     reporter = reporter_or_default(reporter, "import")

@@ -1,10 +1,12 @@
-"""``listen``: a DICOM node. Receives chest radiographs by C-STORE, sends back SR + secondary captures.
+"""``listen``: a DICOM node. Receives chest radiographs by C-STORE, sends back an SR and a heatmap SEG.
 
 A PACS or modality sends CR/DX images to this node's AE title; each one is spooled durably
-before it is acknowledged, read by the model, and the results (a TID 1500 Structured Report and
-Grad-CAM secondary captures, in the image's study) are sent to ``send_to`` by C-STORE, with
-retries. A restart resumes the spool. Local only (127.0.0.1) unless ``allow_remote``; no
-authentication beyond AE titles: use it on a trusted network.
+before it is acknowledged, read by the model, and the results (a TID 1500 Structured Report, the
+Grad-CAM heatmaps as one Segmentation and, on request, secondary captures, in the image's study)
+are sent to ``send_to`` by C-STORE, with retries, or to a DICOMweb service by STOW-RS. A restart
+resumes the spool. Local only (127.0.0.1) unless ``allow_remote``; DICOM TLS with
+``tls_cert``/``tls_key``/``tls_ca`` (peers verified by the CA), else no authentication beyond AE
+titles: use it on a trusted network.
 
 ``start`` wires the node (predictor, result processing, Storage SCP) and returns it listening;
 ``run`` also waits until it is stopped (Ctrl-C, SIGTERM) and returns what it did.
@@ -27,7 +29,28 @@ from cxrdx.settings import BACKENDS, BATCH_SIZE, LOOPBACK
 class Config:
     weights: str = option(metavar="CKPT", help="cxrdx .safetensors checkpoint")
     send_to: str = option(
-        metavar="AET@HOST:PORT", help="where the results go by C-STORE, e.g. ORTHANC@127.0.0.1:4242"
+        metavar="AET@HOST:PORT|URL",
+        help="where the results go: a DICOM peer by C-STORE, e.g. ORTHANC@127.0.0.1:4242, or a DICOMweb "
+        "base URL by STOW-RS, e.g. https://pacs.example.org/dicom-web (no credentials in it)",
+    )
+    send_credentials: Path | None = option(
+        None,
+        metavar="FILE",
+        help="DICOMweb credentials: KEY=VALUE lines, CXRDX_DICOMWEB_TOKEN (bearer) or CXRDX_DICOMWEB_USER "
+        "and CXRDX_DICOMWEB_PASSWORD (basic); default: those environment variables",
+    )
+    tls_cert: Path | None = option(
+        None,
+        metavar="PEM",
+        help="DICOM TLS: this node's certificate; with --tls-key and --tls-ca the node takes TLS connections "
+        "only, from peers with a certificate the CA signed, and sends over TLS (https: its client certificate)",
+    )
+    tls_key: Path | None = option(None, metavar="PEM", help="DICOM TLS: the private key of --tls-cert")
+    tls_ca: Path | None = option(
+        None,
+        metavar="PEM",
+        help="DICOM TLS: the CA certificate(s) that peers' certificates must be signed by (https: the CA "
+        "that checks the DICOMweb server)",
     )
     ae_title: str = option("CXRDX", help="this node's AE title")
     port: int = option(11112, help="DICOM port to listen on")
@@ -50,11 +73,16 @@ class Config:
     workers: int | None = option(None, help="image decoding threads (default: CPUs - 1, at least 1)")
     result_workers: int | None = option(
         None,
-        help="processes building the SR and secondary captures while the network runs "
+        help="processes building the result objects (SR, SEG, pictures) while the network runs "
         "(default: half the CPUs, 1 to 4; 0: in the main process)",
     )
     heatmaps: bool = option(
-        True, flag="--no-heatmaps", help="send the SR only: no Grad-CAM secondary captures (faster)"
+        True, flag="--no-heatmaps", help="send the SR only: no Grad-CAM heatmap SEG (faster)"
+    )
+    secondary_capture: bool = option(
+        False,
+        help="also send one JPEG secondary capture per finding: the Grad-CAM overlay for the positive ones, "
+        "a card saying why there is none for the others (for viewers that cannot show the SEG)",
     )
     max_per_peer: int = option(
         8, metavar="N", help="connections one peer address may hold at once; more are closed as they arrive"
@@ -99,7 +127,8 @@ def check(config: Config) -> None:
     if config.host not in LOOPBACK and not config.allow_remote:
         raise ConfigError(
             f"`host` {config.host} would let other machines send images to this node; add `allow_remote` "
-            "if that is intended (on a trusted network: there is no authentication beyond AE titles), "
+            "if that is intended (on a trusted network, or with DICOM TLS: `tls_cert`, `tls_key`, `tls_ca`; "
+            "without TLS there is no authentication beyond AE titles), "
             "or keep the default `host` 127.0.0.1"
         )
     if not 0 < config.port < 65536:
@@ -123,10 +152,13 @@ def start(config: Config, reporter: Reporter | None = None) -> Listener:
     reporter = reporter_or_default(reporter, "listen")
     check(config)
     from cxrdx.interop.node import Node, NodeConfig, parse_ae_titles
-    from cxrdx.interop.send import parse_destination
+    from cxrdx.interop.send import parse_destination, transport_for
+    from cxrdx.interop.tls import TlsFiles
 
     destination = parse_destination(config.send_to)
     allow = parse_ae_titles(config.allow_calling)
+    tls = TlsFiles.from_options(config.tls_cert, config.tls_key, config.tls_ca)
+    transport_for(destination, tls=tls, credentials_file=config.send_credentials).close()  # bad ones: now
 
     import torch
 
@@ -161,6 +193,7 @@ def start(config: Config, reporter: Reporter | None = None) -> Listener:
         batch_size=config.batch_size,
         workers=config.workers,
         heatmaps=config.heatmaps,
+        secondary_capture=config.secondary_capture,
         result_workers=(
             min(4, max(1, available_threads() // 2))
             if config.result_workers is None
@@ -178,13 +211,16 @@ def start(config: Config, reporter: Reporter | None = None) -> Listener:
         batch_size=config.batch_size,
         max_per_peer=config.max_per_peer,
         max_instance_mb=config.max_instance_mb,
+        tls=tls,
+        credentials_file=config.send_credentials,
     )
     node = Node(node_config, processing)
     processing.warm()
     node.start()
     host, port = node.address
     reporter.note(
-        f"{node_config.ae_title} listening on {host}:{port}, results to {destination}, "
+        f"{node_config.ae_title} listening on {host}:{port}{' (DICOM TLS)' if tls else ''}, results to "
+        f"{destination}{' by STOW-RS' if hasattr(destination, 'url') else ''}, "
         f"spool {node_config.spool} (backend {predictor.backend}; Ctrl-C to stop)"
     )
     return Listener(node, processing, predictor.backend, destination)

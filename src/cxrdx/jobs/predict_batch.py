@@ -21,7 +21,7 @@ from typing import Any
 from cxrdx.device import available_threads, choose_device
 from cxrdx.errors import ConfigError, CxrdxError
 from cxrdx.files import atomic_write_text
-from cxrdx.inference import shards
+from cxrdx.inference import choose, shards
 from cxrdx.inference.formats import (
     NO_THRESHOLDS_NOTE,
     PARTLY_CALIBRATED_NOTE,
@@ -62,6 +62,7 @@ class PredictSummary:
     merged: bool  # the last shard to finish merged all parts into --out
     backend: str
     heat_dir: Path | None
+    backend_record: str | None = None  # how the backend was chosen and, for bf16/int8, its reference check
     text: str | None = None  # table/json/csv without --out: the output, for stdout
     written: list[Path] | None = None  # dicom/fhir: the files written
     warnings: list[str] = field(default_factory=list)  # the model card's banners (not in a table)
@@ -127,7 +128,7 @@ def predict_job(
     workers = config.workers if config.workers is not None or local == 1 else max(1, threads - 1)
     device = "cpu" if config.device == "cpu" else choose_device(config.device)
     backend = config.backend
-    fp32 = config.precision == "fp32"
+    fp32 = config.precision in ("auto", "fp32")
     if fp32 and backend == "auto" and str(device) == "cpu" and len(files) <= FIRST_CALL_TORCH_MAX:
         from cxrdx.inference import export
 
@@ -135,11 +136,12 @@ def predict_job(
             # a new checkpoint and a few images: PyTorch now, the ONNX export in the background
             backend = "torch"
             export.export_in_background(config.weights)
+    precision = config.precision
+    if config.autotune and str(device) == "cpu":  # the choice cached for this machine, opened at once
+        backend, precision = choose.load_args(config.weights, backend, precision, threads)
     predictor = Predictor.load(
-        config.weights, device=device, backend=backend, threads=threads, precision=config.precision
+        config.weights, device=device, backend=backend, threads=threads, precision=precision
     )
-    if predictor.precision != "fp32":
-        log(_int8_line(predictor))
     for note in predictor.threshold_notes(config.tta):  # e.g. thresholds chosen with TTA, applied without
         reporter.warn(note)
     if predictor.session is None or wants_torch(config):
@@ -150,11 +152,14 @@ def predict_job(
     if heat_dir is not None:
         heat_dir.mkdir(parents=True, exist_ok=True)
     batch_size = DEFAULT_BATCH if config.batch_size is None else config.batch_size
-    if predictor.session is not None and config.autotune and config.batch_size is None:
-        tuned = _autotune(predictor, config.weights, files, threads, log)
+    tuned = None
+    if predictor.session is not None and config.autotune:
+        tuned = _autotune(predictor, config, files, threads, log)
         if tuned is not None:
-            batch_size = tuned.batch_size
+            batch_size = tuned.batch_size if config.batch_size is None else batch_size
             workers = tuned.workers if config.workers is None else workers
+    if predictor.precision.startswith("int8"):
+        log(_int8_line(predictor))
     target = shards.part_path(config.out, shard, n_shards) if n_shards > 1 else config.out
     stream = None
     if streamed:
@@ -224,6 +229,7 @@ def predict_job(
         merged=merged,
         backend=predictor.backend,
         heat_dir=heat_dir,
+        backend_record=choose.record(tuned),
     )
     if folder is not None:
         summary.written = list(folder.written)
@@ -257,7 +263,7 @@ def predict_job(
 
 def _int8_line(predictor: Predictor) -> str:
     """What the int8 model was checked on (its record from cxrdx quantize), for the log."""
-    from cxrdx.inference.quantize import int8_record
+    from cxrdx.inference.int8 import int8_record
 
     r = int8_record(predictor.session) or {}
     if "drop" not in r:
@@ -275,41 +281,19 @@ def _int8_line(predictor: Predictor) -> str:
     )
 
 
-def _autotune(predictor: Predictor, weights: str, files: list, cores: int, log: Callable[[str], None]):
-    """Settings measured for this machine and model (cxrdx.inference.autotune); None to keep the defaults.
-
-    A new intra-op thread count replaces the predictor's session with one on the same cached file.
-    """
-    from cxrdx.files import file_sha256
-    from cxrdx.inference import autotune, export
-    from cxrdx.inference.backends import INPUT_NAME, OUTPUT_NAME, open_session
-
-    if not Path(weights).is_file():
-        return None
-    path = export.cached_export_path(file_sha256(weights), predictor.precision)
-    if not path.is_file() or not files:
-        return None  # an export kept in memory only (read-only cache)
-    runtime = "openvino" if predictor.backend == "openvino" else "onnx"
-    prep = predictor.meta.preprocessing
-
-    def decode() -> object:
-        return predictor.prepare(predictor.read(files[0], uint8_ok=True)[0])
-
+def _autotune(predictor: Predictor, config, files: list, cores: int, log: Callable[[str], None]):
+    """Backend, precision and batch size measured for this machine and model (cxrdx.inference.autotune,
+    cxrdx.inference.choose), applied to ``predictor``; None to keep the defaults."""
     try:
-        tuned, fresh = autotune.tuned_for(
-            f"{path.name} {runtime}",
-            lambda threads: open_session(path, threads, runtime, prep=prep),
-            lambda session, x: session.run([OUTPUT_NAME], {INPUT_NAME: x}),
-            (prep.channels, prep.size, prep.size),
-            decode,
-            cores=cores,
+        return choose.for_job(
+            predictor,
+            config.weights,
+            files,
+            cores,
+            config.backend,
+            config.precision,
             measure_now=len(files) >= AUTOTUNE_MIN_IMAGES,
+            log=log,
         )
-    except Exception:  # noqa: BLE001 - an unreadable first image etc.: the defaults will do
+    except Exception:  # noqa: BLE001 - an unreadable image, a runtime that fails to compile...: the defaults do
         return None
-    if tuned is None:
-        return None
-    if tuned.threads != cores:
-        predictor.session = open_session(path, tuned.threads, runtime, prep=prep)
-    log(autotune.describe(tuned, fresh))
-    return tuned

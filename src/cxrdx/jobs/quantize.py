@@ -30,12 +30,12 @@ class Config:
 
 @dataclass
 class Result:
-    report: Any = None  # cxrdx.inference.quantize.QuantizeReport when the int8 model was kept
+    report: Any = None  # cxrdx.jobs.quantize_build.QuantizeReport when the int8 model was kept
     refused: str | None = None  # why it was not (AUROC dropped too far), else None
 
 
 def run(config: Config, reporter: Reporter | None = None) -> Result:
-    from cxrdx.inference.quantize import QuantizationRefused, QuantizeConfig, quantize
+    from cxrdx.jobs.quantize_build import QuantizationRefused, QuantizeConfig, quantize
 
     reporter = reporter_or_default(reporter, "quantize")
     library_config = QuantizeConfig(

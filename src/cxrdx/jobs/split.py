@@ -47,26 +47,27 @@ class Result:
 def run(config: Config, reporter: Reporter | None = None) -> Result:
     from cxrdx.data.columns import _few
     from cxrdx.data.splits import split_by_patient
-    from cxrdx.data.tables import read_labels, table_findings, write_labels
+    from cxrdx.data.tables import read_label_table, table_findings, write_labels
 
     reporter = reporter_or_default(reporter, "split")
     if config.absolute_paths and config.images is None:
         raise ConfigError("split: `absolute_paths` needs `images` DIR to find the files")
-    df = read_labels(
+    table = read_label_table(
         config.labels,
         config.images,
         require_images=config.absolute_paths,
         mixed_no_finding=mixed_no_finding(config),
         blank=config.blank,
     )
+    df = table.frame
     splits = split_by_patient(
         df, config.val, config.test, config.seed, config.official_test, config.official_train_val
     )
-    findings = list(table_findings(df))  # the findings this table labels (partial labels)
+    findings = list(table_findings(table))  # the findings this table labels (partial labels)
     counts = {}
     for name, part in splits.items():
         path = config.out / f"{name}.csv"
-        write_labels(part, path, absolute_paths=config.absolute_paths)
+        write_labels(table.with_frame(part), path, absolute_paths=config.absolute_paths)
         counts[name] = SplitCounts(
             path, len(part), int(part["patient"].nunique()), {f: int((part[f] == 1).sum()) for f in findings}
         )

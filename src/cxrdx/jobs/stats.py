@@ -50,9 +50,9 @@ class Result:
 
 def run(config: Config, reporter: Reporter | None = None) -> Result:
     from cxrdx.data.stats import label_stats, plot_prevalence
-    from cxrdx.data.tables import read_labels
+    from cxrdx.data.tables import read_label_table
 
-    df = read_labels(
+    table = read_label_table(
         config.labels,
         config.images,
         mixed_no_finding=mixed_no_finding(config),
@@ -62,16 +62,16 @@ def run(config: Config, reporter: Reporter | None = None) -> Result:
         vindr_rule=config.vindr_rule,
         blank=config.blank,
     )
-    stats = label_stats(df)
+    stats = label_stats(table)
     result = Result(
         labels=config.labels,
-        table_format=str(df.attrs.get("format")),
+        table_format=table.format,
         stats=stats,
-        notes=list(df.attrs.get("notes", [])),
-        views_dropped=dict(df.attrs["views"]["dropped"]) if df.attrs.get("views") else None,
-        blank_labels=int(df.attrs.get("blank_labels") or 0),
+        notes=list(table.notes),
+        views_dropped=dict(table.views.dropped) if table.views is not None else None,
+        blank_labels=table.blank_labels,
     )
-    terms = df.attrs.get("unmapped_terms")
+    terms = table.unmapped_terms
     if terms:
         from cxrdx.data.stats import write_unmapped
 

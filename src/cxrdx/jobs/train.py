@@ -72,7 +72,7 @@ def run(
             ) from None
         raise
     if is_main:
-        from cxrdx.inference.export import prepare_export_note
+        from cxrdx.inference.on_write import prepare_export_note
 
         prepare_export_note("train", result.best_path, reporter)  # so the first `cxrdx predict` is fast
     return result

@@ -11,7 +11,9 @@ error that lists it, and the checkpoint records the label mapping and the exact
 preprocessing the source expects, so predict, evaluate, explain and serve feed it
 the input it was trained on.
 
-This module is the dispatcher; each source's layout lives in ``cxrdx.model.importers``
+This module runs the steps every source shares; each source registers itself in
+``cxrdx.model.importers.registry`` from its own file in ``cxrdx.model.importers`` (its name,
+how its files are recognised, its preprocessing, its key mapping and ignore list, its reader),
 and pickles are read only through ``cxrdx.model.pickle_reader``.
 """
 
@@ -27,31 +29,18 @@ from torch import nn
 
 from cxrdx.errors import CheckpointError, ConfigError
 from cxrdx.files import file_sha256
-from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.labels import FINDINGS, canonical, is_nih_finding
 from cxrdx.model.checkpoint import CheckpointMeta, check_state_dict, load_checkpoint, save_checkpoint
-from cxrdx.model.importers.chexnet import CHEXNET_LABELS
-from cxrdx.model.importers.cxrdx import revalidate
-from cxrdx.model.importers.keras import KERAS_LABELS, keras_preprocessing, map_keras, read_keras_h5
-from cxrdx.model.importers.torchvision import (
-    TORCH_BN_EPS,
-    fresh_head,
-    imagenet_preprocessing,
-    map_torch_state,
-    strip_prefixes,
-)
-from cxrdx.model.importers.xrv import (
-    XRV_PATHOLOGIES,
-    xrv_labels,
-    xrv_preprocessing,
-    xrv_thresholds,
-    xrv_variant,
-)
+from cxrdx.model.importers import registry
+from cxrdx.model.importers.registry import OPTION_FLAGS, Importer, Request, SourceWeights
 from cxrdx.model.networks import ARCHITECTURES, build_model
-from cxrdx.model.pickle_reader import extract_state_dict, load_torch_file
-from cxrdx.settings import IMPORT_SOURCES
 
-KINDS = IMPORT_SOURCES
+
+def __getattr__(name: str) -> object:
+    """``KINDS``: the registered sources' names (the registry loads its modules on first use)."""
+    if name == "KINDS":
+        return tuple(registry.importers())
+    raise AttributeError(name)
 
 
 @dataclass
@@ -145,15 +134,6 @@ def _fit_architecture(
     )
 
 
-def _preprocessing(kind: str, size: int | None, keras_norm: str | None) -> Preprocessing:
-    """The publisher's test-time recipe: xrv's crop and resize, CheXNet's ten-crop, Keras' generator."""
-    if kind == "xrv":
-        return xrv_preprocessing(size)
-    if kind == "keras":
-        return keras_preprocessing(size, keras_norm)
-    return imagenet_preprocessing(size, crops=10 if kind == "chexnet" else 1)
-
-
 def _parse_labels(text: str | Iterable[str] | None) -> list[str] | None:
     if text is None:
         return None
@@ -162,7 +142,7 @@ def _parse_labels(text: str | Iterable[str] | None) -> list[str] | None:
 
 
 def import_weights(
-    kind: str,
+    kind: str | None,
     source: str | os.PathLike,
     out: str | os.PathLike,
     trust_pickle: bool = False,
@@ -174,90 +154,79 @@ def import_weights(
 ) -> ImportResult:
     """Convert ``source`` (a file of the given ``kind``) into a cxrdx checkpoint at ``out``.
 
+    ``kind`` None: the one source whose files ``source`` looks like (``registry.detect``: its name
+    or first bytes), else an error asking for it.
+
     ``inert_pickle``: a whole pickled model is read structurally, never fully unpickled
     (``cxrdx.model.pretrained`` uses this for the files it downloads). ``keras_norm``: the Keras
     model's test-time normalisation (``importers.keras.keras_preprocessing``): imagenet (default),
     per-image, or the training sample's "MEAN,STD".
     """
-    if kind not in KINDS:
-        raise ConfigError(f"--from {kind!r} is unknown; choose one of {', '.join(KINDS)}")
+    importer = registry.get(kind) if kind is not None else None
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    detected: list[str] = []
+    if importer is None:
+        detected = registry.detect(path)
+        if len(detected) != 1:
+            looks = (
+                f"it looks like {' and '.join(detected)}"
+                if detected
+                else "its name and first bytes match none"
+            )
+            raise ConfigError(
+                f"{path}: cannot tell which source this file is from ({looks}); give `kind`, one of "
+                f"{', '.join(registry.importers())}"
+            )
+        kind = detected[0]
+        importer = registry.get(kind)
     out = Path(out)
     if out.resolve() == path.resolve():
         raise ConfigError(f"--out {out} is the source file itself; choose another output path")
-    labels_given = _parse_labels(source_labels)
+    request = Request(
+        path, trust_pickle, inert_pickle, _parse_labels(source_labels), xrv_weights, keras_norm, size
+    )
+    for option in OPTION_FLAGS:  # a source-specific option given for another source is a mistake
+        if getattr(request, option) is not None and option not in importer.options:
+            owners = [n for n, i in registry.importers().items() if option in i.options]
+            raise ConfigError(f"{OPTION_FLAGS[option]} applies to --from {' / '.join(owners)} only")
     sha = file_sha256(path)
-    notes: list[str] = []
 
-    if kind == "cxrdx":
-        model, meta = revalidate(path, out, size, sha)
-        return ImportResult(out, meta, len(model.state_dict()), ["validated and re-saved"])
+    said = [f"recognised as --from {kind} ({importer.title}) by the file"] if detected else []
 
-    thresholds: dict[str, float] | None = None
-    threshold_method: str | None = None
-    provenance: dict = {"imported_from": path.name}
-    if kind == "keras":
-        layers, config = read_keras_h5(path)
-        mapped, unmapped, bn_eps, extra = map_keras(layers, config, str(path))
-        notes += extra
-        src_labels = labels_given or list(KERAS_LABELS)
-    else:
-        obj, extra = load_torch_file(path, trust_pickle, inert=inert_pickle)
-        notes += extra
-        state, model_obj = extract_state_dict(obj, str(path))
-        bn_eps = TORCH_BN_EPS
-        ignore = ["op_threshs"] if kind == "xrv" else []
-        if kind == "torchvision":
-            ignore += ["classifier.weight", "classifier.bias"]
-        mapped, unmapped = map_torch_state(state, ignore)
-        if kind == "torchvision":
-            src_labels = []
-        elif kind == "chexnet":
-            src_labels = labels_given or list(CHEXNET_LABELS)
-        else:
-            variant = xrv_variant(xrv_weights, path)
-            stripped = {strip_prefixes(k): v for k, v in state.items()}
-            src_labels, op, extra = xrv_labels(stripped, model_obj, variant, labels_given, str(path))
-            notes += extra
-            if op is not None:
-                thresholds = xrv_thresholds(src_labels, op)
-                threshold_method = "torchxrayvision op_threshs (positive when probability >= threshold)"
+    if importer.convert is not None:
+        tensors, meta = _explained(importer, path, lambda: importer.convert(request, out, sha))
+        return ImportResult(out, meta, tensors, [*said, "validated and re-saved"])
 
+    assert importer.read is not None and importer.preprocessing is not None
+    weights: SourceWeights = _explained(importer, path, lambda: importer.read(request))
+    mapped, notes = weights.mapped, [*said, *weights.notes]
     conv0 = mapped.get("features.conv0.weight")
     if conv0 is None or conv0.ndim != 4:
         raise CheckpointError(
             f"{path}: no first convolution (features.conv0 / conv1/conv) found; is --from right?"
         )
     in_channels = int(conv0.shape[1])
-    if keras_norm is not None and kind != "keras":
-        raise ConfigError("--keras-norm applies to --from keras only")
-    preprocessing = _preprocessing(kind, size, keras_norm)
+    preprocessing = importer.preprocessing(request)
     if in_channels != preprocessing.channels:
-        hint = " (torchxrayvision models take 1 channel: use --from xrv)" if in_channels == 1 else ""
         raise CheckpointError(
             f"{path}: the first convolution takes {in_channels} channel(s) but --from {kind} models take "
-            f"{preprocessing.channels}{hint}"
+            f"{preprocessing.channels}{_channels_hint(in_channels)}"
         )
 
-    if kind == "torchvision":
-        labels = list(FINDINGS)
-        label_mapping: dict[str, int] = {}
-        dropped = ["ImageNet classifier (1000 classes)"]
-        fresh_head(mapped, len(labels))
-        provenance["init_only"] = True
-        notes.append("ImageNet features only; the 14-finding head is freshly initialised: train before use")
+    if weights.head is not None:
+        labels, label_mapping, dropped = weights.head
     else:
-        names = XRV_PATHOLOGIES if kind == "xrv" and len(src_labels) == len(XRV_PATHOLOGIES) else ()
-        labels, label_mapping, dropped = _select_head(mapped, src_labels, str(path), names)
+        labels, label_mapping, dropped = _select_head(mapped, weights.labels, str(path), weights.output_names)
+    thresholds, threshold_method = weights.thresholds, weights.threshold_method
     if thresholds is not None:
         thresholds = {name: thresholds[name] for name in labels if name in thresholds} or None
         if thresholds is None:
             threshold_method = None
 
     arch, model, state, extra = _fit_architecture(
-        mapped, unmapped, len(labels), in_channels, bn_eps, str(path)
+        mapped, weights.unmapped, len(labels), in_channels, weights.bn_eps, str(path)
     )
     notes += extra
     model.load_state_dict(state, strict=True)
@@ -265,7 +234,7 @@ def import_weights(
         architecture=arch,
         labels=labels,
         in_channels=in_channels,
-        bn_eps=bn_eps,
+        bn_eps=weights.bn_eps,
         preprocessing=preprocessing,
         thresholds=thresholds,
         threshold_method=threshold_method,
@@ -275,13 +244,13 @@ def import_weights(
             {"chosen_by": threshold_method, "calibration": "none", "tta": False} if thresholds else {}
         ),
         calibration={"method": "none", "log_prior_shift": {}, "temperature": {}, "fitted_on": {}},
-        provenance=provenance,
+        provenance={"imported_from": path.name, **weights.provenance},
         source={
             "kind": kind,
             "file": path.name,
             "sha256": sha,
             "label_mapping": label_mapping,
-            "source_labels": src_labels,
+            "source_labels": weights.labels,
             "dropped_outputs": dropped,
             "notes": notes,
         },
@@ -289,3 +258,25 @@ def import_weights(
     save_checkpoint(out, model, meta)
     load_checkpoint(out)  # what we wrote must load exactly
     return ImportResult(out, meta, len(state), notes)
+
+
+def _explained(importer: Importer, path: Path, step):
+    """Run a source's reading step; a file that fails and looks like another source's says which."""
+    try:
+        return step()
+    except CheckpointError as exc:
+        looks = [n for n in registry.detect(path) if n != importer.name]
+        if len(looks) != 1 or f"--from {looks[0]}" in str(exc):
+            raise
+        raise CheckpointError(f"{exc} (the file looks like --from {looks[0]})") from None
+
+
+def _channels_hint(in_channels: int) -> str:
+    """Which sources take that many input channels (e.g. torchxrayvision's 1-channel models)."""
+    fits = [
+        i for i in registry.importers().values()
+        if i.preprocessing is not None and i.preprocessing(Request(Path())).channels == in_channels
+    ]  # fmt: skip
+    if len(fits) != 1:
+        return ""
+    return f" ({fits[0].title} models take {in_channels} channel(s): use --from {fits[0].name})"

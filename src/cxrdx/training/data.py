@@ -137,7 +137,7 @@ def _load_one(path: Path, cfg: TrainConfig) -> DatasetPart:
     from cxrdx.data.leakage import check_patient_overlap
     from cxrdx.data.loaders import FileBatches
     from cxrdx.data.origin import dataset_origin
-    from cxrdx.data.views import filter_views
+    from cxrdx.data.views import select_views
 
     if not path.exists():
         raise DataError(
@@ -155,8 +155,8 @@ def _load_one(path: Path, cfg: TrainConfig) -> DatasetPart:
         subs, tables = {}, {}
         for role, split in (("train", cfg.train_split), ("val", cfg.val_split)):
             sub = cache.subset(split)  # DataError when the split is absent
-            index = filter_views(sub.index, cfg.views, f"{path} ({split})")
-            for k, v in index.attrs.get("views", {}).get("dropped", {}).items():
+            index, selection = select_views(sub.index, cfg.views, f"{path} ({split})")
+            for k, v in (selection.dropped if selection else {}).items():
                 dropped[k] = dropped.get(k, 0) + int(v)
             sub = PreparedCache(sub.path, sub.images, index, sub.size, sub.info, sub.findings)
             if len(sub.index) == 0:
@@ -186,15 +186,17 @@ def _load_one(path: Path, cfg: TrainConfig) -> DatasetPart:
                 f"--data {path}: {csv} not found; pass a cache made by `cxrdx prepare`, or a folder with "
                 f"{cfg.train_split}.csv and {cfg.val_split}.csv (from `cxrdx split`)"
             )
-    from cxrdx.data.tables import read_labels, table_findings
+    from cxrdx.data.tables import read_label_table, table_findings
 
     size = cfg.image_size or 320
-    factories, tables, findings = {}, {}, set()
+    factories, tables, findings, datasets = {}, {}, set(), []
     for role, csv in (("train", train_csv), ("val", val_csv)):
-        table = tables[csv.name] = read_labels(
+        read = read_label_table(
             csv, images_dir=cfg.images, uncertain=cfg.uncertain, views=cfg.views, blank=cfg.blank
         )
-        for k, v in table.attrs.get("views", {}).get("dropped", {}).items():
+        table = tables[csv.name] = read.frame
+        datasets.append(read.dataset)
+        for k, v in read.views_dropped.items():
             dropped[k] = dropped.get(k, 0) + int(v)
         if len(table) == 0:
             raise DataError(f"{csv}: the {role} split is empty")
@@ -209,7 +211,7 @@ def _load_one(path: Path, cfg: TrainConfig) -> DatasetPart:
                 f"{csv}: {len(missing)} image file(s) not found (e.g. {missing[0]}); pass --images DIR with the "
                 "folder they are in"
             )
-        own = table_findings(table)
+        own = table_findings(read)
         findings |= set(own)
         factories[role] = lambda names, t=table, p=paths, f=own: FileBatches(
             p, _labels_for(t, f, names), size
@@ -224,9 +226,7 @@ def _load_one(path: Path, cfg: TrainConfig) -> DatasetPart:
         kind="csv",
         path=str(folder.resolve()),
         desc=f"CSV tables in {folder} (decoded on the fly; `cxrdx prepare` is faster)",
-        origin=dataset_origin(
-            [train_csv, val_csv], cfg.images, [t.attrs.get("dataset") for t in tables.values()]
-        ),
+        origin=dataset_origin([train_csv, val_csv], cfg.images, datasets),
         patients=_patients(tables),
         leakage=check_patient_overlap(tables, allow=cfg.allow_patient_overlap, source=str(folder)),
         views_dropped=dropped,

@@ -42,7 +42,7 @@ def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 # ``--amp auto`` on CPU stays fp32: bf16 autocast was 2.2x faster per step at 320 px on an idle AMX
 # CPU and kept the demo's AUROC, but it was slower at the demo's 64 px and many times slower on a
-# shared CPU (docs/performance.md section 10). ``--amp bf16`` asks for it.
+# shared CPU (docs/performance.md section 11). ``--amp bf16`` asks for it.
 CPU_AUTO_BF16 = False
 
 

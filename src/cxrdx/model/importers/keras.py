@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from cxrdx.errors import CheckpointError, ConfigError
+from cxrdx.files import head_bytes
 from cxrdx.imaging.preprocessing import LEGACY, Preprocessing
 from cxrdx.model.importers.chexnet import CHEXNET_LABELS
+from cxrdx.model.importers.registry import Importer, Request, SourceWeights, register
 from cxrdx.model.importers.torchvision import IMAGENET_MEAN, IMAGENET_STD
 
 KERAS_BN_EPS = 1.001e-5
@@ -199,3 +201,27 @@ def map_keras(
             else:
                 unmapped.append(f"{layer}/{kind}")
     return mapped, sorted(unmapped), bn_eps, notes
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _read(request: Request) -> SourceWeights:
+    layers, config = read_keras_h5(request.path)
+    mapped, unmapped, bn_eps, notes = map_keras(layers, config, str(request.path))
+    return SourceWeights(
+        mapped, unmapped, bn_eps, labels=request.source_labels or list(KERAS_LABELS), notes=notes
+    )
+
+
+IMPORTER = register(
+    Importer(
+        name="keras",
+        title="Keras HDF5 (e.g. brucechou1983/CheXNet-Keras)",
+        suffixes=(".h5", ".hdf5"),
+        detect=lambda path: head_bytes(path, len(HDF5_SIGNATURE)) == HDF5_SIGNATURE,
+        preprocessing=lambda request: keras_preprocessing(request.size, request.keras_norm),
+        read=_read,
+        options=("keras_norm",),
+    )
+)

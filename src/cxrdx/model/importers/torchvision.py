@@ -16,6 +16,9 @@ import torch
 
 from cxrdx.errors import CheckpointError
 from cxrdx.imaging.preprocessing import Preprocessing
+from cxrdx.labels import FINDINGS
+from cxrdx.model.importers.registry import Importer, Request, SourceWeights, register
+from cxrdx.model.pickle_reader import extract_state_dict, load_torch_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,3 +108,40 @@ def fresh_head(mapped: dict[str, torch.Tensor], num_classes: int) -> None:
     bound = 1.0 / math.sqrt(width)
     mapped["class_layers.out.weight"] = (torch.rand(num_classes, width, generator=generator) * 2 - 1) * bound
     mapped["class_layers.out.bias"] = torch.zeros(num_classes)
+
+
+def read_torch(request: Request, ignore: Iterable[str]) -> tuple[SourceWeights, dict, object]:
+    """A PyTorch file (never unpickled unless trusted): its tensors mapped by torchvision's names.
+
+    Returns (the weights with no labels yet, the raw state dict, the pickled model object if any)."""
+    obj, notes = load_torch_file(request.path, request.trust_pickle, inert=request.inert_pickle)
+    state, model_obj = extract_state_dict(obj, str(request.path))
+    mapped, unmapped = map_torch_state(state, ignore)
+    return SourceWeights(mapped, unmapped, TORCH_BN_EPS, notes=list(notes)), state, model_obj
+
+
+def _read(request: Request) -> SourceWeights:
+    weights, _state, _obj = read_torch(request, IMPORTER.ignore)
+    labels = list(FINDINGS)
+    fresh_head(weights.mapped, len(labels))
+    weights.head = (labels, {}, ["ImageNet classifier (1000 classes)"])
+    weights.provenance["init_only"] = True
+    weights.notes.append(
+        "ImageNet features only; the 14-finding head is freshly initialised: train before use"
+    )
+    return weights
+
+
+_TORCHVISION_FILE = re.compile(r"^densenet121-[0-9a-f]{8}\.pth$")  # torchvision's download names
+
+IMPORTER = register(
+    Importer(
+        name="torchvision",
+        title="torchvision (ImageNet)",
+        suffixes=(".pth", ".pt"),
+        detect=lambda path: bool(_TORCHVISION_FILE.match(path.name)),
+        preprocessing=lambda request: imagenet_preprocessing(request.size),
+        read=_read,
+        ignore=("classifier.weight", "classifier.bias"),
+    )
+)

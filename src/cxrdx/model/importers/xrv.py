@@ -15,6 +15,8 @@ import torch
 from cxrdx.errors import CheckpointError, ConfigError
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.labels import canonical, is_nih_finding
+from cxrdx.model.importers.registry import Importer, Request, SourceWeights, register
+from cxrdx.model.importers.torchvision import read_torch, strip_prefixes
 
 # torchxrayvision's DenseNet outputs (xrv.datasets.default_pathologies / DenseNet.targets).
 XRV_PATHOLOGIES = (
@@ -146,3 +148,32 @@ def xrv_thresholds(src_labels: list[str], op: list[float]) -> dict[str, float]:
         if name and is_nih_finding(name) and not math.isnan(op[i]):
             thresholds[canonical(name)] = float(op[i])
     return thresholds
+
+
+def _read(request: Request) -> SourceWeights:
+    weights, state, model_obj = read_torch(request, IMPORTER.ignore)
+    variant = xrv_variant(request.xrv_weights, request.path)
+    stripped = {strip_prefixes(k): v for k, v in state.items()}
+    labels, op, notes = xrv_labels(stripped, model_obj, variant, request.source_labels, str(request.path))
+    weights.labels = labels
+    weights.notes += notes
+    if len(labels) == len(XRV_PATHOLOGIES):
+        weights.output_names = XRV_PATHOLOGIES
+    if op is not None:
+        weights.thresholds = xrv_thresholds(labels, op)
+        weights.threshold_method = "torchxrayvision op_threshs (positive when probability >= threshold)"
+    return weights
+
+
+IMPORTER = register(
+    Importer(
+        name="xrv",
+        title="torchxrayvision",
+        suffixes=(".pt", ".pth"),
+        detect=lambda path: xrv_variant(None, path) is not None,
+        preprocessing=lambda request: xrv_preprocessing(request.size),
+        read=_read,
+        ignore=("op_threshs",),
+        options=("xrv_weights",),
+    )
+)

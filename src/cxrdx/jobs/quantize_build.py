@@ -1,4 +1,4 @@
-"""int8 inference: a checkpoint's folded ONNX export quantized by ONNX Runtime, kept only if it scores as fp32 does.
+"""``cxrdx quantize``'s work: a checkpoint's folded ONNX export quantized by ONNX Runtime, kept only if it scores as fp32 does.
 
 Static QDQ quantization: uint8 activations, int8 weights with one scale per output channel,
 activation ranges from MinMax calibration on the *training* split of a prepared cache.
@@ -8,20 +8,20 @@ same images, and the int8 model is written to the export cache only when its mea
 fp32's. Otherwise nothing is written and the figures say why. The test split is never
 used (it stays for the report); ``benchmarks/int8.py`` measures the agreement on test.
 
-On x86 CPUs without VNNI (AVX2, plain AVX-512) ONNX Runtime's u8 x s8 kernels can saturate,
-so the weights are quantized to 7 bits there (``reduce_range``, ONNX Runtime's advice). The
-two variants are cached under different names (``int8`` / ``int8r7``), so a file is only
-used on the kind of CPU it was checked on.
+On x86 CPUs without VNNI (AVX2, plain AVX-512) the weights are quantized to 7 bits
+(``reduce_range``, ONNX Runtime's advice; ``cxrdx.inference.int8.int8_variant``).
 
 The out-of-distribution gate reads the features int8 computes (median score +6.6 % on a tiny
 model against the fp32 reference). The check measures it on the validation split (the scores of
 both, and how many verdicts differ) and refits the threshold on int8's own validation scores:
 fp32's threshold scaled by the median int8 / fp32 score ratio; ``Predictor`` applies that
-threshold with the int8 file. The
+threshold with the int8 file (``cxrdx.inference.int8.int8_meta``). The
 reference itself (mean, precision) stays the fp32 one: the int8 file is refused when the
 threshold refit cannot bring the verdicts within ``MAX_OOD_VERDICTS_CHANGED`` of fp32's.
 
-``cxrdx quantize --weights CKPT --data CACHE`` makes it; ``cxrdx predict --precision int8`` uses it.
+The runtime half (the variant, the session, the record in the file) is ``cxrdx.inference.int8``;
+``cxrdx quantize --weights CKPT --data CACHE`` (``cxrdx.jobs.quantize``) runs this,
+``cxrdx predict --precision int8`` uses its file.
 """
 
 from __future__ import annotations
@@ -37,54 +37,23 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrdx.device import available_threads, cpu_info, isa_line
+from cxrdx.device import available_threads, isa_line
 from cxrdx.errors import CheckpointError, ConfigError, CxrdxError
 from cxrdx.files import atomic_write, file_sha256
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.inference.backends import FEATURES_NAME, GRAY_NAME, OUTPUT_NAME, make_session
+from cxrdx.inference.int8 import MAX_AUROC_DROP, PRECISION_KEY, RECORD_KEY, int8_variant
 from cxrdx.metrics.auroc import per_finding_auroc
 from cxrdx.metrics.calibration import apply_calibration, resolve_calibration
-from cxrdx.settings import INT8_CALIBRATION_IMAGES, INT8_MAX_AUROC_DROP, PRECISIONS
+from cxrdx.settings import INT8_CALIBRATION_IMAGES
 
-MAX_AUROC_DROP = INT8_MAX_AUROC_DROP  # validation AUROC int8 may lose against fp32
 DEFAULT_CALIB = INT8_CALIBRATION_IMAGES  # training images for the activation ranges
 BATCH = 16
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 MAX_OOD_VERDICTS_CHANGED = 0.05  # validation images whose OOD verdict int8 (own threshold) may flip vs fp32
 
 
 class QuantizationRefused(CxrdxError):
     """The int8 model scored worse than allowed on the validation split (nothing was written)."""
-
-
-def int8_variant() -> str:
-    """``int8``, or ``int8r7`` (7-bit weights) on an x86 CPU without VNNI."""
-    _model, flags = cpu_info()
-    x86 = "avx2" in flags or "sse2" in flags
-    return "int8r7" if x86 and not any(f in flags for f in VNNI_FLAGS) else "int8"
-
-
-def int8_session(ckpt: str | os.PathLike, precision: str, backend: str, device: object, threads: int | None):
-    """(session, variant) on the int8 model ``cxrdx quantize`` made for ``ckpt`` on this kind of CPU."""
-    from cxrdx.inference.backends import onnxruntime_available
-    from cxrdx.inference.export import exported_session
-
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if backend not in ("auto", "onnx") or str(device).split(":")[0] != "cpu" or not onnxruntime_available():
-        raise ConfigError(
-            f"--precision int8 runs on ONNX Runtime on the CPU (asked: backend {backend}, device {device}); "
-            "use --backend onnx --device cpu with onnxruntime installed, or --precision fp32"
-        )
-    variant = int8_variant()
-    session = exported_session(ckpt, threads, precision=variant)
-    if session is None:
-        raise CheckpointError(
-            f"{ckpt}: no int8 model for this checkpoint on this kind of CPU ({variant}) yet; make one with "
-            f"`cxrdx quantize --weights {ckpt} --data CACHE` (calibrated on the cache's training split, kept "
-            f"only if its validation AUROC is within {MAX_AUROC_DROP} of fp32), or use --precision fp32"
-        )
-    return session, variant
 
 
 @dataclass
@@ -413,31 +382,9 @@ def _with_record(int8: bytes, fp32: bytes, report: QuantizeReport) -> bytes:
 
     proto = onnx.load_from_string(int8)
     record = {p.key: p.value for p in onnx.load_from_string(fp32).metadata_props}
-    record["cxrdx_precision"] = report.variant
-    record["cxrdx_quantization"] = json.dumps(report.summary())
+    record[PRECISION_KEY] = report.variant
+    record[RECORD_KEY] = json.dumps(report.summary())
     del proto.metadata_props[:]
     for key, value in record.items():
         proto.metadata_props.add(key=key, value=value)
     return proto.SerializeToString()
-
-
-def int8_record(session) -> dict | None:
-    """How the int8 file an ONNX Runtime session runs was calibrated and checked (its metadata), if recorded."""
-    try:
-        return json.loads(session.get_modelmeta().custom_metadata_map["cxrdx_quantization"])
-    except (AttributeError, KeyError, ValueError):  # not an ORT session, or not made by cxrdx quantize
-        return None
-
-
-def int8_meta(meta, session):
-    """``meta`` with the OOD threshold ``cxrdx quantize`` refitted for the int8 file's features (its record),
-    when it has one; the fp32 reference (mean, precision) is kept."""
-    from dataclasses import replace
-
-    record = int8_record(session) or {}
-    t8 = (record.get("ood") or {}).get("threshold_int8")
-    if meta.ood is None or t8 is None:
-        return meta
-    return replace(
-        meta, ood={**meta.ood, "threshold": float(t8), "threshold_for": f"int8 ({record.get('variant')})"}
-    )
