@@ -137,6 +137,10 @@ class Heatmaps:
                     square = cam_squares(cells[None, index : index + 1], size)[0, 0]
                     out[finding] = to_source(square, box)  # normalised over the image, not the padding
                 return out
+            if names and not (
+                isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 2
+            ):
+                image, _ = p.read(image)  # once for all findings
             for finding in names:
                 square, box = self._from_network(image, p.labels.index(finding))
                 out[finding] = to_source(square, box)
