@@ -335,6 +335,7 @@ def main() -> int:
     import torch
 
     from cxrdx.device import available_threads
+    from cxrdx.inference import choose
     from cxrdx.inference.predictor import Predictor
 
     torch.set_num_threads(available_threads())
@@ -348,11 +349,14 @@ def main() -> int:
         files = make_nih_dicoms(work / "dicom", args.nih)
     else:
         files = make_dicoms(work / "dicom", args.n, args.size)
-    predictor = Predictor.load(args.weights, backend=args.backend)
+    # the backend and precision `cxrdx predict` chose and cached for this machine and model, as the node opens
+    threads = available_threads()
+    backend, precision = choose.load_args(str(args.weights), args.backend, "auto", threads)
+    predictor = Predictor.load(args.weights, backend=backend, precision=precision, threads=threads)
     print(f"machine: {machine_line()}")
     print(
         f"{args.n} DX files {args.size} px ({'real NIH PNGs' if args.nih else 'phantoms'}), {predictor.meta.architecture} at {predictor.meta.preprocessing.size} px, "
-        f"backend {predictor.backend}, batch {args.batch_size}",
+        f"backend {predictor.backend} (both sides), batch {args.batch_size}",
         flush=True,
     )
     verdicts = [compare(mode, predictor, files, work, args) for mode in args.compare]

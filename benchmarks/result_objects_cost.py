@@ -2,7 +2,8 @@
 
 On the same DICOM files (real NIH PNGs wrapped as DICOM, or the given files), one process measures
 ``time.process_time`` per image of: the network (``Predictor.predict``, the loop of ``cxrdx predict
---format csv``), the Grad-CAM maps of the SEG's findings (``segmentation.heatmap_findings``), building
+--format csv``), the Grad-CAM maps of the SEG's findings (``segmentation.heatmap_findings``: as the
+node makes them, from the prediction's own pass where the graph has ``cams``, ``capture_maps``), building
 the SEG, building the SR (as the node does, and with ``checked=True``: highdicom's ComprehensiveSR over
 the whole tree, the cost before issue 29), and encoding both (``processing.encode``). The listener's
 end-to-end rate is ``benchmarks/listen_throughput.py --compare seg``; this says where its time goes.
@@ -42,6 +43,8 @@ def main() -> int:
     import torch
 
     from cxrdx.device import available_threads
+    from cxrdx.inference import choose
+    from cxrdx.inference.heatmaps import capture_maps, heatmaps
     from cxrdx.inference.predictor import Predictor
     from cxrdx.interop.processing import encode
     from cxrdx.interop.segmentation import heatmap_findings, heatmap_segmentation, segment_findings
@@ -52,8 +55,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="cxrdx-objects-"))
     weights = Path(args.weights) if args.weights else make_weights(work / "d121.safetensors", args.net_size)
     files = [Path(f) for f in args.files] or make_nih_dicoms(work / "dicom", args.nih)
-    net = Predictor.load(weights, backend=args.backend)
-    cam = net if net.backend == "torch" else Predictor.load(weights, backend="torch")
+    threads = available_threads()
+    backend, precision = choose.load_args(str(weights), args.backend, "auto", threads)  # as the node
+    net = Predictor.load(weights, backend=backend, precision=precision, threads=threads)
+    capture_maps(net)
+    cam = heatmaps(net)
     algorithm = algorithm_for(weights, net.meta, net.calibrated, thresholds=net.thresholds)
     print(f"machine: {machine_line()}")
     print(
@@ -63,14 +69,13 @@ def main() -> int:
     t = time.process_time()
     predictions = net.predict(files)
     parts = {"network": time.process_time() - t, "grad-cam": 0.0, "SEG": 0.0, "SR": 0.0, "SR checked": 0.0}
-    parts["encode"] = 0.0
+    parts["encode SR"] = parts["encode SEG"] = 0.0
     maps = sizes = 0
     for path, pred in zip(files, predictions, strict=True):
         header = source_header(pydicom.dcmread(path, stop_before_pixels=True))
         names = heatmap_findings(pred, algorithm)
-        image, _ = cam.read(str(path))
         t = time.process_time()
-        heat = {n: cam.explain(image, n) for n in names}
+        heat = cam.maps(str(path), names)  # reads the film as the node does
         parts["grad-cam"] += time.process_time() - t
         t = time.process_time()
         seg = heatmap_segmentation(header, pred, heatmaps=heat, algorithm=algorithm)
@@ -82,14 +87,17 @@ def main() -> int:
         structured_report(header, pred, algorithm=algorithm, segments=segment_findings(pred), checked=True)
         parts["SR checked"] += time.process_time() - t
         t = time.process_time()
-        sizes += len(encode(sr)) + len(encode(seg))
-        parts["encode"] += time.process_time() - t
+        sizes += len(encode(sr))
+        parts["encode SR"] += time.process_time() - t
+        t = time.process_time()
+        sizes += len(encode(seg))
+        parts["encode SEG"] += time.process_time() - t
         maps += len(names)
     n = len(files)
     print(f"{maps / n:.1f} heatmaps (segments) per image; SR + SEG {sizes / n / 1e3:.0f} KB per image")
     for name, seconds in parts.items():
         print(f"{name:>12}: {seconds / n:.3f} CPU-s per image")
-    extra = parts["grad-cam"] + parts["SEG"] + parts["SR"] + parts["encode"]
+    extra = parts["grad-cam"] + parts["SEG"] + parts["SR"] + parts["encode SR"] + parts["encode SEG"]
     print(
         f"network alone {n / parts['network']:.2f} img/CPU-s; with the result objects "
         f"{n / (parts['network'] + extra):.2f} img/CPU-s ({parts['network'] / (parts['network'] + extra):.0%}; "

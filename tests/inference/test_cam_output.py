@@ -7,6 +7,7 @@ linear), and the backward pass's Grad-CAM on the PyTorch network (``GradCam``).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,76 @@ def test_the_explain_job_runs_the_network_once_per_film(ckpt, tmp_path, monkeypa
     assert all(hm.CAMS_NAME not in names for names in runs)
     maps = sorted((tmp_path / "out").glob("*.npy"))
     assert len(maps) == 6 and all(np.load(m).shape == (80, 56) for m in maps)
+
+
+def _counting_runs(monkeypatch) -> list[list[str]]:
+    import cxrdx.inference.heatmaps as hm
+
+    runs: list[list[str]] = []
+    original = hm.CamCapture.run
+
+    def counted(self, names, feeds):
+        runs.append(list(names))
+        return original(self, names, feeds)
+
+    monkeypatch.setattr(hm.CamCapture, "run", counted)
+    return runs
+
+
+def test_predict_heatmaps_run_the_network_once_per_film(ckpt, tmp_path, monkeypatch):
+    """`cxrdx predict --heatmaps`: the overlays' maps come from the predictions' own passes (after autotune)."""
+    from PIL import Image
+
+    from cxrdx.jobs.predict import Config, run
+
+    films = []
+    for seed in range(2):
+        path = tmp_path / f"film{seed}.png"
+        Image.fromarray((_image(seed) * 255).astype(np.uint8)).save(path)
+        films.append(str(path))
+    runs = _counting_runs(monkeypatch)
+    heat = tmp_path / "heat"
+    run(Config(weights=str(ckpt), paths=films, heatmaps=str(heat), backend="onnx", batch_size=1, workers=0))
+    assert len(runs) == len(films)  # one batch of one film each; the overlays needed no pass
+    assert all(export.CAMS_NAME not in names for names in runs)
+    assert len(sorted(heat.glob("*.png"))) == 2 * 3
+
+
+def test_the_node_makes_its_heatmaps_from_the_predictions_pass(ckpt, tmp_path, monkeypatch):
+    """The DICOM node's SEG maps: no network pass beyond the prediction's (the film read as predict reads it)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from cxrdx.interop.processing import Processing
+    from cxrdx.interop.sr import algorithm_for, results_for
+    from cxrdx.jobs.listen import load_predictor
+
+    paths = []
+    for seed in range(2):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = (
+            pydicom.uid.DigitalXRayImageStorageForPresentation
+        )
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientID, ds.Modality, ds.ViewPosition = f"P{seed}", "DX", "PA"
+        ds.set_pixel_data((_image(seed) * 255).astype(np.uint8), "MONOCHROME2", 8)
+        paths.append(tmp_path / f"film{seed}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    predictor = load_predictor(ckpt, "onnx", "auto", "cpu", 1)  # as `cxrdx listen` loads it
+    reference = Predictor.load(ckpt, backend="onnx")  # no capture: its own passes
+    algorithm = algorithm_for(ckpt, predictor.meta, predictor.calibrated, thresholds=predictor.thresholds)
+    runs = _counting_runs(monkeypatch)
+    out = list(Processing(predictor, results_for, algorithm, batch_size=1, workers=0)(paths))
+    assert len(runs) == len(paths) and all(export.CAMS_NAME not in names for names in runs)
+    for path, results in out:
+        seg = pydicom.dcmread(io.BytesIO(results[1]))
+        assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+        names = [str(s.SegmentLabel).removesuffix(" Grad-CAM") for s in seg.SegmentSequence]
+        want = np.stack([reference.explain(str(path), n) for n in names])
+        np.testing.assert_array_equal(
+            seg.pixel_array.reshape(want.shape), np.around(want * 255).astype(np.uint8)
+        )

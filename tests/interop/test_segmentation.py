@@ -161,3 +161,8 @@ def test_the_fast_seg_equals_the_one_highdicom_builds_from_the_maps_element_for_
     assert fast.file_meta.TransferSyntaxUID == checked.file_meta.TransferSyntaxUID
     empty = heatmap_segmentation(header, pred, heatmaps={}, algorithm=ALGORITHM)
     assert plain(empty) != plain(checked)  # control: the pixels are compared
+    odd = {name: heat[name].copy() for name in heat}  # non-finite values: NaN and -inf -> 0, +inf -> 255
+    first = segment_findings(pred)[0]
+    odd[first][0, :3] = [np.nan, np.inf, -np.inf]
+    frame = heatmap_segmentation(header, pred, heatmaps=odd, algorithm=ALGORITHM).pixel_array[0]
+    assert frame[0, :3].tolist() == [0, 255, 0]

@@ -182,8 +182,15 @@ def write_heatmaps(
     image, _ = predictor.read(item)
     written = []
     thresholds = predictor.thresholds or {}
-    for finding, p in pred.ranked()[:HEATMAP_TOP_K]:
-        heatmap = predictor.explain(image, finding)
+    top = pred.ranked()[:HEATMAP_TOP_K]
+    if hasattr(predictor, "_explain_lock"):  # a cxrdx Predictor: from the file as the prediction read it,
+        from cxrdx.inference.heatmaps import heatmaps  # so a captured pass's maps are found (capture_maps)
+
+        maps = heatmaps(predictor).maps(item, [finding for finding, _ in top])
+    else:
+        maps = {finding: predictor.explain(image, finding) for finding, _ in top}
+    for finding, p in top:
+        heatmap = maps[finding]
         t = thresholds.get(finding)
         call = "no threshold" if t is None else f"{'positive' if p >= t else 'negative'} at {t:.3f}"
         what = "p" if pred.is_probability(finding) else "score (uncalibrated)"

@@ -6,7 +6,8 @@
    every prediction keep its images' cells, so explaining an image just predicted costs no
    network pass at all (``cxrdx explain``, the app); otherwise one forward of the graph.
 2. The PyTorch network, when there is no session (``--backend torch``), the graph predates
-   ``cams`` or the session is an int8 model (heatmaps stay fp32): one forward pass for the same
+   ``cams`` or the session is an int8 model (heatmaps stay fp32; a bf16 session's cams are used:
+   bf16 is only chosen after passing predict's check against fp32, ``cxrdx.inference.choose``): one forward pass for the same
    head (``ForwardCam``), Grad-CAM's backward pass for any other (``heatmap_maker``).
 
 Maps are made on the (S, S) model input and returned on the source image's grid, normalised
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 Predictor = Any
 ImageLike = Any
 
+# the session precisions whose cams are the network's own maps: bf16 is the precision predict admitted
+# after its check against fp32 (cxrdx.inference.choose), so the maps come with the prediction's pass
+SESSION_PRECISIONS = ("fp32", "bf16")
 CAPTURE_KEEP = 64  # images whose cells a capturing session keeps (14 x 10 x 10 floats each at 320 px)
 
 
@@ -101,7 +105,8 @@ class Heatmaps:
     def uses_session(self) -> bool:
         """Whether maps come from the session's ``cams`` output (else from the PyTorch network)."""
         p = self.predictor
-        return p.session is not None and p.precision == "fp32" and CAMS_NAME in output_names(p.session)
+        exact = p.precision in SESSION_PRECISIONS  # int8's cells are not the network's: torch then
+        return p.session is not None and exact and CAMS_NAME in output_names(p.session)
 
     def capture(self) -> None:
         """Make predictions keep their cells (no-op when maps do not come from the session)."""
@@ -112,25 +117,41 @@ class Heatmaps:
 
     def explain(self, image: ImageLike, finding: str) -> np.ndarray:
         """Grad-CAM heatmap for one finding, in [0, 1], on the source image's own pixel grid."""
-        from cxrdx.explain.maps import to_source
+        return self.maps(image, [finding])[canonical(finding)]
+
+    def maps(self, image: ImageLike, findings: list[str]) -> dict[str, np.ndarray]:
+        """``explain`` of several findings of one image (finding -> map): read and prepared once."""
+        from cxrdx.explain.maps import cam_squares, to_source
 
         p = self.predictor
-        finding = canonical(finding)
-        if finding not in p.labels:
-            raise CxrdxError(f"this model does not output {finding}; it outputs {', '.join(p.labels)}")
+        names = [canonical(f) for f in findings]
+        for finding in names:
+            if finding not in p.labels:
+                raise CxrdxError(f"this model does not output {finding}; it outputs {', '.join(p.labels)}")
+        out = {}
         with self._lock:
-            if self.uses_session():
-                square, box = self._from_session(image, p.labels.index(finding))
-            else:
+            if self.uses_session() and names:
+                cells, box, size = self._session_cells(image)
+                for finding in names:
+                    index = p.labels.index(finding)
+                    square = cam_squares(cells[None, index : index + 1], size)[0, 0]
+                    out[finding] = to_source(square, box)  # normalised over the image, not the padding
+                return out
+            if names and not (
+                isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 2
+            ):
+                image, _ = p.read(image)  # once for all findings
+            for finding in names:
                 square, box = self._from_network(image, p.labels.index(finding))
-        return to_source(square, box)  # normalised over the image, not the letterbox padding
+                out[finding] = to_source(square, box)
+        return out
 
-    def _from_session(self, image: ImageLike, index: int) -> tuple[np.ndarray, Letterbox]:
-        from cxrdx.explain.maps import cam_squares
-
+    def _session_cells(self, image: ImageLike) -> tuple[np.ndarray, Letterbox, tuple[int, int]]:
+        """(cells (L, h, w), letterbox, model input size) of one image, from a captured prediction or a pass."""
         p = self.predictor
         # the input exactly as Predictor.iter_predict makes it, so a captured prediction's row matches
-        image, _ = p.read(image, uint8_ok=True)
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2):
+            image, _ = p.read(image, uint8_ok=True)
         gray = bool(getattr(p.session, "takes_gray", False))
         prep = p.meta.preprocessing
         views, box = prep.gray_views(image) if gray else prep.views(image)
@@ -141,7 +162,7 @@ class Heatmaps:
             if cells is None:
                 cells = p.session.run([CAMS_NAME], {GRAY_NAME if gray else INPUT_NAME: row[None]})[0][0]
             self._last = (digest, np.asarray(cells, dtype=np.float32))
-        return cam_squares(self._last[1][None, index : index + 1], row.shape[-2:])[0, 0], box
+        return self._last[1], box, row.shape[-2:]
 
     def _from_network(self, image: ImageLike, index: int) -> tuple[np.ndarray, Letterbox]:
         import torch

@@ -128,7 +128,7 @@ class Predictor:
 
         ``backend`` is torch, onnx, openvino or auto (onnx on CPU when installed). ``precision="int8"``
         runs the int8 model ``cxrdx quantize`` made and checked for this checkpoint (ONNX Runtime on
-        CPU), ``"bf16"`` OpenVINO bf16 (CPU); Grad-CAM stays fp32 on PyTorch.
+        CPU), ``"bf16"`` OpenVINO bf16 (CPU); int8's Grad-CAM stays fp32 on PyTorch.
         """
         from cxrdx.inference import backends, export
         from cxrdx.model.pretrained import resolve_weights

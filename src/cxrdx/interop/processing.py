@@ -27,6 +27,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger("cxrdx.node")
 
 # (source dataset, prediction, *, overlays, algorithm, image) -> result datasets
@@ -162,8 +164,18 @@ class Processing:
         names = heatmap_findings(prediction, self.algorithm) if self.heatmaps else []
         if not names:
             return {}, None
-        image, _ = self.predictor.read(str(path))
-        return {name: self.predictor.explain(image, name) for name in names}, image
+        # read as Predictor.iter_predict reads it (8-bit stays uint8), so the maps are the ones the
+        # prediction's own pass captured (``capture_maps``): no second network pass
+        image, _ = self.predictor.read(str(path), uint8_ok=True)
+        if hasattr(self.predictor, "_explain_lock"):  # a cxrdx Predictor: all findings from one preparation
+            from cxrdx.inference.heatmaps import heatmaps
+
+            maps = heatmaps(self.predictor).maps(image, names)
+        else:
+            maps = {name: self.predictor.explain(image, name) for name in names}
+        if image.dtype == np.uint8 and self.secondary_capture:  # the pictures take [0, 1] floats
+            image = image.astype(np.float32) / np.float32(255)
+        return maps, image
 
     def _start(self, path: Path, prediction: Any) -> Future | list[bytes] | str:
         """Begin one predicted file's results: a Future (in a worker), the results, or why there are none."""

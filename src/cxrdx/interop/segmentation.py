@@ -100,12 +100,12 @@ def heatmap_segmentation(
     hold the two equal element for element, pixel data included).
     """
     import highdicom as hd
-    from pydicom.uid import JPEGLSLossless
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
     names = segment_findings(prediction)
     rows, cols = int(header.Rows), int(header.Columns)
     hold = withheld(prediction, algorithm)
-    frames = np.zeros((1, rows, cols, len(names)), dtype=np.float32)
+    frames = np.zeros((len(names), rows, cols), dtype=np.float32)  # one contiguous map per segment
     for i, name in enumerate(names):
         heat = heatmaps.get(name)
         if heat is None or hold:
@@ -115,8 +115,13 @@ def heatmap_segmentation(
             continue  # an already composed picture (secondary captures only): no map to store
         if heat.shape != (rows, cols):  # e.g. decoded at a reduced scale: onto the source's grid
             heat = _resize(heat, rows, cols)
-        frames[0, :, :, i] = np.clip(np.nan_to_num(heat), 0.0, 1.0)
-    maps = frames if checked else np.zeros_like(frames)
+        np.clip(heat, 0.0, 1.0, out=frames[i])  # +-inf -> 1 / 0 as clip(nan_to_num(.)) does
+        frames[i][np.isnan(frames[i])] = 0.0  # NaN -> 0
+    if checked:
+        maps = np.moveaxis(frames, 0, -1)[None]  # (1, rows, cols, segments), highdicom's layout
+    else:
+        # all-zero maps, stored uncompressed (nothing to encode); the real frames are encoded below
+        maps = np.zeros((1, rows, cols, len(names)), dtype=np.float32)
     src_uid = str(header.SOPInstanceUID)
     descriptions = [
         _segment(i + 1, name, prediction, algorithm, hold, src_uid) for i, name in enumerate(names)
@@ -139,13 +144,14 @@ def heatmap_segmentation(
         max_fractional_value=255,
         content_label="CXRDX_GRADCAM",
         content_description=("NOT EVALUATED (out of distribution). " if hold else "") + "Grad-CAM heatmaps",
-        transfer_syntax_uid=JPEGLSLossless,
+        transfer_syntax_uid=JPEGLSLossless if checked else ExplicitVRLittleEndian,
         omit_empty_frames=False,  # one frame per segment, always: the SR points at frame i for segment i
         series_description=DEMO_SEG_SERIES_DESCRIPTION if algorithm.get("demo") else SEG_SERIES_DESCRIPTION,
         content_qualification="RESEARCH",
     )
     if not checked:
-        _encode_frames(seg, frames[0])
+        seg.file_meta.TransferSyntaxUID = JPEGLSLossless
+        _encode_frames(seg, frames)
     dimensions = result_uid(src_uid, "seg-dimensions", str(algorithm.get("checkpoint_sha256", "")))
     for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
         item.DimensionOrganizationUID = dimensions  # not a random one: the same analysis, the same object
@@ -176,21 +182,21 @@ def _resize(heat: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def _encode_frames(seg: Dataset, maps: np.ndarray) -> None:
-    """The SEG's Pixel Data: each map (H, W, segment) as highdicom stores a fractional frame."""
+    """The SEG's Pixel Data: each map (segment, H, W) as highdicom stores a fractional frame."""
     from highdicom.frame import encode_frame
     from pydicom.encaps import encapsulate
 
     scale = float(seg.MaximumFractionalValue)
     frames = [
         encode_frame(
-            np.around(maps[:, :, k] * scale).astype(np.uint8),
+            np.around(maps[k] * scale).astype(np.uint8),
             transfer_syntax_uid=seg.file_meta.TransferSyntaxUID,
             bits_allocated=seg.BitsAllocated,
             bits_stored=seg.BitsStored,
             photometric_interpretation=seg.PhotometricInterpretation,
             pixel_representation=seg.PixelRepresentation,
         )
-        for k in range(maps.shape[-1])
+        for k in range(len(maps))
     ]
     seg.PixelData = encapsulate(frames)
 

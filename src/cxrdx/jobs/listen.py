@@ -22,7 +22,7 @@ from typing import Any
 from cxrdx.errors import ConfigError
 from cxrdx.options import option
 from cxrdx.reporter import Reporter, reporter_or_default
-from cxrdx.settings import BACKENDS, BATCH_SIZE, LOOPBACK
+from cxrdx.settings import BACKENDS, BATCH_SIZE, LOOPBACK, PRECISION, PRECISIONS
 
 
 @dataclass
@@ -68,6 +68,12 @@ class Config:
     )
     allow_lateral: bool = option(False, help="also read lateral views (LL/RL)")
     backend: str = option("auto", choices=BACKENDS, help="as for `cxrdx predict`")
+    precision: str = option(
+        PRECISION,
+        choices=PRECISIONS,
+        help="as for `cxrdx predict`: auto = the backend and precision predict measured and cached for this "
+        "machine and model (fp32 when none is cached); the heatmaps come from the same network pass",
+    )
     device: str = option("cpu", help="cpu or cuda[:N] (torch backend only)")
     batch_size: int = option(BATCH_SIZE, help="images per network call")
     workers: int | None = option(None, help="image decoding threads (default: CPUs - 1, at least 1)")
@@ -163,15 +169,15 @@ def start(config: Config, reporter: Reporter | None = None) -> Listener:
     import torch
 
     from cxrdx.device import available_threads, choose_device
-    from cxrdx.inference.predictor import Predictor
     from cxrdx.interop.processing import Processing
     from cxrdx.interop.sr import algorithm_for, results_for
     from cxrdx.model.pretrained import resolve_weights
 
     device = choose_device(config.device)
-    torch.set_num_threads(available_threads())
+    threads = available_threads()
+    torch.set_num_threads(threads)
     weights = resolve_weights(config.weights)  # a path, or a pretrained model's name
-    predictor = Predictor.load(weights, device=device, backend=config.backend)
+    predictor = load_predictor(weights, config.backend, config.precision, device, threads)
     from cxrdx.model.card import demo_stamp, require_not_demo
 
     require_not_demo(predictor.meta, config.allow_demo_model, "sending its results to a PACS")
@@ -241,3 +247,17 @@ def run(config: Config, reporter: Reporter | None = None) -> Result:
     finally:
         listener.stop()
     return Result(dict(node.counts), dict(node.spool.counts()))
+
+
+def load_predictor(weights: Any, backend: str, precision: str, device: Any, threads: int) -> Any:
+    """The node's Predictor: the backend and precision ``cxrdx predict`` chose and cached for this machine
+    and model, its predictions keeping their class activation maps, so the SEG's heatmaps cost no pass."""
+    from cxrdx.inference import choose
+    from cxrdx.inference.heatmaps import capture_maps
+    from cxrdx.inference.predictor import Predictor
+
+    if str(device) == "cpu":
+        backend, precision = choose.load_args(str(weights), backend, precision, threads)
+    predictor = Predictor.load(weights, device=device, backend=backend, precision=precision, threads=threads)
+    capture_maps(predictor)
+    return predictor

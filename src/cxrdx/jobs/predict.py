@@ -82,7 +82,7 @@ class Config:
         help="auto = the fastest that keeps the numbers: fp32, OpenVINO bf16 (CPUs with AMX/AVX512-BF16) or "
         "the int8 model of `cxrdx quantize`, a reduced one only when it matches the fp32 outputs stored "
         "with the export (max |dp|, calls flipped, AUROC); fp32 = exact; bf16 / int8 = that one "
-        "(heatmaps stay fp32; docs/performance.md)",
+        "(int8's heatmaps stay fp32; docs/performance.md)",
     )
     device: str = option("cpu", help="cpu or cuda[:N] (torch backend only)")
     batch_size: int | None = option(

@@ -160,6 +160,10 @@ def predict_job(
             workers = tuned.workers if config.workers is None else workers
     if predictor.precision.startswith("int8"):
         log(_int8_line(predictor))
+    if heat_dir is not None:  # after autotune, which may have replaced the session
+        from cxrdx.inference.heatmaps import capture_maps
+
+        capture_maps(predictor)  # the heatmaps come from the predictions' own passes
     target = shards.part_path(config.out, shard, n_shards) if n_shards > 1 else config.out
     stream = None
     if streamed:

@@ -15,7 +15,7 @@ from typing import Any
 from cxrdx.errors import ConfigError
 from cxrdx.options import option
 from cxrdx.reporter import Reporter, reporter_or_default
-from cxrdx.settings import BACKENDS, LOOPBACK, MAX_UPLOAD_MB, PRECISIONS
+from cxrdx.settings import BACKENDS, LOOPBACK, MAX_UPLOAD_MB, PRECISION, PRECISIONS
 
 NO_WEIGHTS_MESSAGE = (
     "no model given: serve needs `weights` (a cxrdx .safetensors checkpoint); it will not serve "
@@ -42,9 +42,10 @@ class Config:
     )
     backend: str = option("auto", choices=BACKENDS, help="how the network runs")
     precision: str = option(
-        "fp32",
+        PRECISION,
         choices=PRECISIONS,
-        help="int8: the model `cxrdx quantize` made for this checkpoint (heatmaps stay fp32)",
+        help="as for `cxrdx predict`: auto = the backend and precision predict chose and cached for this "
+        "machine and model (fp32 when none is cached); fp32 = exact; bf16 / int8 = that one",
     )
 
 
@@ -81,9 +82,12 @@ def run(config: Config, reporter: Reporter | None = None) -> Result:
     import torch
 
     from cxrdx.device import available_threads
+    from cxrdx.inference import choose
     from cxrdx.inference.predictor import Predictor
     from cxrdx.model.card import banners
 
-    torch.set_num_threads(available_threads())
-    predictor = Predictor.load(config.weights, backend=config.backend, precision=config.precision)
+    threads = available_threads()
+    torch.set_num_threads(threads)
+    backend, precision = choose.load_args(str(config.weights), config.backend, config.precision, threads)
+    predictor = Predictor.load(config.weights, backend=backend, precision=precision, threads=threads)
     return Result(predictor, int(config.max_upload_mb * 1024 * 1024), list(banners(predictor.meta)))
