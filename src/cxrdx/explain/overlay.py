@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from cxrdx.explain.colormap import jet
+from cxrdx.imaging.png_write import write_png
 
 Box = tuple[float, float, float, float]  # x, y, w, h in source pixels
 
 
 PICTURE_WIDTH = 600  # px: the film as shown (the PNG is about 720 px wide with the colour bar)
-PNG_COMPRESS_LEVEL = 1  # zlib level 6 took about 3x as long for files a few % smaller
+PNG_COMPRESS_LEVEL = (
+    1  # zlib level 6 took about 3x as long for files a few % smaller (cxrdx.imaging.png_write)
+)
 TITLE_SIZE, TEXT_SIZE, CAVEAT_SIZE = 15, 12, 11  # font px
 CAVEAT_WRAP = 95  # characters per caveat line
 MARGIN = 16
@@ -44,8 +47,6 @@ def overlay_png(
     ``boxes`` (x, y, w, h in source pixels) in lime with a legend. ``caveats`` (e.g. a demo model's
     stamp, OUT OF DISTRIBUTION) are burned in below the picture in red, so they travel with the file."""
     from PIL import Image, ImageDraw
-
-    from cxrdx.files import atomic_write
 
     image = np.asarray(image, dtype=np.float32)
     heatmap = np.asarray(heatmap, dtype=np.float32)
@@ -88,7 +89,7 @@ def overlay_png(
         draw.text((width / 2, y), line, fill=CAVEAT_COLOUR, font=caveat_font, anchor="mt")
         y += CAVEAT_SIZE + 4
     path = Path(path)
-    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
+    write_png(path, np.asarray(canvas), PNG_COMPRESS_LEVEL)
     return path
 
 
