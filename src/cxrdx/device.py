@@ -50,6 +50,24 @@ def isa_line() -> str:
     return f"{model} [{' '.join(have) or 'no AVX2/AVX-512/NEON flags'}]"
 
 
+# where none of these exists on Linux, no CUDA (NVIDIA, ROCm, WSL) device can be visible to torch
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def no_gpu_possible() -> bool:
+    """True on a Linux machine with none of ``GPU_DEVICE_NODES`` (elsewhere: unknown, False)."""
+    return platform.system() == "Linux" and not any(Path(p).exists() for p in GPU_DEVICE_NODES)
+
+
+def inference_device(name: str = "auto") -> str | torch.device:
+    """``choose_device`` without importing torch where that cannot change the answer: "cpu" for ``cpu``,
+    and for ``auto`` when ``no_gpu_possible``, so an ONNX/OpenVINO job never loads torch (about 2 s of
+    `cxrdx explain`'s 8 s for 12 films; docs/performance.md, section 10b)."""
+    if name == "cpu" or (name == "auto" and no_gpu_possible()):
+        return "cpu"
+    return choose_device(name)
+
+
 def choose_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> the local rank's GPU when CUDA is available, else the CPU; otherwise checked as given."""
     import torch

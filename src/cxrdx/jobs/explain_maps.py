@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrdx.data.boxes import read_bboxes
-from cxrdx.device import choose_device
+from cxrdx.device import inference_device
 from cxrdx.errors import ConfigError, CxrdxError, DataError
 from cxrdx.explain.localisation import Box, LocalisationScore, group_boxes, half_cell_tolerance
 from cxrdx.explain.overlay import overlay_png, overlay_title
@@ -43,7 +43,7 @@ def explain(
         raise ConfigError(f"`top_k` must be at least 1, got {config.top_k}")
     if not 0.0 < config.iou_threshold <= 1.0:
         raise ConfigError(f"`iou_threshold` must be in (0, 1], got {config.iou_threshold}")
-    predictor = Predictor.load(config.weights, device=choose_device(config.device))
+    predictor = Predictor.load(config.weights, device=inference_device(config.device))
     capture_maps(predictor)  # the prediction's pass also gives every finding's map
     requested = canonical_list(config.findings) if config.findings else []
     not_output = [f for f in requested if f not in predictor.labels]
