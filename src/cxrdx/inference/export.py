@@ -457,9 +457,3 @@ def export_in_background(ckpt: str | os.PathLike) -> None:
             preexec_fn=lower_priority if os.name == "posix" else None,  # noqa: PLW1509
         )
 
-
-if __name__ == "__main__":  # export_in_background's process
-    import sys
-
-    with contextlib.suppress(Exception):  # nobody is there to read an error; predict exports again
-        prepare_export(sys.argv[1])
