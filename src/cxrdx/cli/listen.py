@@ -10,7 +10,8 @@ from cxrdx.jobs import listen as JOB
 
 DESCRIPTION = (
     "Run a DICOM Storage SCP: C-ECHO, and C-STORE of CR / DX / DX-for-presentation images, which are "
-    "read by the model; the results (SR + secondary captures, same study) go to --send-to by C-STORE, "
+    "read by the model; the results (SR + heatmap SEG, same study; --secondary-capture adds pictures) go to "
+    "--send-to by C-STORE, "
     "or by STOW-RS to a DICOMweb URL. Other objects (other modalities, SR, laterals unless "
     "--allow-lateral) are acknowledged and logged, not processed. No worklist; DICOM TLS with --tls-*, "
     "else no authentication beyond AE titles: use it on a trusted network."
@@ -25,9 +26,17 @@ def reporter(args: argparse.Namespace) -> ConsoleReporter:
     """The node logs through ``logging`` (cxrdx.node): shown on stderr, every instance with --verbose."""
     import logging
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s cxrdx listen: %(levelname)s %(message)s"))
+    class StderrHandler(logging.StreamHandler):
+        """Writes to ``sys.stderr`` as it is when a line is logged, not as it was at set-up (a stream
+        closed since, e.g. by an earlier in-process run, would turn every later line into a logging error)."""
+
+        stream = property(lambda self: sys.stderr, lambda self, value: None)
+
     node_log = logging.getLogger("cxrdx.node")
+    for old in [h for h in node_log.handlers if type(h).__name__ == "StderrHandler"]:
+        node_log.removeHandler(old)  # one per process, however often listen runs in it
+    handler = StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s cxrdx listen: %(levelname)s %(message)s"))
     node_log.addHandler(handler)
     node_log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     node_log.propagate = False
