@@ -71,61 +71,50 @@ def make_weights(path: Path, size: int) -> Path:
     return path
 
 
-def make_dicoms(folder: Path, n: int, size: int) -> list[Path]:
-    import numpy as np
+def write_dx(img, patient: str, path: Path) -> Path:
+    """An 8-bit gray image as a DX-for-presentation file, its own study and series."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality, ds.BodyPartExamined, ds.ViewPosition = patient, "DX", "CHEST", "PA"
+    ds.set_pixel_data(img, "MONOCHROME2", 8)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_dicoms(folder: Path, n: int, size: int) -> list[Path]:
+    import numpy as np
+
     from cxrdx.phantom.render import make_phantom
 
     folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        img, _ = make_phantom(np.random.default_rng(i), size, [])
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientID, ds.Modality, ds.BodyPartExamined, ds.ViewPosition = f"B{i}", "DX", "CHEST", "PA"
-        ds.set_pixel_data(img, "MONOCHROME2", 8)
-        path = folder / f"bench_{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out.append(path)
-    return out
+    return [
+        write_dx(make_phantom(np.random.default_rng(i), size, [])[0], f"B{i}", folder / f"bench_{i:04d}.dcm")
+        for i in range(n)
+    ]
 
 
 def make_nih_dicoms(folder: Path, n: int) -> list[Path]:
     """N real NIH PNGs (gray, 1024 px) as DX DICOM files, each its own patient and study."""
     import numpy as np
-    import pydicom
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     images = sorted((REPO / ".." / "shared" / "data" / "nih" / "images").glob("*.png"))[:n]
     if len(images) < n:
         raise SystemExit(f"--nih {n}: only {len(images)} NIH PNGs under ../shared/data/nih/images")
     folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, png in enumerate(images):
-        img = np.asarray(Image.open(png).convert("L"))
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientID, ds.Modality, ds.BodyPartExamined, ds.ViewPosition = f"N{i}", "DX", "CHEST", "PA"
-        ds.set_pixel_data(img, "MONOCHROME2", 8)
-        path = folder / f"{png.stem}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out.append(path)
-    return out
+    return [
+        write_dx(np.asarray(Image.open(png).convert("L")), f"N{i}", folder / f"{png.stem}.dcm")
+        for i, png in enumerate(images)
+    ]
 
 
 def cpu_self() -> float:

@@ -317,6 +317,28 @@ class Listener:
         return self.text()
 
 
+def copy_results(paths):
+    """A processor without a model: one 'result' per source, a secondary capture with a derived UID."""
+    import io
+
+    import pydicom
+
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = result_uid(ds.SOPInstanceUID)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        yield path, [buf.getvalue()]
+
+
+def result_uid(uid: str) -> str:
+    """The UID ``copy_results`` gives the result of source ``uid``."""
+    import pydicom
+
+    return pydicom.uid.generate_uid(entropy_srcs=[str(uid), "copied result"])
+
+
 def alive(pid: int) -> bool:
     """A process that runs (a zombie nobody reaped does not)."""
     try:

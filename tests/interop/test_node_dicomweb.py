@@ -21,7 +21,16 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import free_port
-from node_kit import Listener, Orthanc, phantom_dicom, store, tiny_checkpoint, wait_for
+from node_kit import (
+    Listener,
+    Orthanc,
+    copy_results,
+    phantom_dicom,
+    result_uid,
+    store,
+    tiny_checkpoint,
+    wait_for,
+)
 from testkit import run_cli
 
 from cxrdx.errors import ConfigError
@@ -30,21 +39,6 @@ from cxrdx.interop.dicomweb import StowRs, read_credentials, refusal
 from cxrdx.interop.node import Node, NodeConfig
 
 USERS = {"cxrdx": "s3cret-pass"}
-
-
-def copy_results(paths):
-    """A processor without a model: one 'result' per source, a secondary capture with a derived UID."""
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = result_uid(ds.SOPInstanceUID)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        yield path, [buf.getvalue()]
-
-
-def result_uid(uid: str) -> str:
-    return pydicom.uid.generate_uid(entropy_srcs=[str(uid), "web result"])
 
 
 def credentials_file(path: Path, user: str, password: str) -> Path:

@@ -13,10 +13,19 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pydicom
 import pytest
 from conftest import free_port
-from node_kit import ORTHANC_BIN, Listener, Orthanc, echo, phantom_dicom, tiny_checkpoint, wait_for
+from node_kit import (
+    ORTHANC_BIN,
+    Listener,
+    Orthanc,
+    copy_results,
+    echo,
+    phantom_dicom,
+    result_uid,
+    tiny_checkpoint,
+    wait_for,
+)
 from tls_kit import make_pki
 
 from cxrdx.errors import ConfigError
@@ -60,23 +69,6 @@ def storescu(port: int, path: Path, *tls: str) -> subprocess.CompletedProcess:
 
 def tls_of(peer) -> list[str]:
     return ["+tls", str(peer.key), str(peer.cert), "+cf", str(peer.ca)]
-
-
-def copy_results(paths):
-    """A processor without a model: one 'result' per source, a secondary capture with a derived UID."""
-    import io
-
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = result_uid(ds.SOPInstanceUID)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        yield path, [buf.getvalue()]
-
-
-def result_uid(uid: str) -> str:
-    return pydicom.uid.generate_uid(entropy_srcs=[str(uid), "tls result"])
 
 
 def in_orthanc(orthanc: Orthanc, uid: str) -> bool:
