@@ -46,11 +46,28 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+_SHA256_SEEN: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) -> digest, this process only
+
+
 def file_sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256, hashed once per process while its inode, size and mtime stay the same (a
+    predict job asks for its 30 MB checkpoint's several times). Only a file last modified over a second
+    ago is remembered: any later write then gets a newer mtime, even on a file system whose clock
+    ticks coarsely and reuses the inode."""
+    import time
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SHA256_SEEN:
+        return _SHA256_SEEN[key]
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
+    if time.time() - st.st_mtime > 1.0:
+        if len(_SHA256_SEEN) > 256:
+            _SHA256_SEEN.clear()
+        _SHA256_SEEN[key] = digest.hexdigest()
     return digest.hexdigest()
 
 

@@ -13,6 +13,11 @@ every candidate's rate and check (the record of the choice). It is measured when
 written (``cxrdx train``/``import``/``calibrate``), else at the first large enough predict; a
 choice measured while the load average exceeded the CPU count is measured again once quiet.
 
+Opening a candidate costs time too (OpenVINO's import and, the first time, its compile): each one's
+opening with warm caches is measured with it (``open_s``), and a job of N images runs the admitted
+candidate with the least ``open_s + N / rate`` (``Tuned.for_images``): a few images on ONNX Runtime,
+a folder on OpenVINO bf16, say. serve and listen, which run for long, take the fastest.
+
 Per job only the decoding is timed (several of the job's images: one odd film, e.g. RGBA, must not
 decide), to give the decode threads: enough to keep up with the network, leaving it its cores.
 """
@@ -26,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +45,9 @@ TIME_IMAGES = 16  # the reference images each candidate is timed on (after one u
 SINGLE_RUNS = 3  # timed batch-1 runs of the winner
 SINGLE_MARGIN = 1.1  # batch 1 only when that much faster: 3 runs against 2 batches is a noisy comparison
 DECODE_IMAGES = 4  # the job's images timed for the decode threads
-REVISION = 3  # part of the cache key: bump when what is measured changes (3: backend and precision too)
+REVISION = (
+    4  # part of the cache key: bump when what is measured changes (3: backend and precision; 4: open_s)
+)
 
 
 @dataclass
@@ -55,6 +62,23 @@ class Tuned:
     candidate: str = "onnx fp32"  # "<runtime> <precision>": the chosen backend
     rates: dict[str, float] = field(default_factory=dict)  # every candidate's img/s at batch BATCH
     checks: dict[str, dict] = field(default_factory=dict)  # every candidate's reference check (Check.to_dict)
+    open_s: dict[str, float] = field(default_factory=dict)  # every candidate's opening, warm caches (s)
+
+    def admitted(self, name: str) -> bool:
+        return bool(self.checks.get(name, {"passed": True}).get("passed"))
+
+    def for_images(self, n: int | None) -> Tuned:
+        """The settings for a job of ``n`` images: the admitted candidate that finishes first counting its
+        opening (None: a long-running server, the fastest). Another candidate than the fastest runs at
+        batch ``BATCH``, the batch its rate was measured at."""
+        if n is None or not self.open_s:
+            return self
+        names = [c for c in self.rates if self.admitted(c) and c in self.open_s]
+        rate = {c: self.net_img_per_s if c == self.candidate else self.rates[c] for c in names}
+        best = min(names, key=lambda c: (self.open_s[c] + n / rate[c], c != self.candidate), default=None)
+        if best is None or best == self.candidate:
+            return self
+        return replace(self, candidate=best, batch_size=BATCH, net_img_per_s=self.rates[best])
 
     @property
     def runtime(self) -> str:
@@ -114,10 +138,14 @@ def measure(
     x: np.ndarray,
     check: Callable[[str, np.ndarray], dict | None],
     cores: int | None = None,
+    open_cost: Callable[[str], float] = lambda name: 0.0,
+    reopen: Callable[[str], bool] = lambda name: False,
 ) -> tuple[Tuned, Any]:
     """Time every candidate on the reference inputs ``x`` and keep the fastest one ``check`` admits.
 
-    ``make_session(name)`` opens a candidate; ``run(session, batch)`` returns its raw outputs;
+    ``make_session(name)`` opens a candidate (``open_cost(name)``: seconds a job pays on top of
+    ``make_session``'s own time, e.g. importing the runtime; a runtime with a compiled-model cache,
+    OpenVINO, is opened twice and the second opening counts); ``run(session, batch)`` returns its raw outputs;
     ``check(name, outputs)`` compares the outputs of the first ``len(outputs)`` images of ``x`` with
     fp32 (a Check dict with "passed", or None: always admitted): all of them for a reduced precision,
     the ``TIME_IMAGES`` timed ones for an fp32 candidate. Each candidate's first batch sets up its
@@ -128,8 +156,15 @@ def measure(
     rates: dict[str, float] = {}
     checks: dict[str, dict] = {}
     sessions: dict[str, Any] = {}
+    opening: dict[str, float] = {}
     for name in candidates:
+        cost = open_cost(name)  # before the first opening imports the runtime
+        t0 = time.perf_counter()
         session = make_session(name)
+        if reopen(name):  # the compiled model is cached now: what every later job pays
+            t0 = time.perf_counter()
+            session = make_session(name)
+        opening[name] = time.perf_counter() - t0 + cost
         run(session, x[:BATCH])
         outs, steps = [], []
         # an exact (fp32) candidate is checked on the timed images only, a reduced one on all of them
@@ -155,7 +190,7 @@ def measure(
         single.append(time.perf_counter() - t0)
     rate1 = 1.0 / max(min(single), 1e-9)
     bs, rate = (1, rate1) if rate1 > SINGLE_MARGIN * rates[best] else (BATCH, rates[best])
-    tuned = Tuned(bs, cores, 1, rate, 0.0, time.perf_counter() - start, _load(), best, rates, checks)
+    tuned = Tuned(bs, cores, 1, rate, 0.0, time.perf_counter() - start, _load(), best, rates, checks, opening)
     return tuned, session
 
 
@@ -199,8 +234,12 @@ def tuned_for(
     return tuned, True, session
 
 
-def describe(t: Tuned, fresh: bool) -> str:
+def describe(t: Tuned, fresh: bool, fastest: str | None = None) -> str:
+    """One line for the job; ``fastest``: the fastest candidate when the job's size chose another."""
     how = f"measured in {t.measured_s:.1f} s" if fresh else "cached for this machine and model"
+    if fastest and fastest != t.candidate:
+        opens = ", ".join(f"{n} {t.open_s[n]:.2f} s" for n in (t.candidate, fastest) if n in t.open_s)
+        how += f"; for this job's size, since opening costs {opens}"
     others = ", ".join(f"{n} {r:.1f}" for n, r in sorted(t.rates.items(), key=lambda kv: -kv[1]))
     rejected = [n for n, c in t.checks.items() if not c.get("passed")]
     no = f"; rejected by the reference check: {', '.join(rejected)}" if rejected else ""

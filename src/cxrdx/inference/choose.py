@@ -75,6 +75,24 @@ def candidates(sha: str, backend: str = "auto", precision: str = "auto") -> list
     return out
 
 
+_IMPORT_S: dict[str, float] = {}  # seconds importing a runtime took in this process, when it was timed
+
+
+def import_seconds(runtime: str) -> float:
+    """What importing ``runtime``'s module costs a job: timed here when it is not imported yet (OpenVINO:
+    about 0.4 s), else what was timed before, else 0 (ONNX Runtime: predict imports it anyway)."""
+    import importlib
+    import sys
+    import time
+
+    module = "onnxruntime" if runtime == "onnx" else runtime
+    if module not in sys.modules:
+        t0 = time.perf_counter()
+        importlib.import_module(module)
+        _IMPORT_S[module] = time.perf_counter() - t0
+    return _IMPORT_S.get(module, 0.0)
+
+
 def open_candidate(name: str, sha: str, threads: int | None, prep: Any = None) -> Any:
     """A session of candidate ``name`` on the checkpoint's cached export."""
     from cxrdx.inference.export import cached_export_path
@@ -162,7 +180,16 @@ def tune(
                 c.passed = True
             return c.to_dict()
 
-        return autotune.measure(names, lambda n: open_candidate(n, sha, cores, prep), _run, x, check, cores)
+        return autotune.measure(
+            names,
+            lambda n: open_candidate(n, sha, cores, prep),
+            _run,
+            x,
+            check,
+            cores,
+            open_cost=lambda n: import_seconds(n.split()[0]),
+            reopen=lambda n: n.startswith("openvino"),  # its compiled model is cached (backends.py)
+        )
 
     return autotune.tuned_for(path.name, names, measure, cores=cores, measure_now=measure_now)
 
@@ -196,18 +223,21 @@ def for_job(
     precision: str,
     measure_now: bool,
     log: Callable[[str], None],
+    n_images: int | None = None,
 ) -> autotune.Tuned | None:
     """Choose (cached, or measured now) and apply the backend, precision and batch size of a predict job,
-    then time the decoding of several of its images for the decode threads. None: keep the defaults."""
+    then time the decoding of several of its images for the decode threads. None: keep the defaults.
+    ``n_images``: the job's size, for ``Tuned.for_images`` (None: the fastest, as a Ray actor runs)."""
     from cxrdx.files import file_sha256
 
     if predictor.session is None or not Path(weights).is_file():
         return None
     sha = file_sha256(weights)
-    tuned, fresh, session = tune(predictor, sha, candidates(sha, backend, precision), cores, measure_now)
-    if tuned is None:
+    fastest, fresh, session = tune(predictor, sha, candidates(sha, backend, precision), cores, measure_now)
+    if fastest is None:
         return None
-    apply(predictor, tuned, session, sha, cores)
+    tuned = fastest.for_images(n_images)
+    apply(predictor, tuned, session if tuned is fastest else None, sha, cores)
     step = max(1, len(files) // autotune.DECODE_IMAGES)
     sample = list(files)[::step][: autotune.DECODE_IMAGES]
     try:
@@ -217,7 +247,7 @@ def for_job(
         tuned.workers = autotune.workers_for(tuned.decode_ms, tuned.net_img_per_s, cores)
     except Exception:  # noqa: BLE001 - an unreadable image (its row says why): all CPUs but one decode
         tuned.decode_ms, tuned.workers = 0.0, max(1, cores - 1)
-    log(autotune.describe(tuned, fresh))
+    log(autotune.describe(tuned, fresh, fastest.candidate))
     return tuned
 
 
@@ -230,9 +260,12 @@ def record(tuned: autotune.Tuned | None) -> str | None:
     return f"chosen by measurement on this machine{how}"
 
 
-def load_args(weights: str, backend: str, precision: str, cores: int) -> tuple[str, str]:
+def load_args(
+    weights: str, backend: str, precision: str, cores: int, n_images: int | None = None
+) -> tuple[str, str]:
     """(backend, precision) for ``Predictor.load`` that open the cached choice at once (no session
-    opened twice); the arguments as given when nothing is cached."""
+    opened twice): for a job of ``n_images`` (``Tuned.for_images``; None: a server, the fastest);
+    the arguments as given when nothing is cached."""
     from cxrdx.files import file_sha256
     from cxrdx.inference.export import cached_export_path
 
@@ -245,4 +278,5 @@ def load_args(weights: str, backend: str, precision: str, cores: int) -> tuple[s
     tuned = autotune.load_cached(autotune.cache_key(cached_export_path(sha).name, names, cores))
     if tuned is None:
         return backend, precision
+    tuned = tuned.for_images(n_images)
     return tuned.runtime, "int8" if tuned.precision.startswith("int8") else tuned.precision

@@ -18,6 +18,7 @@ normalisation and the gray-to-3-channel copy folded into the first convolution.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -309,10 +310,24 @@ def cache_dir() -> Path:
 
 
 def _prune(folder: Path, keep: int) -> None:
-    """Delete all but the ``keep`` most recently used exports (DenseNet121 is 28 MB each)."""
+    """Delete all but the ``keep`` most recently used exports (DenseNet121 is 28 MB each), and the
+    OpenVINO compiled models of exports no longer there (inference/backends.py)."""
+    import shutil
+
     entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[keep:]:
         old.unlink(missing_ok=True)
+    for compiled in folder.glob("*.openvino"):
+        if not compiled.with_suffix(".onnx").is_file():
+            shutil.rmtree(compiled, ignore_errors=True)
+
+
+@functools.cache
+def _torch_version() -> str:
+    """The installed torch's version (the exporter), read from its metadata without importing it."""
+    from importlib.metadata import version
+
+    return version("torch").split("+")[0]
 
 
 def cached_export_path(sha: str, precision: str = "fp32") -> Path:
@@ -320,11 +335,10 @@ def cached_export_path(sha: str, precision: str = "fp32") -> Path:
 
     ``precision``: ``fp32``, or an int8 variant of inference/int8.py (``int8`` / ``int8r7``).
     """
-    from importlib.metadata import version
-
-    torch_version = version("torch").split("+")[0]
     tail = "" if precision == "fp32" else f"-{precision}"
-    return cache_dir() / f"{sha[:24]}-r{EXPORT_REVISION}-opset{DEFAULT_OPSET}-torch{torch_version}{tail}.onnx"
+    return (
+        cache_dir() / f"{sha[:24]}-r{EXPORT_REVISION}-opset{DEFAULT_OPSET}-torch{_torch_version()}{tail}.onnx"
+    )
 
 
 def exported_session(
@@ -456,4 +470,3 @@ def export_in_background(ckpt: str | os.PathLike) -> None:
             start_new_session=True,
             preexec_fn=lower_priority if os.name == "posix" else None,  # noqa: PLW1509
         )
-

@@ -138,7 +138,7 @@ def predict_job(
             export.export_in_background(config.weights)
     precision = config.precision
     if config.autotune and str(device) == "cpu":  # the choice cached for this machine, opened at once
-        backend, precision = choose.load_args(config.weights, backend, precision, threads)
+        backend, precision = choose.load_args(config.weights, backend, precision, threads, len(files))
     predictor = Predictor.load(
         config.weights, device=device, backend=backend, threads=threads, precision=precision
     )
@@ -298,6 +298,7 @@ def _autotune(predictor: Predictor, config, files: list, cores: int, log: Callab
             config.precision,
             measure_now=len(files) >= AUTOTUNE_MIN_IMAGES,
             log=log,
+            n_images=len(files),
         )
     except Exception:  # noqa: BLE001 - an unreadable image, a runtime that fails to compile...: the defaults do
         return None
