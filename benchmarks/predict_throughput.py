@@ -26,9 +26,12 @@ shared machine wall img/s falls with other people's load; CPU-seconds per image
 hardly move, so ``x cores`` times img/CPU-s estimates what an otherwise idle machine
 gives (an upper bound: it assumes both cores stay busy). The end-to-end rows time
 ``Predictor.iter_predict``, the loop ``cxrdx predict`` runs (process start-up and
-output formatting excluded). Weights are random (speed does not depend on them).
+output formatting excluded). Weights are random unless ``--weights`` gives a trained checkpoint: speed
+does not depend on them, but which precision passes the reference check does (a random network scores
+every film about the same, so bf16's rounding reorders them and its AUROC check can fail).
 
     python benchmarks/predict_throughput.py [--images DIR] [--n 32] [--sizes 224 320] [--repeats 3] [--cli-only]
+        [--weights CKPT]
 """
 
 from __future__ import annotations
@@ -88,11 +91,22 @@ def find_inputs(folder: str | None, n: int, workdir: Path) -> tuple[list[Path], 
     return sorted((Path(out) / "images").glob("*.png"))[:n], "phantoms written at 1024 px"
 
 
+WEIGHTS: Path | None = None  # --weights: a trained checkpoint, run at each size, instead of random weights
+
+
 def make_checkpoint(path: Path, arch: str, size: int) -> Path:
+    """Random ``arch`` weights at ``size`` px; with ``--weights``, that checkpoint with its recipe at ``size``
+    (a trained network's outputs spread over the reference images, random ones barely do)."""
+    from dataclasses import replace
+
     from cxrdx.imaging.preprocessing import Preprocessing
-    from cxrdx.model.checkpoint import CheckpointMeta, save_checkpoint
+    from cxrdx.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
     from cxrdx.model.networks import build_model
 
+    if WEIGHTS is not None:
+        model, meta = load_checkpoint(WEIGHTS)
+        save_checkpoint(path, model, replace(meta, preprocessing=replace(meta.preprocessing, size=size)))
+        return path
     torch.manual_seed(0)
     save_checkpoint(
         path, build_model(arch), CheckpointMeta(architecture=arch, preprocessing=Preprocessing(size=size))
@@ -356,6 +370,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="images per configuration")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 320])
     parser.add_argument("--arch", default="densenet121")
+    parser.add_argument(
+        "--weights",
+        help="a trained checkpoint (e.g. make demo's demo/run/best.safetensors), run at each size",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per configuration (median)")
     parser.add_argument("--no-openvino", action="store_true", help="skip OpenVINO even when installed")
@@ -367,6 +385,9 @@ def main() -> None:
 
     from cxrdx.device import available_threads
 
+    global WEIGHTS
+    WEIGHTS = Path(args.weights) if args.weights else None
+
     cores = available_threads()
     torch.set_num_threads(cores)
     with tempfile.TemporaryDirectory() as tmp:
@@ -376,7 +397,8 @@ def main() -> None:
 
         print(f"# predict throughput, {time.strftime('%Y-%m-%d %H:%M %Z')}")
         print(f"machine: {machine_line()}; onnxruntime {onnxruntime.__version__}")
-        print(f"{args.arch}, {len(files)} images from {origin}; {cores} usable CPUs; repeats {args.repeats}")
+        what = f"{args.weights} (trained) at each size" if args.weights else f"{args.arch}, random weights"
+        print(f"{what}, {len(files)} images from {origin}; {cores} usable CPUs; repeats {args.repeats}")
         wall, per_cpu = matmul_gflops(cores, args.repeats)
         print(
             f"fp32 2048^3 matmul: {wall:.0f} GFLOP/s wall, {per_cpu:.0f} GFLOP per CPU-s "

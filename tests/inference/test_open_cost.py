@@ -134,3 +134,31 @@ def test_a_checkpoint_hash_is_remembered_but_a_rewrite_is_hashed_again(tmp_path)
     assert file_sha256(f) == expect()
     f.write_bytes(b"e" * 1000)
     assert file_sha256(f) == expect()
+
+
+def test_a_narrower_request_reuses_the_wider_measurement(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDX_CACHE", str(tmp_path / "cache"))
+    wide = ["onnx fp32", "openvino fp32", "openvino bf16"]
+    t = _tuned(
+        candidate="openvino bf16",
+        batch_size=1,
+        net_img_per_s=90.0,
+        rates={"onnx fp32": 30.0, "openvino fp32": 35.0, "openvino bf16": 80.0},
+        checks={"openvino bf16": {"passed": True}},
+    )
+    autotune.save_cached(autotune.cache_key("m.onnx", wide, 2), t)
+    fp32 = autotune.cached_choice("m.onnx", ["onnx fp32", "openvino fp32"], 2)  # --precision fp32
+    assert fp32.candidate == "openvino fp32" and fp32.batch_size == autotune.BATCH
+    assert fp32.net_img_per_s == 35.0
+    assert autotune.cached_choice("m.onnx", ["onnx fp32"], 2).candidate == "onnx fp32"  # --backend onnx
+    assert autotune.cached_choice("m.onnx", wide, 2).candidate == "openvino bf16"
+    assert autotune.cached_choice("m.onnx", wide, 2).batch_size == 1
+    assert autotune.cached_choice("m.onnx", ["onnx fp32", "onnx int8"], 2) is None  # int8 never measured
+    assert autotune.cached_choice("other.onnx", ["onnx fp32"], 2) is None
+    assert autotune.cached_choice("m.onnx", ["onnx fp32"], 4) is None  # other cores: other rates
+
+    t.checks["openvino bf16"] = {"passed": False}
+    t.candidate, t.net_img_per_s = "openvino fp32", 35.0
+    autotune.save_cached(autotune.cache_key("m.onnx", wide, 2), t)
+    asked = autotune.cached_choice("m.onnx", ["openvino bf16"], 2)  # --precision bf16: runs what it asks
+    assert asked.candidate == "openvino bf16" and asked.net_img_per_s == 80.0

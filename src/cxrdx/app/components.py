@@ -42,29 +42,17 @@ def display_image(image: np.ndarray) -> Image.Image:
 
 
 def overlay_image(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """Heatmap (jet) blended over the gray image, as an RGB PIL image at display size.
-
-    Pure numpy + a colormap lookup (no pyplot), so it is safe from Gradio's worker threads.
-    """
-    from matplotlib import colormaps
+    """Heatmap (jet) blended over the gray image, as an RGB PIL image at display size: the film and
+    the map resampled to the shown size, then blended as every overlay is (``explain.overlay.overlay_rgb``)."""
     from PIL import Image
+
+    from cxrdx.explain.overlay import overlay_rgb
 
     gray = np.asarray(display_image(image), dtype=np.float32) / 255.0
     heat = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
         (gray.shape[1], gray.shape[0]), Image.Resampling.BILINEAR
     )
-    colour = colormaps["jet"](np.clip(np.asarray(heat), 0.0, 1.0))[..., :3]
-    blend = (1 - alpha) * gray[..., None] + alpha * colour
-    return Image.fromarray(np.round(np.clip(blend, 0, 1) * 255).astype(np.uint8), mode="RGB")
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # Pillow's bundled font: offline, any size
-    except TypeError:  # an old Pillow without FreeType sizes
-        return ImageFont.load_default()
+    return Image.fromarray(overlay_rgb(gray, np.asarray(heat), alpha), mode="RGB")
 
 
 CAPTIONED_MIN_SIDE = 512  # small images are enlarged so the burnt-in caption stays legible
@@ -90,16 +78,20 @@ def captioned_overlay(
     (``cxrdx.inference.formats.overlay_caveats``: a demo model's stamp, OUT OF DISTRIBUTION)
     are burnt in too, in red, under the caption, as ``cxrdx explain`` does.
     """
-    from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
+    from cxrdx.explain.colormap import jet
+    from cxrdx.explain.overlay import font as make_font
+    from cxrdx.explain.overlay import printable
+
+    caption, caveats = printable(caption), [printable(c) for c in caveats]  # the bundled font is ASCII
     body = overlay_image(image, heatmap)
     if max(body.size) < CAPTIONED_MIN_SIDE:
         k = CAPTIONED_MIN_SIDE / max(body.size)
         body = body.resize((round(body.width * k), round(body.height * k)), Image.Resampling.BILINEAR)
     w, h = body.size
     size = max(14, min(22, w // 28))
-    font = _font(size)
+    font = make_font(size)
     bar_w, pad = max(12, w // 40), 5
     label_w = int(font.getlength("high")) + 2 * pad
     total_w = w + bar_w + label_w + pad
@@ -110,7 +102,7 @@ def captioned_overlay(
     strip = len(lines) * (size + 3) + 2 * pad
     canvas = Image.new("RGB", (total_w, h + strip), "white")
     canvas.paste(body, (0, strip))
-    ramp = colormaps["jet"](np.linspace(1.0, 0.0, h))[:, :3]  # top = high attention
+    ramp = jet(np.linspace(1.0, 0.0, h))  # top = high attention
     bar = np.repeat((ramp * 255).astype(np.uint8)[:, None, :], bar_w, axis=1)
     canvas.paste(Image.fromarray(bar, mode="RGB"), (w + pad, strip))
     draw = ImageDraw.Draw(canvas)

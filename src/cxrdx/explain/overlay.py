@@ -64,8 +64,8 @@ def overlay_png(
     picture = Image.fromarray(overlay_rgb(*shown, alpha, cmap))
     _draw_boxes(picture, boxes, scale)
 
-    title_font, text_font, caveat_font = _font(TITLE_SIZE), _font(TEXT_SIZE), _font(CAVEAT_SIZE)
-    lines = [part for c in caveats for part in textwrap.wrap(_printable(c), CAVEAT_WRAP)]
+    title_font, text_font, caveat_font = font(TITLE_SIZE), font(TEXT_SIZE), font(CAVEAT_SIZE)
+    lines = [part for c in caveats for part in textwrap.wrap(printable(c), CAVEAT_WRAP)]
     title_h = 2 * TITLE_SIZE if title else MARGIN
     caveat_h = (len(lines) * (CAVEAT_SIZE + 4) + MARGIN) if lines else 0
     bar_x = MARGIN + size[0] + BAR_GAP
@@ -78,7 +78,7 @@ def overlay_png(
     if title:
         draw.text(
             (MARGIN + size[0] / 2, title_h / 2),
-            _printable(title),
+            printable(title),
             fill=(0, 0, 0),
             font=title_font,
             anchor="mm",
@@ -104,9 +104,9 @@ def _draw_boxes(picture, boxes: Sequence[Box], scale: float) -> None:
         x0, y0 = (x + 0.5) * scale, (y + 0.5) * scale
         x1, y1 = x0 + bw * scale, y0 + bh * scale
         draw.rectangle((round(x0), round(y0), round(x1), round(y1)), outline=BOX_COLOUR, width=BOX_WIDTH)
-    font = _font(TEXT_SIZE)
+    text_font = font(TEXT_SIZE)
     label, line_len, pad = "reference box", 24, 5
-    box_w = int(pad + line_len + 6 + font.getlength(label) + pad)
+    box_w = int(pad + line_len + 6 + text_font.getlength(label) + pad)
     box_h = TEXT_SIZE + 2 * pad
     right, bottom = picture.width - 6, picture.height - 6
     left, top = max(0, right - box_w), max(0, bottom - box_h)
@@ -115,7 +115,7 @@ def _draw_boxes(picture, boxes: Sequence[Box], scale: float) -> None:
     draw.rectangle((left, top, right - 1, bottom - 1), outline=(204, 204, 204))
     mid = (top + bottom) // 2
     draw.line((left + pad, mid, left + pad + line_len, mid), fill=BOX_COLOUR, width=BOX_WIDTH)
-    draw.text((left + pad + line_len + 6, mid), label, fill=(0, 0, 0), font=font, anchor="lm")
+    draw.text((left + pad + line_len + 6, mid), label, fill=(0, 0, 0), font=text_font, anchor="lm")
 
 
 def _colour_bar(canvas, draw, font, cmap: str, at: tuple[int, int], height: int) -> None:
@@ -146,7 +146,7 @@ def _pil(array: np.ndarray):
 
 
 @cache
-def _font(size: int):
+def font(size: int):
     """Pillow's bundled scalable font (offline, any size)."""
     from PIL import ImageFont
 
@@ -158,7 +158,7 @@ _ASCII = str.maketrans(
 )
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` in the characters Pillow's bundled font has (ASCII): dashes and quotes as ASCII, accents dropped."""
     text = unicodedata.normalize("NFKD", text.translate(_ASCII))
     text = "".join(c for c in text if not unicodedata.combining(c))

@@ -80,6 +80,18 @@ class Tuned:
             return self
         return replace(self, candidate=best, batch_size=BATCH, net_img_per_s=self.rates[best])
 
+    def among(self, names: Sequence[str]) -> Tuned | None:
+        """This choice (measured over more candidates) restricted to ``names``: the fastest of them it
+        admitted, or the one named when only one is (``--precision bf16`` runs what it is asked for)."""
+        names = [n for n in names if n in self.rates]
+        allowed = names if len(names) == 1 else [n for n in names if self.admitted(n)]
+        if not allowed:
+            return None
+        best = max(allowed, key=lambda c: (self.rates[c], c == self.candidate))
+        if best == self.candidate:
+            return self
+        return replace(self, candidate=best, batch_size=BATCH, net_img_per_s=self.rates[best])
+
     @property
     def runtime(self) -> str:
         return self.candidate.split()[0]
@@ -110,6 +122,25 @@ def machine_key() -> str:
 
 def cache_key(model_key: str, candidates: Sequence[str], cores: int) -> str:
     return f"{machine_key()} | {model_key} | {', '.join(candidates)} | {cores} cores | v{REVISION}"
+
+
+def cached_choice(model_key: str, candidates: Sequence[str], cores: int) -> Tuned | None:
+    """The cached choice among exactly ``candidates``, else one measured over more of them, restricted
+    (``--precision fp32`` after the default's measurement: its fp32 rates are in it)."""
+    exact = load_cached(cache_key(model_key, candidates, cores))
+    if exact is not None:
+        return exact
+    head, tail = f"{machine_key()} | {model_key} | ", f" | {cores} cores | v{REVISION}"
+    try:
+        keys = json.loads(cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in keys:
+        if key.startswith(head) and key.endswith(tail):
+            measured = key[len(head) : -len(tail)].split(", ")
+            if set(candidates) <= set(measured) and (wider := load_cached(key)) is not None:
+                return wider.among(candidates)
+    return None
 
 
 def load_cached(key: str) -> Tuned | None:
@@ -224,7 +255,7 @@ def tuned_for(
     """
     cores = cores or available_threads()
     key = cache_key(model_key, candidates, cores)
-    cached = load_cached(key)
+    cached = cached_choice(model_key, candidates, cores)
     if cached is not None and cached.load > cores and _load() <= cores and measure_now:
         cached = None  # measured while other work shared the CPUs; now it is quiet enough to redo
     if cached is not None or not measure_now:

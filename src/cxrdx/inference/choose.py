@@ -275,7 +275,7 @@ def load_args(
     names = candidates(sha, backend, precision)
     if not names or not cached_export_path(sha).is_file():
         return backend, precision
-    tuned = autotune.load_cached(autotune.cache_key(cached_export_path(sha).name, names, cores))
+    tuned = autotune.cached_choice(cached_export_path(sha).name, names, cores)
     if tuned is None:
         return backend, precision
     tuned = tuned.for_images(n_images)
