@@ -79,13 +79,6 @@ def test_measure_keeps_the_fastest_candidate_that_passes_the_check(clock):
     assert tuned.rates["openvino bf16"] == pytest.approx(500) and not tuned.checks["openvino bf16"]["passed"]
 
 
-def test_measure_picks_batch_1_where_it_runs_faster(clock):
-    make, run, _ = fake_backends(clock, {"onnx fp32": {8: 0.010, 1: 0.004}}, {})
-    x = np.zeros((16, 1, 4, 4), dtype=np.float32)
-    tuned, _ = autotune.measure(["onnx fp32"], make, run, x, lambda n, o: None, cores=2)
-    assert tuned.batch_size == 1 and tuned.net_img_per_s == pytest.approx(250)
-
-
 def test_decode_threads_keep_up_with_the_network_and_leave_it_a_core(clock):
     assert autotune.decode_ms([lambda d=d: clock.sleep(d) for d in (0.030, 0.300, 0.040)]) == pytest.approx(
         40

@@ -1,17 +1,16 @@
-"""Which backend, precision and batch size ``cxrdx predict`` runs, measured on this machine and cached.
+"""Which backend and precision ``cxrdx predict`` runs, measured on this machine and cached.
 
-The fastest setting differs between CPUs (OpenVINO bf16 was 4x ONNX Runtime fp32 on an AMX Xeon;
-batch 8 beat batch 1 on AVX-512 and lost by 27 % on an AVX2 EPYC; docs/performance.md), so it is
-measured, not set by constants. Each candidate the machine offers (``inference/choose.py``: ONNX
-Runtime fp32, OpenVINO fp32, OpenVINO bf16 where the CPU has native bf16, the int8 model ``cxrdx
-quantize`` made) runs the checkpoint's reference images (``inference/reference.py``) in batches:
-that times its network and gives its outputs, which a reduced precision must match against the
-stored fp32 outputs before it may be chosen. The fastest admitted candidate wins; its batch size
-is ``BATCH``, or 1 where that ran >= 10 % faster. The result is cached in ``<cxrdx cache>/autotune.json``
-under a key of the machine (CPU model, flags, usable CPUs), the export and the candidates, with
-every candidate's rate and check (the record of the choice). It is measured when the export is
-written (``cxrdx train``/``import``/``calibrate``), else at the first large enough predict; a
-choice measured while the load average exceeded the CPU count is measured again once quiet.
+The fastest backend differs between CPUs (OpenVINO bf16 was 4x ONNX Runtime fp32 on an AMX Xeon;
+docs/performance.md), so it is measured, not set by constants. Each candidate the machine offers
+(``inference/choose.py``: ONNX Runtime fp32, OpenVINO fp32, OpenVINO bf16 where the CPU has native
+bf16, the int8 model ``cxrdx quantize`` made) runs the checkpoint's reference images
+(``inference/reference.py``) in batches: that times its network and gives its outputs, which a
+reduced precision must match against the stored fp32 outputs before it may be chosen. The fastest
+admitted candidate wins. The result is cached in ``<cxrdx cache>/autotune.json`` under a key of the
+machine (CPU model, flags, usable CPUs), the export and the candidates, with every candidate's rate
+and check (the record of the choice). It is measured when the export is written (``cxrdx
+train``/``import``/``calibrate``), else at the first large enough predict; a choice measured while
+the load average exceeded the CPU count is measured again once quiet.
 
 Opening a candidate costs time too (OpenVINO's import and, the first time, its compile): each one's
 opening with warm caches is measured with it (``open_s``), and a job of N images runs the admitted
@@ -40,10 +39,12 @@ import numpy as np
 from cxrdx.device import available_threads, cpu_info
 from cxrdx.files import atomic_write_json, cache_root
 
-BATCH = 8  # the batch the candidates are timed at; the winner is also timed at batch 1
+# The batch predict runs. The network alone sometimes ran faster at batch 1 (DenseNet121: ONNX Runtime
+# 17.0 vs 15.0 img per CPU-s at 320 px), but end to end, with decoding beside it and the per-batch work
+# after it, batch 8 won on every backend measured (ONNX 12.1 vs 10.8; OpenVINO bf16 at 224 px 19.4-21.9
+# vs 10.8-12.4 img per CPU-s): docs/performance.md section 13. So batch 1 is no longer a candidate.
+BATCH = 8
 TIME_IMAGES = 16  # the reference images each candidate is timed on (after one untimed batch)
-SINGLE_RUNS = 3  # timed batch-1 runs of the winner
-SINGLE_MARGIN = 1.1  # batch 1 only when that much faster: 3 runs against 2 batches is a noisy comparison
 DECODE_IMAGES = 4  # the job's images timed for the decode threads
 REVISION = (
     4  # part of the cache key: bump when what is measured changes (3: backend and precision; 4: open_s)
@@ -69,16 +70,16 @@ class Tuned:
 
     def for_images(self, n: int | None) -> Tuned:
         """The settings for a job of ``n`` images: the admitted candidate that finishes first counting its
-        opening (None: a long-running server, the fastest). Another candidate than the fastest runs at
-        batch ``BATCH``, the batch its rate was measured at."""
+        opening (None: a long-running server, the fastest)."""
         if n is None or not self.open_s:
             return self
         names = [c for c in self.rates if self.admitted(c) and c in self.open_s]
-        rate = {c: self.net_img_per_s if c == self.candidate else self.rates[c] for c in names}
-        best = min(names, key=lambda c: (self.open_s[c] + n / rate[c], c != self.candidate), default=None)
+        best = min(
+            names, key=lambda c: (self.open_s[c] + n / self.rates[c], c != self.candidate), default=None
+        )
         if best is None or best == self.candidate:
             return self
-        return replace(self, candidate=best, batch_size=BATCH, net_img_per_s=self.rates[best])
+        return replace(self, candidate=best, net_img_per_s=self.rates[best])
 
     def among(self, names: Sequence[str]) -> Tuned | None:
         """This choice (measured over more candidates) restricted to ``names``: the fastest of them it
@@ -90,7 +91,7 @@ class Tuned:
         best = max(allowed, key=lambda c: (self.rates[c], c == self.candidate))
         if best == self.candidate:
             return self
-        return replace(self, candidate=best, batch_size=BATCH, net_img_per_s=self.rates[best])
+        return replace(self, candidate=best, net_img_per_s=self.rates[best])
 
     @property
     def runtime(self) -> str:
@@ -212,17 +213,10 @@ def measure(
         if verdict is None or verdict.get("passed"):
             sessions[name] = session
     best = max(sessions, key=lambda n: rates[n])
-    session = sessions[best]
-    run(session, x[:1])
-    single = []
-    for k in range(min(SINGLE_RUNS, len(x))):
-        t0 = time.perf_counter()
-        run(session, x[k : k + 1])
-        single.append(time.perf_counter() - t0)
-    rate1 = 1.0 / max(min(single), 1e-9)
-    bs, rate = (1, rate1) if rate1 > SINGLE_MARGIN * rates[best] else (BATCH, rates[best])
-    tuned = Tuned(bs, cores, 1, rate, 0.0, time.perf_counter() - start, _load(), best, rates, checks, opening)
-    return tuned, session
+    tuned = Tuned(
+        BATCH, cores, 1, rates[best], 0.0, time.perf_counter() - start, _load(), best, rates, checks, opening
+    )
+    return tuned, sessions[best]
 
 
 def decode_ms(decoders: Sequence[Callable[[], object]]) -> float:
