@@ -34,6 +34,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cxrdx.data.origin import Origin
 from cxrdx.errors import DataError
 
 SCHEMA_NAME = "cxrdx.metrics"
@@ -91,8 +92,17 @@ def _declared(cls: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls))
 
 
+def _is_record(tp: Any) -> bool:
+    """A part read and written by its own ``from_json`` / ``to_json``: a :class:`Record`, or a record type
+    defined in a lower layer (``cxrdx.data.origin.Origin``)."""
+    return isinstance(tp, type) and (
+        issubclass(tp, Record)
+        or (dataclasses.is_dataclass(tp) and hasattr(tp, "from_json") and hasattr(tp, "to_json"))
+    )
+
+
 def _dump(value: Any) -> Any:
-    if isinstance(value, Record):
+    if _is_record(type(value)):
         return value.to_json()
     if isinstance(value, Mapping):
         return {k: _dump(v) for k, v in value.items()}
@@ -111,17 +121,14 @@ def _load(tp: Any, value: Any, where: str) -> Any:
         for a in options:
             base = typing.get_origin(a) or a
             fits = (
-                (
-                    isinstance(value, Mapping)
-                    and (base is dict or (isinstance(base, type) and issubclass(base, Record)))
-                )
+                (isinstance(value, Mapping) and (base is dict or _is_record(base)))
                 or (isinstance(value, list) and base in (tuple, list))
                 or (not isinstance(value, Mapping | list) and base not in (dict, tuple, list))
             )
             if fits:
                 return _load(a, value, where)
         raise DataError(f"{where}: unexpected {type(value).__name__}; re-run `cxrdx evaluate`")
-    if isinstance(tp, type) and issubclass(tp, Record):
+    if _is_record(tp):
         return tp.from_json(value, where)
     if origin is dict:
         if not isinstance(value, Mapping):
@@ -175,14 +182,6 @@ class FindingMetrics(Record):
 
 
 @dataclass(frozen=True)
-class Origin(Record):
-    """What a dataset is (``cxrdx.data.origin``)."""
-
-    dataset: str | None = None
-    kind: str = "unknown"  # phantom | real | unknown
-
-
-@dataclass(frozen=True)
 class ModelCard(Record):
     """What the model was trained on (``cxrdx.model.card.training_card``; images, split, epochs... in extra)."""
 
@@ -217,7 +216,7 @@ class DatasetInfo(Record):
     n_images: int = 0
     n_patients: int = 0
     n_unreadable: int = 0
-    origin: Origin | None = None
+    origin: Origin | None = None  # cxrdx.data.origin: THE type, shared with cache.json and training
     label_policy: LabelPolicy | None = absent()
 
 
