@@ -88,11 +88,16 @@ def test_cache_findings_and_uncertain_policy(tmp_path):
 def test_train_on_two_datasets_with_different_label_sets(tmp_path):
     a = make_toy_cache(tmp_path / "a")  # NIH's 14
     b = _partial_cache(tmp_path / "b", ["Cardiomegaly", "Effusion"], seed=2, uncertain_every=4)
+    info = json.loads((b / "cache.json").read_text())
+    info["origin"] = {"dataset": "B films", "kind": "phantom"}  # as prepare records it; a's cache has none
+    (b / "cache.json").write_text(json.dumps(info))
     cfg = tiny_config(a, tmp_path / "run", epochs=1, uncertain="ones")
     cfg.data = [str(a), str(b)]
     result = train(cfg)
     _, meta = read_checkpoint(result.best_path)
     assert meta.labels == [*FINDINGS, "Fracture"]  # the union, NIH's 14 first
+    # the card joins the datasets' origins: a's looked for again (no marker, no known file: its folder's name)
+    assert meta.model_card["dataset"] == "a + B films" and meta.model_card["kind"] == "phantom+unknown"
     labels = meta.provenance["labels"]
     assert labels["uncertain"] == "ones" and labels["views"] == "frontal"
     assert [d["findings"] for d in labels["datasets"]] == [

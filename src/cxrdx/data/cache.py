@@ -31,6 +31,7 @@ import pandas as pd
 
 from cxrdx.data.generic import DEFAULT_BLANK, apply_blank, check_blank
 from cxrdx.data.loaders import CacheBatches, _gather
+from cxrdx.data.origin import Origin, dataset_origin
 from cxrdx.errors import DataError
 from cxrdx.labels import ALL_FINDINGS, FINDINGS
 
@@ -65,6 +66,14 @@ class PreparedCache:
     size: int
     info: dict
     findings: tuple[str, ...] = FINDINGS  # the findings this cache labels (ALL_FINDINGS order)
+
+    @property
+    def origin(self) -> Origin:
+        """What the dataset is (``cache.json``'s ``origin``); caches made before origins were recorded: looked for again."""
+        recorded = self.info.get("origin")
+        if recorded:
+            return Origin.from_json(recorded, f"{self.path / INFO_FILE}: origin")
+        return dataset_origin(self.info.get("sources") or [self.path], self.info.get("images_dir"))
 
     @property
     def splits(self) -> dict[str, int]:

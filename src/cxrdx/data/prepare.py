@@ -393,7 +393,7 @@ def prepare_cache(
         "sources": [str(Path(p).resolve()) for p in labels],
         "images_dir": str(Path(images).resolve()) if images else None,
         "findings": list(findings),  # what the cache labels (data/cache.py)
-        "origin": dataset_origin(labels, images, datasets),
+        "origin": dataset_origin(labels, images, datasets).to_json(),
         "patient_overlap": leakage,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

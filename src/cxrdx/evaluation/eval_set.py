@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxrdx.data.cache import INDEX_FILE, is_cache, open_cache
-from cxrdx.data.origin import dataset_origin
+from cxrdx.data.origin import Origin, dataset_origin
 from cxrdx.errors import CxrdxError, DataError
 from cxrdx.imaging.jpeg import DecodeTarget, common_target
 
@@ -30,7 +30,7 @@ class EvalSet:
     cache_images: np.ndarray | None = None  # (N, S, S) uint8 memmap; table["row"] indexes it
     images_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
-    origin: dict = field(default_factory=dict)  # {"dataset", "kind": phantom|real|unknown} (data.origin)
+    origin: Origin | None = None  # what the dataset is (data.origin); None: not known
     # what the label table labels (LabelTable.findings); None: the columns named like a model output
     findings: tuple[str, ...] | None = None
     views_dropped: dict[str, int] = field(default_factory=dict)  # view -> images the view filter left out
@@ -68,15 +68,12 @@ def load_eval_set(
                 raise DataError(f"{p}: no rows with split {split!r}; the cache holds splits {present}")
         desc = f"{p} (split {split})" if split else str(p)
         table, selection = select_views(table, views, desc)
-        origin = cache.info.get("origin") or dataset_origin(  # caches made before origins were recorded
-            cache.info.get("sources") or [p], cache.info.get("images_dir")
-        )
         dropped = dict(selection.dropped) if selection else {}
         es = EvalSet(
             desc,
             table.reset_index(drop=True),
             cache_images=cache.images,
-            origin=origin,
+            origin=cache.origin,
             views_dropped=dropped,
         )
         return _finish_table(es, labels)

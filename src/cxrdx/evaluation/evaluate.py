@@ -36,6 +36,7 @@ import numpy as np
 
 from cxrdx.data.cache import is_cache
 from cxrdx.data.leakage import check_patient_overlap
+from cxrdx.data.origin import Origin
 from cxrdx.errors import ConfigError, DataError
 from cxrdx.evaluation.calibrate import calibration_summary, fit_for
 from cxrdx.evaluation.chexnet import CHEXNET_AUROC, CHEXNET_LABEL
@@ -52,7 +53,6 @@ from cxrdx.evaluation.metrics_record import (
     MetricsRecord,
     ModelCard,
     ModelInfo,
-    Origin,
     SourceThresholds,
     Thresholds,
 )
@@ -335,7 +335,7 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> Metric
             n_images=int(len(pos)),
             n_patients=int(len(set(patients))),
             n_unreadable=int(len(test.table) - len(pos)),
-            origin=Origin.from_json(test.origin or {"dataset": test.description, "kind": "unknown"}),
+            origin=test.origin or Origin(test.description, "unknown"),
             label_policy=LabelPolicy(**labels_how),  # how the labels were read
         ),
         classes=classes,

@@ -9,12 +9,12 @@ and THE side-by-side comparison of one model's evaluations on several datasets.
   when a model moves hospitals. The shift in sensitivity and specificity between the
   source validation set and the target is reported per finding.
 - ``compare``: the per-finding AUROC (with CIs) of several ``metrics.json`` side by side,
-  the first taken as internal, the drop of each other one, a plot and ``comparison.json``.
+  the first taken as internal, the drop of each other one, a plot and ``comparison.json``
+  (``comparison_record``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrdx.errors import DataError
+from cxrdx.evaluation.comparison_record import Comparison, DatasetAuroc, DropSummary, write_comparison
 from cxrdx.evaluation.metrics_record import Labelled, ShiftRow, read_metrics
 from cxrdx.metrics.thresholds import binary_metrics
 
@@ -100,12 +101,15 @@ def labelled_summary(y: np.ndarray, names: Sequence[str]) -> dict[str, Labelled]
     return out
 
 
-def compare(reports: Sequence[str | os.PathLike], out: str | os.PathLike, names: Sequence[str] = ()) -> dict:
+def compare(
+    reports: Sequence[str | os.PathLike], out: str | os.PathLike, names: Sequence[str] = ()
+) -> Comparison:
     """Side-by-side comparison of evaluations (``metrics.json`` or the folders holding them).
 
     The first is the internal (source) evaluation; each finding's AUROC on every other
     dataset and its drop from the internal value are reported where both are defined.
-    Writes ``comparison.json``, ``comparison.md`` and ``comparison.png`` into ``out``.
+    Writes ``comparison.json`` (:class:`~cxrdx.evaluation.comparison_record.Comparison`),
+    ``comparison.md`` and ``comparison.png`` into ``out``.
     """
     from cxrdx.files import atomic_write_text
 
@@ -121,7 +125,7 @@ def compare(reports: Sequence[str | os.PathLike], out: str | os.PathLike, names:
     findings: list[str] = []
     for _, m in loaded:
         findings += [f for f in m.classes if f not in findings]
-    rows = {}
+    rows: dict[str, dict[str, DatasetAuroc]] = {}
     internal_label, internal = loaded[0]
     for f in findings:
         row = {}
@@ -129,38 +133,38 @@ def compare(reports: Sequence[str | os.PathLike], out: str | os.PathLike, names:
         for label, m in loaded:
             c = m.classes.get(f)
             if c is None:
-                row[label] = {"auroc": None, "skipped": m.skipped.get(f, "not evaluated")}
+                row[label] = DatasetAuroc(auroc=None, skipped=m.skipped.get(f, "not evaluated"))
                 continue
-            row[label] = {
-                "auroc": c.auroc,
-                "auroc_ci": None if c.auroc_ci is None else list(c.auroc_ci),
-                "n_labelled": c.n,
-                "n_pos": c.n_pos,
-                "prevalence": c.prevalence,
-            }
+            drop = None
             if label != internal_label and base is not None and c.auroc is not None:
-                row[label]["drop"] = round(base - c.auroc, 6)
+                drop = round(base - c.auroc, 6)
+            row[label] = DatasetAuroc(
+                auroc=c.auroc,
+                auroc_ci=c.auroc_ci,
+                n_labelled=c.n,
+                n_pos=c.n_pos,
+                prevalence=c.prevalence,
+                drop=drop,
+            )
         rows[f] = row
     means = {}
     for label, _ in loaded[1:]:
-        both = [f for f, r in rows.items() if "drop" in r.get(label, {})]
-        means[label] = {
-            "mean_drop": float(np.mean([rows[f][label]["drop"] for f in both])) if both else None,
-            "mean_internal": float(np.mean([rows[f][internal_label]["auroc"] for f in both]))
-            if both
-            else None,
-            "mean_external": float(np.mean([rows[f][label]["auroc"] for f in both])) if both else None,
-            "findings": len(both),
-        }
-    result = {
-        "internal": internal_label,
-        "datasets": [lbl for lbl, _ in loaded],
-        "findings": rows,
-        "drop": means,
-    }
+        both = [f for f, r in rows.items() if label in r and r[label].drop is not None]
+        means[label] = DropSummary(
+            mean_drop=float(np.mean([rows[f][label].drop for f in both])) if both else None,
+            mean_internal=float(np.mean([rows[f][internal_label].auroc for f in both])) if both else None,
+            mean_external=float(np.mean([rows[f][label].auroc for f in both])) if both else None,
+            findings=len(both),
+        )
+    result = Comparison(
+        internal=internal_label,
+        datasets=tuple(lbl for lbl, _ in loaded),
+        findings=rows,
+        drop=means,
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "comparison.json", json.dumps(result, indent=2))
+    write_comparison(out / "comparison.json", result)
     atomic_write_text(out / "comparison.md", format_comparison(result))
     _plot(result, out / "comparison.png")
     return result
@@ -170,44 +174,47 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def format_comparison(result: dict) -> str:
-    labels = result["datasets"]
+def format_comparison(result: Comparison) -> str:
+    """The comparison as a Markdown table (``comparison.md``, and what ``cxrdx compare`` prints)."""
+    labels = result.datasets
     lines = [
         "| finding | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
     ]
-    for f, row in result["findings"].items():
+    for f, row in result.findings.items():
         cells = []
         for lbl in labels:
-            c = row.get(lbl, {})
-            if c.get("auroc") is None:
-                cells.append(f"skipped ({c.get('skipped', 'undefined')})" if "skipped" in c else "undefined")
+            c = row.get(lbl)
+            if c is None or c.auroc is None:
+                skipped = c is not None and c.skipped is not None
+                cells.append(f"skipped ({c.skipped})" if skipped else "undefined")
                 continue
-            ci = c.get("auroc_ci") or [None, None]
-            drop = f", drop {c['drop']:+.3f}" if "drop" in c else ""
-            cells.append(f"{_fmt(c['auroc'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] n={c.get('n_labelled')}{drop}")
+            ci = c.auroc_ci or (None, None)
+            drop = f", drop {c.drop:+.3f}" if c.drop is not None else ""
+            cells.append(f"{_fmt(c.auroc)} [{_fmt(ci[0])}, {_fmt(ci[1])}] n={c.n_labelled}{drop}")
         lines.append(f"| {f} | " + " | ".join(cells) + " |")
-    for lbl, d in result["drop"].items():
+    for lbl, d in result.drop.items():
         lines.append(
-            f"\nmean AUROC drop {result['internal']} -> {lbl}: {_fmt(d['mean_drop'])} over {d['findings']} "
-            f"shared findings ({_fmt(d.get('mean_internal'))} -> {_fmt(d.get('mean_external'))})"
+            f"\nmean AUROC drop {result.internal} -> {lbl}: {_fmt(d.mean_drop)} over {d.findings} "
+            f"shared findings ({_fmt(d.mean_internal)} -> {_fmt(d.mean_external)})"
         )
     return "\n".join(lines) + "\n"
 
 
-def _plot(result: dict, path: Path) -> None:
+def _plot(result: Comparison, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    findings = list(result["findings"])
-    labels = result["datasets"]
+    findings = list(result.findings)
+    labels = result.datasets
     fig = Figure(figsize=(8, 0.35 * len(findings) + 1.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     h = 0.8 / len(labels)
     for j, lbl in enumerate(labels):
         ys = [i - 0.4 + h * (j + 0.5) for i in range(len(findings))]
-        vals = [result["findings"][f].get(lbl, {}).get("auroc") or 0.0 for f in findings]
+        cells = [result.findings[f].get(lbl) for f in findings]
+        vals = [(c.auroc if c is not None else None) or 0.0 for c in cells]
         ax.barh(ys, vals, height=h, label=lbl)
     ax.set_yticks(range(len(findings)), findings, fontsize=8)
     ax.invert_yaxis()

@@ -34,6 +34,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cxrdx.data.origin import Origin
 from cxrdx.errors import DataError
 
 SCHEMA_NAME = "cxrdx.metrics"
@@ -48,7 +49,12 @@ def absent(default: Any = None) -> Any:
 
 @dataclass(frozen=True)
 class Record:
-    """Base of every part of the record: ``to_json`` / ``from_json`` by the fields' names and types."""
+    """Base of every part of the record: ``to_json`` / ``from_json`` by the fields' names and types.
+
+    ``REMEDY``: what a reading error tells the user to do (a subclass for another file sets its own;
+    ``cxrdx.evaluation.comparison_record`` does)."""
+
+    REMEDY = "re-run `cxrdx evaluate`"
 
     extra: dict[str, Any] = field(default_factory=dict, kw_only=True, repr=False)
 
@@ -66,19 +72,17 @@ class Record:
     @classmethod
     def from_json(cls, data: Any, where: str = "metrics.json") -> typing.Self:
         if not isinstance(data, Mapping):
-            raise DataError(
-                f"{where}: expected an object, got {type(data).__name__}; re-run `cxrdx evaluate`"
-            )
+            raise DataError(f"{where}: expected an object, got {type(data).__name__}; {cls.REMEDY}")
         hints = _hints(cls)
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name != "extra" and f.name in data:
-                kwargs[f.name] = _load(hints[f.name], data[f.name], f"{where}: {f.name}")
+                kwargs[f.name] = _load(hints[f.name], data[f.name], f"{where}: {f.name}", cls.REMEDY)
         extra = {k: v for k, v in data.items() if k not in _declared(cls)}
         try:
             return cls(**kwargs, extra=extra)
         except TypeError as exc:  # a required field missing
-            raise DataError(f"{where}: {exc}; re-run `cxrdx evaluate`") from None
+            raise DataError(f"{where}: {exc}; {cls.REMEDY}") from None
 
 
 @cache
@@ -91,8 +95,17 @@ def _declared(cls: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls))
 
 
+def _is_record(tp: Any) -> bool:
+    """A part read and written by its own ``from_json`` / ``to_json``: a :class:`Record`, or a record type
+    defined in a lower layer (``cxrdx.data.origin.Origin``)."""
+    return isinstance(tp, type) and (
+        issubclass(tp, Record)
+        or (dataclasses.is_dataclass(tp) and hasattr(tp, "from_json") and hasattr(tp, "to_json"))
+    )
+
+
 def _dump(value: Any) -> Any:
-    if isinstance(value, Record):
+    if _is_record(type(value)):
         return value.to_json()
     if isinstance(value, Mapping):
         return {k: _dump(v) for k, v in value.items()}
@@ -101,7 +114,7 @@ def _dump(value: Any) -> Any:
     return value
 
 
-def _load(tp: Any, value: Any, where: str) -> Any:
+def _load(tp: Any, value: Any, where: str, remedy: str) -> Any:
     """``value`` (parsed JSON) as type ``tp``: records, ``dict[str, X]``, ``tuple[X, ...]``, unions, scalars."""
     if value is None:
         return None
@@ -111,26 +124,23 @@ def _load(tp: Any, value: Any, where: str) -> Any:
         for a in options:
             base = typing.get_origin(a) or a
             fits = (
-                (
-                    isinstance(value, Mapping)
-                    and (base is dict or (isinstance(base, type) and issubclass(base, Record)))
-                )
+                (isinstance(value, Mapping) and (base is dict or _is_record(base)))
                 or (isinstance(value, list) and base in (tuple, list))
                 or (not isinstance(value, Mapping | list) and base not in (dict, tuple, list))
             )
             if fits:
-                return _load(a, value, where)
-        raise DataError(f"{where}: unexpected {type(value).__name__}; re-run `cxrdx evaluate`")
-    if isinstance(tp, type) and issubclass(tp, Record):
+                return _load(a, value, where, remedy)
+        raise DataError(f"{where}: unexpected {type(value).__name__}; {remedy}")
+    if _is_record(tp):
         return tp.from_json(value, where)
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise DataError(f"{where}: expected an object; re-run `cxrdx evaluate`")
-        return {k: _load(args[1], v, f"{where}.{k}") for k, v in value.items()}
+            raise DataError(f"{where}: expected an object; {remedy}")
+        return {k: _load(args[1], v, f"{where}.{k}", remedy) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise DataError(f"{where}: expected a list; re-run `cxrdx evaluate`")
-        return tuple(_load(args[0], v, where) for v in value)
+            raise DataError(f"{where}: expected a list; {remedy}")
+        return tuple(_load(args[0], v, where, remedy) for v in value)
     return value
 
 
@@ -175,14 +185,6 @@ class FindingMetrics(Record):
 
 
 @dataclass(frozen=True)
-class Origin(Record):
-    """What a dataset is (``cxrdx.data.origin``)."""
-
-    dataset: str | None = None
-    kind: str = "unknown"  # phantom | real | unknown
-
-
-@dataclass(frozen=True)
 class ModelCard(Record):
     """What the model was trained on (``cxrdx.model.card.training_card``; images, split, epochs... in extra)."""
 
@@ -217,7 +219,7 @@ class DatasetInfo(Record):
     n_images: int = 0
     n_patients: int = 0
     n_unreadable: int = 0
-    origin: Origin | None = None
+    origin: Origin | None = None  # cxrdx.data.origin: THE type, shared with cache.json and training
     label_policy: LabelPolicy | None = absent()
 
 
@@ -380,15 +382,21 @@ class MetricsRecord(Record):
 
 def schema_version(schema: Any, where: str = "metrics.json") -> int:
     """The major version of a file's ``"schema"`` (None: version 1); a newer or foreign one is refused."""
+    return check_schema(schema, where, SCHEMA_NAME, SCHEMA_VERSION, "metrics")
+
+
+def check_schema(schema: Any, where: str, name: str, newest: int, what: str) -> int:
+    """The major version of a ``"schema"`` value ``NAME/MAJOR[.MINOR]`` (None: version 1); one not named
+    ``name``, or newer than ``newest``, is refused with a one-line :class:`DataError`."""
     if schema is None:
         return 1
-    name, _, version = str(schema).partition("/")
+    found, _, version = str(schema).partition("/")
     major = version.split(".")[0]
-    if name != SCHEMA_NAME or not major.isdigit():
-        raise DataError(f"{where}: schema {schema!r} is not a cxrdx metrics file ({SCHEMA} expected)")
-    if int(major) > SCHEMA_VERSION:
+    if found != name or not major.isdigit():
+        raise DataError(f"{where}: schema {schema!r} is not a cxrdx {what} file ({name}/{newest} expected)")
+    if int(major) > newest:
         raise DataError(
-            f"{where}: written by a newer cxrdx (schema {schema}); this cxrdx reads up to {SCHEMA}. "
+            f"{where}: written by a newer cxrdx (schema {schema}); this cxrdx reads up to {name}/{newest}. "
             "Upgrade cxrdx (pip install -U cxrdx) to read it."
         )
     return int(major)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from cxrdx.evaluation.comparison_record import Comparison
 from cxrdx.options import option
 from cxrdx.reporter import Reporter
 
@@ -20,7 +20,7 @@ class Config:
 @dataclass
 class Result:
     out: Path
-    comparison: dict[str, Any]  # what comparison.json holds (cxrdx.evaluation.external.compare)
+    comparison: Comparison  # what comparison.json holds (cxrdx.evaluation.comparison_record)
 
 
 def run(config: Config, reporter: Reporter | None = None) -> Result:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrdx.data.origin import Origin
 from cxrdx.errors import ConfigError, DataError
 from cxrdx.imaging.preprocessing import Preprocessing
 from cxrdx.training.augment import random_affine, random_flip
@@ -34,7 +35,7 @@ class DatasetPart:
     kind: str  # "cache" or "csv"
     path: str  # resolved folder
     desc: str  # in words, for the log
-    origin: dict | None  # cxrdx.data.origin: dataset name and kind (phantom/real/unknown)
+    origin: Origin  # dataset name and kind (phantom/real/unknown)
     patients: int | None
     leakage: str | None  # the patient overlap --allow-patient-overlap let through, else None
     views_dropped: dict[str, int] = field(default_factory=dict)
@@ -51,7 +52,7 @@ class TrainingData:
     kind: str  # "cache", "csv" or several joined by "+"
     path: str  # one dataset's folder, or several joined by " + "
     desc: str
-    origin: dict | None
+    origin: Origin | None  # one dataset's, or several joined (names by " + ", kinds by "+")
     patients: int | None
     leakage: str | None
     datasets: list[dict] = field(
@@ -113,10 +114,10 @@ def load_data(cfg: TrainConfig) -> TrainingData:
         kind="+".join(sorted({p.kind for p in parts})),
         path=" + ".join(p.path for p in parts),
         desc=" + ".join(p.desc for p in parts),
-        origin={
-            "dataset": " + ".join(str((p.origin or {}).get("dataset") or p.path) for p in parts),
-            "kind": "+".join(sorted({str((p.origin or {}).get("kind", "unknown")) for p in parts})),
-        },
+        origin=Origin(
+            " + ".join(str(p.origin.dataset or p.path) for p in parts),
+            "+".join(sorted({str(p.origin.kind) for p in parts})),
+        ),
         patients=sum(p.patients or 0 for p in parts),
         leakage="; ".join(p.leakage for p in parts if p.leakage) or None,
         datasets=datasets,
@@ -170,8 +171,7 @@ def _load_one(path: Path, cfg: TrainConfig) -> DatasetPart:
             kind="cache",
             path=str(path.resolve()),
             desc=f"cache {path}",
-            origin=cache.info.get("origin")  # caches made before origins were recorded: look again
-            or dataset_origin(cache.info.get("sources") or [path], cache.info.get("images_dir")),
+            origin=cache.origin,
             patients=_patients(tables),
             leakage=check_patient_overlap(tables, allow=cfg.allow_patient_overlap, source=str(path)),
             views_dropped=dropped,

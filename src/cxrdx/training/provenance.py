@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cxrdx.data.origin import Origin
 from cxrdx.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -61,11 +62,11 @@ def provenance(
 
 def model_card(cfg: TrainConfig, data: TrainingData, epoch: int) -> dict:
     """What the model was trained on, in words (CheckpointMeta.model_card; shown by cxrdx.model.card)."""
-    origin = data.origin or {}
+    origin = data.origin or Origin()
     split = {cfg.train_split: len(data.train), cfg.val_split: len(data.val)}
     return {
-        "dataset": origin.get("dataset") or data.path,
-        "kind": origin.get("kind", "unknown"),
+        "dataset": origin.dataset or data.path,
+        "kind": origin.kind,
         "images": sum(split.values()),
         "patients": data.patients,
         "split": split,
