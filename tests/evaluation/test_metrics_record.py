@@ -194,15 +194,18 @@ def _records() -> list[type]:
 
 
 def test_docs_describe_every_field_of_every_part():
+    """metrics.json's parts and comparison.json's (cxrdx.evaluation.comparison_record), both in docs/metrics.md."""
+    from cxrdx.evaluation import comparison_record as cr
+
     text = DOCS.read_text()
-    for cls in _records():
+    for cls in [*_records(), cr.Comparison, cr.DatasetAuroc, cr.DropSummary]:
         header = f"\n### `{cls.__name__}`"
         assert header in text, f"docs/metrics.md has no section for {cls.__name__}"
         section = text.split(header, 1)[1].split("\n### ", 1)[0]
         for f in dataclasses.fields(cls):
             if f.name != "extra":
                 assert re.search(rf"\| `{f.name}` \|", section), f"docs/metrics.md: {cls.__name__}.{f.name}"
-    assert SCHEMA in text
+    assert SCHEMA in text and cr.SCHEMA in text
 
 
 def test_every_field_type_is_one_the_reader_understands():
