@@ -12,7 +12,9 @@ send its findings).
 Building the objects (the SR, the SEG's compressed frames, the pictures, encoding) costs about
 as much as a mid-sized network's inference (``benchmarks/result_objects_cost.py``). With ``result_workers`` > 0 it runs in
 that many worker processes (spawned, so they share nothing with the network's threads),
-while this process goes on with the next images: inference and result building overlap.
+while this process goes on with the next images: inference and result building overlap, also
+across the node's batches (``stream`` leaves the last results of a batch in flight, ``flush`` waits
+for them; the node keeps their images out of its next batch).
 """
 
 from __future__ import annotations
