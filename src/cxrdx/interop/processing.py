@@ -102,6 +102,7 @@ def _worker_init(parent: int | None = None) -> None:
     if parent is not None:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     import cxrdx.interop.sr  # noqa: F401 - load highdicom once, before the first image
+    import cxrdx.interop.sr_template  # noqa: F401
 
 
 def _warm() -> None:
