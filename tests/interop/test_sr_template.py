@@ -126,6 +126,31 @@ def test_the_templated_sr_as_read_back_and_saved_again(tmp_path):
     assert encode(fast) == first  # and writes the same bytes
 
 
+def test_the_highdicom_path_writes_the_same_sr():
+    source, pred = _images()[4]
+    segments = segment_findings(pred)
+    plain = structured_report(source, pred, algorithm=ALGO, segments=segments, templated=False)
+    ref = structured_report(source, pred, algorithm=ALGO, segments=segments, checked=True)
+    assert not plain.get_item(0x0040A730).is_raw
+    assert encode(_clock_fixed(plain)) == encode(_clock_fixed(ref))
+
+
+def test_a_template_that_fails_falls_back_to_highdicom(monkeypatch, caplog):
+    from cxrdx.interop import sr_template
+
+    def refuse(*args, **kwargs):
+        raise dt.TemplateError("refused for the test")
+
+    monkeypatch.setattr(sr_template, "templated_report", refuse)
+    source, pred = _images()[0]
+    segments = segment_findings(pred)
+    with caplog.at_level("WARNING", logger="cxrdx.interop"):
+        made = structured_report(source, pred, algorithm=ALGO, segments=segments)
+    ref = structured_report(source, pred, algorithm=ALGO, segments=segments, checked=True)
+    assert "refused for the test" in caplog.text
+    assert encode(_clock_fixed(made)) == encode(_clock_fixed(ref))
+
+
 # ---------------------------------------------------------------- the template mechanism itself
 
 

@@ -207,12 +207,10 @@ def structured_report(
         track_ood = result_uid(src_uid, "track:ood", sha)
         built.append(ood_group_item(ood, prediction.ood_score, header, track_ood, algo))
     with quiet_person_names():
-        return _document(
-            header, observer(algorithm), built, algorithm, used, src_uid, sha, notes, seg, checked
-        )
+        return _document(header, observer(algorithm), built, algorithm, used, notes, seg, checked)
 
 
-def _document(header, device, groups, algorithm, used, src_uid, sha, notes, seg=None, checked=False):
+def _document(header, device, groups, algorithm, used, notes, seg=None, checked=False):
     import highdicom as hd
 
     report = measurement_report(device, groups, [header])
