@@ -22,6 +22,7 @@ from cxrdx.interop.processing import Processing
 from cxrdx.interop.send import Destination
 
 BUILD_SECONDS = 0.4
+NODE_BUILD_SECONDS = 1.0  # long beside storing 3 small images, even on a busy machine
 
 
 def slow_results(source, prediction, **kw) -> list:
@@ -88,7 +89,7 @@ def test_without_stream_a_call_still_returns_every_outcome(tmp_path):
 
 
 class Overlapping:
-    """A node processor with ``stream`` and ``flush``: each result is ready BUILD_SECONDS after its batch."""
+    """A node processor with ``stream`` and ``flush``: each result is ready NODE_BUILD_SECONDS after its batch."""
 
     def __init__(self) -> None:
         self.batches: list[list[Path]] = []
@@ -113,7 +114,7 @@ class Overlapping:
         self.overlapped += bool(self._ahead)
         self.batches.append(list(batch))
         for path in batch:
-            self._ahead.append((path, time.monotonic() + BUILD_SECONDS))
+            self._ahead.append((path, time.monotonic() + NODE_BUILD_SECONDS))
         while self._ahead and self._ahead[0][1] <= time.monotonic():
             yield self._result(self._ahead.popleft()[0])
 
