@@ -17,7 +17,9 @@ Three parts, each in its own thread(s), joined by the spool (``cxrdx.interop.spo
    ``allow_lateral``) is acknowledged, logged with the reason and not processed, even while
    the spool is in trouble: a PACS that routes a whole study here must not see failures for it.
 2. **Working** (one thread): takes spooled images oldest first, in batches, through
-   ``Processing`` (inference + the result objects), and puts the results in the outbox. When
+   ``Processing`` (inference + the result objects), and puts the results in the outbox. The last
+   results of a batch are still being built (in result worker processes) while the next batch goes
+   through the network; their images stay in the spool, and out of the next batch, until written. When
    the outbox cannot be written, the worker keeps that one result set in memory and retries
    the write with backoff (no inference is redone) while the node answers 0xA700.
 3. **Sending** (one thread, ``cxrdx.interop.send.Sender``): C-STOREs the results to the
@@ -300,15 +302,24 @@ class Node:
 
     # ------------------------------------------------------------------ working
 
+    def _in_flight(self) -> set[Path]:
+        """Images whose results the processor is still building (a processor with ``stream`` and ``flush``)."""
+        return set(getattr(self.processor, "in_flight", ()) or ())
+
     def _take(self) -> list[Path]:
-        pending = self.spool.pending()
+        busy = self._in_flight()
+
+        def waiting() -> list[Path]:
+            return [p for p in self.spool.pending() if p not in busy]
+
+        pending = waiting()
         # a burst may still be arriving: give it a moment to fill a batch
         if (
             0 < len(pending) < self.config.batch_size
             and time.monotonic() - self._last_arrival < self.config.linger
         ):
             self.stopping.wait(self.config.linger)
-            pending = self.spool.pending()
+            pending = waiting()
         return pending[: self.config.max_batch]
 
     def _write(self, path: Path, outcome: list[bytes] | str, retry: bool = False) -> None:
@@ -359,12 +370,18 @@ class Node:
                 pause = self._retry_held(pause)
                 continue
             batch = self._take()
-            if not batch:
+            overlap = hasattr(self.processor, "stream") and hasattr(self.processor, "flush")
+            if not batch and not (overlap and self._in_flight()):
                 self._work.wait(0.5)
                 self._work.clear()
                 continue
             try:
-                outcomes = self.processor(batch)
+                # with ``stream`` the last results of a batch are still being built while the next batch goes
+                # through the network; ``flush`` finishes them when no image is waiting
+                if not batch:
+                    outcomes = self.processor.flush()
+                else:
+                    outcomes = self.processor.stream(batch) if overlap else self.processor(batch)
                 for path, outcome in outcomes:
                     self._write(path, outcome)
                     if self.stopping.is_set() or self._held is not None:

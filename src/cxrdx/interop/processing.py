@@ -12,7 +12,9 @@ send its findings).
 Building the objects (the SR, the SEG's compressed frames, the pictures, encoding) costs about
 as much as a mid-sized network's inference (``benchmarks/result_objects_cost.py``). With ``result_workers`` > 0 it runs in
 that many worker processes (spawned, so they share nothing with the network's threads),
-while this process goes on with the next images: inference and result building overlap.
+while this process goes on with the next images: inference and result building overlap, also
+across the node's batches (``stream`` leaves the last results of a batch in flight, ``flush`` waits
+for them; the node keeps their images out of its next batch).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def _worker_init(parent: int | None = None) -> None:
     if parent is not None:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     import cxrdx.interop.sr  # noqa: F401 - load highdicom once, before the first image
+    import cxrdx.interop.sr_template  # noqa: F401
 
 
 def _warm() -> None:
@@ -132,6 +135,7 @@ class Processing:
         self.result_workers = result_workers
         self.secondary_capture = secondary_capture and heatmaps
         self._pool: ProcessPoolExecutor | None = None
+        self._ahead: deque[tuple[Path, Future | list[bytes] | str]] = deque()  # started, in order
 
     def _executor(self) -> ProcessPoolExecutor | None:
         if self.result_workers > 0 and self._pool is None:
@@ -153,6 +157,7 @@ class Processing:
                 f.result()
 
     def close(self) -> None:
+        self._ahead.clear()  # the spool still holds their images
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -215,7 +220,7 @@ class Processing:
         try:
             return pending.result()
         except BrokenProcessPool:
-            self.close()  # a worker died: a new pool next time; the spool still holds the image
+            self.close()  # a worker died: a new pool next time; the spool still holds the images
             raise
         except FileNotFoundError:
             raise
@@ -227,17 +232,38 @@ class Processing:
         """The encoded results for one predicted file, or why there are none."""
         return self._finish(path, self._start(path, prediction))
 
+    @property
+    def in_flight(self) -> set[Path]:
+        """Files whose results are being built (``stream`` left them in flight; ``flush`` finishes them)."""
+        return {path for path, _ in self._ahead}
+
     def __call__(self, paths: Sequence[Path]) -> Iterator[tuple[Path, list[bytes] | str]]:
+        """Every file's outcome (and any still in flight from an earlier ``stream``), in order."""
+        yield from self.stream(paths)
+        yield from self.flush()
+
+    def stream(self, paths: Sequence[Path]) -> Iterator[tuple[Path, list[bytes] | str]]:
+        """The outcomes that are ready, in order, as the files go through the network; up to about a network
+        batch and two per result worker are left in flight at the end, so that the next call's network
+        pass overlaps their building (``flush`` waits for them)."""
         predictions = self.predictor.iter_predict(
             [str(p) for p in paths], batch_size=self.batch_size, workers=self.workers
         )
-        ahead: deque[tuple[Path, Future | list[bytes] | str]] = deque()
-        limit = 2 * max(1, self.result_workers)  # results in flight while the network goes on
+        # results in flight while the network goes on: a whole network batch, so the network does not wait
+        limit = self.batch_size + 2 * max(1, self.result_workers) if self.result_workers > 0 else 0
         for path, prediction in zip(paths, predictions, strict=True):
-            ahead.append((path, self._start(path, prediction)))
-            while ahead and (len(ahead) > limit or not isinstance(ahead[0][1], Future) or ahead[0][1].done()):
-                done_path, pending = ahead.popleft()
-                yield done_path, self._finish(done_path, pending)
-        while ahead:
+            self._ahead.append((path, self._start(path, prediction)))
+            yield from self._ready(limit)
+        yield from self._ready(limit)
+
+    def flush(self) -> Iterator[tuple[Path, list[bytes] | str]]:
+        """The outcomes still in flight, waiting for each."""
+        yield from self._ready(0, wait=True)
+
+    def _ready(self, limit: int, wait: bool = False) -> Iterator[tuple[Path, list[bytes] | str]]:
+        ahead = self._ahead
+        while ahead and (
+            wait or len(ahead) > limit or not isinstance(ahead[0][1], Future) or ahead[0][1].done()
+        ):
             done_path, pending = ahead.popleft()
             yield done_path, self._finish(done_path, pending)

@@ -120,8 +120,9 @@ def heatmap_segmentation(
     if checked:
         maps = np.moveaxis(frames, 0, -1)[None]  # (1, rows, cols, segments), highdicom's layout
     else:
-        # all-zero maps, stored uncompressed (nothing to encode); the real frames are encoded below
-        maps = np.zeros((1, rows, cols, len(names)), dtype=np.float32)
+        # all-zero maps as 8-bit integers (highdicom checks them without sorting every pixel), stored
+        # uncompressed (nothing to encode); the real frames are encoded below
+        maps = np.zeros((1, rows, cols, len(names)), dtype=np.uint8)
     src_uid = str(header.SOPInstanceUID)
     descriptions = [
         _segment(i + 1, name, prediction, algorithm, hold, src_uid) for i, name in enumerate(names)
@@ -152,6 +153,8 @@ def heatmap_segmentation(
     if not checked:
         seg.file_meta.TransferSyntaxUID = JPEGLSLossless
         _encode_frames(seg, frames)
+        if len(names) > 1:  # what highdicom says of float maps of several segments (integer zeros: "NO")
+            seg.SegmentsOverlap = "UNDEFINED"
     dimensions = result_uid(src_uid, "seg-dimensions", str(algorithm.get("checkpoint_sha256", "")))
     for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
         item.DimensionOrganizationUID = dimensions  # not a random one: the same analysis, the same object

@@ -29,6 +29,7 @@ PARTIAL/UNVERIFIED/PRELIMINARY: a machine's output that no one has signed.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -36,23 +37,40 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from cxrdx.interop import codes
+from cxrdx.interop.sr_content import (
+    DEMO_SERIES_DESCRIPTION,
+    SR_SERIES_DESCRIPTION,
+    algorithm_id,
+    comment,
+    concepts_used,
+    document_args,
+    finding_group_item,
+    finding_groups,
+    measurement_report,
+    observer,
+    ood_group,
+    ood_group_item,
+    shell,
+)
 from cxrdx.interop.study import (
-    MANUFACTURER,
     RESEARCH_USE,
-    SR_SERIES_NUMBER,
     calibration_states,
     copy_patient_study,
-    finding_calibration,
     quiet_person_names,
     result_notes,
     result_uid,
     source_header,
-    withheld,
 )
 
-SR_SERIES_DESCRIPTION = "cxrdx AI findings (research use only)"
-DEMO_SERIES_DESCRIPTION = "cxrdx DEMO model findings (meaningless)"
+__all__ = [
+    "DEMO_SERIES_DESCRIPTION",
+    "SR_SERIES_DESCRIPTION",
+    "algorithm_for",
+    "results_for",
+    "structured_report",
+]
+
+log = logging.getLogger("cxrdx.interop")
 
 
 def algorithm_for(
@@ -149,6 +167,7 @@ def structured_report(
     algorithm: Mapping,
     segments: list[str] | tuple[str, ...] = (),
     checked: bool = False,
+    templated: bool = True,
 ) -> Dataset:
     """The TID 1500 Comprehensive SR for one prediction (``source``: its image's header).
 
@@ -156,235 +175,53 @@ def structured_report(
     each one's measurement group is then a TID 1410 planar ROI group that references its segment
     (segment i = frame i of the SEG), the others TID 1501 groups on the source image.
 
-    The content tree is built by highdicom's templates (which check it); ``checked``: also let
-    highdicom's ComprehensiveSR copy, re-parse and check the whole tree (about 3/4 of the cost, so
-    only in tests, which hold the two documents equal element for element).
+    The content tree is built by highdicom's templates (which check it). By default (``templated``) the
+    content tree is written from pieces highdicom built and checked once per algorithm, encoded once,
+    with this image's UIDs and numbers put in (``sr_template``); tests hold the two equal.
+    ``checked``: also let highdicom's ComprehensiveSR copy, re-parse and check the whole tree (about 3/4
+    of the highdicom path's cost, so only in tests, which hold the documents equal element for element).
     """
-    import highdicom as hd
-
-    from cxrdx.interop.segmentation import seg_reference
-
     header = source_header(source)
     sha = str(algorithm.get("checkpoint_sha256", ""))
     src_uid = str(header.SOPInstanceUID)
-    algo = _algorithm_id(algorithm)
-    positive = prediction.positive or {}
-    spread = prediction.uncertainty or {}
-    thresholds = algorithm.get("thresholds") or {}
-    hold = withheld(prediction, algorithm)  # out of distribution: not evaluated (qualitative "Undetermined")
-
-    def image_ref() -> list:
-        return [hd.sr.SourceImageForMeasurementGroup.from_source_image(header)]
+    groups = finding_groups(prediction, algorithm, segments)
+    ood = ood_group(prediction, algorithm)
+    used = concepts_used(groups, ood)
+    notes = [*result_notes(prediction, algorithm), RESEARCH_USE]
+    from cxrdx.interop.segmentation import seg_reference
 
     seg = seg_reference(header, algorithm) if segments else None
-    numbers = {name: i + 1 for i, name in enumerate(segments)}
+    if templated and not checked:
+        from cxrdx.interop.dicom_template import TemplateError
+        from cxrdx.interop.sr_template import templated_report
 
-    groups = []
-    used = [codes.CHEST_XRAY]
-    for name, p in prediction.probabilities.items():
-        concept = codes.finding_concept(name)
-        used.append(concept)
-        call = None if hold else positive.get(name)
-        value = codes.UNDETERMINED if call is None else (codes.PRESENT if call else codes.ABSENT)
-        measurements = None if hold else _finding_measurements(name, p, prediction, algorithm, used)
-        if not hold and name in spread:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=_cc(codes.TTA_SPREAD), value=float(spread[name]), unit=_cc(codes.NO_UNITS)
-                )
-            )
-            used.append(codes.TTA_SPREAD)
-        if not hold and thresholds.get(name) is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=_cc(codes.THRESHOLD), value=float(thresholds[name]), unit=_cc(codes.NO_UNITS)
-                )
-            )
-            used.append(codes.THRESHOLD)
-        common = {
-            "tracking_identifier": hd.sr.TrackingIdentifier(
-                uid=result_uid(src_uid, f"track:{name}", sha), identifier=f"cxrdx {name}"
-            ),
-            "finding_type": _cc(concept),
-            "algorithm_id": algo,
-            "measurements": measurements,
-            "qualitative_evaluations": [hd.sr.QualitativeEvaluation(name=_cc(concept), value=_cc(value))],
-        }
-        if name in numbers:  # its heatmap is a segment of the SEG: a TID 1410 group pointing at it
-            segment = hd.sr.ReferencedSegmentationFrame(
-                sop_class_uid=seg.SOPClassUID,
-                sop_instance_uid=seg.SOPInstanceUID,
-                frame_number=numbers[name],
-                segment_number=numbers[name],
-                source_image=hd.sr.SourceImageForSegmentation.from_source_image(header),
-            )
-            # PS3.3 C.18.3.1 (Image SOP Instance Reference macro): Referenced Frame Number and Referenced
-            # Segment Number are exclusive; the segment says it all (its frame is frame i)
-            del segment[0].ReferencedSOPSequence[0].ReferencedFrameNumber
-            groups.append(
-                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common)
-            )
-        else:
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common, source_images=image_ref()))
-    ood = _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref)
+        try:
+            with quiet_person_names():
+                return templated_report(header, groups, ood, prediction, seg, algorithm, used, notes)
+        except TemplateError as exc:  # never expected: the highdicom path writes the same document
+            log.warning("the SR's templates failed (%s); highdicom builds it", exc)
+    algo = algorithm_id(algorithm)
+    track = {g.name: result_uid(src_uid, f"track:{g.name}", sha) for g, _, _ in groups}
+    built = [finding_group_item(g, p, s, header, seg, track[g.name], algo) for g, p, s in groups]
     if ood is not None:
-        groups.append(ood)
-        used += [codes.OOD_FINDING, codes.IN_DISTRIBUTION, codes.OOD_SCORE, codes.OOD_THRESHOLD]
-    observer = hd.sr.ObserverContext(
-        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=result_uid("device", str(algorithm.get("version", "")), sha),
-            name=str(algorithm.get("name", "cxrdx")),
-            manufacturer_name=MANUFACTURER,
-            model_name=str(algorithm.get("architecture", "") or "cxrdx model")[:64],
-        ),
-    )
-    notes = [*result_notes(prediction, algorithm), RESEARCH_USE]
+        track_ood = result_uid(src_uid, "track:ood", sha)
+        built.append(ood_group_item(ood, prediction.ood_score, header, track_ood, algo))
     with quiet_person_names():
-        return _document(header, observer, groups, algorithm, used, src_uid, sha, notes, seg, checked)
+        return _document(header, observer(algorithm), built, algorithm, used, notes, seg, checked)
 
 
-def _finding_measurements(name: str, p: float, prediction: Any, algorithm: Mapping, used: list) -> list:
-    """The finding's number, named by its own calibration state (DCM 122157 "Probability" only when it is
-    one), the state also as the measurement's method."""
+def _document(header, device, groups, algorithm, used, notes, seg=None, checked=False):
     import highdicom as hd
 
-    state = finding_calibration(prediction, algorithm, name)
-    value_name = codes.UNCALIBRATED_SCORE if state == "none" else codes.PROBABILITY
-    method = codes.calibration_concept(state)
-    used += [value_name, method]
-    return [
-        hd.sr.Measurement(name=_cc(value_name), value=float(p), unit=_cc(codes.NO_UNITS), method=_cc(method))
-    ]
-
-
-def _document(header, observer, groups, algorithm, used, src_uid, sha, notes, seg=None, checked=False):
-    import highdicom as hd
-
-    report = _measurement_report(observer, groups, header)
+    report = measurement_report(device, groups, [header])
     for note in notes:  # the demo stamp, the OOD verdict, the caveats, the training data, research use
-        report[0].ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=hd.sr.CodedConcept("121106", "DCM", "Comment"),
-                value=note,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
-    document = {
-        "evidence": [header] if seg is None else [header, seg],
-        "series_instance_uid": result_uid(src_uid, "sr-series", sha),
-        "series_number": SR_SERIES_NUMBER,
-        "sop_instance_uid": result_uid(src_uid, "sr", sha),
-        "instance_number": 1,
-        "manufacturer": MANUFACTURER,
-        "series_description": DEMO_SERIES_DESCRIPTION if algorithm.get("demo") else SR_SERIES_DESCRIPTION,
-        "manufacturer_model_name": "cxrdx",
-        "software_versions": str(algorithm.get("version", "")),
-        "content_qualification": "RESEARCH",
-        "coding_schemes": _private_scheme() if codes.uses_private(used) else None,
-    }
+        report[0].ContentSequence.append(comment(note))
+    document = document_args(header, algorithm, used, seg)
     root = report[0]
     if checked:  # highdicom copies, re-parses and checks the whole content tree: ~3/4 of the cost
         sr = hd.sr.ComprehensiveSR(content=root, **document)
     else:  # the document's modules around the root with its first item only, then the whole tree
-        shell = Dataset()
-        for elem in root:
-            if elem.keyword != "ContentSequence":
-                shell.add(elem)
-        shell.ContentSequence = [root.ContentSequence[0]]
-        sr = hd.sr.ComprehensiveSR(content=shell, **document)
+        sr = hd.sr.ComprehensiveSR(content=shell(root), **document)
         sr.ContentSequence = root.ContentSequence
     copy_patient_study(header, sr)
     return sr
-
-
-def _measurement_report(observer, groups: list, header: Dataset):
-    """TID 1500 with the source in its image library, or without one (TID 1600 is optional there)
-    when highdicom cannot describe the image (a radiograph without Patient Orientation or Imager
-    Pixel Spacing, as many CR files are)."""
-    import highdicom as hd
-
-    def build(images):
-        return hd.sr.MeasurementReport(
-            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-            procedure_reported=_cc(codes.CHEST_XRAY),
-            imaging_measurements=groups,
-            referenced_images=images,
-        )
-
-    try:
-        return build([header])
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return build(None)
-
-
-def _ood_group(prediction, algorithm, src_uid, sha, algo, image_ref):
-    import highdicom as hd
-
-    score = prediction.ood_score
-    inside = prediction.in_distribution
-    if score is None and inside is None:
-        return None
-    evaluations = []
-    if inside is not None:
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(
-                name=_cc(codes.IN_DISTRIBUTION), value=_cc(codes.YES if inside else codes.NO)
-            )
-        )
-    measurements = []
-    if score is not None:
-        measurements.append(
-            hd.sr.Measurement(name=_cc(codes.OOD_SCORE), value=float(score), unit=_cc(codes.NO_UNITS))
-        )
-    if algorithm.get("ood_threshold") is not None:
-        measurements.append(
-            hd.sr.Measurement(
-                name=_cc(codes.OOD_THRESHOLD),
-                value=float(algorithm["ood_threshold"]),
-                unit=_cc(codes.NO_UNITS),
-            )
-        )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=result_uid(src_uid, "track:ood", sha), identifier="cxrdx out-of-distribution check"
-        ),
-        finding_type=_cc(codes.OOD_FINDING),
-        algorithm_id=algo,
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
-        source_images=image_ref(),
-    )
-
-
-def _algorithm_id(algorithm: Mapping):
-    import highdicom as hd
-
-    params = [f"checkpoint-sha256={algorithm.get('checkpoint_sha256', 'unknown')}"]
-    for key in ("checkpoint", "architecture", "calibration", "threshold_method"):
-        if algorithm.get(key):
-            params.append(f"{key}={algorithm[key]}")
-    return hd.sr.AlgorithmIdentification(
-        name=str(algorithm.get("name", "cxrdx")),
-        version=str(algorithm.get("version", "unknown")),
-        parameters=params,
-        manufacturer=MANUFACTURER,
-    )
-
-
-def _private_scheme() -> list:
-    from highdicom.coding_schemes import CodingSchemeIdentificationItem
-
-    return [
-        CodingSchemeIdentificationItem(
-            designator=codes.PRIVATE_SCHEME,
-            name=codes.PRIVATE_SCHEME_NAME,
-            responsible_organization="cxrdx",
-        )
-    ]
-
-
-def _cc(concept: codes.Concept):
-    import highdicom as hd
-
-    return hd.sr.CodedConcept(concept.code, concept.scheme, concept.meaning)
