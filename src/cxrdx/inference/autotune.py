@@ -46,9 +46,8 @@ from cxrdx.files import atomic_write_json, cache_root
 BATCH = 8
 TIME_IMAGES = 16  # the reference images each candidate is timed on (after one untimed batch)
 DECODE_IMAGES = 4  # the job's images timed for the decode threads
-REVISION = (
-    4  # part of the cache key: bump when what is measured changes (3: backend and precision; 4: open_s)
-)
+# part of the cache key: bump when what is measured changes (3: backend and precision; 4: open_s, batch 8)
+REVISION = 4
 
 
 @dataclass
