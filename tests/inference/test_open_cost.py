@@ -86,8 +86,8 @@ def test_measure_times_the_opening_and_the_second_opening_of_a_cached_compile(mo
 def test_openvino_keeps_the_compiled_model_of_a_cached_export_beside_it(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     from cxrdx.imaging.preprocessing import Preprocessing
-    from cxrdx.inference import export
-    from cxrdx.inference.backends import open_session, openvino_cache_dir
+    from cxrdx.inference import compiled_cache, export
+    from cxrdx.inference.backends import open_session
     from cxrdx.model.checkpoint import CheckpointMeta
     from cxrdx.model.networks import build_model
 
@@ -98,20 +98,36 @@ def test_openvino_keeps_the_compiled_model_of_a_cached_export_beside_it(tmp_path
     path = export.cached_export_path("ab" * 32)
     x = {"image": np.random.default_rng(0).random((2, meta.preprocessing.channels, 32, 32), dtype=np.float32)}
     first = open_session(path, 1, "openvino", meta.preprocessing).run(None, x)[0]
-    compiled = path.with_suffix(".openvino")
-    assert compiled.is_dir() and any(compiled.iterdir())  # OpenVINO wrote its blob there
+    folder = path.with_suffix(".openvino")
+    blobs = list(folder.glob("*.blob"))
+    assert len(blobs) == 1 and not list(folder.glob("*.tmp*"))  # written whole, nothing left over
+
+    import openvino as ov
+
+    compiles, real_compile = [], ov.Core.compile_model
+    monkeypatch.setattr(ov.Core, "compile_model", lambda *a, **k: compiles.append(1) or real_compile(*a, **k))
     again = open_session(path, 1, "openvino", meta.preprocessing).run(None, x)[0]
-    np.testing.assert_array_equal(first, again)  # the cached compile computes the same
+    assert compiles == []  # imported from the blob, not compiled
+    np.testing.assert_array_equal(first, again)  # and it computes the same
+
+    bf16 = open_session(path, 1, "openvino", meta.preprocessing, precision="bf16")  # other settings: own blob
+    assert len(list(folder.glob("*.blob"))) == 2 and bf16 is not None and compiles == [1]
+    compiles.clear()
+
+    blobs[0].write_bytes(b"not a blob")  # damaged: compiled again and replaced
+    fixed = open_session(path, 1, "openvino", meta.preprocessing).run(None, x)[0]
+    np.testing.assert_array_equal(first, fixed)
+    assert compiles == [1] and blobs[0].stat().st_size > 1000
 
     own = tmp_path / "mine.onnx"  # a user's file outside the cache: nothing written beside it
     own.write_bytes(path.read_bytes())
-    assert openvino_cache_dir(own) is None and openvino_cache_dir(path.read_bytes()) is None
+    assert compiled_cache.cache_folder(own) is None and compiled_cache.cache_folder(path.read_bytes()) is None
     open_session(own, 1, "openvino", meta.preprocessing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "mine.onnx"]
 
-    path.unlink()  # the export pruned: its compiled model goes at the next prune
+    path.unlink()  # the export pruned: its compiled models go at the next prune
     export._prune(path.parent, keep=export.CACHE_KEEP)
-    assert not compiled.exists()
+    assert not folder.exists()
 
 
 def test_a_checkpoint_hash_is_remembered_but_a_rewrite_is_hashed_again(tmp_path):

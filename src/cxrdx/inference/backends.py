@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,9 +84,8 @@ class OpenVinoSession:
     after the reference check (inference/reference.py).
     One infer request per thread, because the web app predicts from several threads.
 
-    A file in the cxrdx cache (an export) keeps OpenVINO's compiled model in ``<export>.openvino/``
-    beside it (``openvino_cache_dir``): opening it again skips the compile (0.48 -> 0.15 s for
-    DenseNet121 here; docs/performance.md section 13). It goes when the export is pruned.
+    An export in the cxrdx cache keeps its compiled model beside it (``inference/compiled_cache.py``):
+    opening it again skips the compile.
     """
 
     def __init__(
@@ -101,13 +99,10 @@ class OpenVinoSession:
         }
         if precision != "auto":
             config["INFERENCE_PRECISION_HINT"] = precision
-        source = model_source if isinstance(model_source, bytes) else str(model_source)
         try:
-            core = ov.Core()
-            compiled_cache = openvino_cache_dir(model_source)
-            if compiled_cache is not None:
-                core.set_property({"CACHE_DIR": str(compiled_cache)})
-            self.compiled = core.compile_model(core.read_model(source), "CPU", config)
+            from cxrdx.inference.compiled_cache import compile_model
+
+            self.compiled = compile_model(ov.Core(), model_source, config)
         except Exception as exc:  # noqa: BLE001
             name = "the exported model" if isinstance(model_source, bytes) else str(model_source)
             raise CheckpointError(f"{name}: OpenVINO cannot load it ({exc}); use --backend onnx") from exc
@@ -122,24 +117,6 @@ class OpenVinoSession:
         result = request.infer(dict(feeds))
         names = list(output_names) if output_names else [OUTPUT_NAME]
         return [np.array(result[self.compiled.output(name)], dtype=np.float32) for name in names]
-
-
-def openvino_cache_dir(model_source: str | os.PathLike | bytes) -> Path | None:
-    """``<export>.openvino/`` for an export in the cxrdx cache folder, made now; None for anything else
-    (bytes, a user's own file) or where that folder cannot be written."""
-    if isinstance(model_source, bytes):
-        return None
-    from cxrdx.files import cache_root
-
-    path = Path(model_source).resolve()
-    if not path.is_relative_to(cache_root().resolve()):
-        return None
-    folder = path.with_suffix(".openvino")
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError:
-        return None
-    return folder if os.access(folder, os.W_OK) else None
 
 
 # --------------------------------------------------------------------------- folded graphs
