@@ -65,6 +65,18 @@ def test_normalize_map_handles_flat_and_nan():
     assert m.min() == 0 and m.max() == 1
 
 
+def test_normalize_map_is_min_max_with_non_finite_values_as_zero_and_leaves_its_input():
+    x = np.array([[np.inf, 1.0], [-np.inf, 3.0], [np.nan, -1.0]], dtype=np.float32)
+    kept = x.copy()
+    # non-finite -> 0: values 0, 1, 0, 3, 0, -1; min -1, max 3: (v + 1) / 4
+    expected = np.array([[0.25, 0.5], [0.25, 1.0], [0.25, 0.0]], dtype=np.float32)
+    out = normalize_map(x)
+    assert out.dtype == np.float32 and np.array_equal(out, expected)
+    assert np.array_equal(x, kept, equal_nan=True) and out is not x
+    finite = np.array([[2.0, 4.0], [3.0, 6.0]])
+    np.testing.assert_array_equal(normalize_map(finite), (finite.astype(np.float32) - 2) / 4)
+
+
 def _predictor(model, size=64):
     meta = CheckpointMeta(
         architecture="densenet-tiny", in_channels=1, preprocessing=Preprocessing(size=size, channels=1)
