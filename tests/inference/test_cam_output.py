@@ -261,7 +261,8 @@ def test_the_node_makes_its_heatmaps_from_the_predictions_pass(ckpt, tmp_path, m
     reference = Predictor.load(ckpt, backend="onnx")  # no capture: its own passes
     algorithm = algorithm_for(ckpt, predictor.meta, predictor.calibrated, thresholds=predictor.thresholds)
     runs = _counting_runs(monkeypatch)
-    out = list(Processing(predictor, results_for, algorithm, batch_size=1, workers=0)(paths))
+    processing = Processing(predictor, results_for, algorithm, batch_size=1, workers=0)
+    out = list(processing(paths))
     assert len(runs) == len(paths) and all(export.CAMS_NAME not in names for names in runs)
     for path, results in out:
         seg = pydicom.dcmread(io.BytesIO(results[1]))
@@ -271,3 +272,9 @@ def test_the_node_makes_its_heatmaps_from_the_predictions_pass(ckpt, tmp_path, m
         np.testing.assert_array_equal(
             seg.pixel_array.reshape(want.shape), np.around(want * 255).astype(np.uint8)
         )
+    # what goes to the result worker: the maps on the model input, not on the 80 x 56 film
+    from cxrdx.explain.maps import GridMaps
+
+    grid, _ = processing.overlays(paths[0], reference.predict([str(paths[0])])[0])
+    assert isinstance(grid, GridMaps) and grid.squares
+    assert {m.shape for m in grid.squares.values()} == {(predictor.meta.preprocessing.size,) * 2}

@@ -2,7 +2,7 @@
 
 ``normalize_map`` (min-max to [0, 1]; a flat or non-finite map becomes zeros, never NaN),
 ``to_source`` (a map on the (S, S) model input -> the source image's frame, normalised over the
-image, not the letterbox padding), ``upsample_bilinear`` (PyTorch's bilinear ``interpolate``, what
+image, not the letterbox padding; ``GridMaps``: several findings' maps before that step), ``upsample_bilinear`` (PyTorch's bilinear ``interpolate``, what
 Grad-CAM upsamples its cells with) and ``cam_squares`` (class activation maps -> Grad-CAM's maps:
 ReLU, upsampling, normalisation; cxrdx.explain.cam).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,6 +40,19 @@ def to_source(square: np.ndarray, box: Letterbox) -> np.ndarray:
     """A map on the (S, S) model input -> the source image's frame, normalised over the image only
     (the letterbox padding is cut off first): what a heatmap shows and the pointing game scores."""
     return normalize_map(box.unletterbox(square))
+
+
+@dataclass(frozen=True)
+class GridMaps:
+    """Several findings' maps of one image on the (S, S) model input, and where the image sits in it:
+    what ``to_source`` turns into source-grid heatmaps. 50x smaller than those for a 1024 px film at
+    224 px, so the DICOM node hands these to the worker process that builds its results."""
+
+    squares: dict[str, np.ndarray]  # finding -> (S, S) map in [0, 1]
+    box: Letterbox | None  # None: no maps
+
+    def to_source(self) -> dict[str, np.ndarray]:
+        return {name: to_source(square, self.box) for name, square in self.squares.items()}
 
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

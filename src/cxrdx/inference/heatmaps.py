@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrdx.errors import CxrdxError
+from cxrdx.explain.maps import GridMaps
 from cxrdx.inference.backends import GRAY_NAME, INPUT_NAME, OUTPUT_NAME
 from cxrdx.inference.export import CAMS_NAME
 from cxrdx.labels import canonical
@@ -121,30 +122,33 @@ class Heatmaps:
 
     def maps(self, image: ImageLike, findings: list[str]) -> dict[str, np.ndarray]:
         """``explain`` of several findings of one image (finding -> map): read and prepared once."""
-        from cxrdx.explain.maps import cam_squares, to_source
+        return self.squares(image, findings).to_source()  # normalised over the image, not the padding
+
+    def squares(self, image: ImageLike, findings: list[str]) -> GridMaps:
+        """The findings' maps on the model input (``GridMaps``; ``.to_source()`` gives ``maps``)."""
+        from cxrdx.explain.maps import cam_squares
 
         p = self.predictor
         names = [canonical(f) for f in findings]
         for finding in names:
             if finding not in p.labels:
                 raise CxrdxError(f"this model does not output {finding}; it outputs {', '.join(p.labels)}")
-        out = {}
+        out: dict[str, np.ndarray] = {}
+        box = None
         with self._lock:
             if self.uses_session() and names:
                 cells, box, size = self._session_cells(image)
                 for finding in names:
                     index = p.labels.index(finding)
-                    square = cam_squares(cells[None, index : index + 1], size)[0, 0]
-                    out[finding] = to_source(square, box)  # normalised over the image, not the padding
-                return out
+                    out[finding] = cam_squares(cells[None, index : index + 1], size)[0, 0]
+                return GridMaps(out, box)
             if names and not (
                 isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 2
             ):
                 image, _ = p.read(image)  # once for all findings
             for finding in names:
-                square, box = self._from_network(image, p.labels.index(finding))
-                out[finding] = to_source(square, box)
-        return out
+                out[finding], box = self._from_network(image, p.labels.index(finding))
+        return GridMaps(out, box)
 
     def _session_cells(self, image: ImageLike) -> tuple[np.ndarray, Letterbox, tuple[int, int]]:
         """(cells (L, h, w), letterbox, model input size) of one image, from a captured prediction or a pass."""

@@ -50,15 +50,21 @@ def make_results(
     results_fn: ResultsFn,
     path: str,
     prediction: Any,
-    overlays: dict,
+    overlays: Any,
     image: Any,
     algorithm: dict,
     *,
     segmentation: bool = True,
     secondary_capture: bool = False,
 ) -> list[bytes]:
-    """Read the source, build its result objects, encode them (here or in a worker process)."""
+    """Read the source, build its result objects, encode them (here or in a worker process).
+    ``overlays``: finding -> map on the source grid, or ``GridMaps`` (taken to the source grid here)."""
     import pydicom
+
+    from cxrdx.explain.maps import GridMaps
+
+    if isinstance(overlays, GridMaps):
+        overlays = overlays.to_source()
 
     # the pixels are only needed to draw pictures on when the caller did not pass the decoded image
     pixels = secondary_capture and bool(overlays) and image is None
@@ -162,8 +168,10 @@ class Processing:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def overlays(self, path: Path, prediction: Any) -> tuple[dict[str, Any], Any]:
-        """Grad-CAM maps ([0, 1], source pixel grid) of the SEG's findings, and the image read."""
+    def overlays(self, path: Path, prediction: Any) -> tuple[Any, Any]:
+        """Grad-CAM maps of the SEG's findings, and the image read: a cxrdx Predictor's on the model input
+        (``GridMaps``, the worker takes them to the source grid: 1/50 of the bytes to hand over and of
+        this process's work), anything else's as ``explain`` gives them ([0, 1], source pixel grid)."""
         from cxrdx.interop.segmentation import heatmap_findings
 
         names = heatmap_findings(prediction, self.algorithm) if self.heatmaps else []
@@ -175,7 +183,7 @@ class Processing:
         if hasattr(self.predictor, "_explain_lock"):  # a cxrdx Predictor: all findings from one preparation
             from cxrdx.inference.heatmaps import heatmaps
 
-            maps = heatmaps(self.predictor).maps(image, names)
+            maps = heatmaps(self.predictor).squares(image, names)
         else:
             maps = {name: self.predictor.explain(image, name) for name in names}
         if image.dtype == np.uint8 and self.secondary_capture:  # the pictures take [0, 1] floats
