@@ -45,8 +45,8 @@ def to_source(square: np.ndarray, box: Letterbox) -> np.ndarray:
 @dataclass(frozen=True)
 class GridMaps:
     """Several findings' maps of one image on the (S, S) model input, and where the image sits in it:
-    what ``to_source`` turns into source-grid heatmaps. 50x smaller than those for a 1024 px film at
-    224 px, so the DICOM node hands these to the worker process that builds its results."""
+    what ``to_source`` turns into source-grid heatmaps. For a 1024 px film they are 20x smaller at 224 px
+    (10x at 320), so the DICOM node hands these to the worker process that builds its results."""
 
     squares: dict[str, np.ndarray]  # finding -> (S, S) map in [0, 1]
     box: Letterbox | None  # None: no maps

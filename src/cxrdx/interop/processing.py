@@ -170,7 +170,7 @@ class Processing:
 
     def overlays(self, path: Path, prediction: Any) -> tuple[Any, Any]:
         """Grad-CAM maps of the SEG's findings, and the image read: a cxrdx Predictor's on the model input
-        (``GridMaps``, the worker takes them to the source grid: 1/50 of the bytes to hand over and of
+        (``GridMaps``, the worker takes them to the source grid: 1/10-1/20 of the bytes to hand over and of
         this process's work), anything else's as ``explain`` gives them ([0, 1], source pixel grid)."""
         from cxrdx.interop.segmentation import heatmap_findings
 
