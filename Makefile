@@ -30,9 +30,10 @@ test: install
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_dicom_tools.sh
 	$(BIN)/ruff check src tests benchmarks
-	# Two processes: in one, the whole suite twice died with SIGSEGV inside tests/inference/test_fold.py's
-	# TorchScript ONNX export after ~350 other tests (not reproduced in either half alone, nor under gdb);
-	# see the stop note of 2026-12-06. Each half passes on its own.
+	# Two processes: in one, the whole suite died three times with SIGSEGV in tests/inference/test_fold.py
+	# after ~350 other tests. The core (2026-12-06): a plain torch conv2d, in torch's libgomp
+	# (gomp_team_barrier_wait_end), with scikit-learn's own libgomp also loaded: two OpenMP runtimes in
+	# one process. Not reproduced in either half alone; each half passes on its own.
 	$(BIN)/python -m pytest -q --ignore=tests/inference --ignore=tests/integrations --ignore=tests/interop \
 		--ignore=tests/jobs --ignore=tests/model --ignore=tests/system --ignore=tests/training
 	$(BIN)/python -m pytest -q tests/inference tests/integrations tests/interop tests/jobs tests/model \
