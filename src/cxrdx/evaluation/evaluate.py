@@ -80,7 +80,7 @@ def compute_metrics(
 ) -> MetricsRecord:
     """Per-finding figures (None for undefined) and the mean AUROC over defined findings: the record's
     ``classes`` and mean row; ``evaluate`` fills in the rest."""
-    from sklearn.metrics import average_precision_score
+    from cxrdx.metrics.curves import average_precision
 
     aucs = auroc_with_ci(y_true, probs, patients, names, n_boot=n_boot, seed=seed)
     used = [k for k, r in aucs.items() if r.defined]
@@ -104,7 +104,7 @@ def compute_metrics(
             auroc=_nz(r.auroc),
             auroc_ci=(_nz(r.ci_low), _nz(r.ci_high)) if r.defined else None,
             n_boot_valid=r.n_boot_valid,
-            average_precision=_nz(float(average_precision_score(y, s))) if r.n_pos else None,
+            average_precision=_nz(average_precision(y, s)) if r.n_pos else None,
             ece=_nz(expected_calibration_error(y, s)),
             chexnet_auroc=CHEXNET_AUROC.get(name),
             threshold=None if t is None else _nz(t, 8),

@@ -44,7 +44,7 @@ def _labelled(y_true: np.ndarray, scores: np.ndarray, c: int) -> tuple[np.ndarra
 def plot_roc(
     out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: MetricsRecord
 ) -> Path:
-    from sklearn.metrics import roc_curve
+    from cxrdx.metrics.curves import roc_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=110)
@@ -67,7 +67,7 @@ def plot_roc(
 def plot_pr(
     out: Path, y_true: np.ndarray, probs: np.ndarray, names: Sequence[str], metrics: MetricsRecord
 ) -> Path:
-    from sklearn.metrics import precision_recall_curve
+    from cxrdx.metrics.curves import precision_recall_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=110)
@@ -75,7 +75,7 @@ def plot_pr(
         ap = metrics.classes[name].average_precision
         if ap is None:
             continue
-        prec, rec, _ = precision_recall_curve(*_labelled(y_true, probs, c))
+        prec, rec = precision_recall_curve(*_labelled(y_true, probs, c))
         prev = metrics.classes[name].prevalence
         ax.plot(rec, prec, color=color, lw=1.6, label=f"{name} (AP {ap:.3f}, prev {prev:.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
