@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from cxrdx.cli.console import ConsoleReporter
@@ -22,18 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="log every received instance")
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged, not as it was at set-up (a stream
+    closed since, e.g. by an earlier in-process run, would turn every later line into a logging error)."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+
 def reporter(args: argparse.Namespace) -> ConsoleReporter:
     """The node logs through ``logging`` (cxrdx.node): shown on stderr, every instance with --verbose."""
-    import logging
-
-    class StderrHandler(logging.StreamHandler):
-        """Writes to ``sys.stderr`` as it is when a line is logged, not as it was at set-up (a stream
-        closed since, e.g. by an earlier in-process run, would turn every later line into a logging error)."""
-
-        stream = property(lambda self: sys.stderr, lambda self, value: None)
-
     node_log = logging.getLogger("cxrdx.node")
-    for old in [h for h in node_log.handlers if type(h).__name__ == "StderrHandler"]:
+    for old in [h for h in node_log.handlers if isinstance(h, StderrHandler)]:
         node_log.removeHandler(old)  # one per process, however often listen runs in it
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s cxrdx listen: %(levelname)s %(message)s"))

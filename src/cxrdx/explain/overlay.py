@@ -18,9 +18,8 @@ Box = tuple[float, float, float, float]  # x, y, w, h in source pixels
 
 
 PICTURE_WIDTH = 600  # px: the film as shown (the PNG is about 720 px wide with the colour bar)
-PNG_COMPRESS_LEVEL = (
-    1  # zlib level 6 took about 3x as long for files a few % smaller (cxrdx.imaging.png_write)
-)
+# zlib level 6 took about 3x as long for files a few % smaller (cxrdx.imaging.png_write)
+PNG_COMPRESS_LEVEL = 1
 TITLE_SIZE, TEXT_SIZE, CAVEAT_SIZE = 15, 12, 11  # font px
 CAVEAT_WRAP = 95  # characters per caveat line
 MARGIN = 16

@@ -76,9 +76,7 @@ class Tuned:
         best = min(
             names, key=lambda c: (self.open_s[c] + n / self.rates[c], c != self.candidate), default=None
         )
-        if best is None or best == self.candidate:
-            return self
-        return replace(self, candidate=best, net_img_per_s=self.rates[best])
+        return self._running(best)
 
     def among(self, names: Sequence[str]) -> Tuned | None:
         """This choice (measured over more candidates) restricted to ``names``: the fastest of them it
@@ -87,10 +85,13 @@ class Tuned:
         allowed = names if len(names) == 1 else [n for n in names if self.admitted(n)]
         if not allowed:
             return None
-        best = max(allowed, key=lambda c: (self.rates[c], c == self.candidate))
-        if best == self.candidate:
+        return self._running(max(allowed, key=lambda c: (self.rates[c], c == self.candidate)))
+
+    def _running(self, name: str | None) -> Tuned:
+        """These settings with candidate ``name`` (at its own rate); itself for its own candidate or None."""
+        if name is None or name == self.candidate:
             return self
-        return replace(self, candidate=best, net_img_per_s=self.rates[best])
+        return replace(self, candidate=name, net_img_per_s=self.rates[name])
 
     @property
     def runtime(self) -> str:
